@@ -1,0 +1,32 @@
+"""Model adapters, one per architecture family, and the registry that picks one for a model."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .base import DecoderLayout, ModelAdapter
+from .llava import LlavaAdapter
+
+ADAPTERS: tuple[ModelAdapter, ...] = (LlavaAdapter(),)
+
+
+class UnsupportedModelError(TypeError):
+    """The model is not of a class that graphprune has an adapter for."""
+
+
+def supported_classes() -> list[str]:
+    return sorted(name for adapter in ADAPTERS for name in adapter.model_classes)
+
+
+def adapter_for(model: nn.Module) -> ModelAdapter:
+    """The adapter registered for ``model``'s class; ``UnsupportedModelError`` naming the supported ones if none."""
+    for adapter in ADAPTERS:
+        if adapter.matches(model):
+            return adapter
+    raise UnsupportedModelError(
+        f"graphprune does not support {type(model).__name__}; supported model classes: "
+        f"{', '.join(supported_classes())}"
+    )
+
+
+__all__ = ["ADAPTERS", "DecoderLayout", "ModelAdapter", "UnsupportedModelError", "adapter_for", "supported_classes"]

@@ -1,0 +1,108 @@
+"""Tensor functions that the passes insert into decoder graphs as ``graphprune_*`` nodes.
+
+Each is plain torch code, so an FX graph that calls them runs eagerly, compiles under
+``torch.compile`` and traces again under ``torch.export``. All index tensors are per sample:
+``index[b, j]`` is the original sequence position held by slot ``j`` of sample ``b``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def fastv_scores(
+    query_states: torch.Tensor,
+    key_states: torch.Tensor,
+    attention_mask: torch.Tensor,
+    scaling: float,
+    query: str,
+) -> torch.Tensor:
+    """FastV scores ``[B, N]``: the head-mean attention probability that the query row(s) give each position.
+
+    ``query_states`` ``[B, H, N, D]`` and ``key_states`` ``[B, H_kv, N, D]`` are the layer's own,
+    after RoPE; grouped K is repeated to every query head. The mask is causal plus padding, as the
+    layer's own. ``query="last"`` uses the last real position's row, ``"mean"`` the mean over the
+    rows of all real positions. Only those rows are computed, in float32.
+    """
+    batch, n_heads, seq_len, _ = query_states.shape
+    keys = key_states.repeat_interleave(n_heads // key_states.shape[1], dim=1).float()
+    real = attention_mask.bool()
+    positions = torch.arange(seq_len, device=query_states.device)
+    if query == "last":
+        last = torch.where(real, positions, 0).amax(dim=-1)
+        rows = query_states.gather(2, last.view(batch, 1, 1, 1).expand(batch, n_heads, 1, query_states.shape[-1]))
+        visible = real & (positions[None, :] <= last[:, None])
+        logits = (rows.float() @ keys.transpose(-1, -2)) * scaling
+        logits = logits.masked_fill(~visible[:, None, None, :], float("-inf"))
+        return logits.softmax(dim=-1).mean(dim=1)[:, 0]
+    logits = (query_states.float() @ keys.transpose(-1, -2)) * scaling
+    visible = real[:, None, :] & (positions[None, :, None] >= positions[None, None, :])
+    visible = visible | ~real[:, :, None]  # padding rows: any finite row, excluded from the mean below
+    probs = logits.masked_fill(~visible[:, None], float("-inf")).softmax(dim=-1).mean(dim=1)
+    real_rows = real.to(probs.dtype)
+    return (probs * real_rows[:, :, None]).sum(dim=1) / real_rows.sum(dim=1, keepdim=True).clamp(min=1)
+
+
+def keep_counts(visual_mask: torch.Tensor, keep: float) -> torch.Tensor:
+    """``ceil(keep * n_visual)`` per sample, a product within 1e-6 of an integer counting as that integer."""
+    product = visual_mask.sum(dim=-1).to(torch.float64) * keep
+    nearest = product.round()
+    return torch.where((product - nearest).abs() <= 1e-6, nearest, product.ceil()).long()
+
+
+def fastv_select(
+    scores: torch.Tensor, visual_mask: torch.Tensor, slots: torch.Tensor, keep: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick the kept positions and lay them out in ``len(slots)`` left-padded slots per sample.
+
+    Kept: every non-visual position plus the ``keep_counts`` best-scoring visual ones (ties to the
+    earlier position), in their original order. Returns ``index [B, S]`` (original position per slot)
+    and ``valid [B, S]`` (False for the padding slots at the front of shorter samples; their index
+    repeats the sample's first kept position so that they hold finite values).
+    """
+    seq_len = scores.shape[-1]
+    ranked = torch.argsort(torch.where(visual_mask, -scores.float(), float("inf")), dim=-1, stable=True)
+    rank = torch.argsort(ranked, dim=-1)
+    kept = ~visual_mask | (rank < keep_counts(visual_mask, keep)[:, None])
+    kept_first = torch.argsort((~kept).to(torch.int8), dim=-1, stable=True)
+    padding = slots.shape[0] - kept.sum(dim=-1)
+    source = (slots[None, :] - padding[:, None]).clamp(min=0, max=seq_len - 1)
+    return kept_first.gather(1, source), slots[None, :] >= padding[:, None]
+
+
+def gather_sequence(x: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
+    """``x`` (batch first) gathered along sequence axis ``dim`` with the per-sample ``index [B, S]``."""
+    shape = [index.shape[0]] + [1] * (x.dim() - 1)
+    shape[dim] = index.shape[1]
+    expanded = list(x.shape)
+    expanded[0], expanded[dim] = index.shape[0], index.shape[1]
+    return x.gather(dim, index.view(shape).expand(expanded))
+
+
+def _masked_value(mask: torch.Tensor) -> bool | float:
+    return False if mask.dtype == torch.bool else torch.finfo(mask.dtype).min
+
+
+def gather_attention_mask(mask: torch.Tensor, index: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """A ``[B, 1, N, N]`` prefill mask (boolean or additive) restricted to the kept slots on both axes.
+
+    Keys of padding slots are hidden from every row; each padding slot's row sees only itself, so
+    no row is fully masked and padding slots stay finite.
+    """
+    pruned = gather_sequence(gather_sequence(mask, index, 2), index, 3)
+    hidden = _masked_value(mask)
+    pruned = pruned.masked_fill(~valid[:, None, None, :], hidden)
+    eye = torch.eye(index.shape[1], dtype=torch.bool, device=mask.device)
+    own_row = (~valid)[:, None, :, None] & eye
+    visible = True if mask.dtype == torch.bool else 0.0
+    return pruned.masked_fill((~valid)[:, None, :, None] & ~eye, hidden).masked_fill(own_row, visible)
+
+
+def gather_decode_mask(mask: torch.Tensor, cache_index: torch.Tensor, cache_valid: torch.Tensor) -> torch.Tensor:
+    """A decode-step mask ``[B, 1, T, P + T]`` restricted to the pruned cache's ``P'`` slots plus the T new keys."""
+    new_tokens = mask.shape[2]
+    past = mask.shape[-1] - new_tokens
+    new_positions = torch.arange(past, past + new_tokens, device=mask.device).expand(cache_index.shape[0], -1)
+    index = torch.cat([cache_index, new_positions], dim=1)
+    valid = torch.cat([cache_valid, torch.ones_like(new_positions, dtype=torch.bool)], dim=1)
+    return gather_sequence(mask, index, 3).masked_fill(~valid[:, None, None, :], _masked_value(mask))

@@ -1,0 +1,114 @@
+"""Helpers shared by the passes: where a node sits, how a rewrite ends, how a pass fails."""
+
+from __future__ import annotations
+
+import logging
+
+import sympy
+import torch
+from torch import fx
+
+from ..capture import LAYOUT_KEY
+from ..models import DecoderLayout
+
+logger = logging.getLogger("graphprune.passes")
+
+INSERTED_PREFIX = "graphprune_"
+APPLIED_KEY = "graphprune_passes"
+
+
+class PassError(RuntimeError):
+    """A pass could not rewrite a graph; the message names the pass and the passes before it."""
+
+
+def fail(gm: fx.GraphModule, pass_name: str, reason: str) -> PassError:
+    before = gm.meta.get(APPLIED_KEY, [])
+    after = f" (after {', '.join(before)})" if before else " (first pass on this graph)"
+    return PassError(f"graphprune pass '{pass_name}'{after}: {reason}")
+
+
+def layout_of(gm: fx.GraphModule, pass_name: str) -> DecoderLayout:
+    layout = gm.meta.get(LAYOUT_KEY)
+    if layout is None:
+        raise fail(gm, pass_name, "the graph carries no decoder layout; capture it with graphprune.capture")
+    return layout
+
+
+def module_path(node: fx.Node) -> str:
+    """The innermost module a node was traced in ("" for the top level)."""
+    stack = node.meta.get("nn_module_stack")
+    return list(stack.values())[-1][0] if stack else ""
+
+
+def layer_index(node: fx.Node, layout: DecoderLayout) -> int | None:
+    """The decoder layer a node belongs to, from its ``nn_module_stack``; None outside the layers."""
+    prefix = layout.layers + "."
+    for path, _ in (node.meta.get("nn_module_stack") or {}).values():
+        if path.startswith(prefix):
+            return int(path[len(prefix) :].split(".", 1)[0])
+    return None
+
+
+def first_node_of_layer(gm: fx.GraphModule, layout: DecoderLayout, layer: int) -> fx.Node | None:
+    return next((node for node in gm.graph.nodes if layer_index(node, layout) == layer), None)
+
+
+def placeholder(gm: fx.GraphModule, name: str) -> fx.Node:
+    return next(node for node in gm.graph.nodes if node.op == "placeholder" and node.name == name)
+
+
+def add_placeholder(gm: fx.GraphModule, name: str) -> fx.Node:
+    last = [node for node in gm.graph.nodes if node.op == "placeholder"][-1]
+    with gm.graph.inserting_after(last):
+        node = gm.graph.placeholder(name)
+    node.name = name
+    return node
+
+
+def output_node(gm: fx.GraphModule) -> fx.Node:
+    return next(node for node in reversed(gm.graph.nodes) if node.op == "output")
+
+
+def append_outputs(gm: fx.GraphModule, nodes: list[fx.Node]) -> None:
+    out = output_node(gm)
+    out.args = (tuple(out.args[0]) + tuple(nodes),)
+
+
+def named(node: fx.Node, name: str) -> fx.Node:
+    """Give an inserted node a ``graphprune_`` name (FX adds a suffix if taken)."""
+    node._rename(INSERTED_PREFIX + name)
+    return node
+
+
+def symbol(value) -> sympy.Expr | None:
+    """The sympy expression of a SymInt (or None for a plain int)."""
+    return value.node.expr if isinstance(value, torch.SymInt) else None
+
+
+def crossing_nodes(gm: fx.GraphModule, boundary: fx.Node) -> dict[fx.Node, list[fx.Node]]:
+    """Nodes defined before ``boundary`` and the users of each at or after it (the output node excepted)."""
+    order = {node: i for i, node in enumerate(gm.graph.nodes)}
+    start = order[boundary]
+    crossing = {}
+    for node in gm.graph.nodes:
+        if order[node] >= start:
+            break
+        late = [user for user in node.users if order[user] >= start and user.op != "output"]
+        if late:
+            crossing[node] = late
+    return crossing
+
+
+def repoint(node: fx.Node, replacement: fx.Node, users: list[fx.Node]) -> None:
+    for user in users:
+        user.replace_input_with(node, replacement)
+
+
+def finish(gm: fx.GraphModule, pass_name: str, summary: str) -> fx.GraphModule:
+    """The clean-up every rewrite ends with: dead code out, lint, recompile, record, log."""
+    gm.graph.eliminate_dead_code()
+    gm.graph.lint()
+    gm.recompile()
+    gm.meta[APPLIED_KEY] = [*gm.meta.get(APPLIED_KEY, []), pass_name]
+    logger.info("%s: %s", pass_name, summary)
+    return gm
