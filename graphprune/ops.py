@@ -51,19 +51,20 @@ def keep_counts(visual_mask: torch.Tensor, keep: float) -> torch.Tensor:
 
 
 def fastv_select(
-    scores: torch.Tensor, visual_mask: torch.Tensor, slots: torch.Tensor, keep: float
+    scores: torch.Tensor, visual_mask: torch.Tensor, attention_mask: torch.Tensor, slots: torch.Tensor, keep: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pick the kept positions and lay them out in ``len(slots)`` left-padded slots per sample.
 
-    Kept: every non-visual position plus the ``keep_counts`` best-scoring visual ones (ties to the
-    earlier position), in their original order. Returns ``index [B, S]`` (original position per slot)
+    Kept: every real non-visual position plus the ``keep_counts`` best-scoring visual ones (ties to
+    the earlier position), in their original order. Padding positions, which no real position may
+    attend to, are dropped too, so a padded sample needs no more slots than its real tokens. Returns ``index [B, S]`` (original position per slot)
     and ``valid [B, S]`` (False for the padding slots at the front of shorter samples; their index
     repeats the sample's first kept position so that they hold finite values).
     """
     seq_len = scores.shape[-1]
     ranked = torch.argsort(torch.where(visual_mask, -scores.float(), float("inf")), dim=-1, stable=True)
     rank = torch.argsort(ranked, dim=-1)
-    kept = ~visual_mask | (rank < keep_counts(visual_mask, keep)[:, None])
+    kept = attention_mask.bool() & (~visual_mask | (rank < keep_counts(visual_mask, keep)[:, None]))
     kept_first = torch.argsort((~kept).to(torch.int8), dim=-1, stable=True)
     padding = slots.shape[0] - kept.sum(dim=-1)
     source = (slots[None, :] - padding[:, None]).clamp(min=0, max=seq_len - 1)

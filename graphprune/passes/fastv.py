@@ -75,16 +75,18 @@ def fastv(gm: fx.GraphModule, method: FastV) -> fx.GraphModule:
 
     visual_mask = add_placeholder(gm, "graphprune_visual_mask")
     slots = add_placeholder(gm, "graphprune_slots")
+    attention_mask = placeholder(gm, "attention_mask")
     graph = gm.graph
     with graph.inserting_before(boundary):
         scores = named(
             graph.call_function(
-                ops.fastv_scores,
-                (query_states, key_states, placeholder(gm, "attention_mask"), layout.scaling, method.query),
+                ops.fastv_scores, (query_states, key_states, attention_mask, layout.scaling, method.query)
             ),
             "scores",
         )
-        selection = named(graph.call_function(ops.fastv_select, (scores, visual_mask, slots, method.keep)), "select")
+        selection = named(
+            graph.call_function(ops.fastv_select, (scores, visual_mask, attention_mask, slots, method.keep)), "select"
+        )
         index = named(graph.call_function(operator.getitem, (selection, 0)), "keep_index")
         valid = named(graph.call_function(operator.getitem, (selection, 1)), "slot_valid")
         pruned_length = named(graph.call_function(torch.ops.aten.sym_size.int, (index, 1)), "pruned_length")

@@ -1,0 +1,30 @@
+"""graphprune: visual-token pruning for vision-language models as torch.fx graph passes.
+
+    import graphprune as gp
+    model = gp.optimize(model, gp.FastV(k=2, keep=0.5))
+    ids = model.generate(**inputs, max_new_tokens=32)
+    print(gp.explain(model, **inputs))
+    gp.restore(model)
+"""
+
+from .explain import Report, explain
+from .flops import flops
+from .methods import CrossAttentionTrim, FastV
+from .models import UnsupportedModelError, supported_classes
+from .passes import PassError
+from .runtime import optimize, restore
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CrossAttentionTrim",
+    "FastV",
+    "PassError",
+    "Report",
+    "UnsupportedModelError",
+    "explain",
+    "flops",
+    "optimize",
+    "restore",
+    "supported_classes",
+]

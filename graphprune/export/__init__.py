@@ -1,0 +1,1 @@
+"""Exporters of pruned graphs (ONNX Runtime, TensorRT): see the export issue; nothing here yet."""

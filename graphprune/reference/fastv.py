@@ -1,0 +1,138 @@
+"""FastV (arXiv 2403.06764) as SPEC.md states it, in plain eager PyTorch on an unmodified LLaVA model.
+
+*Mask mode*: every layer runs on all N positions; layers ``>= k`` get a mask that hides the dropped
+visual keys. For the kept positions this equals physical pruning, and it shares no code with the
+gather-based pass. Ranking uses HF's own eager attention probabilities of layer ``k - 1``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+from ..methods import FastV, n_keep
+
+
+@dataclass
+class FastVReference:
+    kept: list[torch.Tensor]  # per sample: sorted kept visual positions
+    scores: torch.Tensor  # [B, N]
+    logits: torch.Tensor  # [B, N, V]; meaningful at kept positions
+    key_visible: torch.Tensor  # [B, N]: what layers >= k may attend to (real and kept)
+
+
+@contextlib.contextmanager
+def _eager_attention(config):
+    saved = config._attn_implementation
+    config._attn_implementation = "eager"
+    try:
+        yield
+    finally:
+        config._attn_implementation = saved
+
+
+def input_embeddings(model, input_ids, pixel_values):
+    """LLaVA's decoder input: token embeddings with the projected image features at the image tokens."""
+    embeds = model.get_input_embeddings()(input_ids)
+    if pixel_values is None:
+        return embeds
+    config = model.config
+    features = model.model.get_image_features(
+        pixel_values=pixel_values,
+        vision_feature_layer=config.vision_feature_layer,
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+    ).pooler_output
+    features = torch.cat(list(features), dim=0).to(embeds.dtype)
+    return embeds.masked_scatter((input_ids == config.image_token_id)[..., None], features)
+
+
+def _additive_mask(key_visible: torch.Tensor, query_positions: torch.Tensor, dtype) -> torch.Tensor:
+    """``[B, 1, Q, K]``: query q may see key j iff ``key_visible[b, j]`` and ``j <= query_positions[q]``."""
+    keys = torch.arange(key_visible.shape[1], device=key_visible.device)
+    allowed = key_visible[:, None, None, :] & (keys[None, None, None, :] <= query_positions[None, None, :, None])
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def _select(scores: torch.Tensor, visual: torch.Tensor, keep: float) -> list[torch.Tensor]:
+    kept = []
+    for b in range(scores.shape[0]):
+        positions = visual[b].nonzero().flatten().tolist()
+        ranked = sorted(positions, key=lambda j: (-float(scores[b, j]), j))
+        kept.append(torch.tensor(sorted(ranked[: n_keep(keep, len(positions))]), dtype=torch.long))
+    return kept
+
+
+@torch.no_grad()
+def fastv_reference(
+    model, method: FastV, input_ids, pixel_values=None, attention_mask=None, position_ids=None, cache=None
+) -> FastVReference:
+    """One FastV prefill of an unmodified LLaVA model, in mask mode (fills ``cache`` if given)."""
+    lm = model.model.language_model
+    batch, seq_len = input_ids.shape
+    attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+    if position_ids is None:
+        position_ids = torch.arange(seq_len)[None].expand(batch, seq_len)
+    hidden = input_embeddings(model, input_ids, pixel_values)
+    rope = lm.rotary_emb(hidden, position_ids=position_ids)
+    real = attention_mask.bool()
+    rows = torch.arange(seq_len)
+    full_mask = _additive_mask(real, rows, hidden.dtype)
+    visual = input_ids == model.config.image_token_id
+    with _eager_attention(lm.config):
+        for layer_idx in range(method.k):
+            layer = lm.layers[layer_idx]
+            if layer_idx == method.k - 1:
+                _, probs = layer.self_attn(
+                    hidden_states=layer.input_layernorm(hidden), position_embeddings=rope, attention_mask=full_mask
+                )
+            hidden = layer(hidden, attention_mask=full_mask, position_embeddings=rope, past_key_values=cache)
+    probs = probs.float().mean(dim=1)  # [B, N, N], head mean
+    last = torch.stack([real[b].nonzero().max() for b in range(batch)])
+    if method.query == "last":
+        scores = probs[torch.arange(batch), last]
+    else:
+        scores = torch.stack([probs[b][real[b]].mean(dim=0) for b in range(batch)])
+    kept = _select(scores, visual, method.keep)
+    key_visible = real & ~visual
+    for b in range(batch):
+        key_visible[b, kept[b]] = real[b, kept[b]]
+    pruned_mask = _additive_mask(key_visible, rows, hidden.dtype)
+    with _eager_attention(lm.config):
+        for layer in lm.layers[method.k :]:
+            hidden = layer(hidden, attention_mask=pruned_mask, position_embeddings=rope, past_key_values=cache)
+    logits = model.lm_head(lm.norm(hidden))
+    return FastVReference(kept, scores, logits, key_visible)
+
+
+@torch.no_grad()
+def fastv_reference_generate(model, method: FastV, input_ids, pixel_values=None, attention_mask=None, max_new_tokens=8):
+    """Greedy generation with FastV in mask mode, positions as HF ``generate`` makes them; returns prompt + new ids."""
+    lm = model.model.language_model
+    attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+    position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+    cache = DynamicCache(config=lm.config)
+    prefill = fastv_reference(model, method, input_ids, pixel_values, attention_mask, position_ids, cache)
+    ids, logits = input_ids, prefill.logits[:, -1]
+    real, key_visible = attention_mask.bool(), prefill.key_visible
+    next_position = position_ids[:, -1:] + 1
+    for _ in range(max_new_tokens):
+        token = logits.argmax(dim=-1, keepdim=True)
+        ids = torch.cat([ids, token], dim=1)
+        if ids.shape[1] == input_ids.shape[1] + max_new_tokens:
+            break
+        real = torch.cat([real, torch.ones_like(token, dtype=torch.bool)], dim=1)
+        key_visible = torch.cat([key_visible, torch.ones_like(token, dtype=torch.bool)], dim=1)
+        query = torch.tensor([real.shape[1] - 1])
+        hidden = lm.get_input_embeddings()(token)
+        rope = lm.rotary_emb(hidden, position_ids=next_position)
+        with _eager_attention(lm.config):
+            for layer_idx, layer in enumerate(lm.layers):
+                visible = real if layer_idx < method.k else key_visible
+                mask = _additive_mask(visible, query, hidden.dtype)
+                hidden = layer(hidden, attention_mask=mask, position_embeddings=rope, past_key_values=cache)
+        logits = model.lm_head(lm.norm(hidden))[:, -1]
+        next_position = next_position + 1
+    return ids

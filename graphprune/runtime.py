@@ -1,0 +1,244 @@
+"""The in-place entry point: ``optimize`` swaps a model's decoder forward for the pruned graphs, ``restore`` undoes it.
+
+After ``optimize`` the model's own ``forward`` still runs (vision tower, projector, LM head, HF
+``generate``); only two instance attributes are added:
+
+- ``model.forward``: the original forward inside a context that records which positions are visual
+  (the decoder sees only embeddings, the visual mask comes from the input ids);
+- ``decoder.forward``: ``PrunedDecoder``, which runs the FastV prefill graph on a fresh cache and
+  the decode graph on a cache it pruned, and the original decoder forward otherwise (nothing to
+  prune, or a cache it did not fill).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import inspect
+import logging
+import weakref
+from dataclasses import dataclass
+
+import torch
+from torch import fx, nn
+from transformers import DynamicCache
+from transformers.modeling_outputs import BaseModelOutputWithPast
+
+from . import ops
+from .capture import capture_decode, capture_prefill
+from .methods import CrossAttentionTrim, FastV
+from .models import ModelAdapter, adapter_for
+from .passes import fastv, fastv_decode
+
+logger = logging.getLogger(__name__)
+
+STATE_ATTR = "_graphprune"
+_visual_mask: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("graphprune_visual_mask", default=None)
+
+
+@dataclass
+class PrefillRecord:
+    """What the last pruned (or unpruned) prefill saw and chose; ``explain`` reads it."""
+
+    visual_mask: torch.Tensor  # [B, N]
+    attention_mask: torch.Tensor  # [B, N]
+    keep_index: torch.Tensor  # [B, S]: original position per slot
+    slot_valid: torch.Tensor  # [B, S]
+    scores: torch.Tensor | None  # [B, N]; None when nothing was pruned
+
+
+@dataclass
+class _PrunedCache:
+    index: torch.Tensor  # [B, P']: original position of each slot of the layers >= k
+    valid: torch.Tensor  # [B, P']
+
+
+class PrunedDecoder:
+    """Stands in for the decoder's ``forward``: pruned prefill graph, pruned-cache decode graph."""
+
+    def __init__(self, decoder: nn.Module, method: FastV, prefill: fx.GraphModule, decode: fx.GraphModule, compile: bool):
+        self.decoder = decoder
+        self.method = method
+        self.prefill_graph = prefill
+        self.decode_graph = decode
+        self._prefill = torch.compile(prefill, dynamic=True) if compile else prefill
+        self._decode = torch.compile(decode, dynamic=True) if compile else decode
+        self._original = decoder.forward  # before optimize replaces it (keeps e.g. accelerate hooks)
+        self._pruned_caches: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self.num_layers = len(decoder.layers)
+        self.last_prefill: PrefillRecord | None = None
+
+    def __call__(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        past_key_values=None,
+        inputs_embeds=None,
+        use_cache=None,
+        **kwargs,
+    ):
+        requested = [name for name in ("output_attentions", "output_hidden_states") if kwargs.get(name)]
+        if requested:
+            raise ValueError(
+                f"graphprune's pruned decoder does not return {', '.join(requested)}; call graphprune.restore(model) first"
+            )
+        if attention_mask is not None and attention_mask.dim() != 2:
+            raise ValueError(f"graphprune needs a 2-D attention_mask [batch, length]; got shape {tuple(attention_mask.shape)}")
+        if inputs_embeds is None:
+            inputs_embeds = self.decoder.get_input_embeddings()(input_ids)
+        use_cache = self.decoder.config.use_cache if use_cache is None else use_cache
+        args = dict(attention_mask=attention_mask, position_ids=position_ids, past_key_values=past_key_values)
+        if past_key_values is not None and past_key_values.get_seq_length() > 0:
+            state = self._pruned_caches.get(past_key_values)
+            if state is None:
+                return self._original(inputs_embeds=inputs_embeds, use_cache=use_cache, **args, **kwargs)
+            return self._decode_step(inputs_embeds, attention_mask, position_ids, past_key_values, state)
+        return self._prefill_step(inputs_embeds, attention_mask, position_ids, past_key_values, use_cache, kwargs)
+
+    def _prefill_step(self, inputs_embeds, attention_mask, position_ids, cache, use_cache, kwargs):
+        batch, seq_len = inputs_embeds.shape[:2]
+        device = inputs_embeds.device
+        visual = _visual_mask.get()
+        if visual is None or visual.shape != (batch, seq_len):
+            visual = torch.zeros(batch, seq_len, dtype=torch.bool, device=device)
+        visual = visual.to(device)
+        mask = attention_mask if attention_mask is not None else torch.ones(batch, seq_len, dtype=torch.long, device=device)
+        dropped = visual.sum(dim=-1) - ops.keep_counts(visual, self.method.keep)
+        if int(dropped.max()) == 0:  # keep=1.0 or no visual token: the unmodified model, exactly
+            out = self._original(
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=cache,
+                use_cache=use_cache,
+                **kwargs,
+            )
+            every = torch.arange(seq_len, device=device).expand(batch, seq_len)
+            self.last_prefill = PrefillRecord(visual, mask, every, torch.ones_like(visual), None)
+            return out
+        if position_ids is None:
+            position_ids = torch.arange(seq_len, device=device)[None]
+        position_ids = position_ids.expand(batch, seq_len)
+        slots = torch.arange(int((mask.sum(dim=-1) - dropped).max()), device=device)
+        outputs = self._prefill(inputs_embeds, mask, position_ids, visual, slots)
+        hidden, cached = outputs[0], outputs[1 : 1 + 2 * self.num_layers]
+        index, valid, scores = outputs[-3:]
+        self.last_prefill = PrefillRecord(visual, mask, index, valid, scores)
+        if not use_cache:
+            return BaseModelOutputWithPast(last_hidden_state=hidden)
+        cache = cache if cache is not None else DynamicCache(config=self.decoder.config)
+        for layer_idx in range(self.num_layers):
+            cache.update(cached[2 * layer_idx], cached[2 * layer_idx + 1], layer_idx)
+        self._pruned_caches[cache] = _PrunedCache(index, valid)
+        return BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=cache)
+
+    def _decode_step(self, inputs_embeds, attention_mask, position_ids, cache, state: _PrunedCache):
+        batch, new_tokens = inputs_embeds.shape[:2]
+        device = inputs_embeds.device
+        past = cache.get_seq_length()  # layer 0 is never pruned: the unpruned length
+        if attention_mask is None:
+            attention_mask = torch.ones(batch, past + new_tokens, dtype=torch.long, device=device)
+        if attention_mask.shape[1] != past + new_tokens:
+            raise ValueError(
+                f"attention_mask covers {attention_mask.shape[1]} positions; the cache holds {past} and "
+                f"{new_tokens} are new, so it must cover {past + new_tokens}"
+            )
+        if position_ids is None:
+            position_ids = torch.arange(past, past + new_tokens, device=device)[None]
+        flat_cache = [t for layer in cache.layers for t in (layer.keys, layer.values)]
+        outputs = self._decode(
+            inputs_embeds, attention_mask, position_ids.expand(batch, new_tokens), *flat_cache, state.index, state.valid
+        )
+        for layer_idx, layer in enumerate(cache.layers):
+            layer.keys, layer.values = outputs[1 + 2 * layer_idx], outputs[2 + 2 * layer_idx]
+        new_positions = torch.arange(past, past + new_tokens, device=device).expand(batch, new_tokens)
+        state.index = torch.cat([state.index, new_positions], dim=1)
+        state.valid = torch.cat([state.valid, torch.ones_like(new_positions, dtype=torch.bool)], dim=1)
+        return BaseModelOutputWithPast(last_hidden_state=outputs[0], past_key_values=cache)
+
+
+@dataclass
+class _Optimized:
+    method: FastV
+    adapter: ModelAdapter
+    decoder: PrunedDecoder
+    saved_forwards: dict  # module -> its own instance-level forward before optimize (None if it had none)
+
+
+def _check(model: nn.Module, method) -> ModelAdapter:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"graphprune.optimize expects a transformers model (torch.nn.Module); got {type(model).__name__}")
+    if hasattr(model, STATE_ATTR):
+        raise RuntimeError(
+            "this model is already optimized by graphprune; call graphprune.restore(model) before optimizing it again"
+        )
+    if not isinstance(method, (FastV, CrossAttentionTrim)):
+        raise TypeError(f"method must be graphprune.FastV(...) or graphprune.CrossAttentionTrim(...); got {method!r}")
+    adapter = adapter_for(model)
+    if not isinstance(method, adapter.methods):
+        fits = ", ".join(m.__name__ for m in adapter.methods)
+        raise ValueError(
+            f"{type(method).__name__} does not fit {type(model).__name__} ({adapter.name}): "
+            f"this model family takes {fits}"
+        )
+    method.check_layers(adapter.layout(model).num_layers)
+    if model.training:
+        raise ValueError("graphprune optimizes inference; call model.eval() before graphprune.optimize")
+    return adapter
+
+
+def optimize(model: nn.Module, method: FastV | CrossAttentionTrim, *, compile: bool = False) -> nn.Module:
+    """Prune ``model``'s visual tokens with ``method``, in place; returns the model.
+
+    The decoder is captured as FX graphs, rewritten by the method's passes, and run instead of the
+    decoder's forward (under ``torch.compile`` with inductor if ``compile=True``). Nothing is
+    changed when an argument is wrong. ``graphprune.restore(model)`` undoes it.
+    """
+    adapter = _check(model, method)
+    decoder = adapter.decoder(model)
+    layout = adapter.layout(model)
+    prefill = fastv(capture_prefill(decoder, layout), method)
+    decode = fastv_decode(capture_decode(decoder, layout), method)
+    pruned = PrunedDecoder(decoder, method, prefill, decode, compile)
+
+    saved = {module: module.__dict__.get("forward") for module in (model, decoder)}
+    forward = model.forward
+    signature = inspect.signature(forward)
+
+    @functools.wraps(forward)
+    def forward_with_visual_mask(*args, **kwargs):
+        bound = signature.bind_partial(*args, **kwargs).arguments
+        if bound.get("labels") is not None:
+            raise ValueError("graphprune prunes the prefill and returns no loss; call graphprune.restore(model) to train")
+        visual = adapter.visual_mask(model, bound.get("input_ids"), bound.get("inputs_embeds"))
+        token = _visual_mask.set(visual)
+        try:
+            return forward(*args, **kwargs)
+        finally:
+            _visual_mask.reset(token)
+
+    model.forward = forward_with_visual_mask
+    decoder.forward = pruned
+    setattr(model, STATE_ATTR, _Optimized(method, adapter, pruned, saved))
+    logger.info("graphprune: %s on %s (%s)", method, type(model).__name__, "compiled" if compile else "eager")
+    return model
+
+
+def optimized_state(model: nn.Module) -> _Optimized:
+    state = getattr(model, STATE_ATTR, None)
+    if state is None:
+        raise ValueError("this model is not optimized by graphprune; call graphprune.optimize(model, method) first")
+    return state
+
+
+def restore(model: nn.Module) -> nn.Module:
+    """Undo ``optimize``: the model's and its decoder's forwards are what they were; returns the model."""
+    state = optimized_state(model)
+    for module, forward in state.saved_forwards.items():
+        if forward is None:
+            del module.forward
+        else:
+            module.forward = forward
+    delattr(model, STATE_ATTR)
+    return model
