@@ -108,8 +108,14 @@ def fastv_reference(
 
 
 @torch.no_grad()
-def fastv_reference_generate(model, method: FastV, input_ids, pixel_values=None, attention_mask=None, max_new_tokens=8):
-    """Greedy generation with FastV in mask mode, positions as HF ``generate`` makes them; returns prompt + new ids."""
+def fastv_reference_generate(
+    model, method: FastV, input_ids, pixel_values=None, attention_mask=None, max_new_tokens=8, sample=False
+):
+    """FastV generation in mask mode, positions as HF ``generate`` makes them; returns prompt + new ids.
+
+    Greedy, or with ``sample=True`` plain multinomial sampling from the softmax (HF's ``do_sample``
+    with ``top_k=0``, ``top_p=1``, ``temperature=1``), drawing from torch's global generator as HF does.
+    """
     lm = model.model.language_model
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
     position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
@@ -119,7 +125,10 @@ def fastv_reference_generate(model, method: FastV, input_ids, pixel_values=None,
     real, key_visible = attention_mask.bool(), prefill.key_visible
     next_position = position_ids[:, -1:] + 1
     for _ in range(max_new_tokens):
-        token = logits.argmax(dim=-1, keepdim=True)
+        if sample:
+            token = torch.multinomial(logits.float().softmax(dim=-1), num_samples=1)
+        else:
+            token = logits.argmax(dim=-1, keepdim=True)
         ids = torch.cat([ids, token], dim=1)
         if ids.shape[1] == input_ids.shape[1] + max_new_tokens:
             break

@@ -1,0 +1,55 @@
+"""Config validation, the keep-count rule and the paper's FLOPs formula."""
+
+import pytest
+
+import graphprune as gp
+from graphprune.methods import n_keep
+
+
+@pytest.mark.parametrize("kwargs", [dict(k=0), dict(k=-1), dict(k=1.5), dict(k=True)])
+def test_fastv_rejects_bad_k(kwargs):
+    with pytest.raises(ValueError, match="k must"):
+        gp.FastV(**kwargs)
+
+
+@pytest.mark.parametrize("keep", [0, -0.1, 1.01, 2, "0.5", None])
+def test_methods_reject_keep_outside_unit_interval(keep):
+    with pytest.raises(ValueError, match=r"keep must be a fraction in \(0, 1\]"):
+        gp.FastV(keep=keep)
+    with pytest.raises(ValueError, match=r"keep must be a fraction in \(0, 1\]"):
+        gp.CrossAttentionTrim(keep=keep)
+
+
+def test_bad_query_and_select_name_the_accepted_values():
+    with pytest.raises(ValueError, match="'last', 'mean'"):
+        gp.FastV(query="first")
+    with pytest.raises(ValueError, match="'head_union', 'topk'"):
+        gp.CrossAttentionTrim(select="all")
+
+
+@pytest.mark.parametrize(
+    ("keep", "n_visual", "expected"),
+    [(0.1, 30, 3), (0.5, 576, 288), (0.5, 5, 3), (0.25, 16, 4), (0.75, 16, 12), (1.0, 7, 7), (0.3, 10, 3), (0.5, 0, 0)],
+)
+def test_n_keep_is_ceil_with_float_tolerance(keep, n_visual, expected):
+    assert n_keep(keep, n_visual) == expected
+
+
+def test_flops_reproduce_the_fastv_paper_for_llava_1_5_7b():
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32)
+    before, after = gp.flops(config, gp.FastV(k=2, keep=0.5), n_tokens=612, n_visual=576)
+    assert round(before / 32 / 1e9, 1) == 99.3  # the paper's 99.3 B per layer
+    assert round(after / before, 2) == 0.55  # the paper's 55 % at k=2, keep=0.5
+    assert gp.flops(config, gp.FastV(k=2, keep=1.0), 612, 576) == (before, before)
+
+
+def test_flops_reject_unknown_formula_and_bad_k():
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(num_hidden_layers=4)
+    with pytest.raises(ValueError, match="formula must be one of"):
+        gp.flops(config, gp.FastV(), 10, 5, formula="exact")
+    with pytest.raises(ValueError, match="1 <= k < 4"):
+        gp.flops(config, gp.FastV(k=4), 10, 5)
