@@ -38,7 +38,7 @@ class Report:
 
     def __str__(self) -> str:
         lines = [f"graphprune {self.method}"]
-        for i, (kept, n_visual, n_tokens) in enumerate(zip(self.kept, self.n_visual, self.n_tokens)):
+        for i, (kept, n_visual, n_tokens) in enumerate(zip(self.kept, self.n_visual, self.n_tokens, strict=True)):
             lines.append(f"  sample {i}: {n_tokens} tokens, kept {len(kept)}/{n_visual} visual: {kept.tolist()}")
         lines.append(
             f"  FLOPs (paper formula): {self.flops_before / 1e9:.3f} G -> {self.flops_after / 1e9:.3f} G "

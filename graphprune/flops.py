@@ -21,7 +21,9 @@ def _text_config(config):
     return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
 
 
-def flops(config, method: FastV | CrossAttentionTrim, n_tokens: int, n_visual: int, formula: str = "paper") -> tuple[int, int]:
+def flops(
+    config, method: FastV | CrossAttentionTrim, n_tokens: int, n_visual: int, formula: str = "paper"
+) -> tuple[int, int]:
     """``(before, after)`` decoder FLOPs for one prefill of one sample.
 
     ``formula="paper"`` is FastV's count (arXiv 2403.06764, Sec. 4.2): per layer ``4nd² + 2n²d + 2ndm``;
@@ -42,7 +44,9 @@ def flops(config, method: FastV | CrossAttentionTrim, n_tokens: int, n_visual: i
         return before, method.k * _layer_flops(n_tokens, d, m) + (num_layers - method.k) * _layer_flops(kept, d, m)
     cross_layers = sorted(getattr(text, "cross_attention_layers", None) or [])
     if not cross_layers:
-        raise ValueError(f"CrossAttentionTrim needs a config with cross-attention layers; {type(text).__name__} has none")
+        raise ValueError(
+            f"CrossAttentionTrim needs a config with cross-attention layers; {type(text).__name__} has none"
+        )
     head_dim = getattr(text, "head_dim", None) or d // text.num_attention_heads
     d_kv = text.num_key_value_heads * head_dim
     self_layers = (num_layers - len(cross_layers)) * _layer_flops(n_tokens, d, m)

@@ -57,7 +57,8 @@ def fastv_select(
 
     Kept: every real non-visual position plus the ``keep_counts`` best-scoring visual ones (ties to
     the earlier position), in their original order. Padding positions, which no real position may
-    attend to, are dropped too, so a padded sample needs no more slots than its real tokens. Returns ``index [B, S]`` (original position per slot)
+    attend to, are dropped too, so a padded sample needs no more slots than its real tokens.
+    Returns ``index [B, S]`` (original position per slot)
     and ``valid [B, S]`` (False for the padding slots at the front of shorter samples; their index
     repeats the sample's first kept position so that they hold finite values).
     """

@@ -33,7 +33,9 @@ from .passes import fastv, fastv_decode
 logger = logging.getLogger(__name__)
 
 STATE_ATTR = "_graphprune"
-_visual_mask: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("graphprune_visual_mask", default=None)
+_visual_mask: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar(
+    "graphprune_visual_mask", default=None
+)
 
 
 @dataclass
@@ -56,7 +58,9 @@ class _PrunedCache:
 class PrunedDecoder:
     """Stands in for the decoder's ``forward``: pruned prefill graph, pruned-cache decode graph."""
 
-    def __init__(self, decoder: nn.Module, method: FastV, prefill: fx.GraphModule, decode: fx.GraphModule, compile: bool):
+    def __init__(
+        self, decoder: nn.Module, method: FastV, prefill: fx.GraphModule, decode: fx.GraphModule, compile: bool
+    ):
         self.decoder = decoder
         self.method = method
         self.prefill_graph = prefill
@@ -81,10 +85,13 @@ class PrunedDecoder:
         requested = [name for name in ("output_attentions", "output_hidden_states") if kwargs.get(name)]
         if requested:
             raise ValueError(
-                f"graphprune's pruned decoder does not return {', '.join(requested)}; call graphprune.restore(model) first"
+                f"graphprune's pruned decoder does not return {', '.join(requested)}; "
+                "call graphprune.restore(model) first"
             )
         if attention_mask is not None and attention_mask.dim() != 2:
-            raise ValueError(f"graphprune needs a 2-D attention_mask [batch, length]; got shape {tuple(attention_mask.shape)}")
+            raise ValueError(
+                f"graphprune needs a 2-D attention_mask [batch, length]; got shape {tuple(attention_mask.shape)}"
+            )
         if inputs_embeds is None:
             inputs_embeds = self.decoder.get_input_embeddings()(input_ids)
         use_cache = self.decoder.config.use_cache if use_cache is None else use_cache
@@ -103,7 +110,11 @@ class PrunedDecoder:
         if visual is None or visual.shape != (batch, seq_len):
             visual = torch.zeros(batch, seq_len, dtype=torch.bool, device=device)
         visual = visual.to(device)
-        mask = attention_mask if attention_mask is not None else torch.ones(batch, seq_len, dtype=torch.long, device=device)
+        mask = (
+            attention_mask
+            if attention_mask is not None
+            else torch.ones(batch, seq_len, dtype=torch.long, device=device)
+        )
         dropped = visual.sum(dim=-1) - ops.keep_counts(visual, self.method.keep)
         if int(dropped.max()) == 0:  # keep=1.0 or no visual token: the unmodified model, exactly
             out = self._original(
@@ -168,7 +179,9 @@ class _Optimized:
 
 def _check(model: nn.Module, method) -> ModelAdapter:
     if not isinstance(model, nn.Module):
-        raise TypeError(f"graphprune.optimize expects a transformers model (torch.nn.Module); got {type(model).__name__}")
+        raise TypeError(
+            f"graphprune.optimize expects a transformers model (torch.nn.Module); got {type(model).__name__}"
+        )
     if hasattr(model, STATE_ATTR):
         raise RuntimeError(
             "this model is already optimized by graphprune; call graphprune.restore(model) before optimizing it again"
@@ -210,7 +223,9 @@ def optimize(model: nn.Module, method: FastV | CrossAttentionTrim, *, compile: b
     def forward_with_visual_mask(*args, **kwargs):
         bound = signature.bind_partial(*args, **kwargs).arguments
         if bound.get("labels") is not None:
-            raise ValueError("graphprune prunes the prefill and returns no loss; call graphprune.restore(model) to train")
+            raise ValueError(
+                "graphprune prunes the prefill and returns no loss; call graphprune.restore(model) to train"
+            )
         visual = adapter.visual_mask(model, bound.get("input_ids"), bound.get("inputs_embeds"))
         token = _visual_mask.set(visual)
         try:

@@ -68,7 +68,11 @@ def test_fastv_inserts_ranking_and_gathers_between_layer_k_minus_1_and_k(llava, 
     for node in nodes:
         if (layer_index(node, layout) or -1) >= k:
             for arg in node.all_input_nodes:
-                if arg.op != "get_attr" and (layer_index(arg, layout) or -1) < k and not arg.name.startswith("graphprune_"):
+                if (
+                    arg.op != "get_attr"
+                    and (layer_index(arg, layout) or -1) < k
+                    and not arg.name.startswith("graphprune_")
+                ):
                     value = arg.meta.get("val")
                     assert not (isinstance(value, torch.Tensor) and seq in value.shape), (node.name, arg.name)
 

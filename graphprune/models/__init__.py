@@ -24,8 +24,7 @@ def adapter_for(model: nn.Module) -> ModelAdapter:
         if adapter.matches(model):
             return adapter
     raise UnsupportedModelError(
-        f"graphprune does not support {type(model).__name__}; supported model classes: "
-        f"{', '.join(supported_classes())}"
+        f"graphprune does not support {type(model).__name__}; supported model classes: {', '.join(supported_classes())}"
     )
 
 

@@ -68,7 +68,9 @@ def fastv(gm: fx.GraphModule, method: FastV) -> fx.GraphModule:
     method.check_layers(layout.num_layers)
     k = method.k
     boundary = first_node_of_layer(gm, layout, k)
-    query_states = attention_query(gm, f"{layout.layers}.{k - 1}.{layout.attention}", layout.query_proj, layout.key_proj)
+    query_states = attention_query(
+        gm, f"{layout.layers}.{k - 1}.{layout.attention}", layout.query_proj, layout.key_proj
+    )
     key_states = output_node(gm).args[0][1 + 2 * (k - 1)]
     seq = symbol(placeholder(gm, "inputs_embeds").meta["val"].shape[1])
     crossing = crossing_nodes(gm, boundary)
@@ -113,7 +115,9 @@ def _pruned(gm, node, seq, index, valid, pruned_length) -> fx.Node | None:
         return None
     if not isinstance(value, torch.Tensor):
         return None
-    axes = [dim for dim, size in enumerate(value.shape) if symbol(size) is not None and seq in symbol(size).free_symbols]
+    axes = [
+        dim for dim, size in enumerate(value.shape) if symbol(size) is not None and seq in symbol(size).free_symbols
+    ]
     if not axes:
         return None
     if any(symbol(value.shape[dim]) != seq for dim in axes):

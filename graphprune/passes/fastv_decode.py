@@ -56,7 +56,9 @@ def fastv_decode(gm: fx.GraphModule, method: FastV) -> fx.GraphModule:
                 lengths.append((node, users, symbol(value)))
             elif isinstance(value, torch.Tensor) and any(past in _free(size) for size in value.shape):
                 if value.dim() != 4 or symbol(value.shape[3]) != past + new_tokens:
-                    raise fail(gm, PASS, f"{node.name} {tuple(value.shape)} has a past axis but is no [B, h, T, P + T] mask")
+                    raise fail(
+                        gm, PASS, f"{node.name} {tuple(value.shape)} has a past axis but is no [B, h, T, P + T] mask"
+                    )
                 pruned = named(
                     graph.call_function(ops.gather_decode_mask, (node, cache_index, cache_valid)), f"gather_{node.name}"
                 )
@@ -82,9 +84,9 @@ def _read_past_length_from_layer_0(gm: fx.GraphModule, past, first_pruned_input:
         if node.op != "call_function" or node.target is not torch.ops.aten.sym_size.int:
             continue
         source = node.args[0]
-        if source.op == "placeholder" and source.name.startswith("past_") and symbol(node.meta["val"]) == past:
-            if int(source.name.split("_")[1]) >= first_pruned_input:
-                node.replace_input_with(source, past_0)
+        reads_past = source.op == "placeholder" and source.name.startswith("past_")
+        if reads_past and symbol(node.meta["val"]) == past and int(source.name.split("_")[1]) >= first_pruned_input:
+            node.replace_input_with(source, past_0)
 
 
 def _free(size) -> set:

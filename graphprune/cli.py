@@ -1,0 +1,23 @@
+"""``graphprune`` on the command line (``python -m graphprune ...``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="graphprune", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what capture and the passes do")
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser("demo", help="optimise a small built-in LLaVA-shaped model and show the effect")
+    demo.add_argument("--k", type=int, default=2, help="first pruned layer (default 2)")
+    demo.add_argument("--keep", type=float, default=0.5, help="fraction of visual tokens kept (default 0.5)")
+    demo.add_argument("--query", choices=["last", "mean"], default="last")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    if args.command == "demo":
+        from .demo import run
+
+        return 0 if run(k=args.k, keep=args.keep, query=args.query) else 1
+    return 2

@@ -1,0 +1,112 @@
+"""Bad input: a clear exception that names what was wrong and what is accepted; the model untouched."""
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, MllamaConfig, MllamaForConditionalGeneration
+
+import graphprune as gp
+
+
+def _untouched(model):
+    return "forward" not in vars(model) and not hasattr(model, "_graphprune")
+
+
+@pytest.fixture(scope="module")
+def tiny_mllama():
+    config = MllamaConfig(
+        text_config=dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=128,
+            cross_attention_layers=[1, 3],
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_global_layers=1,
+            num_attention_heads=2,
+            image_size=28,
+            patch_size=14,
+            vision_output_dim=64,
+            intermediate_layers_indices=[0],
+        ),
+    )
+    return MllamaForConditionalGeneration(config).eval()
+
+
+@pytest.mark.parametrize("k", [4, 7])
+def test_k_out_of_range_names_the_valid_range(llava, k):
+    with pytest.raises(ValueError, match=r"1 <= k < 4"):
+        gp.optimize(llava, gp.FastV(k=k))
+    assert _untouched(llava)
+
+
+def test_optimize_twice_is_an_error(llava, batch):
+    gp.optimize(llava, gp.FastV(k=2))
+    try:
+        with pytest.raises(RuntimeError, match="already optimized.*restore"):
+            gp.optimize(llava, gp.FastV(k=1))
+        assert llava._graphprune.method == gp.FastV(k=2)
+    finally:
+        gp.restore(llava)
+
+
+def test_restore_without_optimize_is_an_error(llava):
+    with pytest.raises(ValueError, match="not optimized"):
+        gp.restore(llava)
+
+
+def test_unsupported_model_lists_supported_classes():
+    model = LlamaForCausalLM(
+        LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, vocab_size=64)
+    ).eval()
+    with pytest.raises(gp.UnsupportedModelError, match="LlamaForCausalLM.*LlavaForConditionalGeneration"):
+        gp.optimize(model, gp.FastV())
+    assert _untouched(model)
+
+
+def test_fastv_on_mllama_is_refused(tiny_mllama):
+    with pytest.raises(gp.UnsupportedModelError, match="MllamaForConditionalGeneration"):
+        gp.optimize(tiny_mllama, gp.FastV())
+    assert _untouched(tiny_mllama)
+
+
+def test_cross_attention_trim_on_llava_is_refused(llava):
+    with pytest.raises(ValueError, match="CrossAttentionTrim does not fit LlavaForConditionalGeneration.*FastV"):
+        gp.optimize(llava, gp.CrossAttentionTrim())
+    assert _untouched(llava)
+
+
+def test_method_must_be_a_graphprune_method(llava):
+    with pytest.raises(TypeError, match="graphprune.FastV"):
+        gp.optimize(llava, {"k": 2})
+    assert _untouched(llava)
+
+
+def test_training_mode_is_refused(llava):
+    llava.train()
+    try:
+        with pytest.raises(ValueError, match="model.eval()"):
+            gp.optimize(llava, gp.FastV())
+    finally:
+        llava.eval()
+    assert _untouched(llava)
+
+
+@torch.no_grad()
+def test_unsupported_calls_on_an_optimized_model(llava, batch):
+    gp.optimize(llava, gp.FastV(k=2))
+    try:
+        with pytest.raises(ValueError, match="returns no loss"):
+            llava(**batch, labels=batch["input_ids"])
+        with pytest.raises(ValueError, match="output_hidden_states"):
+            llava(**batch, output_hidden_states=True)
+    finally:
+        gp.restore(llava)
