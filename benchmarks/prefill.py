@@ -16,10 +16,12 @@ under ``torch.compile``:
 
 What is timed is one prefill as ``generate`` would run it: the full model forward with
 ``use_cache=True`` and logits for the last position only (``logits_to_keep=1``). The vision tower
-(a tiny CLIP) runs eagerly in all variants and costs well under 1 % here; pruning changes the
-decoder only. Timings are medians over ``--repeats`` rounds; each round runs the three variants
-one after the other, so that noise from other processes hits all of them alike. Compile time is
-the first call minus the median. KV bytes are counted on the returned cache.
+(a tiny CLIP) and the embedding run eagerly in every variant; their time is printed separately
+(a few % of (a) on the CPU preset) and, being the same for all, pulls the ratios slightly towards
+1. Timings are medians over ``--repeats`` rounds; each round runs the three variants one after
+the other, so that noise from other processes hits all of them alike. Compile time is the first
+call minus the median (Dynamo + Inductor; Inductor's on-disk cache makes it shorter on later
+runs). KV bytes are counted on the returned cache and checked against ``graphprune.flops.kv_bytes``.
 
 (a) and (b) use two module trees sharing the same weight tensors (``gp.optimize`` works in place);
 (a) under compile is ``torch.compile(language_model.forward)`` with default (static) shapes; (b)
@@ -59,8 +61,8 @@ import graphprune as gp  # noqa: E402
 from graphprune import ops  # noqa: E402
 from graphprune.flops import kv_bytes  # noqa: E402
 from graphprune.methods import n_keep  # noqa: E402
-from graphprune.passes._graph import INSERTED_PREFIX  # noqa: E402
-from graphprune.reference.fastv import _eager_attention, input_embeddings  # noqa: E402
+from graphprune.passes import INSERTED_PREFIX  # noqa: E402
+from graphprune.reference.fastv import eager_attention, input_embeddings  # noqa: E402
 from graphprune.tiny import llava_inputs, tiny_llava  # noqa: E402
 
 PRESETS = {
@@ -133,7 +135,7 @@ class OriginalFastV:
         cache = DynamicCache(config=self.lm.config)
         hidden = input_embeddings(self.model, input_ids, pixel_values)
         hidden, cos, sin = self._head(hidden, cache)
-        with _eager_attention(self.lm.config):  # output_attentions at layer k-1 needs eager attention
+        with eager_attention(self.lm.config):  # output_attentions at layer k-1 needs eager attention
             hidden, cos, sin, keep_index = self._prune(hidden, cos, sin, cache)
         return self._tail(hidden, cos, sin, cache), cache, keep_index
 
@@ -241,7 +243,10 @@ def _measure(callables: dict, sync, repeats: int, label: str) -> tuple[dict, dic
             fn()
             sync()
             times[key].append(time.perf_counter() - start)
-        print(f"  {label}: round {round_ + 1}/{repeats}: " + ", ".join(f"{k} {t[-1] * 1e3:.0f} ms" for k, t in times.items()))
+        print(
+            f"  {label}: round {round_ + 1}/{repeats}: "
+            + ", ".join(f"{k} {t[-1] * 1e3:.0f} ms" for k, t in times.items())
+        )
     return times, first, outputs
 
 
@@ -287,6 +292,15 @@ def run(args) -> dict:
     }
     expected_kv["c"] = expected_kv["b"]
 
+    embed_ms = []
+    with torch.no_grad():
+        for _ in range(args.repeats + 1):
+            sync()
+            start = time.perf_counter()
+            input_embeddings(model_a, inputs["input_ids"], inputs.get("pixel_values"))
+            sync()
+            embed_ms.append((time.perf_counter() - start) * 1e3)
+
     modes = [False] if args.no_compile else [False, True]
     rows, checks, overhead = [], {}, None
     lm_a = model_a.model.language_model
@@ -307,10 +321,13 @@ def run(args) -> dict:
             }
             try:
                 times, first, outputs = _measure(callables, sync, args.repeats, label)
-                graphprune_kept = gp.runtime.optimized_state(model_b).decoder.last_prefill.keep_index[0]
+                graphprune_kept = gp.runtime.optimized_state(model_b).decoder.last_prefill.keep_index[0].tolist()
                 checks[label] = dict(
-                    same_kept_positions=bool(torch.equal(graphprune_kept.cpu(), outputs["c"][2].cpu())),
-                    logits_max_abs_diff_b_c=float((_logits_of("b", outputs["b"]) - _logits_of("c", outputs["c"])).abs().max()),
+                    kept_positions=len(graphprune_kept),
+                    kept_positions_only_in_b=len(set(graphprune_kept) - set(outputs["c"][2].tolist())),
+                    logits_max_abs_diff_b_c=float(
+                        (_logits_of("b", outputs["b"]) - _logits_of("c", outputs["c"])).abs().max()
+                    ),
                 )
                 if not compiled:
                     overhead = ranking_gather_share(model_b, inputs, method, sync, args.repeats)
@@ -347,6 +364,7 @@ def run(args) -> dict:
         kept_tokens=kept_tokens,
         repeats=args.repeats,
         flops=dict(before=flops_before, after=flops_after, fraction=flops_fraction),
+        vision_and_embedding_ms=statistics.median(embed_ms[1:]),
         rows=rows,
         checks=checks,
         ranking_gather=overhead,
@@ -376,13 +394,14 @@ def report(result: dict) -> str:
         compile_s = f"{r['compile_s']:.1f}" if r["compile_s"] is not None else "-"
         lines.append(
             f"{r['name']:<26} {'yes' if r['compiled'] else 'no':<8} {r['median_ms']:>10.1f} {spread:>15} "
-            f"{r['median_ms'] / a['median_ms']:>7.3f} {r['kv_bytes'] / 2**20:>8.1f} {r['kv_bytes'] / a['kv_bytes']:>7.3f} "
-            f"{compile_s:>9}"
+            f"{r['median_ms'] / a['median_ms']:>7.3f} {r['kv_bytes'] / 2**20:>8.1f} "
+            f"{r['kv_bytes'] / a['kv_bytes']:>7.3f} {compile_s:>9}"
         )
     flops = result["flops"]
     fraction = flops["fraction"]
     lines += [
         "",
+        f"vision tower + embedding (eager, in every variant above): {result['vision_and_embedding_ms']:.1f} ms",
         f"theoretical FLOPs (FastV paper count): {flops['before'] / 1e9:.1f} -> {flops['after'] / 1e9:.1f} GFLOP, "
         f"fraction {fraction:.3f}",
     ]
@@ -394,23 +413,27 @@ def report(result: dict) -> str:
         verdict = "PASS" if ratio <= bound else "MISS"
         mode = "compiled" if r["compiled"] else "eager"
         lines.append(
-            f"target 1 ({mode}): graphprune / unmodified = {ratio:.3f} <= {TIME_FACTOR} x {fraction:.3f} = {bound:.3f}: "
-            f"{verdict}"
+            f"target 1 ({mode}): graphprune / unmodified = {ratio:.3f} <= {TIME_FACTOR} x {fraction:.3f} "
+            f"= {bound:.3f}: {verdict}"
         )
     overhead = result["ranking_gather"]
     if overhead is not None:
         verdict = "PASS" if overhead["share"] <= OVERHEAD_SHARE else "MISS"
         lines.append(
-            f"target 2 (eager, fx.Interpreter): ranking + gather = {overhead['share'] * 100:.2f} % of the pruned prefill "
-            f"({overhead['inserted_ms']:.2f} of {overhead['interpreted_total_ms']:.1f} ms) <= "
+            f"target 2 (eager, fx.Interpreter): ranking + gather = {overhead['share'] * 100:.2f} % of the pruned "
+            f"prefill ({overhead['inserted_ms']:.2f} of {overhead['interpreted_total_ms']:.1f} ms) <= "
             f"{OVERHEAD_SHARE * 100:.0f} %: {verdict}"
         )
     for mode, check in result["checks"].items():
         lines.append(
-            f"check ({mode}): (b) and (c) keep the same positions: {'yes' if check['same_kept_positions'] else 'NO'}; "
-            f"last-token logits max |b - c| = {check['logits_max_abs_diff_b_c']:.2e}"
+            f"check ({mode}): kept positions that (b) and (c) do not share: {check['kept_positions_only_in_b']} of "
+            f"{check['kept_positions']}; last-token logits max |b - c| = {check['logits_max_abs_diff_b_c']:.2e}"
         )
-    wrong_kv = [f"{r['name']} ({'compiled' if r['compiled'] else 'eager'})" for r in rows if r["kv_bytes"] != r["expected_kv_bytes"]]
+    wrong_kv = [
+        f"{r['name']} ({'compiled' if r['compiled'] else 'eager'})"
+        for r in rows
+        if r["kv_bytes"] != r["expected_kv_bytes"]
+    ]
     if wrong_kv:
         lines.append("WARNING: KV bytes differ from graphprune.flops.kv_bytes for " + ", ".join(wrong_kv))
     return "\n".join(lines)

@@ -1,10 +1,12 @@
 """graphprune: visual-token pruning for vision-language models as torch.fx graph passes.
 
-import graphprune as gp
-model = gp.optimize(model, gp.FastV(k=2, keep=0.5))
-ids = model.generate(**inputs, max_new_tokens=32)
-print(gp.explain(model, **inputs))
-gp.restore(model)
+Usage::
+
+    import graphprune as gp
+    model = gp.optimize(model, gp.FastV(k=2, keep=0.5))
+    ids = model.generate(**inputs, max_new_tokens=32)
+    print(gp.explain(model, **inputs))
+    gp.restore(model)
 """
 
 from .explain import Report, explain

@@ -25,7 +25,8 @@ class FastVReference:
 
 
 @contextlib.contextmanager
-def _eager_attention(config):
+def eager_attention(config):
+    """HF attention modules read ``config._attn_implementation`` at call time; eager returns the weights."""
     saved = config._attn_implementation
     config._attn_implementation = "eager"
     try:
@@ -81,7 +82,7 @@ def fastv_reference(
     rows = torch.arange(seq_len)
     full_mask = _additive_mask(real, rows, hidden.dtype)
     visual = input_ids == model.config.image_token_id
-    with _eager_attention(lm.config):
+    with eager_attention(lm.config):
         for layer_idx in range(method.k):
             layer = lm.layers[layer_idx]
             if layer_idx == method.k - 1:
@@ -100,7 +101,7 @@ def fastv_reference(
     for b in range(batch):
         key_visible[b, kept[b]] = real[b, kept[b]]
     pruned_mask = _additive_mask(key_visible, rows, hidden.dtype)
-    with _eager_attention(lm.config):
+    with eager_attention(lm.config):
         for layer in lm.layers[method.k :]:
             hidden = layer(hidden, attention_mask=pruned_mask, position_embeddings=rope, past_key_values=cache)
     logits = model.lm_head(lm.norm(hidden))
@@ -137,7 +138,7 @@ def fastv_reference_generate(
         query = torch.tensor([real.shape[1] - 1])
         hidden = lm.get_input_embeddings()(token)
         rope = lm.rotary_emb(hidden, position_ids=next_position)
-        with _eager_attention(lm.config):
+        with eager_attention(lm.config):
             for layer_idx, layer in enumerate(lm.layers):
                 visible = real if layer_idx < method.k else key_visible
                 mask = _additive_mask(visible, query, hidden.dtype)
