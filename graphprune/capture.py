@@ -33,29 +33,14 @@ def _flat_cache(cache: DynamicCache) -> list[torch.Tensor]:
     return [tensor for layer in cache.layers for tensor in (layer.keys, layer.values)]
 
 
-class _PrefillStep(nn.Module):
+class _DecoderStep(nn.Module):
+    """One decoder call on a cache seeded with ``past`` (empty for prefill), returning plain tensors."""
+
     def __init__(self, decoder: nn.Module):
         super().__init__()
         self.decoder = decoder
 
-    def forward(self, inputs_embeds, attention_mask, position_ids):
-        cache = DynamicCache(config=self.decoder.config)
-        out = self.decoder(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=cache,
-            use_cache=True,
-        )
-        return (out.last_hidden_state, *_flat_cache(cache))
-
-
-class _DecodeStep(nn.Module):
-    def __init__(self, decoder: nn.Module):
-        super().__init__()
-        self.decoder = decoder
-
-    def forward(self, inputs_embeds, attention_mask, position_ids, past):
+    def forward(self, inputs_embeds, attention_mask, position_ids, past=()):
         cache = DynamicCache(config=self.decoder.config)
         for layer_idx in range(len(past) // 2):
             cache.update(past[2 * layer_idx], past[2 * layer_idx + 1], layer_idx)
@@ -118,7 +103,7 @@ def capture_prefill(decoder: nn.Module, layout: DecoderLayout) -> fx.GraphModule
     shapes = ({0: batch, 1: seq}, {0: batch, 1: seq}, {0: batch, 1: seq})
     with torch.no_grad():
         exported = torch.export.export(
-            _PrefillStep(decoder), _example_prefill(decoder, 2, 8), dynamic_shapes=shapes, strict=False
+            _DecoderStep(decoder), _example_prefill(decoder, 2, 8), dynamic_shapes=shapes, strict=False
         )
     logger.info("captured the prefill graph of %s (%d layers)", type(decoder).__name__, layout.num_layers)
     return _plain_graph_module(exported, layout)
@@ -135,7 +120,7 @@ def capture_decode(decoder: nn.Module, layout: DecoderLayout) -> fx.GraphModule:
     shapes = (*shapes, [{0: dynamic, 2: dynamic} for _ in past])
     with torch.no_grad():
         exported = torch.export.export(
-            _DecodeStep(decoder), (embeds, mask, positions, past), dynamic_shapes=shapes, strict=False
+            _DecoderStep(decoder), (embeds, mask, positions, past), dynamic_shapes=shapes, strict=False
         )
     logger.info("captured the decode graph of %s", type(decoder).__name__)
     return _plain_graph_module(exported, layout)
