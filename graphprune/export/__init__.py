@@ -8,6 +8,8 @@ gather nodes) lives inside the exported decoder graph. The ONNX extra is optiona
 from .manifest import Manifest
 from .onnx import onnx
 from .ort_generator import OrtGenerator
+from .tensorrt import tensorrt
+from .tensorrt_support import tensorrt_support
 from .validate import ExportValidationError
 
-__all__ = ["ExportValidationError", "Manifest", "OrtGenerator", "onnx"]
+__all__ = ["ExportValidationError", "Manifest", "OrtGenerator", "onnx", "tensorrt", "tensorrt_support"]

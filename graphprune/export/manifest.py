@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 FILE = "manifest.json"
-FORMATS = ("onnx",)
+FORMATS = ("onnx", "torch_tensorrt")
 
 
 @dataclass(frozen=True)
