@@ -79,8 +79,8 @@ def run(args) -> dict:
     work = Path(tempfile.mkdtemp(prefix="graphprune-onnx-bench-"))
     start = time.perf_counter()
     folders = {
-        "pruned": gp.export.onnx(model, work / "pruned", example_inputs=inputs, validate=args.validate),
-        "unpruned": gp.export.onnx(model, work / "unpruned", example_inputs=inputs, prune=False, validate=args.validate),
+        name: gp.export.onnx(model, work / name, example_inputs=inputs, prune=prune, validate=args.validate)
+        for name, prune in (("pruned", True), ("unpruned", False))
     }
     export_s = time.perf_counter() - start
 
