@@ -25,8 +25,8 @@ GRAPHS = ("vision", "embed", "prefill", "decode")
 
 @pytest.fixture(scope="module")
 def model():
-    """Tiny LLaVA with 3 layers (16 visual tokens per image); optimised for the whole module."""
-    model = tiny_llava(num_layers=3, seed=2)
+    """Tiny LLaVA with 2 layers (16 visual tokens per image; layer 1 pruned); optimised for the whole module."""
+    model = tiny_llava(num_layers=2, seed=2)
     with optimized(model, METHOD):
         yield model
 
@@ -57,11 +57,11 @@ def test_export_writes_the_graphs_and_a_manifest(exported):
     prefill, decode = manifest["graphs"]["prefill"], manifest["graphs"]["decode"]
     assert prefill["dynamic_axes"]["inputs_embeds"] == {"0": "batch", "1": "sequence"}
     assert prefill["dynamic_axes"]["graphprune_slots"] == {"0": "pruned_sequence"}
-    # layer 0 caches every position, the pruned layers 1 and 2 only the kept ones
+    # layer 0 caches every position, the pruned layer 1 only the kept ones
     assert prefill["dynamic_axes"]["present.0.key"]["2"] == "sequence"
     assert prefill["dynamic_axes"]["present.1.key"]["2"] == "pruned_sequence"
     assert decode["dynamic_axes"]["past.0.value"]["2"] == "past"
-    assert decode["dynamic_axes"]["past.2.value"]["2"] == "pruned_past"
+    assert decode["dynamic_axes"]["past.1.value"]["2"] == "pruned_past"
     assert [spec["name"] for spec in decode["inputs"]][-2:] == ["graphprune_cache_index", "graphprune_cache_valid"]
 
 
@@ -188,7 +188,7 @@ def test_tensorrt_without_torch_tensorrt_names_the_extra(model, inputs, tmp_path
     reason="needs torch-tensorrt and a CUDA GPU",
 )
 def test_tensorrt_export_compiles_every_graph(inputs, tmp_path):
-    model = tiny_llava(num_layers=3, seed=2)
+    model = tiny_llava(num_layers=2, seed=2)
     with optimized(model, METHOD):
         folder = gp.export.tensorrt(model, tmp_path / "trt", example_inputs=inputs)
     assert sorted(path.name for path in folder.glob("*.ep")) == sorted(f"{graph}.ep" for graph in GRAPHS)

@@ -6,6 +6,7 @@ import inspect
 import logging
 import shutil
 import uuid
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -69,7 +70,8 @@ def _write(graph: GraphExport, folder: Path, opset: int) -> dict:
 
     path = folder / f"{graph.name}.onnx"
     weights = sum(p.numel() * p.element_size() for p in graph.module.parameters())
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="# The axis name", category=UserWarning)  # axes named twice
         torch.onnx.export(
             graph.module,
             graph.args,
