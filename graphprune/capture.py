@@ -104,10 +104,16 @@ def _plain_graph_module(
     return gm
 
 
+def _random_like(like: torch.Tensor, *shape: int) -> torch.Tensor:
+    """Example values from a private generator: capturing leaves the caller's random state alone."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(shape, generator=generator).to(dtype=like.dtype, device=like.device)
+
+
 def _example_prefill(decoder: nn.Module, batch: int, seq_len: int, past: int = 0):
     param = next(decoder.parameters())
     hidden = decoder.config.hidden_size
-    embeds = torch.randn(batch, seq_len, hidden, dtype=param.dtype, device=param.device)
+    embeds = _random_like(param, batch, seq_len, hidden)
     mask = torch.ones(batch, past + seq_len, dtype=torch.long, device=param.device)
     positions = torch.arange(past, past + seq_len, device=param.device).expand(batch, seq_len)
     return embeds, mask, positions
@@ -133,7 +139,7 @@ def capture_prefill(decoder: nn.Module, layout: DecoderLayout) -> fx.GraphModule
     extra_names = ()
     if layout.cross_attention_layers:
         features = Dim("features", min=2)
-        states = torch.randn(2, 12, args[0].shape[-1], dtype=args[0].dtype, device=args[0].device)
+        states = _random_like(args[0], 2, 12, args[0].shape[-1])
         args = (*args, (states, *_example_cross_masks(args[0], 12)))
         shapes = (*shapes, ({0: batch, 1: features}, {0: batch, 2: seq, 3: features}, {0: batch, 2: seq}))
         extra_names = CROSS_PREFILL_INPUTS
@@ -151,7 +157,7 @@ def capture_decode(decoder: nn.Module, layout: DecoderLayout) -> fx.GraphModule:
     for layer_idx in range(layout.num_layers):
         length = features if layer_idx in layout.cross_attention_layers else past_len
         kv_shape = (2, layout.num_kv_heads, length, layout.head_dim)
-        past += [torch.randn(kv_shape, dtype=embeds.dtype, device=embeds.device) for _ in range(2)]
+        past += [_random_like(embeds, *kv_shape) for _ in range(2)]
     dynamic = Dim.DYNAMIC
     shapes = ({0: dynamic, 1: dynamic}, {0: dynamic, 1: dynamic}, {0: dynamic, 1: dynamic})
     extra, extra_shapes, extra_names = (), (), ()

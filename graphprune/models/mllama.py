@@ -37,5 +37,9 @@ class MllamaAdapter(ModelAdapter):
             cross_attention="cross_attn",
         )
 
+    def feature_grid(self, model: nn.Module) -> tuple[int, int]:
+        """``(tiles per image, features per tile)``: how a sample's feature rows split by image and tile."""
+        return model.config.vision_config.max_num_tiles, model.model.vision_model.num_patches
+
     def visual_mask(self, model, input_ids, inputs_embeds):
         return None  # the visual features reach the decoder as cross_attention_states, not as tokens
