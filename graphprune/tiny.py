@@ -133,6 +133,7 @@ def tiny_mllama(
     patch_size: int = 14,
     attn_implementation: str = "sdpa",
     dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
     seed: int = 0,
     qk_gain: float = 2.0,
 ) -> MllamaForConditionalGeneration:
@@ -141,7 +142,8 @@ def tiny_mllama(
     features per tile; in eval mode.
 
     The cross-attention gates (zero at init, which would make cross-attention a no-op) are set to 1,
-    and the cross-attention q/k norms are scaled by ``qk_gain`` so that rankings are not flat.
+    and the cross-attention q/k norms are scaled by ``qk_gain`` so that rankings are not flat. The
+    weights are made on ``device`` (benchmarks build full-size models on the GPU).
     """
     config = MllamaConfig(
         text_config=dict(
@@ -170,8 +172,9 @@ def tiny_mllama(
         image_token_index=IMAGE_TOKEN_ID,
     )
     torch.manual_seed(seed)
-    model = MllamaForConditionalGeneration(config)
-    _sharpen(model, torch.Generator().manual_seed(seed), qk_gain)
+    with torch.device(device):
+        model = MllamaForConditionalGeneration(config)
+    _sharpen(model, torch.Generator(device).manual_seed(seed), qk_gain)
     with torch.no_grad():
         for layer in model.model.language_model.layers:
             if hasattr(layer, "cross_attn"):
