@@ -6,8 +6,9 @@ from torch import nn
 
 from .base import DecoderLayout, ModelAdapter
 from .llava import LlavaAdapter
+from .mllama import MllamaAdapter
 
-ADAPTERS: tuple[ModelAdapter, ...] = (LlavaAdapter(),)
+ADAPTERS: tuple[ModelAdapter, ...] = (LlavaAdapter(), MllamaAdapter())
 
 
 class UnsupportedModelError(TypeError):

@@ -24,7 +24,13 @@ class DecoderLayout:
     num_heads: int
     num_kv_heads: int
     head_dim: int
-    scaling: float  # softmax scale of the decoder's self-attention
+    scaling: float  # softmax scale of the attention the method ranks by (self- or cross-attention)
+    cross_attention_layers: tuple[int, ...] = ()  # indices of cross-attention layers (Mllama), in order
+    cross_attention: str = "cross_attn"  # cross-attention submodule of those layers
+
+    @property
+    def self_attention_layers(self) -> tuple[int, ...]:
+        return tuple(i for i in range(self.num_layers) if i not in self.cross_attention_layers)
 
 
 class ModelAdapter:
