@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -28,7 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+# run from a checkout without installing; and this file's folder off the path, or it shadows the onnx package
+sys.path[:] = [str(Path(__file__).resolve().parent.parent)] + [
+    p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent
+]
 
 import graphprune as gp  # noqa: E402
 from graphprune.methods import n_keep  # noqa: E402
@@ -50,20 +54,23 @@ PRESETS = {
     ),
 }
 
+# VmHWM, not ru_maxrss: the latter keeps the (large) parent's figure across fork and exec
 _PEAK = """
-import resource, sys, numpy as np, onnxruntime as ort
+import sys, numpy as np, onnxruntime as ort
 if sys.argv[1] != "-":
     options = ort.SessionOptions(); options.intra_op_num_threads = int(sys.argv[3])
     session = ort.InferenceSession(sys.argv[1], options, providers=["CPUExecutionProvider"])
     feeds = dict(np.load(sys.argv[2]))
     session.run(["logits"], {i.name: feeds[i.name] for i in session.get_inputs()})
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM")))
 """
 
 
 def _peak_mib(model_path: str, feeds_path: str, threads: int) -> float:
-    out = subprocess.run([sys.executable, "-c", _PEAK, model_path, feeds_path, str(threads)], capture_output=True)
-    return int(out.stdout.decode().strip()) / 1024  # ru_maxrss is KiB on Linux
+    out = subprocess.run(
+        [sys.executable, "-c", _PEAK, model_path, feeds_path, str(threads)], capture_output=True, check=True
+    )
+    return int(out.stdout.decode().strip()) / 1024  # VmHWM is in KiB
 
 
 def run(args) -> dict:
@@ -124,6 +131,7 @@ def run(args) -> dict:
         name: {path.name: path.stat().st_size for path in folder.iterdir() if path.suffix in (".onnx", ".data")}
         for name, folder in folders.items()
     }
+    shutil.rmtree(work)
     medians = {name: statistics.median(values) for name, values in times.items()}
     fraction = flops_after / flops_before
     return dict(
@@ -176,7 +184,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-small")
     parser.add_argument("--k", type=int, default=2)
     parser.add_argument("--keep", type=float, default=0.5)
-    parser.add_argument("--repeats", type=int, default=9, help="timed rounds (default 9)")
+    parser.add_argument("--repeats", type=int, default=15, help="timed rounds (default 15)")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
     parser.add_argument("--validate", action="store_true", help="validate both exports against PyTorch (slower)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")

@@ -46,6 +46,13 @@ def trt_recipe(manifest: Manifest, folder: Path) -> list[Path]:
         if method
         else "none (an unpruned baseline export)."
     )
+    cache = (
+        f" Layers >= {manifest.first_pruned_layer} hold the shorter, pruned cache; `graphprune_cache_index` and\n"
+        "`graphprune_cache_valid` (the prefill's `graphprune_keep_index` / `graphprune_slot_valid`, grown by\n"
+        "one position per step) say which original positions it holds."
+        if method
+        else ""
+    )
     rows = "\n".join(
         f"| {graph} | `{name}` | " + " | ".join(" x ".join(map(str, shape)) for shape in shapes) + " |"
         for graph, inputs in profiles.items()
@@ -74,10 +81,8 @@ at most the unpruned ones):
 {rows}
 
 The generation loop is the one `graphprune.export.OrtGenerator` runs (see its source): vision →
-embed → prefill → decode per new token, feeding each step's `present.*` back as `past.*`; layers
->= {manifest.first_pruned_layer} hold the shorter, pruned cache, and `graphprune_cache_index` /
-`graphprune_cache_valid` (the prefill's `graphprune_keep_index` / `graphprune_slot_valid`, grown by
-one position per step) say which original positions it holds. Without writing that loop, ONNX Runtime
+embed → prefill → decode per new token, feeding each step's `present.*` back as `past.*`.{cache}
+Without writing that loop, ONNX Runtime
 can use TensorRT directly: install `onnxruntime-gpu` (NVIDIA's Jetson wheel for JetPack 6) and pass
 `providers=["TensorrtExecutionProvider", "CUDAExecutionProvider"]` to `OrtGenerator`.
 """
