@@ -327,7 +327,7 @@ class _Optimized:
     method: FastV | CrossAttentionTrim
     adapter: ModelAdapter
     decoder: PrunedDecoder | TrimmedDecoder
-    saved_forwards: dict  # module -> its own instance-level forward before optimize (None if it had none)
+    saved_attributes: dict  # (module, name) -> its own instance attribute before optimize (None if it had none)
 
 
 def _check(model: nn.Module, method) -> ModelAdapter:
@@ -377,8 +377,8 @@ def optimize(model: nn.Module, method: FastV | CrossAttentionTrim, *, compile: b
         decode = cross_attention_trim_decode(capture_decode(decoder, layout), method)
         pruned = TrimmedDecoder(decoder, method, layout, prefill, decode, compile)
 
-    saved = {module: module.__dict__.get("forward") for module in (model, decoder)}
-    forward = model.forward
+    saved = {(module, name): module.__dict__.get(name) for module, name in _replaced_attributes(model, decoder)}
+    forward, generate = model.forward, model.generate
     signature = inspect.signature(forward)
 
     @functools.wraps(forward)
@@ -395,11 +395,27 @@ def optimize(model: nn.Module, method: FastV | CrossAttentionTrim, *, compile: b
         finally:
             _visual_mask.reset(token)
 
+    @functools.wraps(generate)
+    def generate_without_beam_search(*args, **kwargs):
+        config = kwargs.get("generation_config") or model.generation_config
+        if (kwargs.get("num_beams") or config.num_beams or 1) > 1:
+            raise ValueError(
+                "graphprune does not support beam search (num_beams > 1): reordering the beams would not reorder "
+                "the pruned cache's slot index; use greedy or sampling, or graphprune.restore(model) first"
+            )
+        return generate(*args, **kwargs)
+
     model.forward = forward_with_visual_mask
+    model.generate = generate_without_beam_search
     decoder.forward = pruned
     setattr(model, STATE_ATTR, _Optimized(method, adapter, pruned, saved))
     logger.info("graphprune: %s on %s (%s)", method, type(model).__name__, "compiled" if compile else "eager")
     return model
+
+
+def _replaced_attributes(model: nn.Module, decoder: nn.Module) -> tuple[tuple[nn.Module, str], ...]:
+    """The instance attributes ``optimize`` sets and ``restore`` puts back."""
+    return (model, "forward"), (model, "generate"), (decoder, "forward")
 
 
 def optimized_state(model: nn.Module) -> _Optimized:
@@ -410,12 +426,13 @@ def optimized_state(model: nn.Module) -> _Optimized:
 
 
 def restore(model: nn.Module) -> nn.Module:
-    """Undo ``optimize``: the model's and its decoder's forwards are what they were; returns the model."""
+    """Undo ``optimize``: the model's forward and generate and its decoder's forward are what they were;
+    returns the model."""
     state = optimized_state(model)
-    for module, forward in state.saved_forwards.items():
-        if forward is None:
-            del module.forward
+    for (module, name), value in state.saved_attributes.items():
+        if value is None:
+            delattr(module, name)
         else:
-            module.forward = forward
+            setattr(module, name, value)
     delattr(model, STATE_ATTR)
     return model

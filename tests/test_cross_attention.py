@@ -8,9 +8,9 @@ import graphprune as gp
 from graphprune.capture import capture_decode, capture_prefill
 from graphprune.models import adapter_for
 from graphprune.passes import cross_attention_trim, cross_attention_trim_decode
-from graphprune.passes._graph import layer_index, module_path
+from graphprune.passes._graph import layer_index, module_path, symbol
 from graphprune.reference import cross_attention_trim_reference, trimmed_mask_mode
-from graphprune.tiny import features_per_tile, mllama_inputs
+from graphprune.tiny import features_per_tile, mllama_inputs, tiny_mllama
 
 from .conftest import LOGITS_RTOL, MLLAMA_BATCH, optimized, rel_error
 
@@ -57,6 +57,31 @@ def test_decode_pass_gathers_the_mask_of_the_later_cross_layers_only(mllama):
     assert {"graphprune_cache_index", "graphprune_cache_valid"} <= set(nodes)
     assert {i for i, _ in _readers(gm, nodes["graphprune_gather_cross_attention_mask"])} == {3, 4}
     assert {i for i, _ in _readers(gm, nodes["cross_attention_mask"])} == {1, None}
+
+
+@torch.no_grad()
+def test_decode_reads_the_feature_count_off_the_first_cross_layer():
+    """torch.export may read the (unified) feature count off any cross-attention layer's past; the
+    trimmed layers' pasts are shorter, so every read must come from the first one's. (With cross-attention
+    at 2, 5, 8 the captured graph reads it off layer 5's past for layer 2.)"""
+    model = tiny_mllama(num_layers=10, cross_attention_layers=(2, 5, 8))
+    adapter = adapter_for(model)
+    layout = adapter.layout(model)
+    gm = cross_attention_trim_decode(capture_decode(adapter.decoder(model), layout), gp.CrossAttentionTrim())
+    features = symbol(gm.graph.find_nodes(op="placeholder", target="cross_attention_mask")[0].meta["val"].shape[3])
+    trimmed = {f"past_{i}" for i in range(10, 20)}
+    reads = [
+        node.args[0].name
+        for node in gm.graph.find_nodes(op="call_function", target=torch.ops.aten.sym_size.int)
+        if symbol(node.meta.get("val")) == features
+    ]
+    assert reads and not trimmed & set(reads)
+    inputs = mllama_inputs(model, [(1, [2], 3), (0, [1], 5)])
+    reference = cross_attention_trim_reference(model, gp.CrossAttentionTrim(), **inputs)
+    with trimmed_mask_mode(model, reference.kept):
+        expected = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    with optimized(model, gp.CrossAttentionTrim()):
+        assert torch.equal(model.generate(**inputs, max_new_tokens=3, do_sample=False), expected)
 
 
 @pytest.mark.parametrize("select", ["head_union", "topk"])
@@ -154,7 +179,7 @@ def test_restore_is_exact(mllama, mllama_batch):
     gp.optimize(mllama, gp.CrossAttentionTrim(keep=0.25))
     assert not torch.equal(mllama(**mllama_batch).logits[:, -1], expected[:, -1])
     gp.restore(mllama)
-    assert "forward" not in vars(mllama) and "forward" not in vars(mllama.model.language_model)
+    assert not {"forward", "generate"} & set(vars(mllama)) and "forward" not in vars(mllama.model.language_model)
     assert torch.equal(mllama(**mllama_batch).logits, expected)
 
 

@@ -6,9 +6,11 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import graphprune as gp
 
+from .conftest import optimized
+
 
 def _untouched(model):
-    return "forward" not in vars(model) and not hasattr(model, "_graphprune")
+    return not {"forward", "generate", "_graphprune"} & set(vars(model))
 
 
 @pytest.mark.parametrize("k", [4, 7])
@@ -80,3 +82,11 @@ def test_unsupported_calls_on_an_optimized_model(llava, batch):
             llava(**batch, output_hidden_states=True)
     finally:
         gp.restore(llava)
+
+
+@torch.no_grad()
+def test_beam_search_is_refused_until_restore(llava, batch):
+    with pytest.raises(ValueError, match="beam search.*greedy or sampling"), optimized(llava, gp.FastV(k=2)):
+        llava.generate(**batch, max_new_tokens=2, num_beams=2)
+    assert _untouched(llava)
+    assert llava.generate(**batch, max_new_tokens=2, num_beams=2).shape == (3, batch["input_ids"].shape[1] + 2)
