@@ -189,14 +189,28 @@ def cross_attention_scores(
     return weighted.sum(dim=2) / rows.sum(dim=1).clamp(min=1)[:, None, None]
 
 
-def _rank(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Each feature's rank (0 = best) along the last axis; invalid features last, ties to the lower index."""
-    order = torch.argsort(torch.where(valid, -scores, float("inf")), dim=-1, stable=True)
-    return torch.argsort(order, dim=-1)
+def _best(ranked: torch.Tensor, counts: torch.Tensor, budget: int) -> torch.Tensor:
+    """The ``counts`` best entries along the last axis of ``ranked`` (invalid ones ``-inf``), ties to the lower index.
+
+    No sort (ONNX has no stable one): a top-k of ``budget`` (>= every count) finds the cut score, a
+    cumulative sum gives the ties at the cut to the lowest indices.
+    """
+    padded = torch.cat([ranked, ranked.new_full((*ranked.shape[:-1], budget), float("-inf"))], dim=-1)
+    cut = padded.topk(budget, dim=-1).values.gather(-1, (counts - 1).clamp(min=0))
+    valid = ranked > float("-inf")
+    above = valid & (ranked > cut)
+    at_cut = valid & (ranked == cut)
+    room = counts - above.sum(dim=-1, keepdim=True)
+    return above | (at_cut & (at_cut.cumsum(dim=-1) <= room))
 
 
 def cross_attention_select(
-    scores: torch.Tensor, valid: torch.Tensor, keep: float, select: str, slots: torch.Tensor | None = None
+    scores: torch.Tensor,
+    valid: torch.Tensor,
+    keep: float,
+    select: str,
+    slots: torch.Tensor | None = None,
+    max_features: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The kept features of each sample, in ascending order, laid out in ``K'`` right-padded slots.
 
@@ -204,19 +218,33 @@ def cross_attention_select(
     heads; ``K'`` is the largest union in the batch, known only from the scores (so under
     ``torch.compile`` this op ends a graph). ``select="topk"``: the ``ceil(keep · n_valid)`` best by
     the head-mean score; ``K' = len(slots)``, given by the caller, so no shape depends on data.
-    Returns ``index [B, K']`` (feature per slot; padding slots hold unkept features) and
-    ``slot_valid [B, K']``.
+    Ties go to the lower index (arXiv 2504.00557 as SPEC.md fixes it). Returns ``index [B, K']``
+    (feature per slot; padding slots hold the lowest unkept features) and ``slot_valid [B, K']``.
+
+    No sort: see ``_best``; a scatter lays the kept features out. Its top-k's K is the feature count,
+    or, with ``max_features`` (the most features a sample may hold, for export), the constant
+    ``ceil(keep · max_features)``; samples must then hold at most ``max_features`` features.
     """
-    counts = keep_counts(valid, keep)[:, None]
+    n_features = scores.shape[-1]
+    if max_features is None:
+        counts, budget = keep_counts(valid, keep)[:, None], n_features
+    else:
+        table = torch.tensor([n_keep(keep, n) for n in range(max_features + 1)], device=scores.device)
+        counts = table[valid.sum(dim=-1).clamp(max=max_features)][:, None]
+        budget = max(n_keep(keep, max_features), 1)
     if select == "head_union":
-        kept = ((_rank(scores, valid[:, None]) < counts[:, None]).any(dim=1)) & valid
+        ranked = torch.where(valid[:, None], scores.float(), float("-inf"))
+        kept = _best(ranked, counts[:, None].expand(-1, scores.shape[1], 1), budget).any(dim=1) & valid
         n_slots = int(kept.sum(dim=-1).max())
     else:
-        kept = (_rank(scores.mean(dim=1), valid) < counts) & valid
+        kept = _best(torch.where(valid, scores.float().mean(dim=1), float("-inf")), counts, budget) & valid
         n_slots = slots.shape[0]
-    kept_first = torch.argsort((~kept).to(torch.int8), dim=-1, stable=True)[:, :n_slots]
+    n_kept = kept.sum(dim=-1, keepdim=True)
+    target = torch.where(kept, kept.cumsum(dim=-1) - 1, n_kept + (~kept).cumsum(dim=-1) - 1)  # kept first, in order
+    positions = torch.arange(n_features, device=scores.device).expand_as(target)
+    index = torch.empty_like(positions).scatter(1, target, positions)[:, :n_slots]
     slot = torch.arange(n_slots, device=scores.device) if slots is None else slots
-    return kept_first, slot[None, :] < kept.sum(dim=-1, keepdim=True)
+    return index, slot[None, :] < n_kept
 
 
 def gather_cross_attention_mask(mask: torch.Tensor, index: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ from ..runtime import optimized_state
 from .graph_export import GraphExport
 from .llava import llava
 from .manifest import Manifest
+from .mllama import mllama
 from .trt_recipe import trt_recipe
 from .validate import validate as validate_files
 
@@ -26,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 # One builder per model family (the adapter's name): (model, state, example_inputs, max_images, prune)
 # -> (graphs, manifest details). A family's graphs list their own inputs and outputs.
-FAMILIES = {"llava": llava}
+FAMILIES = {"llava": llava, "mllama": mllama}
 OPSETS = range(18, 21)  # the torch.onnx dynamo exporter starts at 18; TensorRT 10's parser ends at 20
 EXTERNAL_DATA_BYTES = 1 << 30  # larger graphs keep their weights in a .data file (protobuf's 2 GiB limit)
 VALIDATION_RTOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 3e-2}

@@ -11,7 +11,7 @@ Shape = tuple[int, ...]
 def trt_profiles(
     manifest: Manifest, max_batch: int = 1, max_text: int = 512, max_new_tokens: int = 256
 ) -> dict[str, dict[str, tuple[Shape, Shape, Shape]]]:
-    """``{graph: {input: (min, opt, max)}}`` for sequences of up to ``max_images`` images plus ``max_text`` tokens.
+    """``{graph: {input: (min, opt, max)}}`` for up to ``max_images`` images plus ``max_text`` tokens.
 
     opt is one image and a 64-token prompt, batch 1; the decode step takes one new token after at
     most ``max_new_tokens - 1`` earlier ones. Related axes are consistent at each of min, opt and
@@ -20,13 +20,26 @@ def trt_profiles(
     for name, value in (("max_batch", max_batch), ("max_text", max_text), ("max_new_tokens", max_new_tokens)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1; got {value!r}")
+    axes = (_mllama_axes if manifest.family == "mllama" else _llava_axes)(manifest, max_batch, max_text, max_new_tokens)
+    profiles = {}
+    for graph, entry in manifest.graphs.items():
+        profiles[graph] = {
+            spec["name"]: tuple(
+                tuple(axes[dim][which] if isinstance(dim, str) else dim for dim in spec["shape"]) for which in range(3)
+            )
+            for spec in entry["inputs"]
+        }
+    return profiles
+
+
+def _llava_axes(manifest: Manifest, max_batch: int, max_text: int, max_new_tokens: int) -> dict:
     budget = manifest.visual_budget
     per_image, max_images = budget["tokens_per_image"], budget["max_images"]
     max_sequence = budget["max_visual"] + max_text
     opt_sequence = per_image + 64
     dropped = per_image - n_keep(manifest.method["keep"], per_image) if manifest.method else 0
     max_total = max_sequence + max_new_tokens
-    axes = {
+    return {
         "batch": (1, 1, max_batch),
         "images": (1, 1, max_batch * max_images),
         "image_tokens": (0, per_image, max_batch * budget["max_visual"]),
@@ -37,12 +50,21 @@ def trt_profiles(
         "pruned_past": (1, opt_sequence - dropped, max_total - 1),
         "total": (2, opt_sequence + 1, max_total),
     }
-    profiles = {}
-    for graph, entry in manifest.graphs.items():
-        profiles[graph] = {
-            spec["name"]: tuple(
-                tuple(axes[dim][which] if isinstance(dim, str) else dim for dim in spec["shape"]) for which in range(3)
-            )
-            for spec in entry["inputs"]
-        }
-    return profiles
+
+
+def _mllama_axes(manifest: Manifest, max_batch: int, max_text: int, max_new_tokens: int) -> dict:
+    """Mllama (CrossAttentionTrim, arXiv 2504.00557): the text axes hold text only; ``features`` is
+    images x tiles x patches (padding tiles included), ``trimmed_features`` at most the top-k K."""
+    budget = manifest.visual_budget
+    per_image = budget["max_num_tiles"] * budget["features_per_tile"]
+    trimmed = n_keep(manifest.method["keep"], per_image) if manifest.method else per_image
+    return {
+        "batch": (1, 1, max_batch),
+        "images": (1, 1, budget["max_images"]),
+        "sequence": (1, 64, max_text),
+        "features": (per_image, per_image, budget["max_features"]),
+        "trimmed_features": (1, trimmed, budget["top_k"] or budget["max_features"]),
+        "new_tokens": (1, 1, 1),
+        "past": (1, 64, max_text + max_new_tokens - 1),
+        "total": (2, 65, max_text + max_new_tokens),
+    }

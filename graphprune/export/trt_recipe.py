@@ -40,19 +40,40 @@ def trt_recipe(manifest: Manifest, folder: Path) -> list[Path]:
     script.write_text("\n".join(lines) + "\n")
     script.chmod(0o755)
     budget, method = manifest.visual_budget, manifest.method
-    pruning = (
-        f"FastV k={method['k']} keep={method['keep']} query={method['query']}: the ranking (TopK with a constant "
-        f"K={budget['top_k']}, sorted) and gather nodes sit inside prefill.onnx after layer {method['k'] - 1}."
-        if method
-        else "none (an unpruned baseline export)."
-    )
-    cache = (
-        f" Layers >= {manifest.first_pruned_layer} hold the shorter, pruned cache; `graphprune_cache_index` and\n"
-        "`graphprune_cache_valid` (the prefill's `graphprune_keep_index` / `graphprune_slot_valid`, grown by\n"
-        "one position per step) say which original positions it holds."
-        if method
-        else ""
-    )
+    if manifest.family == "mllama":
+        pruning = (
+            f"CrossAttentionTrim keep={method['keep']} select={method['select']}: the ranking (TopK with a constant "
+            f"K={budget['top_k']}, sorted) and gather nodes sit inside prefill.onnx after the first cross-attention "
+            "layer."
+            if method
+            else "none (an unpruned baseline export)."
+        )
+        visual = (
+            f"at most {budget['max_images']} image(s) of {budget['max_num_tiles']} tiles x "
+            f"{budget['features_per_tile']} features per sample"
+        )
+        cache = (
+            f" Cross-attention layers >= {manifest.first_pruned_layer} hold only the kept features;\n"
+            "`graphprune_cache_index` / `graphprune_cache_valid` (the prefill's `graphprune_keep_index` /\n"
+            "`graphprune_slot_valid`, unchanged while decoding) say which."
+            if method
+            else ""
+        )
+    else:
+        pruning = (
+            f"FastV k={method['k']} keep={method['keep']} query={method['query']}: the ranking (TopK with a constant "
+            f"K={budget['top_k']}, sorted) and gather nodes sit inside prefill.onnx after layer {method['k'] - 1}."
+            if method
+            else "none (an unpruned baseline export)."
+        )
+        visual = f"at most {budget['max_images']} image(s) of {budget['tokens_per_image']} visual tokens per sample"
+        cache = (
+            f" Layers >= {manifest.first_pruned_layer} hold the shorter, pruned cache; `graphprune_cache_index` and\n"
+            "`graphprune_cache_valid` (the prefill's `graphprune_keep_index` / `graphprune_slot_valid`, grown by\n"
+            "one position per step) say which original positions it holds."
+            if method
+            else ""
+        )
     rows = "\n".join(
         f"| {graph} | `{name}` | " + " | ".join(" x ".join(map(str, shape)) for shape in shapes) + " |"
         for graph, inputs in profiles.items()
@@ -61,13 +82,13 @@ def trt_recipe(manifest: Manifest, folder: Path) -> list[Path]:
     guide = f"""# TensorRT engines for this export (Jetson Orin, JetPack 6 / TensorRT 10)
 
 Pruning: {pruning}
-Visual budget: at most {budget["max_images"]} image(s) of {budget["tokens_per_image"]} visual tokens per sample.
+Visual budget: {visual}.
 
 TensorRT engines only run on the GPU model and TensorRT version they were built with, so build
 them on the Jetson itself (JetPack 6.x ships TensorRT 10.3 with `trtexec` in `/usr/src/tensorrt/bin`):
 
 ```bash
-./build_engines.sh                       # four fp16 engines: vision, embed, prefill, decode
+./build_engines.sh                       # one fp16 engine per graph: {', '.join(profiles)}
 ./build_engines.sh --memPoolSize=workspace:2048 --builderOptimizationLevel=3   # extra flags go to every trtexec
 TRTEXEC=/path/to/trtexec ./build_engines.sh
 ```
@@ -80,8 +101,8 @@ at most the unpruned ones):
 |---|---|---|---|---|
 {rows}
 
-The generation loop is the one `graphprune.export.OrtGenerator` runs (see its source): vision →
-embed → prefill → decode per new token, feeding each step's `present.*` back as `past.*`.{cache}
+The generation loop is the one `graphprune.export.OrtGenerator` runs (see its source): {' → '.join(profiles)}
+per new token, feeding each step's `present.*` back as `past.*`.{cache}
 Without writing that loop, ONNX Runtime
 can use TensorRT directly: install `onnxruntime-gpu` (NVIDIA's Jetson wheel for JetPack 6) and pass
 `providers=["TensorrtExecutionProvider", "CUDAExecutionProvider"]` to `OrtGenerator`.
