@@ -13,7 +13,7 @@ import onnx  # noqa: E402
 
 import graphprune as gp  # noqa: E402
 from graphprune.export.trt_profiles import trt_profiles  # noqa: E402
-from graphprune.tiny import llava_inputs, tiny_llava  # noqa: E402
+from graphprune.tiny import llava_inputs, mllama_inputs, tiny_llava, tiny_mllama  # noqa: E402
 
 from .conftest import BATCH, LOGITS_RTOL, optimized, rel_error  # noqa: E402
 
@@ -21,6 +21,10 @@ export_onnx = importlib.import_module("graphprune.export.onnx")  # the module; g
 
 METHOD = gp.FastV(k=1, keep=0.5)
 GRAPHS = ("vision", "embed", "prefill", "decode")
+TRIM = gp.CrossAttentionTrim(keep=0.5, select="topk")
+MLLAMA_GRAPHS = ("vision", "masks", "embed", "prefill", "decode")
+# (text_before, tiles per image, text_after): left-padded, different tile counts, two image slots
+MLLAMA_EXPORT_BATCH = [(1, [4, 2], 3), (2, [2], 4), (0, [1], 6)]
 
 
 @pytest.fixture(scope="module")
@@ -205,3 +209,97 @@ def test_unpruned_export_is_the_baseline_with_the_same_tokens(model, inputs, tmp
     finally:
         gp.optimize(model, METHOD)
     assert torch.equal(gp.export.OrtGenerator(folder).generate(**inputs, max_new_tokens=4), expected)
+
+
+@pytest.fixture(scope="module")
+def mllama_model():
+    """Tiny Mllama, 4 layers, cross-attention at 1 (ranks, keeps all features) and 3 (trimmed)."""
+    model = tiny_mllama(num_layers=4, cross_attention_layers=(1, 3))
+    with optimized(model, TRIM):
+        yield model
+
+
+@pytest.fixture(scope="module")
+def mllama_batch(mllama_model):
+    return mllama_inputs(mllama_model, MLLAMA_EXPORT_BATCH)
+
+
+@pytest.fixture(scope="module")
+def mllama_exported(mllama_model, mllama_batch, tmp_path_factory):
+    """Validated against PyTorch on ``mllama_batch`` by ``export.onnx`` itself."""
+    return gp.export.onnx(mllama_model, tmp_path_factory.mktemp("export") / "mllama", example_inputs=mllama_batch)
+
+
+def test_mllama_export_trims_inside_the_prefill_graph_with_a_constant_k(mllama_exported):
+    manifest = gp.export.Manifest.read(mllama_exported)
+    assert sorted(manifest.graphs) == sorted(MLLAMA_GRAPHS)
+    assert manifest.method == {"name": "CrossAttentionTrim", "keep": 0.5, "select": "topk"}
+    # 2 image slots x 4 tiles x 17 features; K = ceil(0.5 * 136)
+    assert manifest.visual_budget == {
+        "max_num_tiles": 4,
+        "features_per_tile": 17,
+        "max_images": 2,
+        "max_features": 136,
+        "top_k": 68,
+    }
+    assert manifest.first_pruned_layer == 3
+    prefill, decode = manifest.graphs["prefill"], manifest.graphs["decode"]
+    assert prefill["dynamic_axes"]["cross_attention_states"] == {"0": "batch", "1": "features"}
+    assert "trimmed_features" in prefill["dynamic_axes"]["present.3.key"]["2"]
+    assert decode["dynamic_axes"]["past.1.value"]["2"] == "features"  # the first cross layer keeps all F
+    assert decode["dynamic_axes"]["past.3.value"]["2"] == "trimmed_features"
+    model = onnx.load(str(mllama_exported / "prefill.onnx"))
+    top_k = [node for node in model.graph.node if node.op_type == "TopK"]
+    constants = {init.name: onnx.numpy_helper.to_array(init) for init in model.graph.initializer}
+    constants |= {
+        node.output[0]: onnx.numpy_helper.to_array(node.attribute[0].t)
+        for node in model.graph.node
+        if node.op_type == "Constant"
+    }
+    assert len(top_k) == 1 and constants[top_k[0].input[1]].tolist() == [68]
+    assert "TopK" not in _node_types(mllama_exported, "decode")
+
+
+def test_mllama_graphs_are_accepted_by_the_tensorrt_parser_rules(mllama_exported):
+    for graph in MLLAMA_GRAPHS:
+        assert gp.export.tensorrt_support(onnx.load(str(mllama_exported / f"{graph}.onnx"))) == [], graph
+    assert "--onnx=masks.onnx" in (mllama_exported / "build_engines.sh").read_text()
+
+
+def test_mllama_ort_greedy_tokens_equal_pytorch(mllama_model, mllama_batch, mllama_exported):
+    expected = mllama_model.generate(**mllama_batch, max_new_tokens=6, do_sample=False)
+    assert torch.equal(gp.export.OrtGenerator(mllama_exported).generate(**mllama_batch, max_new_tokens=6), expected)
+
+
+def test_mllama_ort_prefill_logits_match_pytorch(mllama_model, mllama_batch, mllama_exported):
+    out = mllama_model.generate(
+        **mllama_batch, max_new_tokens=1, do_sample=False, output_logits=True, return_dict_in_generate=True
+    )
+    logits = gp.export.OrtGenerator(mllama_exported).prefill_logits(**mllama_batch)
+    assert rel_error(logits, out.logits[0]) <= LOGITS_RTOL
+
+
+def test_mllama_other_batch_shapes_run_on_the_same_export(mllama_model, mllama_exported):
+    """One image slot, batch 1, a sample without an image: the axes are dynamic, the budget holds."""
+    for samples in ([(3, [3], 9)], [(1, [1], 2), (7, [2, 4], 1), (2, [], 5), (4, [4], 2)]):
+        inputs = mllama_inputs(mllama_model, samples, seed=5)
+        expected = mllama_model.generate(**inputs, max_new_tokens=4, do_sample=False)
+        assert torch.equal(gp.export.OrtGenerator(mllama_exported).generate(**inputs, max_new_tokens=4), expected)
+
+
+def test_mllama_more_images_than_the_budget_or_no_image_is_a_clear_error(mllama_model, mllama_exported):
+    generator = gp.export.OrtGenerator(mllama_exported)
+    with pytest.raises(ValueError, match="at most 2: export again with a larger max_images"):
+        generator.generate(**mllama_inputs(mllama_model, [(1, [1, 1, 1], 2)]), max_new_tokens=2)
+    with pytest.raises(ValueError, match="runs prompts with images"):
+        generator.generate(**mllama_inputs(mllama_model, [(4, [], 2)]), max_new_tokens=2)
+
+
+def test_head_union_export_is_refused_and_says_what_to_use(tmp_path):
+    model = tiny_mllama(num_layers=4, cross_attention_layers=(1, 3))
+    inputs = mllama_inputs(model, MLLAMA_EXPORT_BATCH)
+    with optimized(model, gp.CrossAttentionTrim(keep=0.25)), pytest.raises(ValueError) as error:
+        gp.export.onnx(model, tmp_path / "out", example_inputs=inputs)
+    assert "select='head_union'" in str(error.value) and "select='topk'" in str(error.value)
+    assert "data-dependent" in str(error.value)
+    assert list(tmp_path.iterdir()) == []

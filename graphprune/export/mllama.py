@@ -72,7 +72,9 @@ def mllama(model: nn.Module, state, example_inputs: dict, max_images: int | None
     if prune:
         _refuse_head_union(method)
     if example_inputs.get("pixel_values") is None or example_inputs.get("cross_attention_mask") is None:
-        raise ValueError("example_inputs must hold at least one image (pixel_values, aspect_ratio_*, cross_attention_mask)")
+        raise ValueError(
+            "example_inputs must hold at least one image (pixel_values, aspect_ratio_*, cross_attention_mask)"
+        )
     input_ids, attention_mask = example_inputs["input_ids"], example_inputs["attention_mask"]
     pixel_values = example_inputs["pixel_values"]
     ratio_ids, ratio_mask = example_inputs["aspect_ratio_ids"], example_inputs["aspect_ratio_mask"]
@@ -110,7 +112,7 @@ def mllama(model: nn.Module, state, example_inputs: dict, max_images: int | None
     trimmed = set(cross_layers[1:]) if prune else set()
     cache_axis = {i: "features" if i in cross_layers else "sequence" for i in range(num_layers)}
     cache_axis |= dict.fromkeys(trimmed, "trimmed_features")
-    prefill_module = _LogitsAtLast(prefill_graph, model.lm_head, 1 + 2 * num_layers + len(prefill_out_extra))
+    prefill_module = _LogitsAtLast(prefill_graph, model.lm_head, 1 + 2 * num_layers + len(prefill_out_extra)).eval()
     prefill_args = (embeds, attention_mask, positions, states, cross_mask, row_mask, *prefill_args_extra)
     with torch.no_grad():
         first = prefill_module(*prefill_args)
@@ -138,7 +140,9 @@ def mllama(model: nn.Module, state, example_inputs: dict, max_images: int | None
         step_cross, step_rows = masks(step_mask)
     decode_mask = torch.cat([attention_mask, torch.ones_like(new_ids)], dim=1)
     past_names = _kv_names("past", num_layers)
-    past_axes = {name: {0: "batch", 2: cache_axis[i // 2].replace("sequence", "past")} for i, name in enumerate(past_names)}
+    past_axes = {
+        name: {0: "batch", 2: cache_axis[i // 2].replace("sequence", "past")} for i, name in enumerate(past_names)
+    }
     decode_args = (new_embeds, decode_mask, generation_positions(decode_mask)[:, -NEW_TOKENS:], step_cross, step_rows)
     decode_args += tuple(first[1 : 1 + 2 * num_layers])
     decode_extra = ("graphprune_cache_index", "graphprune_cache_valid") if prune else ()
@@ -147,7 +151,7 @@ def mllama(model: nn.Module, state, example_inputs: dict, max_images: int | None
     fresh = torch.cat([real, torch.ones_like(new_ids, dtype=torch.bool)], dim=1)
     decode = GraphExport(
         "decode",
-        _LogitsAtLast(decode_graph, model.lm_head, 1 + 2 * num_layers),
+        _LogitsAtLast(decode_graph, model.lm_head, 1 + 2 * num_layers).eval(),
         decode_args,
         (*decoder_inputs, *cross, *past_names, *decode_extra),
         ("logits", *names),

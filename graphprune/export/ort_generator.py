@@ -11,7 +11,8 @@ from ..methods import n_keep
 from ..models import UnsupportedModelError
 from .manifest import Manifest
 
-FAMILIES = ("llava",)
+FAMILIES = ("llava", "mllama")
+MLLAMA_IMAGE_INPUTS = ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask", "cross_attention_mask")
 
 
 def _numpy(value, dtype=None) -> np.ndarray | None:
@@ -22,7 +23,7 @@ def _numpy(value, dtype=None) -> np.ndarray | None:
 
 
 class OrtGenerator:
-    """Runs an export (vision → embed → prefill → decode steps) in ONNX Runtime; ``generate`` is greedy.
+    """Runs an export (vision → embed → prefill → decode steps; Mllama also masks) in ONNX Runtime; greedy.
 
     ``providers`` are ONNX Runtime execution providers, e.g. ``["TensorrtExecutionProvider",
     "CUDAExecutionProvider"]`` with ``onnxruntime-gpu``; default: CPU.
@@ -53,13 +54,30 @@ class OrtGenerator:
         names = [spec.name for spec in session.get_outputs()]
         return dict(zip(names, session.run(names, feeds), strict=True))
 
-    def _prefill(self, input_ids, pixel_values, attention_mask) -> tuple[np.ndarray, dict]:
-        """The prompt's next-token logits, and the decode state: mask, cache and pruned-cache positions."""
-        model, budget = self.manifest.model, self.manifest.visual_budget
+    def _prefill(self, input_ids, attention_mask, images: dict) -> tuple[np.ndarray, dict]:
+        """The prompt's next-token logits, and the decode state: mask, cache, pruned-cache positions, fixed inputs."""
         input_ids = _numpy(input_ids, np.int64)
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be [batch, length]; got shape {input_ids.shape}")
         mask = np.ones_like(input_ids) if attention_mask is None else _numpy(attention_mask, np.int64)
+        family_inputs = self._mllama_inputs if self.manifest.family == "mllama" else self._llava_inputs
+        values, fixed = family_inputs(input_ids, mask, images)
+        values |= {"attention_mask": mask, "position_ids": np.maximum(mask.cumsum(-1) - 1, 0)}
+        out = self._run("prefill", values)
+        state = {"attention_mask": mask, "past": {f"past{name[7:]}": v for name, v in out.items() if "present" in name}}
+        state["fixed"] = fixed
+        if self.manifest.method is not None:
+            state["graphprune_cache_index"] = out["graphprune_keep_index"]
+            state["graphprune_cache_valid"] = out["graphprune_slot_valid"]
+        return out["logits"], state
+
+    def _llava_inputs(self, input_ids, mask, images: dict) -> tuple[dict, dict]:
+        """LLaVA's prefill inputs (embeddings with the image features placed, visual mask, slots); nothing fixed."""
+        pixel_values = images.pop("pixel_values")
+        extra = sorted(name for name, value in images.items() if value is not None)
+        if extra:
+            raise ValueError(f"a LLaVA export takes input_ids, attention_mask and pixel_values; got also {extra}")
+        model, budget = self.manifest.model, self.manifest.visual_budget
         visual_counts = (input_ids == model["image_token_id"]).sum(-1)
         if visual_counts.max() > budget["max_visual"]:
             raise ValueError(
@@ -72,18 +90,48 @@ class OrtGenerator:
             features = self._run("vision", {"pixel_values": _numpy(pixel_values, self.dtype)})["image_features"]
             features = features.reshape(-1, features.shape[-1])
         values = self._run("embed", {"input_ids": input_ids, "image_features": features})
-        values |= {"attention_mask": mask, "position_ids": np.maximum(mask.cumsum(-1) - 1, 0)}
         method = self.manifest.method
         if method is not None:
             keep = np.array([n_keep(method["keep"], int(count)) for count in visual_counts])
             values["graphprune_visual_mask"] = values.pop("visual_mask")
             values["graphprune_slots"] = np.arange((mask.sum(-1) - (visual_counts - keep)).max())
-        out = self._run("prefill", values)
-        state = {"attention_mask": mask, "past": {f"past{name[7:]}": v for name, v in out.items() if "present" in name}}
+        return values, {}
+
+    def _mllama_inputs(self, input_ids, mask, images: dict) -> tuple[dict, dict]:
+        """Mllama's prefill inputs (CrossAttentionTrim, arXiv 2504.00557): embeddings, vision features, the
+        decoder's cross-attention masks, the trimmed slots; fixed decode inputs: the masks of a new token,
+        whose processor mask row repeats the prompt's last one (as HF ``generate`` extends it)."""
+        if any(images.get(name) is None for name in MLLAMA_IMAGE_INPUTS):
+            raise ValueError(
+                f"a Mllama export runs prompts with images: pass {', '.join(MLLAMA_IMAGE_INPUTS)} as the processor "
+                "makes them (text-only prompts skip the cross-attention layers: run the PyTorch model)"
+            )
+        budget = self.manifest.visual_budget
+        processor_mask = _numpy(images["cross_attention_mask"], np.int64)
+        if processor_mask.shape[2] > budget["max_images"]:
+            raise ValueError(
+                f"the inputs hold {processor_mask.shape[2]} image slots per sample; this export takes at most "
+                f"{budget['max_images']}: export again with a larger max_images"
+            )
+        vision = {"pixel_values": _numpy(images["pixel_values"], self.dtype)}
+        vision |= {name: _numpy(images[name], np.int64) for name in ("aspect_ratio_ids", "aspect_ratio_mask")}
+        values = self._run("embed", {"input_ids": input_ids})
+        values |= self._run("vision", vision)
+        values |= self._masks(processor_mask)
+        fixed = self._masks(processor_mask[:, -1:])
+        method = self.manifest.method
         if method is not None:
-            state["graphprune_cache_index"] = out["graphprune_keep_index"]
-            state["graphprune_cache_valid"] = out["graphprune_slot_valid"]
-        return out["logits"], state
+            seen = ((processor_mask == 1) & (mask[:, :, None, None] == 1)).any(axis=1)  # [B, images, tiles]
+            valid = seen.sum(axis=(1, 2)) * budget["features_per_tile"]
+            values["graphprune_slots"] = np.arange(max(n_keep(method["keep"], int(n)) for n in valid))
+        return values, fixed
+
+    def _masks(self, processor_mask: np.ndarray) -> dict:
+        out = self._run("masks", {"cross_attention_mask": processor_mask})
+        return {
+            "cross_attention_mask": out["decoder_cross_attention_mask"],
+            "full_text_row_masked_out_mask": out["full_text_row_masked_out_mask"],
+        }
 
     def _decode(self, tokens: np.ndarray, state: dict) -> np.ndarray:
         """One step for ``tokens [B, 1]``; updates ``state`` in place and returns the logits."""
@@ -92,14 +140,14 @@ class OrtGenerator:
         past_length = state["attention_mask"].shape[1]
         mask = np.concatenate([state["attention_mask"], np.ones_like(tokens)], axis=1)
         values = {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": mask.sum(-1, keepdims=True) - 1}
-        values |= state["past"]
+        values |= state["past"] | state["fixed"]
         if self.manifest.method is not None:
             values["graphprune_cache_index"] = state["graphprune_cache_index"]
             values["graphprune_cache_valid"] = state["graphprune_cache_valid"]
         out = self._run("decode", values)
         state["attention_mask"] = mask
         state["past"] = {f"past{name[7:]}": v for name, v in out.items() if "present" in name}
-        if self.manifest.method is not None:
+        if self.manifest.method is not None and self.manifest.family == "llava":  # Mllama's trimmed cache is fixed
             new_position = np.full_like(tokens, past_length)
             state["graphprune_cache_index"] = np.concatenate([state["graphprune_cache_index"], new_position], axis=1)
             state["graphprune_cache_valid"] = np.concatenate(
@@ -107,14 +155,20 @@ class OrtGenerator:
             )
         return out["logits"]
 
-    def prefill_logits(self, input_ids, pixel_values=None, attention_mask=None) -> torch.Tensor:
-        """The next-token logits after the prompt, ``[batch, vocab]`` (every sample's last real position)."""
-        return torch.from_numpy(self._prefill(input_ids, pixel_values, attention_mask)[0])
+    def prefill_logits(self, input_ids, pixel_values=None, attention_mask=None, **images) -> torch.Tensor:
+        """The next-token logits after the prompt, ``[batch, vocab]`` (every sample's last real position).
 
-    def generate(self, input_ids, pixel_values=None, attention_mask=None, max_new_tokens: int = 20) -> torch.Tensor:
+        ``images``: Mllama's ``aspect_ratio_ids``, ``aspect_ratio_mask`` and ``cross_attention_mask``.
+        """
+        return torch.from_numpy(self._prefill(input_ids, attention_mask, {"pixel_values": pixel_values, **images})[0])
+
+    def generate(
+        self, input_ids, pixel_values=None, attention_mask=None, max_new_tokens: int = 20, **images
+    ) -> torch.Tensor:
         """Greedy decoding: the prompt ids followed by up to ``max_new_tokens`` new ids, as HF ``generate`` returns.
 
-        Inputs as the model's HF processor makes them (left padding for batches). Samples that end
+        Inputs as the model's HF processor makes them (left padding for batches; ``images``: Mllama's
+        ``aspect_ratio_ids``, ``aspect_ratio_mask`` and ``cross_attention_mask``). Samples that end
         with the model's EOS token are padded with ``pad_token_id`` until every sample has ended.
         """
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -123,7 +177,7 @@ class OrtGenerator:
         eos = model.get("eos_token_id")
         eos = np.array([] if eos is None else [eos] if isinstance(eos, int) else eos, dtype=np.int64)
         ids = _numpy(input_ids, np.int64)
-        logits, state = self._prefill(ids, pixel_values, attention_mask)
+        logits, state = self._prefill(ids, attention_mask, {"pixel_values": pixel_values, **images})
         unfinished = np.ones(ids.shape[0], dtype=bool)
         for step in range(max_new_tokens):
             tokens = logits.argmax(-1)

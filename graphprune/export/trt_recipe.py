@@ -88,7 +88,7 @@ TensorRT engines only run on the GPU model and TensorRT version they were built 
 them on the Jetson itself (JetPack 6.x ships TensorRT 10.3 with `trtexec` in `/usr/src/tensorrt/bin`):
 
 ```bash
-./build_engines.sh                       # one fp16 engine per graph: {', '.join(profiles)}
+./build_engines.sh                       # one fp16 engine per graph: {", ".join(profiles)}
 ./build_engines.sh --memPoolSize=workspace:2048 --builderOptimizationLevel=3   # extra flags go to every trtexec
 TRTEXEC=/path/to/trtexec ./build_engines.sh
 ```
@@ -101,7 +101,7 @@ at most the unpruned ones):
 |---|---|---|---|---|
 {rows}
 
-The generation loop is the one `graphprune.export.OrtGenerator` runs (see its source): {' → '.join(profiles)}
+The generation loop is the one `graphprune.export.OrtGenerator` runs (see its source): {" → ".join(profiles)}
 per new token, feeding each step's `present.*` back as `past.*`.{cache}
 Without writing that loop, ONNX Runtime
 can use TensorRT directly: install `onnxruntime-gpu` (NVIDIA's Jetson wheel for JetPack 6) and pass

@@ -23,7 +23,7 @@ def cross_attention_budget(gm: fx.GraphModule, max_features: int) -> fx.GraphMod
         raise ValueError(f"max_features must be an int >= 1 (visual features per sample); got {max_features!r}")
     selects = [node for node in gm.graph.nodes if node.target is ops.cross_attention_select]
     if len(selects) != 1:
-        raise fail(gm, PASS, f"expected one graphprune_select node (run cross_attention_trim first), found {len(selects)}")
+        raise fail(gm, PASS, f"expected one graphprune_select node (run cross_attention_trim), found {len(selects)}")
     if selects[0].args[3] != "topk":
         raise fail(gm, PASS, f"select={selects[0].args[3]!r} has no fixed size; only select='topk' takes a budget")
     selects[0].kwargs = {**selects[0].kwargs, "max_features": max_features}
