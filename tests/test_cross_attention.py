@@ -5,7 +5,9 @@ import pytest
 import torch
 
 import graphprune as gp
+from graphprune import ops
 from graphprune.capture import capture_decode, capture_prefill
+from graphprune.methods import n_keep
 from graphprune.models import adapter_for
 from graphprune.passes import cross_attention_trim, cross_attention_trim_decode
 from graphprune.passes._graph import layer_index, module_path, symbol
@@ -57,6 +59,40 @@ def test_decode_pass_gathers_the_mask_of_the_later_cross_layers_only(mllama):
     assert {"graphprune_cache_index", "graphprune_cache_valid"} <= set(nodes)
     assert {i for i, _ in _readers(gm, nodes["graphprune_gather_cross_attention_mask"])} == {3, 4}
     assert {i for i, _ in _readers(gm, nodes["cross_attention_mask"])} == {1, None}
+
+
+def _selected_by_sorting(scores, valid, keep, select):
+    """Per sample, the kept features by a plain sort: best score first, ties to the lower index; ascending."""
+    kept = []
+    rows_per_sample = scores if select == "head_union" else scores.mean(dim=1, keepdim=True)
+    for rows, sample_valid in zip(rows_per_sample.tolist(), valid.tolist(), strict=True):
+        features = [j for j, v in enumerate(sample_valid) if v]
+        count = n_keep(keep, len(features))
+        chosen = set()
+        for row in rows:
+            chosen |= set(sorted(features, key=lambda j, row=row: (-row[j], j))[:count])
+        kept.append(sorted(chosen))
+    return kept
+
+
+@pytest.mark.parametrize("select", ["head_union", "topk"])
+def test_selection_without_sort_keeps_the_best_ties_to_the_lower_index_in_order(select):
+    """``cross_attention_select`` (top-k cut + cumulative sum + scatter, as ONNX takes it), with and without
+    the export's feature budget, against a sort on many random cases full of ties."""
+    generator = torch.Generator().manual_seed(0)
+    for case in range(300):
+        batch, heads, n = 3, 2, int(torch.randint(1, 30, (1,), generator=generator))
+        scores = torch.randint(0, 1 + case % 5, (batch, heads, n), generator=generator).float() / 4
+        valid = torch.rand(batch, n, generator=generator) < 0.3 + 0.7 * case / 300
+        keep = (0.1, 0.25, 1 / 3, 0.5, 1.0)[case % 5]
+        expected = _selected_by_sorting(scores, valid, keep, select)
+        slots = torch.arange(int(ops.keep_counts(valid, keep).max())) if select == "topk" else None
+        for max_features in (None, n + case % 7):
+            index, slot_valid = ops.cross_attention_select(scores, valid, keep, select, slots, max_features)
+            assert [index[b][slot_valid[b]].tolist() for b in range(batch)] == expected, (case, max_features)
+            for b in range(batch):  # padding slots hold the lowest features not kept
+                unkept = [j for j in range(n) if j not in expected[b]]
+                assert index[b][~slot_valid[b]].tolist() == unkept[: int((~slot_valid[b]).sum())]
 
 
 @torch.no_grad()
