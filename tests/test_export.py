@@ -303,3 +303,14 @@ def test_head_union_export_is_refused_and_says_what_to_use(tmp_path):
     assert "select='head_union'" in str(error.value) and "select='topk'" in str(error.value)
     assert "data-dependent" in str(error.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_mllama_unpruned_export_is_the_baseline_with_the_same_tokens(mllama_model, mllama_batch, tmp_path):
+    folder = gp.export.onnx(mllama_model, tmp_path / "unpruned", example_inputs=mllama_batch, prune=False)
+    assert gp.export.Manifest.read(folder).method is None and "TopK" not in _node_types(folder, "prefill")
+    gp.restore(mllama_model)
+    try:
+        expected = mllama_model.generate(**mllama_batch, max_new_tokens=4, do_sample=False)
+    finally:
+        gp.optimize(mllama_model, TRIM)
+    assert torch.equal(gp.export.OrtGenerator(folder).generate(**mllama_batch, max_new_tokens=4), expected)

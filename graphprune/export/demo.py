@@ -1,4 +1,4 @@
-"""``graphprune export``: export the tiny demo LLaVA (random weights) and check the files against PyTorch."""
+"""``graphprune export``: export a tiny demo model (random weights) and check the files against PyTorch."""
 
 from __future__ import annotations
 
@@ -6,18 +6,22 @@ from pathlib import Path
 
 import torch
 
-from ..methods import FastV
+from ..methods import CrossAttentionTrim, FastV
 from ..runtime import optimize
-from ..tiny import llava_inputs, tiny_llava
+from ..tiny import llava_inputs, mllama_inputs, tiny_llava, tiny_mllama
 
 
-def demo(out: str | Path, format: str, method: FastV, overwrite: bool = False) -> bool:
-    """Export a tiny random-weight LLaVA optimised with ``method`` to ``out``; for ONNX, True if ONNX
-    Runtime's greedy tokens equal PyTorch's."""
+def demo(out: str | Path, format: str, method: FastV | CrossAttentionTrim, overwrite: bool = False) -> bool:
+    """Export a tiny random-weight LLaVA (FastV) or Mllama (CrossAttentionTrim, arXiv 2504.00557) optimised
+    with ``method`` to ``out``; for ONNX, True if ONNX Runtime's greedy tokens equal PyTorch's."""
     from . import OrtGenerator, onnx, tensorrt
 
-    model = optimize(tiny_llava(), method)
-    inputs = llava_inputs(model, [(5, 1, 4), (2, 1, 3)])
+    if isinstance(method, CrossAttentionTrim):
+        model = optimize(tiny_mllama(), method)
+        inputs = mllama_inputs(model, [(1, [4, 2], 3), (2, [2], 4)])
+    else:
+        model = optimize(tiny_llava(), method)
+        inputs = llava_inputs(model, [(5, 1, 4), (2, 1, 3)])
     if format == "tensorrt":
         folder = tensorrt(model, out, example_inputs=inputs, overwrite=overwrite)
         print(f"wrote {folder}: {', '.join(sorted(path.name for path in folder.iterdir()))}")

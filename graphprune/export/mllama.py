@@ -112,7 +112,7 @@ def mllama(model: nn.Module, state, example_inputs: dict, max_images: int | None
     trimmed = set(cross_layers[1:]) if prune else set()
     cache_axis = {i: "features" if i in cross_layers else "sequence" for i in range(num_layers)}
     cache_axis |= dict.fromkeys(trimmed, "trimmed_features")
-    prefill_module = _LogitsAtLast(prefill_graph, model.lm_head, 1 + 2 * num_layers + len(prefill_out_extra)).eval()
+    prefill_module = _LogitsAtLast(prefill_graph, model.lm_head, 1 + 2 * num_layers + len(prefill_out_extra))
     prefill_args = (embeds, attention_mask, positions, states, cross_mask, row_mask, *prefill_args_extra)
     with torch.no_grad():
         first = prefill_module(*prefill_args)
@@ -151,7 +151,7 @@ def mllama(model: nn.Module, state, example_inputs: dict, max_images: int | None
     fresh = torch.cat([real, torch.ones_like(new_ids, dtype=torch.bool)], dim=1)
     decode = GraphExport(
         "decode",
-        _LogitsAtLast(decode_graph, model.lm_head, 1 + 2 * num_layers).eval(),
+        _LogitsAtLast(decode_graph, model.lm_head, 1 + 2 * num_layers),
         decode_args,
         (*decoder_inputs, *cross, *past_names, *decode_extra),
         ("logits", *names),
