@@ -101,8 +101,8 @@ at most the unpruned ones):
 |---|---|---|---|---|
 {rows}
 
-The generation loop is the one `graphprune.export.OrtGenerator` runs (see its source): {" → ".join(profiles)}
-per new token, feeding each step's `present.*` back as `past.*`.{cache}
+The generation loop is the one `graphprune.export.OrtGenerator` runs (see its source): {" → ".join(profiles)},
+the last once per new token, feeding each step's `present.*` back as `past.*`.{cache}
 Without writing that loop, ONNX Runtime
 can use TensorRT directly: install `onnxruntime-gpu` (NVIDIA's Jetson wheel for JetPack 6) and pass
 `providers=["TensorrtExecutionProvider", "CUDAExecutionProvider"]` to `OrtGenerator`.
