@@ -6,7 +6,8 @@ trace them again:
 - prefill: ``(inputs_embeds, attention_mask, position_ids) -> (hidden, key_0, value_0, ..., key_{L-1}, value_{L-1})``
 - decode:  ``(inputs_embeds, attention_mask, position_ids, past_0, ..., past_{2L-1}) -> (hidden, key_0, ...)``
 
-``attention_mask`` is the 2-D padding mask over every position seen so far; keys and values are
+``attention_mask`` is the 2-D padding mask over every position seen so far; ``position_ids`` are
+``[B, T]``, or ``[R, B, T]`` for a decoder with ``layout.position_rows = R`` (M-RoPE); keys and values are
 post-RoPE, ``[B, H_kv, length, head_dim]``. Every node keeps ``nn_module_stack``, so a node's layer
 and submodule are read from metadata, never guessed from node order. The graphs are captured
 once per model and share its parameters.
@@ -88,22 +89,28 @@ def _plain_graph_module(exported: torch.export.ExportedProgram, layout: DecoderL
     return gm
 
 
-def _example_prefill(decoder: nn.Module, batch: int, seq_len: int, past: int = 0):
+def _example_prefill(decoder: nn.Module, layout: DecoderLayout, batch: int, seq_len: int, past: int = 0):
     param = next(decoder.parameters())
     hidden = decoder.config.hidden_size
     embeds = torch.randn(batch, seq_len, hidden, dtype=param.dtype, device=param.device)
     mask = torch.ones(batch, past + seq_len, dtype=torch.long, device=param.device)
-    positions = torch.arange(past, past + seq_len, device=param.device).expand(batch, seq_len)
+    rows = (layout.position_rows,) if layout.position_rows else ()
+    positions = torch.arange(past, past + seq_len, device=param.device).expand(*rows, batch, seq_len)
     return embeds, mask, positions
+
+
+def _position_axes(layout: DecoderLayout, batch, seq) -> dict:
+    """Dynamic axes of ``position_ids``: batch and sequence are its last two."""
+    return {0: batch, 1: seq} if not layout.position_rows else {1: batch, 2: seq}
 
 
 def capture_prefill(decoder: nn.Module, layout: DecoderLayout) -> fx.GraphModule:
     """The decoder's prefill (empty cache) as a GraphModule with dynamic batch and sequence length."""
     batch, seq = Dim("batch", min=1), Dim("seq", min=2)
-    shapes = ({0: batch, 1: seq}, {0: batch, 1: seq}, {0: batch, 1: seq})
+    shapes = ({0: batch, 1: seq}, {0: batch, 1: seq}, _position_axes(layout, batch, seq))
     with torch.no_grad():
         exported = torch.export.export(
-            _DecoderStep(decoder), _example_prefill(decoder, 2, 8), dynamic_shapes=shapes, strict=False
+            _DecoderStep(decoder), _example_prefill(decoder, layout, 2, 8), dynamic_shapes=shapes, strict=False
         )
     logger.info("captured the prefill graph of %s (%d layers)", type(decoder).__name__, layout.num_layers)
     return _plain_graph_module(exported, layout)
@@ -112,11 +119,11 @@ def capture_prefill(decoder: nn.Module, layout: DecoderLayout) -> fx.GraphModule
 def capture_decode(decoder: nn.Module, layout: DecoderLayout) -> fx.GraphModule:
     """One decode step on an explicit cache as a GraphModule; each layer's past length is its own."""
     new_tokens, past_len = 2, 6  # 2 new tokens: a 1 would specialise that axis to 1
-    embeds, mask, positions = _example_prefill(decoder, 2, new_tokens, past=past_len)
+    embeds, mask, positions = _example_prefill(decoder, layout, 2, new_tokens, past=past_len)
     kv_shape = (2, layout.num_kv_heads, past_len, layout.head_dim)
     past = [torch.randn(kv_shape, dtype=embeds.dtype, device=embeds.device) for _ in range(2 * layout.num_layers)]
     dynamic = Dim.DYNAMIC
-    shapes = ({0: dynamic, 1: dynamic}, {0: dynamic, 1: dynamic}, {0: dynamic, 1: dynamic})
+    shapes = ({0: dynamic, 1: dynamic}, {0: dynamic, 1: dynamic}, _position_axes(layout, dynamic, dynamic))
     shapes = (*shapes, [{0: dynamic, 2: dynamic} for _ in past])
     with torch.no_grad():
         exported = torch.export.export(

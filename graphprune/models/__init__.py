@@ -6,8 +6,11 @@ from torch import nn
 
 from .base import DecoderLayout, ModelAdapter
 from .llava import LlavaAdapter
+from .llava_next import LlavaNextAdapter
+from .qwen2_vl import Qwen2VLAdapter
+from .video_llava import VideoLlavaAdapter
 
-ADAPTERS: tuple[ModelAdapter, ...] = (LlavaAdapter(),)
+ADAPTERS: tuple[ModelAdapter, ...] = (LlavaAdapter(), LlavaNextAdapter(), VideoLlavaAdapter(), Qwen2VLAdapter())
 
 
 class UnsupportedModelError(TypeError):
