@@ -175,7 +175,6 @@ def _finish(model: nn.Module, seed: int, qk_gain: float, attn_implementation: st
     _sharpen(model, torch.Generator().manual_seed(seed), qk_gain)
     model.set_attn_implementation(attn_implementation)
     model.generation_config.pad_token_id = PAD_TOKEN_ID
-    model.generation_config.bos_token_id = None
     model.generation_config.eos_token_id = None
     return model.to(dtype).eval()
 

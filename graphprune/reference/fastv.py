@@ -19,6 +19,7 @@ import torch
 from transformers import DynamicCache
 
 from ..methods import FastV, n_keep
+from ..runtime import STATE_ATTR
 
 
 @dataclass
@@ -93,7 +94,7 @@ def decoder_inputs(model, generation: bool, **inputs) -> tuple[torch.Tensor, tor
     (``arange``); HF generate's leading text row of M-RoPE positions, which the decoder reads only
     for packed sequences without an attention mask, is dropped.
     """
-    if hasattr(model, "_graphprune"):
+    if hasattr(model, STATE_ATTR):
         raise ValueError("the reference runs on an unmodified model; call graphprune.restore(model) first")
     hook = model.model.language_model.register_forward_pre_hook(_stop_at_decoder, with_kwargs=True)
     try:
