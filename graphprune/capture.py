@@ -3,12 +3,17 @@
 Both graphs take and return plain tensors, so the passes can rewrite them and ONNX export can
 trace them again:
 
-- prefill: ``(inputs_embeds, attention_mask, position_ids) -> (hidden, key_0, value_0, ..., key_{L-1}, value_{L-1})``
-- decode:  ``(inputs_embeds, attention_mask, position_ids, past_0, ..., past_{2L-1}) -> (hidden, key_0, ...)``
+- prefill: ``(inputs_embeds, attention_mask, position_ids[, cross]) -> (hidden, key_0, value_0, ..., value_{L-1})``
+- decode:  ``(inputs_embeds, attention_mask, position_ids[, cross], past_0, ..., past_{2L-1}) -> (hidden, key_0, ...)``
 
 ``attention_mask`` is the 2-D padding mask over every position seen so far; ``position_ids`` are
 ``[B, T]``, or ``[R, B, T]`` for a decoder with ``layout.position_rows = R`` (M-RoPE); keys and values are
-post-RoPE, ``[B, H_kv, length, head_dim]``. Every node keeps ``nn_module_stack``, so a node's layer
+post-RoPE, ``[B, H_kv, length, head_dim]``. A decoder with cross-attention layers (Mllama) also
+takes its cross-attention inputs ``cross``, as HF's text model does: in prefill
+``cross_attention_states [B, F, d]`` (the F visual features of each sample, flattened),
+``cross_attention_mask [B, 1, T, F]`` (additive) and ``full_text_row_masked_out_mask [B, 1, T, 1]``;
+in decode the two masks only, the features' keys and values being in the cross-attention
+layers' past (length F). Every node keeps ``nn_module_stack``, so a node's layer
 and submodule are read from metadata, never guessed from node order. The graphs are captured
 once per model and share its parameters.
 """
@@ -35,13 +40,17 @@ def _flat_cache(cache: DynamicCache) -> list[torch.Tensor]:
 
 
 class _DecoderStep(nn.Module):
-    """One decoder call on a cache seeded with ``past`` (empty for prefill), returning plain tensors."""
+    """One decoder call on a cache seeded with ``past`` (empty for prefill), returning plain tensors.
 
-    def __init__(self, decoder: nn.Module):
+    ``extra`` holds further decoder keyword inputs, in the order of ``extra_names``.
+    """
+
+    def __init__(self, decoder: nn.Module, extra_names: tuple[str, ...] = ()):
         super().__init__()
         self.decoder = decoder
+        self.extra_names = extra_names
 
-    def forward(self, inputs_embeds, attention_mask, position_ids, past=()):
+    def forward(self, inputs_embeds, attention_mask, position_ids, extra=(), past=()):
         cache = DynamicCache(config=self.decoder.config)
         for layer_idx in range(len(past) // 2):
             cache.update(past[2 * layer_idx], past[2 * layer_idx + 1], layer_idx)
@@ -51,6 +60,7 @@ class _DecoderStep(nn.Module):
             position_ids=position_ids,
             past_key_values=cache,
             use_cache=True,
+            **dict(zip(self.extra_names, extra, strict=True)),
         )
         return (out.last_hidden_state, *_flat_cache(cache))
 
@@ -72,8 +82,11 @@ def _is_empty_along(node: fx.Node, dim: int) -> bool:
     return isinstance(value, torch.Tensor) and value.dim() == 1 and value.shape[0] == 0
 
 
-def _plain_graph_module(exported: torch.export.ExportedProgram, layout: DecoderLayout) -> fx.GraphModule:
-    """The exported program as a GraphModule with a positional signature and flat tuple output."""
+def _plain_graph_module(
+    exported: torch.export.ExportedProgram, layout: DecoderLayout, extra_names: tuple[str, ...] = ()
+) -> fx.GraphModule:
+    """The exported program as a GraphModule with a positional signature and flat tuple output;
+    the ``extra_{i}`` inputs are named after the decoder inputs they are."""
     gm = exported.module()
     gm._forward_pre_hooks.clear()
     graph = gm.graph
@@ -81,6 +94,9 @@ def _plain_graph_module(exported: torch.export.ExportedProgram, layout: DecoderL
     for node in list(graph.nodes):
         if node.op == "call_module" and node.target == "_guards_fn":
             graph.erase_node(node)
+        elif node.op == "placeholder" and node.name.startswith("extra_"):
+            node.target = extra_names[int(node.name.removeprefix("extra_"))]
+            node._rename(node.target)
     _fold_empty_concatenations(graph)
     graph.eliminate_dead_code()
     graph.lint()
@@ -89,10 +105,16 @@ def _plain_graph_module(exported: torch.export.ExportedProgram, layout: DecoderL
     return gm
 
 
+def _random_like(like: torch.Tensor, *shape: int) -> torch.Tensor:
+    """Example values from a private generator: capturing leaves the caller's random state alone."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(shape, generator=generator).to(dtype=like.dtype, device=like.device)
+
+
 def _example_prefill(decoder: nn.Module, layout: DecoderLayout, batch: int, seq_len: int, past: int = 0):
     param = next(decoder.parameters())
     hidden = decoder.config.hidden_size
-    embeds = torch.randn(batch, seq_len, hidden, dtype=param.dtype, device=param.device)
+    embeds = _random_like(param, batch, seq_len, hidden)
     mask = torch.ones(batch, past + seq_len, dtype=torch.long, device=param.device)
     rows = (layout.position_rows,) if layout.position_rows else ()
     positions = torch.arange(past, past + seq_len, device=param.device).expand(*rows, batch, seq_len)
@@ -104,30 +126,59 @@ def _position_axes(layout: DecoderLayout, batch, seq) -> dict:
     return {0: batch, 1: seq} if not layout.position_rows else {1: batch, 2: seq}
 
 
+def _example_cross_masks(embeds: torch.Tensor, features: int) -> tuple[torch.Tensor, torch.Tensor]:
+    batch, seq_len = embeds.shape[:2]
+    cross_mask = torch.zeros(batch, 1, seq_len, features, dtype=embeds.dtype, device=embeds.device)
+    row_mask = torch.ones(batch, 1, seq_len, 1, dtype=embeds.dtype, device=embeds.device)
+    return cross_mask, row_mask
+
+
+CROSS_PREFILL_INPUTS = ("cross_attention_states", "cross_attention_mask", "full_text_row_masked_out_mask")
+CROSS_DECODE_INPUTS = CROSS_PREFILL_INPUTS[1:]
+
+
 def capture_prefill(decoder: nn.Module, layout: DecoderLayout) -> fx.GraphModule:
-    """The decoder's prefill (empty cache) as a GraphModule with dynamic batch and sequence length."""
+    """The decoder's prefill (empty cache) as a GraphModule with dynamic batch, sequence length and,
+    for cross-attention decoders, feature count."""
     batch, seq = Dim("batch", min=1), Dim("seq", min=2)
     shapes = ({0: batch, 1: seq}, {0: batch, 1: seq}, _position_axes(layout, batch, seq))
+    args = _example_prefill(decoder, layout, 2, 8)
+    extra_names = ()
+    if layout.cross_attention_layers:
+        features = Dim("features", min=2)
+        states = _random_like(args[0], 2, 12, args[0].shape[-1])
+        args = (*args, (states, *_example_cross_masks(args[0], 12)))
+        shapes = (*shapes, ({0: batch, 1: features}, {0: batch, 2: seq, 3: features}, {0: batch, 2: seq}))
+        extra_names = CROSS_PREFILL_INPUTS
     with torch.no_grad():
-        exported = torch.export.export(
-            _DecoderStep(decoder), _example_prefill(decoder, layout, 2, 8), dynamic_shapes=shapes, strict=False
-        )
+        exported = torch.export.export(_DecoderStep(decoder, extra_names), args, dynamic_shapes=shapes, strict=False)
     logger.info("captured the prefill graph of %s (%d layers)", type(decoder).__name__, layout.num_layers)
-    return _plain_graph_module(exported, layout)
+    return _plain_graph_module(exported, layout, extra_names)
 
 
 def capture_decode(decoder: nn.Module, layout: DecoderLayout) -> fx.GraphModule:
     """One decode step on an explicit cache as a GraphModule; each layer's past length is its own."""
-    new_tokens, past_len = 2, 6  # 2 new tokens: a 1 would specialise that axis to 1
+    new_tokens, past_len, features = 2, 6, 12  # 2 new tokens: a 1 would specialise that axis to 1
     embeds, mask, positions = _example_prefill(decoder, layout, 2, new_tokens, past=past_len)
-    kv_shape = (2, layout.num_kv_heads, past_len, layout.head_dim)
-    past = [torch.randn(kv_shape, dtype=embeds.dtype, device=embeds.device) for _ in range(2 * layout.num_layers)]
+    past = []
+    for layer_idx in range(layout.num_layers):
+        length = features if layer_idx in layout.cross_attention_layers else past_len
+        kv_shape = (2, layout.num_kv_heads, length, layout.head_dim)
+        past += [_random_like(embeds, *kv_shape) for _ in range(2)]
     dynamic = Dim.DYNAMIC
     shapes = ({0: dynamic, 1: dynamic}, {0: dynamic, 1: dynamic}, _position_axes(layout, dynamic, dynamic))
-    shapes = (*shapes, [{0: dynamic, 2: dynamic} for _ in past])
+    extra, extra_shapes, extra_names = (), (), ()
+    if layout.cross_attention_layers:
+        extra = _example_cross_masks(embeds, features)
+        extra_shapes = ({0: dynamic, 2: dynamic, 3: dynamic}, {0: dynamic, 2: dynamic})
+        extra_names = CROSS_DECODE_INPUTS
+    shapes = (*shapes, extra_shapes, [{0: dynamic, 2: dynamic} for _ in past])
     with torch.no_grad():
         exported = torch.export.export(
-            _DecoderStep(decoder), (embeds, mask, positions, past), dynamic_shapes=shapes, strict=False
+            _DecoderStep(decoder, extra_names),
+            (embeds, mask, positions, extra, past),
+            dynamic_shapes=shapes,
+            strict=False,
         )
     logger.info("captured the decode graph of %s", type(decoder).__name__)
-    return _plain_graph_module(exported, layout)
+    return _plain_graph_module(exported, layout, extra_names)

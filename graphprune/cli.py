@@ -11,13 +11,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true", help="log what capture and the passes do")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="optimise a small built-in LLaVA-shaped model and show the effect")
-    demo.add_argument("--k", type=int, default=2, help="first pruned layer (default 2)")
-    demo.add_argument("--keep", type=float, default=0.5, help="fraction of visual tokens kept (default 0.5)")
-    demo.add_argument("--query", choices=["last", "mean"], default="last")
+    demo.add_argument(
+        "--model", choices=["llava", "mllama"], default="llava", help="llava: FastV; mllama: CrossAttentionTrim"
+    )
+    demo.add_argument("--k", type=int, default=2, help="FastV: first pruned layer (default 2)")
+    demo.add_argument("--keep", type=float, default=0.5, help="fraction of visual tokens/features kept (default 0.5)")
+    demo.add_argument("--query", choices=["last", "mean"], default="last", help="FastV: the ranking row(s)")
+    demo.add_argument("--select", choices=["head_union", "topk"], default="head_union", help="CrossAttentionTrim")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     if args.command == "demo":
-        from .demo import run
+        from .demo import run, run_mllama
 
+        if args.model == "mllama":
+            return 0 if run_mllama(keep=args.keep, select=args.select) else 1
         return 0 if run(k=args.k, keep=args.keep, query=args.query) else 1
     return 2

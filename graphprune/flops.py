@@ -42,6 +42,14 @@ def flops(
         kept = n_tokens - (n_visual - n_keep(method.keep, n_visual))
         before = num_layers * _layer_flops(n_tokens, d, m)
         return before, method.k * _layer_flops(n_tokens, d, m) + (num_layers - method.k) * _layer_flops(kept, d, m)
+    return cross_attention_flops(config, n_tokens, n_visual, n_keep(method.keep, n_visual))
+
+
+def cross_attention_flops(config, n_tokens: int, n_features: int, n_kept: int) -> tuple[int, int]:
+    """``(before, after)`` paper-formula FLOPs of a cross-attention decoder's prefill when every
+    cross-attention layer after the first sees ``n_kept`` of the ``n_features`` features."""
+    text = _text_config(config)
+    d, m, num_layers = text.hidden_size, text.intermediate_size, text.num_hidden_layers
     cross_layers = sorted(getattr(text, "cross_attention_layers", None) or [])
     if not cross_layers:
         raise ValueError(
@@ -50,10 +58,10 @@ def flops(
     head_dim = getattr(text, "head_dim", None) or d // text.num_attention_heads
     d_kv = text.num_key_value_heads * head_dim
     self_layers = (num_layers - len(cross_layers)) * _layer_flops(n_tokens, d, m)
-    first = _cross_layer_flops(n_tokens, n_visual, d, d_kv, m)
+    first = _cross_layer_flops(n_tokens, n_features, d, d_kv, m)
     later = len(cross_layers) - 1
-    before = self_layers + first + later * _cross_layer_flops(n_tokens, n_visual, d, d_kv, m)
-    after = self_layers + first + later * _cross_layer_flops(n_tokens, n_keep(method.keep, n_visual), d, d_kv, m)
+    before = self_layers + first + later * _cross_layer_flops(n_tokens, n_features, d, d_kv, m)
+    after = self_layers + first + later * _cross_layer_flops(n_tokens, n_kept, d, d_kv, m)
     return before, after
 
 

@@ -74,5 +74,13 @@ class CrossAttentionTrim:
         if self.select not in _SELECTS:
             raise ValueError(f"select must be one of {_SELECTS}; got {self.select!r}")
 
+    def check_cross_attention_layers(self, layers: tuple[int, ...]) -> None:
+        """Raise ``ValueError`` unless there are at least two cross-attention layers (one ranks, later ones trim)."""
+        if len(layers) < 2:
+            raise ValueError(
+                "CrossAttentionTrim needs a decoder with at least two cross-attention layers (the first ranks the "
+                f"features, later ones are trimmed); this one has {list(layers)}"
+            )
+
 
 Method = FastV | CrossAttentionTrim

@@ -108,3 +108,79 @@ def gather_decode_mask(mask: torch.Tensor, cache_index: torch.Tensor, cache_vali
     index = torch.cat([cache_index, new_positions], dim=1)
     valid = torch.cat([cache_valid, torch.ones_like(new_positions, dtype=torch.bool)], dim=1)
     return gather_sequence(mask, index, 3).masked_fill(~valid[:, None, None, :], _masked_value(mask))
+
+
+def _visible_features(cross_attention_mask: torch.Tensor) -> torch.Tensor:
+    """``[B, T, F]`` bool: which features each text row may attend, from an additive ``[B, 1, T, F]`` mask."""
+    return cross_attention_mask[:, 0] != torch.finfo(cross_attention_mask.dtype).min
+
+
+def valid_text_rows(full_text_row_masked_out_mask: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """``[B, T]`` bool: real (non-padding) text rows whose ``full_text_row_masked_out_mask`` is 1."""
+    return (full_text_row_masked_out_mask[:, 0, :, 0] > 0) & attention_mask.bool()
+
+
+def valid_features(
+    cross_attention_mask: torch.Tensor, full_text_row_masked_out_mask: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """``[B, F]`` bool: the features that at least one valid text row may attend."""
+    rows = valid_text_rows(full_text_row_masked_out_mask, attention_mask)
+    return (_visible_features(cross_attention_mask) & rows[:, :, None]).any(dim=1)
+
+
+def cross_attention_scores(
+    query_states: torch.Tensor,
+    key_states: torch.Tensor,
+    cross_attention_mask: torch.Tensor,
+    full_text_row_masked_out_mask: torch.Tensor,
+    attention_mask: torch.Tensor,
+    scaling: float,
+) -> torch.Tensor:
+    """Trimmed Llama scores ``[B, H, F]``: per head, the cross-attention probability of each feature,
+    averaged over the valid text rows (arXiv 2504.00557).
+
+    ``query_states [B, H, T, D]`` and ``key_states [B, H_kv, F, D]`` are the first cross-attention
+    layer's own (after its q/k norms); grouped K is repeated to every query head. The probabilities
+    are softmax(QKᵀ·scaling + the model's cross-attention mask), in float32.
+    """
+    n_heads = query_states.shape[1]
+    keys = key_states.repeat_interleave(n_heads // key_states.shape[1], dim=1).float()
+    logits = (query_states.float() @ keys.transpose(-1, -2)) * scaling + cross_attention_mask.float()
+    rows = valid_text_rows(full_text_row_masked_out_mask, attention_mask).to(torch.float32)
+    weighted = logits.softmax(dim=-1) * rows[:, None, :, None]
+    return weighted.sum(dim=2) / rows.sum(dim=1).clamp(min=1)[:, None, None]
+
+
+def _rank(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Each feature's rank (0 = best) along the last axis; invalid features last, ties to the lower index."""
+    order = torch.argsort(torch.where(valid, -scores, float("inf")), dim=-1, stable=True)
+    return torch.argsort(order, dim=-1)
+
+
+def cross_attention_select(
+    scores: torch.Tensor, valid: torch.Tensor, keep: float, select: str, slots: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kept features of each sample, in ascending order, laid out in ``K'`` right-padded slots.
+
+    ``select="head_union"``: per head the ``ceil(keep · n_valid)`` best valid features, united over
+    heads; ``K'`` is the largest union in the batch, known only from the scores (so under
+    ``torch.compile`` this op ends a graph). ``select="topk"``: the ``ceil(keep · n_valid)`` best by
+    the head-mean score; ``K' = len(slots)``, given by the caller, so no shape depends on data.
+    Returns ``index [B, K']`` (feature per slot; padding slots hold unkept features) and
+    ``slot_valid [B, K']``.
+    """
+    counts = keep_counts(valid, keep)[:, None]
+    if select == "head_union":
+        kept = ((_rank(scores, valid[:, None]) < counts[:, None]).any(dim=1)) & valid
+        n_slots = int(kept.sum(dim=-1).max())
+    else:
+        kept = (_rank(scores.mean(dim=1), valid) < counts) & valid
+        n_slots = slots.shape[0]
+    kept_first = torch.argsort((~kept).to(torch.int8), dim=-1, stable=True)[:, :n_slots]
+    slot = torch.arange(n_slots, device=scores.device) if slots is None else slots
+    return kept_first, slot[None, :] < kept.sum(dim=-1, keepdim=True)
+
+
+def gather_cross_attention_mask(mask: torch.Tensor, index: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """An additive ``[B, 1, T, F]`` cross-attention mask restricted to the kept slots; padding slots hidden."""
+    return gather_sequence(mask, index, 3).masked_fill(~valid[:, None, None, :], _masked_value(mask))

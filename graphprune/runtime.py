@@ -27,8 +27,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 from . import ops
 from .capture import LAYOUT_KEY, capture_decode, capture_prefill
 from .methods import CrossAttentionTrim, FastV
-from .models import ModelAdapter, adapter_for
-from .passes import fastv, fastv_decode
+from .models import DecoderLayout, ModelAdapter, adapter_for
+from .passes import cross_attention_trim, cross_attention_trim_decode, fastv, fastv_decode
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,29 @@ class PrefillRecord:
     keep_index: torch.Tensor  # [B, S]: original position per slot
     slot_valid: torch.Tensor  # [B, S]
     scores: torch.Tensor | None  # [B, N]; None when nothing was pruned
+
+
+def _check_call(attention_mask: torch.Tensor | None, kwargs: dict) -> None:
+    requested = [name for name in ("output_attentions", "output_hidden_states") if kwargs.get(name)]
+    if requested:
+        raise ValueError(
+            f"graphprune's pruned decoder does not return {', '.join(requested)}; call graphprune.restore(model) first"
+        )
+    if attention_mask is not None and attention_mask.dim() != 2:
+        raise ValueError(
+            f"graphprune needs a 2-D attention_mask [batch, length]; got shape {tuple(attention_mask.shape)}"
+        )
+
+
+def _checked_decode_mask(attention_mask: torch.Tensor | None, batch: int, past: int, new_tokens: int, device):
+    if attention_mask is None:
+        return torch.ones(batch, past + new_tokens, dtype=torch.long, device=device)
+    if attention_mask.shape[1] != past + new_tokens:
+        raise ValueError(
+            f"attention_mask covers {attention_mask.shape[1]} positions; the cache holds {past} and "
+            f"{new_tokens} are new, so it must cover {past + new_tokens}"
+        )
+    return attention_mask
 
 
 @dataclass
@@ -83,16 +106,7 @@ class PrunedDecoder:
         use_cache=None,
         **kwargs,
     ):
-        requested = [name for name in ("output_attentions", "output_hidden_states") if kwargs.get(name)]
-        if requested:
-            raise ValueError(
-                f"graphprune's pruned decoder does not return {', '.join(requested)}; "
-                "call graphprune.restore(model) first"
-            )
-        if attention_mask is not None and attention_mask.dim() != 2:
-            raise ValueError(
-                f"graphprune needs a 2-D attention_mask [batch, length]; got shape {tuple(attention_mask.shape)}"
-            )
+        _check_call(attention_mask, kwargs)
         if inputs_embeds is None:
             inputs_embeds = self.decoder.get_input_embeddings()(input_ids)
         use_cache = self.decoder.config.use_cache if use_cache is None else use_cache
@@ -166,13 +180,7 @@ class PrunedDecoder:
         batch, new_tokens = inputs_embeds.shape[:2]
         device = inputs_embeds.device
         past = cache.get_seq_length()  # layer 0 is never pruned: the unpruned length
-        if attention_mask is None:
-            attention_mask = torch.ones(batch, past + new_tokens, dtype=torch.long, device=device)
-        if attention_mask.shape[1] != past + new_tokens:
-            raise ValueError(
-                f"attention_mask covers {attention_mask.shape[1]} positions; the cache holds {past} and "
-                f"{new_tokens} are new, so it must cover {past + new_tokens}"
-            )
+        attention_mask = _checked_decode_mask(attention_mask, batch, past, new_tokens, device)
         position_ids = self._graph_positions(position_ids, batch, past, new_tokens, device)
         flat_cache = [t for layer in cache.layers for t in (layer.keys, layer.values)]
         outputs = self._decode(inputs_embeds, attention_mask, position_ids, *flat_cache, state.index, state.valid)
@@ -185,11 +193,156 @@ class PrunedDecoder:
 
 
 @dataclass
+class TrimRecord:
+    """What the last cross-attention prefill saw and kept; ``explain`` reads it."""
+
+    attention_mask: torch.Tensor  # [B, T]
+    valid_features: torch.Tensor  # [B, F]: features some valid text row may attend
+    keep_index: torch.Tensor  # [B, K']: feature per slot of the trimmed layers
+    slot_valid: torch.Tensor  # [B, K']
+    scores: torch.Tensor | None  # [B, H, F]; None when nothing was trimmed
+
+
+class TrimmedDecoder:
+    """Stands in for a cross-attention decoder's ``forward`` (Mllama): trimmed prefill graph, and the
+    decode graph on a cache whose later cross-attention layers hold only the kept features."""
+
+    def __init__(
+        self,
+        decoder: nn.Module,
+        method: CrossAttentionTrim,
+        layout: DecoderLayout,
+        prefill: fx.GraphModule,
+        decode: fx.GraphModule,
+        compile: bool,
+    ):
+        self.decoder = decoder
+        self.method = method
+        self.prefill_graph = prefill
+        self.decode_graph = decode
+        self._prefill = torch.compile(prefill, dynamic=True) if compile else prefill
+        self._decode = torch.compile(decode, dynamic=True) if compile else decode
+        self._original = decoder.forward
+        self._trimmed_caches: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self.num_layers = layout.num_layers
+        self.cross_attention_layers = layout.cross_attention_layers
+        self.text_layer = layout.self_attention_layers[0]  # caches text positions, never trimmed
+        self.last_prefill: TrimRecord | None = None
+
+    def __call__(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        cross_attention_states=None,
+        cross_attention_mask=None,
+        full_text_row_masked_out_mask=None,
+        past_key_values=None,
+        inputs_embeds=None,
+        use_cache=None,
+        **kwargs,
+    ):
+        _check_call(attention_mask, kwargs)
+        if inputs_embeds is None:
+            inputs_embeds = self.decoder.get_input_embeddings()(input_ids)
+        use_cache = self.decoder.config.use_cache if use_cache is None else use_cache
+        args = dict(
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cross_attention_states=cross_attention_states,
+            cross_attention_mask=cross_attention_mask,
+            full_text_row_masked_out_mask=full_text_row_masked_out_mask,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+        )
+        if past_key_values is not None and past_key_values.get_seq_length(self.text_layer) > 0:
+            state = self._trimmed_caches.get(past_key_values)
+            if state is None:
+                return self._original(**args, **kwargs)
+            if cross_attention_states is not None:
+                raise ValueError(
+                    "graphprune: new images in a call that continues a trimmed cache are not supported; "
+                    "start a new generation with all images in the prompt"
+                )
+            return self._decode_step(inputs_embeds, attention_mask, position_ids, args, past_key_values, state)
+        if cross_attention_states is None:  # text only: no cross-attention layer runs
+            return self._original(**args, **kwargs)
+        return self._prefill_step(inputs_embeds, args, kwargs)
+
+    def _cross_masks(self, cross_mask, row_mask, batch: int, new_tokens: int, features: int, like: torch.Tensor):
+        """The model's masks, or the ones that mean "every row attends every feature" when absent."""
+        if cross_mask is None:
+            cross_mask = like.new_zeros(batch, 1, new_tokens, features)
+        if row_mask is None:
+            row_mask = like.new_ones(batch, 1, new_tokens, 1)
+        return cross_mask, row_mask
+
+    def _prefill_step(self, inputs_embeds, args, kwargs):
+        batch, seq_len, hidden_size = inputs_embeds.shape
+        device = inputs_embeds.device
+        states = args["cross_attention_states"].reshape(batch, -1, hidden_size)
+        mask = args["attention_mask"]
+        mask = mask if mask is not None else torch.ones(batch, seq_len, dtype=torch.long, device=device)
+        cross_mask, row_mask = self._cross_masks(
+            args["cross_attention_mask"], args["full_text_row_masked_out_mask"], batch, seq_len, states.shape[1], states
+        )
+        valid = ops.valid_features(cross_mask, row_mask, mask)
+        if self.method.keep == 1.0 or not valid.any():  # nothing is trimmed: the unmodified model, exactly
+            every = torch.arange(states.shape[1], device=device).expand(batch, -1)
+            self.last_prefill = TrimRecord(mask, valid, every, valid, None)
+            return self._original(**args, **kwargs)
+        position_ids = args["position_ids"]
+        if position_ids is None:
+            position_ids = torch.arange(seq_len, device=device)[None]
+        inputs = [inputs_embeds, mask, position_ids.expand(batch, seq_len), states, cross_mask, row_mask]
+        if self.method.select == "topk":
+            inputs.append(torch.arange(int(ops.keep_counts(valid, self.method.keep).max()), device=device))
+        outputs = self._prefill(*inputs)
+        hidden, cached = outputs[0], outputs[1 : 1 + 2 * self.num_layers]
+        index, slot_valid, scores = outputs[-3:]
+        self.last_prefill = TrimRecord(mask, valid, index, slot_valid, scores)
+        if not args["use_cache"]:
+            return BaseModelOutputWithPast(last_hidden_state=hidden)
+        cache = args["past_key_values"]
+        cache = cache if cache is not None else DynamicCache(config=self.decoder.config)
+        for layer_idx in range(self.num_layers):
+            cache.update(cached[2 * layer_idx], cached[2 * layer_idx + 1], layer_idx)
+        self._trimmed_caches[cache] = _PrunedCache(index, slot_valid)
+        return BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=cache)
+
+    def _decode_step(self, inputs_embeds, attention_mask, position_ids, args, cache, state: _PrunedCache):
+        batch, new_tokens = inputs_embeds.shape[:2]
+        device = inputs_embeds.device
+        past = cache.get_seq_length(self.text_layer)
+        attention_mask = _checked_decode_mask(attention_mask, batch, past, new_tokens, device)
+        if position_ids is None:
+            position_ids = torch.arange(past, past + new_tokens, device=device)[None]
+        features = cache.layers[self.cross_attention_layers[0]].keys.shape[2]
+        masks = args["cross_attention_mask"], args["full_text_row_masked_out_mask"]
+        cross_mask, row_mask = self._cross_masks(*masks, batch, new_tokens, features, inputs_embeds)
+        flat_cache = [t for layer in cache.layers for t in (layer.keys, layer.values)]
+        outputs = self._decode(
+            inputs_embeds,
+            attention_mask,
+            position_ids.expand(batch, new_tokens),
+            cross_mask,
+            row_mask,
+            *flat_cache,
+            state.index,
+            state.valid,
+        )
+        for layer_idx, layer in enumerate(cache.layers):
+            layer.keys, layer.values = outputs[1 + 2 * layer_idx], outputs[2 + 2 * layer_idx]
+        return BaseModelOutputWithPast(last_hidden_state=outputs[0], past_key_values=cache)
+
+
+@dataclass
 class _Optimized:
-    method: FastV
+    method: FastV | CrossAttentionTrim
     adapter: ModelAdapter
-    decoder: PrunedDecoder
-    saved_forwards: dict  # module -> its own instance-level forward before optimize (None if it had none)
+    decoder: PrunedDecoder | TrimmedDecoder
+    saved_attributes: dict  # (module, name) -> its own instance attribute before optimize (None if it had none)
 
 
 def _check(model: nn.Module, method) -> ModelAdapter:
@@ -210,7 +363,11 @@ def _check(model: nn.Module, method) -> ModelAdapter:
             f"{type(method).__name__} does not fit {type(model).__name__} ({adapter.name}): "
             f"this model family takes {fits}"
         )
-    method.check_layers(adapter.layout(model).num_layers)
+    layout = adapter.layout(model)
+    if isinstance(method, FastV):
+        method.check_layers(layout.num_layers)
+    else:
+        method.check_cross_attention_layers(layout.cross_attention_layers)
     if model.training:
         raise ValueError("graphprune optimizes inference; call model.eval() before graphprune.optimize")
     return adapter
@@ -226,12 +383,17 @@ def optimize(model: nn.Module, method: FastV | CrossAttentionTrim, *, compile: b
     adapter = _check(model, method)
     decoder = adapter.decoder(model)
     layout = adapter.layout(model)
-    prefill = fastv(capture_prefill(decoder, layout), method)
-    decode = fastv_decode(capture_decode(decoder, layout), method)
-    pruned = PrunedDecoder(decoder, method, prefill, decode, compile)
+    if isinstance(method, FastV):
+        prefill = fastv(capture_prefill(decoder, layout), method)
+        decode = fastv_decode(capture_decode(decoder, layout), method)
+        pruned = PrunedDecoder(decoder, method, prefill, decode, compile)
+    else:
+        prefill = cross_attention_trim(capture_prefill(decoder, layout), method)
+        decode = cross_attention_trim_decode(capture_decode(decoder, layout), method)
+        pruned = TrimmedDecoder(decoder, method, layout, prefill, decode, compile)
 
-    saved = {module: module.__dict__.get("forward") for module in (model, decoder)}
-    forward = model.forward
+    saved = {(module, name): module.__dict__.get(name) for module, name in _replaced_attributes(model, decoder)}
+    forward, generate = model.forward, model.generate
     signature = inspect.signature(forward)
 
     @functools.wraps(forward)
@@ -248,11 +410,27 @@ def optimize(model: nn.Module, method: FastV | CrossAttentionTrim, *, compile: b
         finally:
             _visual_mask.reset(token)
 
+    @functools.wraps(generate)
+    def generate_without_beam_search(*args, **kwargs):
+        config = kwargs.get("generation_config") or model.generation_config
+        if (kwargs.get("num_beams") or config.num_beams or 1) > 1:
+            raise ValueError(
+                "graphprune does not support beam search (num_beams > 1): reordering the beams would not reorder "
+                "the pruned cache's slot index; use greedy or sampling, or graphprune.restore(model) first"
+            )
+        return generate(*args, **kwargs)
+
     model.forward = forward_with_visual_mask
+    model.generate = generate_without_beam_search
     decoder.forward = pruned
     setattr(model, STATE_ATTR, _Optimized(method, adapter, pruned, saved))
     logger.info("graphprune: %s on %s (%s)", method, type(model).__name__, "compiled" if compile else "eager")
     return model
+
+
+def _replaced_attributes(model: nn.Module, decoder: nn.Module) -> tuple[tuple[nn.Module, str], ...]:
+    """The instance attributes ``optimize`` sets and ``restore`` puts back."""
+    return (model, "forward"), (model, "generate"), (decoder, "forward")
 
 
 def optimized_state(model: nn.Module) -> _Optimized:
@@ -263,12 +441,13 @@ def optimized_state(model: nn.Module) -> _Optimized:
 
 
 def restore(model: nn.Module) -> nn.Module:
-    """Undo ``optimize``: the model's and its decoder's forwards are what they were; returns the model."""
+    """Undo ``optimize``: the model's forward and generate and its decoder's forward are what they were;
+    returns the model."""
     state = optimized_state(model)
-    for module, forward in state.saved_forwards.items():
-        if forward is None:
-            del module.forward
+    for (module, name), value in state.saved_attributes.items():
+        if value is None:
+            delattr(module, name)
         else:
-            module.forward = forward
+            setattr(module, name, value)
     delattr(model, STATE_ATTR)
     return model

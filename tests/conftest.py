@@ -8,10 +8,12 @@ import pytest
 import torch
 
 import graphprune as gp
-from graphprune.tiny import llava_inputs, tiny_llava
+from graphprune.tiny import llava_inputs, mllama_inputs, tiny_llava, tiny_mllama
 
 # (text_before, n_images, text_after): 16 visual tokens per image; left-padded to the longest.
 BATCH = [(5, 1, 4), (2, 2, 3), (6, 0, 3)]
+# (text_before, tiles per image, text_after): 17 features per tile, 4 tile slots per image.
+MLLAMA_BATCH = [(1, [4], 5), (2, [2], 3), (0, [1], 6)]
 LOGITS_RTOL = 1e-4
 
 
@@ -29,6 +31,17 @@ def llava_eager():
 @pytest.fixture(scope="session")
 def batch(llava):
     return llava_inputs(llava, BATCH)
+
+
+@pytest.fixture(scope="session")
+def mllama():
+    """Tiny Mllama: 5 layers, cross-attention at 1, 3 and 4, GQA (4 query heads, 2 key/value heads)."""
+    return tiny_mllama()
+
+
+@pytest.fixture(scope="session")
+def mllama_batch(mllama):
+    return mllama_inputs(mllama, MLLAMA_BATCH)
 
 
 @contextlib.contextmanager

@@ -4,7 +4,12 @@ import pytest
 import torch
 
 import graphprune as gp
-from graphprune.reference import fastv_reference, fastv_reference_generate
+from graphprune.reference import (
+    cross_attention_trim_reference,
+    fastv_reference,
+    fastv_reference_generate,
+    trimmed_mask_mode,
+)
 
 from .conftest import LOGITS_RTOL, optimized, rel_error
 
@@ -20,4 +25,21 @@ def test_compiled_prefill_and_decode_equal_reference(llava, batch):
         ids = llava.generate(**batch, max_new_tokens=4, do_sample=False)
         assert isinstance(llava._graphprune.decoder._prefill, torch._dynamo.eval_frame.OptimizedModule)
     assert rel_error(logits[:, -1], reference.logits[:, -1]) <= LOGITS_RTOL
+    assert torch.equal(ids, expected_ids)
+
+
+@pytest.mark.compile
+@pytest.mark.parametrize("select", ["head_union", "topk"])
+@torch.no_grad()
+def test_compiled_cross_attention_trim_equals_reference(mllama, mllama_batch, select):
+    """topk compiles as one graph per step; head_union's data-dependent kept count splits the prefill graph."""
+    method = gp.CrossAttentionTrim(keep=0.5, select=select)
+    reference = cross_attention_trim_reference(mllama, method, **mllama_batch)
+    with trimmed_mask_mode(mllama, reference.kept):
+        expected = mllama(**mllama_batch).logits
+        expected_ids = mllama.generate(**mllama_batch, max_new_tokens=4, do_sample=False)
+    with optimized(mllama, method, compile=True):
+        logits = mllama(**mllama_batch).logits
+        ids = mllama.generate(**mllama_batch, max_new_tokens=4, do_sample=False)
+    assert rel_error(logits[:, -1], expected[:, -1]) <= LOGITS_RTOL
     assert torch.equal(ids, expected_ids)

@@ -2,43 +2,15 @@
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, MllamaConfig, MllamaForConditionalGeneration
+from transformers import LlamaConfig, LlamaForCausalLM
 
 import graphprune as gp
 
+from .conftest import optimized
+
 
 def _untouched(model):
-    return "forward" not in vars(model) and not hasattr(model, "_graphprune")
-
-
-@pytest.fixture(scope="module")
-def tiny_mllama():
-    config = MllamaConfig(
-        text_config=dict(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            vocab_size=128,
-            cross_attention_layers=[1, 3],
-            pad_token_id=0,
-            bos_token_id=1,
-            eos_token_id=2,
-        ),
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_global_layers=1,
-            num_attention_heads=2,
-            image_size=28,
-            patch_size=14,
-            vision_output_dim=64,
-            intermediate_layers_indices=[0],
-        ),
-    )
-    return MllamaForConditionalGeneration(config).eval()
+    return not {"forward", "generate", "_graphprune"} & set(vars(model))
 
 
 @pytest.mark.parametrize("k", [4, 7])
@@ -72,10 +44,10 @@ def test_unsupported_model_lists_supported_classes():
     assert _untouched(model)
 
 
-def test_fastv_on_mllama_is_refused(tiny_mllama):
-    with pytest.raises(gp.UnsupportedModelError, match="MllamaForConditionalGeneration"):
-        gp.optimize(tiny_mllama, gp.FastV())
-    assert _untouched(tiny_mllama)
+def test_fastv_on_mllama_is_refused(mllama):
+    with pytest.raises(ValueError, match="FastV does not fit MllamaForConditionalGeneration.*CrossAttentionTrim"):
+        gp.optimize(mllama, gp.FastV())
+    assert _untouched(mllama)
 
 
 def test_cross_attention_trim_on_llava_is_refused(llava):
@@ -110,3 +82,11 @@ def test_unsupported_calls_on_an_optimized_model(llava, batch):
             llava(**batch, output_hidden_states=True)
     finally:
         gp.restore(llava)
+
+
+@torch.no_grad()
+def test_beam_search_is_refused_until_restore(llava, batch):
+    with pytest.raises(ValueError, match="beam search.*greedy or sampling"), optimized(llava, gp.FastV(k=2)):
+        llava.generate(**batch, max_new_tokens=2, num_beams=2)
+    assert _untouched(llava)
+    assert llava.generate(**batch, max_new_tokens=2, num_beams=2).shape == (3, batch["input_ids"].shape[1] + 2)

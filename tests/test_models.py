@@ -57,7 +57,10 @@ FAMILIES = {
     ),
 }
 # Registered classes tested in another module, by that module's name.
-TESTED_ELSEWHERE = {"LlavaForConditionalGeneration": "test_numerics"}
+TESTED_ELSEWHERE = {
+    "LlavaForConditionalGeneration": "test_numerics",
+    "MllamaForConditionalGeneration": "test_cross_attention",
+}
 MROPE_FAMILIES = ["Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration"]
 NEW_TOKENS = 5
 

@@ -7,10 +7,17 @@ from torch import nn
 from .base import DecoderLayout, ModelAdapter
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter
+from .mllama import MllamaAdapter
 from .qwen2_vl import Qwen2VLAdapter
 from .video_llava import VideoLlavaAdapter
 
-ADAPTERS: tuple[ModelAdapter, ...] = (LlavaAdapter(), LlavaNextAdapter(), VideoLlavaAdapter(), Qwen2VLAdapter())
+ADAPTERS: tuple[ModelAdapter, ...] = (
+    LlavaAdapter(),
+    LlavaNextAdapter(),
+    VideoLlavaAdapter(),
+    Qwen2VLAdapter(),
+    MllamaAdapter(),
+)
 
 
 class UnsupportedModelError(TypeError):

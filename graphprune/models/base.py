@@ -24,8 +24,14 @@ class DecoderLayout:
     num_heads: int
     num_kv_heads: int
     head_dim: int
-    scaling: float  # softmax scale of the decoder's self-attention
+    scaling: float  # softmax scale of the attention the method ranks by (self- or cross-attention)
     position_rows: int = 0  # 0: position ids are [B, N]; R: one row per RoPE axis, [R, B, N] (Qwen2-VL's M-RoPE: 3)
+    cross_attention_layers: tuple[int, ...] = ()  # indices of cross-attention layers (Mllama), in order
+    cross_attention: str = "cross_attn"  # cross-attention submodule of those layers
+
+    @property
+    def self_attention_layers(self) -> tuple[int, ...]:
+        return tuple(i for i in range(self.num_layers) if i not in self.cross_attention_layers)
 
 
 def self_attention_layout(decoder: nn.Module, position_rows: int = 0) -> DecoderLayout:

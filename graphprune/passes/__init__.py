@@ -1,7 +1,16 @@
 """Graph passes, one per file, each ``fn(gm, method) -> gm`` on a graph from ``graphprune.capture``."""
 
 from ._graph import INSERTED_PREFIX, PassError
+from .cross_attention_trim import cross_attention_trim
+from .cross_attention_trim_decode import cross_attention_trim_decode
 from .fastv import fastv
 from .fastv_decode import fastv_decode
 
-__all__ = ["INSERTED_PREFIX", "PassError", "fastv", "fastv_decode"]
+__all__ = [
+    "INSERTED_PREFIX",
+    "PassError",
+    "cross_attention_trim",
+    "cross_attention_trim_decode",
+    "fastv",
+    "fastv_decode",
+]

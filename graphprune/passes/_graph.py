@@ -104,6 +104,20 @@ def repoint(node: fx.Node, replacement: fx.Node, users: list[fx.Node]) -> None:
         user.replace_input_with(node, replacement)
 
 
+def move_size_reads(gm: fx.GraphModule, expr: sympy.Expr, sources: set[str], target: fx.Node) -> None:
+    """Point every ``sym_size`` equal to ``expr`` that reads it off a placeholder named in ``sources`` at ``target``.
+
+    ``torch.export`` unifies equal sizes of different inputs into one symbol and may read it off any of
+    them; after a pass makes some of those inputs shorter, the reads must come from one that is not.
+    """
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or node.target is not torch.ops.aten.sym_size.int:
+            continue
+        source = node.args[0]
+        if source.op == "placeholder" and source.name in sources and symbol(node.meta["val"]) == expr:
+            node.replace_input_with(source, target)
+
+
 def finish(gm: fx.GraphModule, pass_name: str, summary: str) -> fx.GraphModule:
     """The clean-up every rewrite ends with: dead code out, lint, recompile, record, log."""
     gm.graph.eliminate_dead_code()

@@ -24,6 +24,7 @@ from ._graph import (
     finish,
     first_node_of_layer,
     layout_of,
+    move_size_reads,
     named,
     placeholder,
     repoint,
@@ -40,7 +41,8 @@ def fastv_decode(gm: fx.GraphModule, method: FastV) -> fx.GraphModule:
     boundary = first_node_of_layer(gm, layout, method.k)
     past = symbol(placeholder(gm, "past_0").meta["val"].shape[2])
     new_tokens = symbol(placeholder(gm, "inputs_embeds").meta["val"].shape[1])
-    _read_past_length_from_layer_0(gm, past, first_pruned_input=2 * method.k)
+    pruned_pasts = {f"past_{i}" for i in range(2 * method.k, 2 * layout.num_layers)}
+    move_size_reads(gm, past, pruned_pasts, placeholder(gm, "past_0"))  # layer 0 is never pruned
     crossing = crossing_nodes(gm, boundary)
 
     cache_index = add_placeholder(gm, "graphprune_cache_index")
@@ -75,18 +77,6 @@ def fastv_decode(gm: fx.GraphModule, method: FastV) -> fx.GraphModule:
                 raise fail(gm, PASS, f"{node.name} = {expr} depends on the past length in a way the pass can't map")
             repoint(node, pruned_lengths[expr], users)
     return finish(gm, PASS, f"k={method.k}; layers >= {method.k} attend over their pruned cache")
-
-
-def _read_past_length_from_layer_0(gm: fx.GraphModule, past, first_pruned_input: int) -> None:
-    """Point every ``sym_size`` that reads the shared past length off a pruned layer's input at ``past_0``."""
-    past_0 = placeholder(gm, "past_0")
-    for node in gm.graph.nodes:
-        if node.op != "call_function" or node.target is not torch.ops.aten.sym_size.int:
-            continue
-        source = node.args[0]
-        reads_past = source.op == "placeholder" and source.name.startswith("past_")
-        if reads_past and symbol(node.meta["val"]) == past and int(source.name.split("_")[1]) >= first_pruned_input:
-            node.replace_input_with(source, past_0)
 
 
 def _free(size) -> set:
