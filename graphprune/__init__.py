@@ -18,6 +18,8 @@ from .runtime import optimize, restore
 
 __version__ = "0.1.0"
 
+from . import export  # noqa: E402  (after __version__, which the manifest records)
+
 __all__ = [
     "CrossAttentionTrim",
     "FastV",
@@ -25,6 +27,7 @@ __all__ = [
     "Report",
     "UnsupportedModelError",
     "explain",
+    "export",
     "flops",
     "optimize",
     "restore",

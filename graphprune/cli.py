@@ -18,6 +18,19 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--keep", type=float, default=0.5, help="fraction of visual tokens/features kept (default 0.5)")
     demo.add_argument("--query", choices=["last", "mean"], default="last", help="FastV: the ranking row(s)")
     demo.add_argument("--select", choices=["head_union", "topk"], default="head_union", help="CrossAttentionTrim")
+    export = commands.add_parser(
+        "export",
+        help="export the tiny demo LLaVA (random weights), optimised with FastV, for ONNX Runtime or TensorRT",
+        description="Export graphprune's tiny demo LLaVA (random weights, 16 visual tokens per image), optimised "
+        "with FastV, and check ONNX Runtime's greedy tokens against PyTorch. For your own model, call "
+        "graphprune.export.onnx(model, out_dir, example_inputs=...) from Python.",
+    )
+    export.add_argument("--format", choices=["onnx", "tensorrt"], default="onnx", help="default onnx")
+    export.add_argument("--out", required=True, help="folder to write (must not exist unless --overwrite)")
+    export.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    export.add_argument("--k", type=int, default=2, help="first pruned layer (default 2)")
+    export.add_argument("--keep", type=float, default=0.5, help="fraction of visual tokens kept (default 0.5)")
+    export.add_argument("--query", choices=["last", "mean"], default="last")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     if args.command == "demo":
@@ -26,4 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.model == "mllama":
             return 0 if run_mllama(keep=args.keep, select=args.select) else 1
         return 0 if run(k=args.k, keep=args.keep, query=args.query) else 1
+    if args.command == "export":
+        from .export.demo import demo
+        from .methods import FastV
+
+        method = FastV(k=args.k, keep=args.keep, query=args.query)
+        return 0 if demo(args.out, args.format, method, overwrite=args.overwrite) else 1
     return 2

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from .methods import n_keep
+
 
 def fastv_scores(
     query_states: torch.Tensor,
@@ -51,7 +53,12 @@ def keep_counts(visual_mask: torch.Tensor, keep: float) -> torch.Tensor:
 
 
 def fastv_select(
-    scores: torch.Tensor, visual_mask: torch.Tensor, attention_mask: torch.Tensor, slots: torch.Tensor, keep: float
+    scores: torch.Tensor,
+    visual_mask: torch.Tensor,
+    attention_mask: torch.Tensor,
+    slots: torch.Tensor,
+    keep: float,
+    max_visual: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pick the kept positions and lay them out in ``len(slots)`` left-padded slots per sample.
 
@@ -61,15 +68,36 @@ def fastv_select(
     Returns ``index [B, S]`` (original position per slot)
     and ``valid [B, S]`` (False for the padding slots at the front of shorter samples; their index
     repeats the sample's first kept position so that they hold finite values).
+
+    No sort: one top-k finds each sample's cut score, ties at the cut go to the earliest positions
+    (a cumulative sum), and a scatter lays the kept positions out. The top-k's K is the sequence
+    length, or, when ``max_visual`` (the most visual positions a sample may hold) is given, the
+    constant ``ceil(keep * max_visual)`` that TensorRT needs; samples must then hold at most
+    ``max_visual`` visual positions.
     """
-    seq_len = scores.shape[-1]
-    ranked = torch.argsort(torch.where(visual_mask, -scores.float(), float("inf")), dim=-1, stable=True)
-    rank = torch.argsort(ranked, dim=-1)
-    kept = attention_mask.bool() & (~visual_mask | (rank < keep_counts(visual_mask, keep)[:, None]))
-    kept_first = torch.argsort((~kept).to(torch.int8), dim=-1, stable=True)
-    padding = slots.shape[0] - kept.sum(dim=-1)
-    source = (slots[None, :] - padding[:, None]).clamp(min=0, max=seq_len - 1)
-    return kept_first.gather(1, source), slots[None, :] >= padding[:, None]
+    batch, seq_len = scores.shape
+    ranked = torch.where(visual_mask, scores.float(), float("-inf"))
+    if max_visual is None:
+        counts, top = keep_counts(visual_mask, keep), ranked.topk(seq_len, dim=-1).values
+    else:
+        table = torch.tensor([n_keep(keep, n) for n in range(max_visual + 1)], device=scores.device)
+        counts = table[visual_mask.sum(dim=-1).clamp(max=max_visual)]
+        budget = max(n_keep(keep, max_visual), 1)
+        padded = torch.cat([ranked, ranked.new_full((batch, budget), float("-inf"))], dim=-1)
+        top = padded.topk(budget, dim=-1).values
+    cut = top.gather(1, (counts - 1).clamp(min=0)[:, None])
+    above = visual_mask & (ranked > cut)
+    at_cut = visual_mask & (ranked == cut)
+    room = counts[:, None] - above.sum(dim=-1, keepdim=True)
+    chosen = above | (at_cut & (at_cut.cumsum(dim=-1) <= room))
+    kept = attention_mask.bool() & (~visual_mask | chosen)
+    n_slots = slots.shape[0]
+    padding = n_slots - kept.sum(dim=-1, keepdim=True)
+    target = torch.where(kept, kept.cumsum(dim=-1) - 1 + padding, n_slots)  # dropped ones go to a spare slot
+    positions = torch.arange(seq_len, device=scores.device).expand(batch, seq_len)
+    first = positions.masked_fill(~kept, seq_len - 1).amin(dim=-1, keepdim=True)
+    index = first.expand(batch, n_slots + 1).scatter(1, target, positions)[:, :n_slots]
+    return index, slots[None, :] >= padding
 
 
 def gather_sequence(x: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
@@ -81,8 +109,21 @@ def gather_sequence(x: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Ten
     return x.gather(dim, index.view(shape).expand(expanded))
 
 
-def _masked_value(mask: torch.Tensor) -> bool | float:
-    return False if mask.dtype == torch.bool else torch.finfo(mask.dtype).min
+def _hide(mask: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """``mask`` (boolean or additive) with the keys where ``hidden`` is True masked out.
+
+    Boolean masks use logical ops, not ``masked_fill``: ONNX Runtime has no boolean ``Where``.
+    """
+    if mask.dtype == torch.bool:
+        return mask & ~hidden
+    return mask.masked_fill(hidden, torch.finfo(mask.dtype).min)
+
+
+def _show(mask: torch.Tensor, shown: torch.Tensor) -> torch.Tensor:
+    """``mask`` (boolean or additive) with the keys where ``shown`` is True visible."""
+    if mask.dtype == torch.bool:
+        return mask | shown
+    return mask.masked_fill(shown, 0.0)
 
 
 def gather_attention_mask(mask: torch.Tensor, index: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -91,13 +132,10 @@ def gather_attention_mask(mask: torch.Tensor, index: torch.Tensor, valid: torch.
     Keys of padding slots are hidden from every row; each padding slot's row sees only itself, so
     no row is fully masked and padding slots stay finite.
     """
-    pruned = gather_sequence(gather_sequence(mask, index, 2), index, 3)
-    hidden = _masked_value(mask)
-    pruned = pruned.masked_fill(~valid[:, None, None, :], hidden)
+    pruned = _hide(gather_sequence(gather_sequence(mask, index, 2), index, 3), ~valid[:, None, None, :])
     eye = torch.eye(index.shape[1], dtype=torch.bool, device=mask.device)
-    own_row = (~valid)[:, None, :, None] & eye
-    visible = True if mask.dtype == torch.bool else 0.0
-    return pruned.masked_fill((~valid)[:, None, :, None] & ~eye, hidden).masked_fill(own_row, visible)
+    padding_rows = (~valid)[:, None, :, None]
+    return _show(_hide(pruned, padding_rows & ~eye), padding_rows & eye)
 
 
 def gather_decode_mask(mask: torch.Tensor, cache_index: torch.Tensor, cache_valid: torch.Tensor) -> torch.Tensor:
@@ -107,7 +145,7 @@ def gather_decode_mask(mask: torch.Tensor, cache_index: torch.Tensor, cache_vali
     new_positions = torch.arange(past, past + new_tokens, device=mask.device).expand(cache_index.shape[0], -1)
     index = torch.cat([cache_index, new_positions], dim=1)
     valid = torch.cat([cache_valid, torch.ones_like(new_positions, dtype=torch.bool)], dim=1)
-    return gather_sequence(mask, index, 3).masked_fill(~valid[:, None, None, :], _masked_value(mask))
+    return _hide(gather_sequence(mask, index, 3), ~valid[:, None, None, :])
 
 
 def _visible_features(cross_attention_mask: torch.Tensor) -> torch.Tensor:
@@ -183,4 +221,4 @@ def cross_attention_select(
 
 def gather_cross_attention_mask(mask: torch.Tensor, index: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """An additive ``[B, 1, T, F]`` cross-attention mask restricted to the kept slots; padding slots hidden."""
-    return gather_sequence(mask, index, 3).masked_fill(~valid[:, None, None, :], _masked_value(mask))
+    return _hide(gather_sequence(mask, index, 3), ~valid[:, None, None, :])

@@ -1,1 +1,15 @@
-"""Exporters of pruned graphs (ONNX Runtime, TensorRT): see the export issue; nothing here yet."""
+"""Deployment of pruned models: ONNX files for ONNX Runtime and TensorRT, and a generation loop over them.
+
+``onnx`` and ``tensorrt`` take a model that ``graphprune.optimize`` changed; the pruning (ranking and
+gather nodes) lives inside the exported decoder graph. The ONNX extra is optional:
+``pip install graphprune[onnx]``.
+"""
+
+from .manifest import Manifest
+from .onnx import onnx
+from .ort_generator import OrtGenerator
+from .tensorrt import tensorrt
+from .tensorrt_support import tensorrt_support
+from .validate import ExportValidationError
+
+__all__ = ["ExportValidationError", "Manifest", "OrtGenerator", "onnx", "tensorrt", "tensorrt_support"]

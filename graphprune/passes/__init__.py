@@ -4,6 +4,7 @@ from ._graph import INSERTED_PREFIX, PassError
 from .cross_attention_trim import cross_attention_trim
 from .cross_attention_trim_decode import cross_attention_trim_decode
 from .fastv import fastv
+from .fastv_budget import fastv_budget
 from .fastv_decode import fastv_decode
 
 __all__ = [
@@ -12,5 +13,6 @@ __all__ = [
     "cross_attention_trim",
     "cross_attention_trim_decode",
     "fastv",
+    "fastv_budget",
     "fastv_decode",
 ]

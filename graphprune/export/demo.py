@@ -1,0 +1,33 @@
+"""``graphprune export``: export the tiny demo LLaVA (random weights) and check the files against PyTorch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..methods import FastV
+from ..runtime import optimize
+from ..tiny import llava_inputs, tiny_llava
+
+
+def demo(out: str | Path, format: str, method: FastV, overwrite: bool = False) -> bool:
+    """Export a tiny random-weight LLaVA optimised with ``method`` to ``out``; for ONNX, True if ONNX
+    Runtime's greedy tokens equal PyTorch's."""
+    from . import OrtGenerator, onnx, tensorrt
+
+    model = optimize(tiny_llava(), method)
+    inputs = llava_inputs(model, [(5, 1, 4), (2, 1, 3)])
+    if format == "tensorrt":
+        folder = tensorrt(model, out, example_inputs=inputs, overwrite=overwrite)
+        print(f"wrote {folder}: {', '.join(sorted(path.name for path in folder.iterdir()))}")
+        return True
+    folder = onnx(model, out, example_inputs=inputs, overwrite=overwrite)
+    for path in sorted(folder.iterdir()):
+        print(f"  {path.name:<18} {path.stat().st_size / 1024:8.1f} KiB")
+    expected = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    tokens = OrtGenerator(folder).generate(**inputs, max_new_tokens=8)
+    same = torch.equal(tokens, expected)
+    print(f"validated against PyTorch; ONNX Runtime greedy tokens {'equal' if same else 'DIFFER FROM'} PyTorch's")
+    print(f"Jetson Orin: copy {folder} to the device and run its build_engines.sh (see TENSORRT.md there)")
+    return same

@@ -1,0 +1,165 @@
+"""``graphprune.export.onnx``: an optimised model's graphs as ONNX files plus ``manifest.json``."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import shutil
+import uuid
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..models import UnsupportedModelError
+from ..runtime import optimized_state
+from .graph_export import GraphExport
+from .llava import llava
+from .manifest import Manifest
+from .trt_recipe import trt_recipe
+from .validate import validate as validate_files
+
+logger = logging.getLogger(__name__)
+
+# One builder per model family (the adapter's name): (model, state, example_inputs, max_images, prune)
+# -> (graphs, manifest details). A family's graphs list their own inputs and outputs.
+FAMILIES = {"llava": llava}
+OPSETS = range(18, 21)  # the torch.onnx dynamo exporter starts at 18; TensorRT 10's parser ends at 20
+EXTERNAL_DATA_BYTES = 1 << 30  # larger graphs keep their weights in a .data file (protobuf's 2 GiB limit)
+VALIDATION_RTOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 3e-2}
+
+
+def require_onnx() -> None:
+    """ImportError saying how to install the ONNX extra, unless onnx, onnxscript and onnxruntime import."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as error:
+        raise ImportError(
+            f"graphprune's ONNX export needs onnx, onnxscript and onnxruntime ({error.name} is missing): "
+            "pip install graphprune[onnx]"
+        ) from error
+
+
+def _dynamic_shapes(graph: GraphExport):
+    shapes = tuple(graph.dynamic.get(name) for name in graph.inputs)
+    parameters = inspect.signature(graph.module.forward).parameters.values()
+    return (shapes,) if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters) else shapes
+
+
+def _signature(values) -> list[dict]:
+    import onnx
+
+    return [
+        {
+            "name": value.name,
+            "dtype": onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).name,
+            "shape": [dim.dim_param or dim.dim_value for dim in value.type.tensor_type.shape.dim],
+        }
+        for value in values
+    ]
+
+
+def _write(graph: GraphExport, folder: Path, opset: int) -> dict:
+    """Export one graph with the dynamo exporter; its manifest entry."""
+    import onnx
+
+    path = folder / f"{graph.name}.onnx"
+    weights = sum(p.numel() * p.element_size() for p in graph.module.parameters())
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="# The axis name", category=UserWarning)  # axes named twice
+        torch.onnx.export(
+            graph.module,
+            graph.args,
+            str(path),
+            dynamo=True,
+            input_names=list(graph.inputs),
+            output_names=list(graph.outputs),
+            dynamic_shapes=_dynamic_shapes(graph),
+            opset_version=opset,
+            external_data=weights > EXTERNAL_DATA_BYTES,
+            verbose=False,
+        )
+    proto = onnx.load(str(path), load_external_data=False)
+    inputs, outputs = _signature(proto.graph.input), _signature(proto.graph.output)
+    dynamic = {
+        spec["name"]: {axis: dim for axis, dim in enumerate(spec["shape"]) if isinstance(dim, str)}
+        for spec in inputs + outputs
+    }
+    logger.info("wrote %s (%d nodes)", path.name, len(proto.graph.node))
+    return {"file": path.name, "inputs": inputs, "outputs": outputs, "dynamic_axes": dynamic}
+
+
+def onnx(
+    model: nn.Module,
+    out_dir: str | Path,
+    *,
+    example_inputs: dict,
+    overwrite: bool = False,
+    validate: bool = True,
+    opset: int = 18,
+    max_images: int | None = None,
+    prune: bool = True,
+) -> Path:
+    """Write ``model`` (changed by ``graphprune.optimize``) as ONNX files and ``manifest.json`` into ``out_dir``.
+
+    Files (LLaVA): ``vision.onnx`` (vision tower + projector), ``embed.onnx`` (token embeddings with
+    the image features placed), ``prefill.onnx`` (the pruned decoder prefill, ranking and gather
+    nodes inside, logits at the last position and the cache per layer, pruned layers shorter) and
+    ``decode.onnx`` (one step on explicit past keys/values), with dynamic batch and sequence axes.
+    The visual budget, ``max_images`` per sample (default: the most in ``example_inputs``) times the
+    visual tokens per image, makes FastV's top-k K a constant, as TensorRT needs; also written:
+    ``TENSORRT.md`` and ``build_engines.sh`` (trtexec, Jetson Orin). ``prune=False`` writes the same
+    decoder without the pruning pass (the baseline to compare against).
+
+    ``example_inputs`` (``input_ids``, ``attention_mask``, ``pixel_values``, with at least one image)
+    drive the export; with ``validate`` the written files are run in ONNX Runtime on them and must
+    match the PyTorch graphs (1e-4 relative in float32). Files are written to a temporary folder
+    beside ``out_dir`` and moved into place at the end. Returns ``out_dir``.
+    """
+    require_onnx()
+    state = optimized_state(model)
+    builder = FAMILIES.get(state.adapter.name)
+    if builder is None:
+        raise UnsupportedModelError(
+            f"graphprune cannot export {type(model).__name__} ({state.adapter.name}) yet; "
+            f"exportable families: {', '.join(FAMILIES)}"
+        )
+    if opset not in OPSETS:
+        raise ValueError(f"opset must be in [{OPSETS[0]}, {OPSETS[-1]}]; got {opset!r}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} exists; pass overwrite=True to replace it")
+    dtype = next(model.parameters()).dtype
+    graphs, details = builder(model, state, example_inputs, max_images, prune)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        entries = {graph.name: _write(graph, staging, opset) for graph in graphs}
+        method = {"name": type(state.method).__name__, **asdict(state.method)} if prune else None
+        manifest = Manifest(
+            format="onnx",
+            method=method,
+            dtype=str(dtype).removeprefix("torch."),
+            opset=opset,
+            graphprune_version=__version__,
+            graphs=entries,
+            **details,
+        )
+        manifest.write(staging)
+        trt_recipe(manifest, staging)
+        if validate:
+            errors = validate_files(staging, graphs, VALIDATION_RTOL.get(dtype, 1e-2))
+            logger.info("validated against PyTorch: %s", errors)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir

@@ -1,0 +1,112 @@
+"""``graphprune.export.tensorrt``: the ONNX export's graphs, compiled by torch-tensorrt (dynamo) on a GPU host."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..models import UnsupportedModelError
+from ..runtime import optimized_state
+from .manifest import Manifest
+from .onnx import FAMILIES
+from .trt_profiles import trt_profiles
+
+
+def tensorrt(
+    model: nn.Module,
+    out_dir: str | Path,
+    *,
+    example_inputs: dict,
+    overwrite: bool = False,
+    max_images: int | None = None,
+    max_batch: int = 1,
+    max_text: int = 512,
+    max_new_tokens: int = 256,
+) -> Path:
+    """Compile ``model``'s export graphs with torch-tensorrt (``ir="dynamo"``, fp16) into ``out_dir``.
+
+    Every graph of ``graphprune.export.onnx`` (vision, embed, pruned prefill with its ranking and
+    gather nodes, decode step) is compiled with one optimisation profile (min/opt/max shapes from
+    ``trt_profiles``: batch up to ``max_batch``, sequences of up to ``max_images`` images plus
+    ``max_text`` tokens, the visual budget fixing the top-k K) and saved as ``{graph}.ep``
+    (``torch_tensorrt.save``) beside ``manifest.json``. Needs torch-tensorrt and a CUDA GPU; the
+    engines run on that GPU model and TensorRT version only (for a Jetson Orin, export ONNX and run
+    the ``build_engines.sh`` it writes on the device).
+    """
+    try:
+        import torch_tensorrt
+    except ImportError as error:
+        raise ImportError(
+            "graphprune.export.tensorrt needs torch-tensorrt on a CUDA host: pip install graphprune[tensorrt] "
+            "(for a Jetson Orin, use graphprune.export.onnx and the build_engines.sh it writes)"
+        ) from error
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            "graphprune.export.tensorrt needs a CUDA GPU; on a machine without one use graphprune.export.onnx "
+            "and build the engines on the target with the build_engines.sh it writes"
+        )
+    state = optimized_state(model)
+    builder = FAMILIES.get(state.adapter.name)
+    if builder is None:
+        raise UnsupportedModelError(f"graphprune cannot export {type(model).__name__} ({state.adapter.name}) yet")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} exists; pass overwrite=True to replace it")
+    graphs, details = builder(model.cuda(), state, _on_cuda(example_inputs), max_images, True)
+    entries = {
+        graph.name: {
+            "file": f"{graph.name}.ep",
+            "inputs": [
+                {
+                    "name": name,
+                    "dtype": str(arg.dtype).removeprefix("torch."),
+                    "shape": [graph.dynamic.get(name, {}).get(axis, size) for axis, size in enumerate(arg.shape)],
+                }
+                for name, arg in zip(graph.inputs, graph.args, strict=True)
+            ],
+            "outputs": [{"name": name, "dtype": None, "shape": None} for name in graph.outputs],
+            "dynamic_axes": {name: dict(axes) for name, axes in graph.dynamic.items()},
+        }
+        for graph in graphs
+    }
+    manifest = Manifest(
+        format="torch_tensorrt",
+        method={"name": type(state.method).__name__, **asdict(state.method)},
+        dtype="float16",
+        opset=0,
+        graphprune_version=__version__,
+        graphs=entries,
+        **details,
+    )
+    profiles = trt_profiles(manifest, max_batch=max_batch, max_text=max_text, max_new_tokens=max_new_tokens)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        for graph in graphs:
+            inputs = [
+                torch_tensorrt.Input(min_shape=low, opt_shape=opt, max_shape=high, dtype=arg.dtype, name=name)
+                for (name, (low, opt, high)), arg in zip(profiles[graph.name].items(), graph.args, strict=True)
+            ]
+            compiled = torch_tensorrt.compile(
+                graph.module, ir="dynamo", inputs=inputs, enabled_precisions={torch.float16, torch.float32}
+            )
+            torch_tensorrt.save(compiled, str(staging / f"{graph.name}.ep"), inputs=list(graph.args))
+        manifest.write(staging)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _on_cuda(inputs: dict) -> dict:
+    return {name: value.cuda() if isinstance(value, torch.Tensor) else value for name, value in inputs.items()}

@@ -1,0 +1,90 @@
+"""The TensorRT build recipe written next to the ONNX files: ``build_engines.sh`` (trtexec) and ``TENSORRT.md``.
+
+TensorRT engines are specific to the GPU and the TensorRT version, so for a Jetson Orin the engines
+are built on the device (JetPack 6 ships TensorRT 10) from the ONNX files and these shapes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .manifest import Manifest
+from .trt_profiles import trt_profiles
+
+SCRIPT, GUIDE = "build_engines.sh", "TENSORRT.md"
+
+
+def _shapes(inputs: dict, which: int) -> str:
+    return ",".join(f"{name}:{'x'.join(map(str, shapes[which]))}" for name, shapes in inputs.items())
+
+
+def trt_recipe(manifest: Manifest, folder: Path) -> list[Path]:
+    """Write ``build_engines.sh`` and ``TENSORRT.md`` for ``manifest``'s graphs into ``folder``; their paths."""
+    profiles = trt_profiles(manifest)
+    lines = [
+        "#!/usr/bin/env bash",
+        "# Build fp16 TensorRT engines from this export, on the device that will run them",
+        "# (Jetson Orin: JetPack 6, TensorRT 10). Written by graphprune; see TENSORRT.md.",
+        "set -euo pipefail",
+        'cd "$(dirname "$0")"',
+        'TRTEXEC="${TRTEXEC:-/usr/src/tensorrt/bin/trtexec}"',
+    ]
+    for graph, inputs in profiles.items():
+        lines += [
+            f'"$TRTEXEC" --onnx={manifest.graphs[graph]["file"]} --saveEngine={graph}.engine --fp16 \\',
+            f"  --minShapes={_shapes(inputs, 0)} \\",
+            f"  --optShapes={_shapes(inputs, 1)} \\",
+            f'  --maxShapes={_shapes(inputs, 2)} "$@"',
+        ]
+    script = folder / SCRIPT
+    script.write_text("\n".join(lines) + "\n")
+    script.chmod(0o755)
+    budget, method = manifest.visual_budget, manifest.method
+    pruning = (
+        f"FastV k={method['k']} keep={method['keep']} query={method['query']}: the ranking (TopK with a constant "
+        f"K={budget['top_k']}, sorted) and gather nodes sit inside prefill.onnx after layer {method['k'] - 1}."
+        if method
+        else "none (an unpruned baseline export)."
+    )
+    cache = (
+        f" Layers >= {manifest.first_pruned_layer} hold the shorter, pruned cache; `graphprune_cache_index` and\n"
+        "`graphprune_cache_valid` (the prefill's `graphprune_keep_index` / `graphprune_slot_valid`, grown by\n"
+        "one position per step) say which original positions it holds."
+        if method
+        else ""
+    )
+    rows = "\n".join(
+        f"| {graph} | `{name}` | " + " | ".join(" x ".join(map(str, shape)) for shape in shapes) + " |"
+        for graph, inputs in profiles.items()
+        for name, shapes in inputs.items()
+    )
+    guide = f"""# TensorRT engines for this export (Jetson Orin, JetPack 6 / TensorRT 10)
+
+Pruning: {pruning}
+Visual budget: at most {budget["max_images"]} image(s) of {budget["tokens_per_image"]} visual tokens per sample.
+
+TensorRT engines only run on the GPU model and TensorRT version they were built with, so build
+them on the Jetson itself (JetPack 6.x ships TensorRT 10.3 with `trtexec` in `/usr/src/tensorrt/bin`):
+
+```bash
+./build_engines.sh                       # four fp16 engines: vision, embed, prefill, decode
+./build_engines.sh --memPoolSize=workspace:2048 --builderOptimizationLevel=3   # extra flags go to every trtexec
+TRTEXEC=/path/to/trtexec ./build_engines.sh
+```
+
+Each engine gets one optimisation profile (batch 1 to {profiles["prefill"]["inputs_embeds"][2][0]}; edit the
+shapes in `build_engines.sh` for other ranges, keeping `total = past + new_tokens` and the pruned lengths
+at most the unpruned ones):
+
+| graph | input | min | opt | max |
+|---|---|---|---|---|
+{rows}
+
+The generation loop is the one `graphprune.export.OrtGenerator` runs (see its source): vision →
+embed → prefill → decode per new token, feeding each step's `present.*` back as `past.*`.{cache}
+Without writing that loop, ONNX Runtime
+can use TensorRT directly: install `onnxruntime-gpu` (NVIDIA's Jetson wheel for JetPack 6) and pass
+`providers=["TensorrtExecutionProvider", "CUDAExecutionProvider"]` to `OrtGenerator`.
+"""
+    (folder / GUIDE).write_text(guide)
+    return [script, folder / GUIDE]

@@ -1,0 +1,207 @@
+"""Export: ONNX files run in ONNX Runtime give what the optimised PyTorch model gives; TensorRT readiness; bad input."""
+
+import importlib
+import importlib.util
+import json
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime", reason="the ONNX extra is not installed: pip install graphprune[onnx]")
+import onnx  # noqa: E402
+
+import graphprune as gp  # noqa: E402
+from graphprune.export.trt_profiles import trt_profiles  # noqa: E402
+from graphprune.tiny import llava_inputs, tiny_llava  # noqa: E402
+
+from .conftest import BATCH, LOGITS_RTOL, optimized, rel_error  # noqa: E402
+
+export_onnx = importlib.import_module("graphprune.export.onnx")  # the module; gp.export.onnx is its function
+
+METHOD = gp.FastV(k=1, keep=0.5)
+GRAPHS = ("vision", "embed", "prefill", "decode")
+
+
+@pytest.fixture(scope="module")
+def model():
+    """Tiny LLaVA with 2 layers (16 visual tokens per image; layer 1 pruned); optimised for the whole module."""
+    model = tiny_llava(num_layers=2, seed=2)
+    with optimized(model, METHOD):
+        yield model
+
+
+@pytest.fixture(scope="module")
+def inputs(model):
+    return llava_inputs(model, BATCH)  # samples with 1, 2 and 0 images, left-padded
+
+
+@pytest.fixture(scope="module")
+def exported(model, inputs, tmp_path_factory):
+    """The export under test; ``validate=True``, so it already matched PyTorch on ``inputs``."""
+    return gp.export.onnx(model, tmp_path_factory.mktemp("export") / "llava", example_inputs=inputs)
+
+
+def _node_types(folder, graph):
+    return [node.op_type for node in onnx.load(str(folder / f"{graph}.onnx")).graph.node]
+
+
+def test_export_writes_the_graphs_and_a_manifest(exported):
+    manifest = json.loads((exported / "manifest.json").read_text())
+    assert sorted(path.name for path in exported.iterdir()) == sorted(
+        [f"{graph}.onnx" for graph in GRAPHS] + ["manifest.json", "TENSORRT.md", "build_engines.sh"]
+    )
+    assert manifest["method"] == {"name": "FastV", "k": 1, "keep": 0.5, "query": "last"}
+    assert manifest["visual_budget"] == {"tokens_per_image": 16, "max_images": 2, "max_visual": 32, "top_k": 16}
+    assert (manifest["dtype"], manifest["opset"], manifest["graphprune_version"]) == ("float32", 18, gp.__version__)
+    prefill, decode = manifest["graphs"]["prefill"], manifest["graphs"]["decode"]
+    assert prefill["dynamic_axes"]["inputs_embeds"] == {"0": "batch", "1": "sequence"}
+    assert prefill["dynamic_axes"]["graphprune_slots"] == {"0": "pruned_sequence"}
+    # layer 0 caches every position, the pruned layer 1 only the kept ones
+    assert prefill["dynamic_axes"]["present.0.key"]["2"] == "sequence"
+    assert prefill["dynamic_axes"]["present.1.key"]["2"] == "pruned_sequence"
+    assert decode["dynamic_axes"]["past.0.value"]["2"] == "past"
+    assert decode["dynamic_axes"]["past.1.value"]["2"] == "pruned_past"
+    assert [spec["name"] for spec in decode["inputs"]][-2:] == ["graphprune_cache_index", "graphprune_cache_valid"]
+
+
+def test_pruning_lives_inside_the_prefill_graph_with_a_constant_k(exported):
+    model = onnx.load(str(exported / "prefill.onnx"))
+    top_k = [node for node in model.graph.node if node.op_type == "TopK"]
+    assert len(top_k) == 1
+    constants = {init.name: onnx.numpy_helper.to_array(init) for init in model.graph.initializer}
+    constants |= {
+        node.output[0]: onnx.numpy_helper.to_array(node.attribute[0].t)
+        for node in model.graph.node
+        if node.op_type == "Constant"
+    }
+    assert constants[top_k[0].input[1]].tolist() == [16]  # ceil(0.5 * 32), the visual budget: no Shape feeds K
+    assert "ScatterElements" in _node_types(exported, "prefill")
+    assert "TopK" not in _node_types(exported, "decode")
+
+
+def test_every_graph_is_accepted_by_the_tensorrt_parser_rules(exported):
+    for graph in GRAPHS:
+        assert gp.export.tensorrt_support(onnx.load(str(exported / f"{graph}.onnx"))) == [], graph
+
+
+def test_the_tensorrt_rules_refuse_a_dynamic_or_unsorted_top_k():
+    helper = onnx.helper
+    nodes = [
+        helper.make_node("Shape", ["x"], ["k"], start=1),
+        helper.make_node("TopK", ["x", "k"], ["values", "indices"], sorted=0),
+        helper.make_node("Unique", ["x"], ["unique"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "bad",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 5])],
+        [helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in ("values", "unique")],
+    )
+    problems = gp.export.tensorrt_support(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    assert any("must be a constant" in problem for problem in problems)
+    assert any("sorted must be 1" in problem for problem in problems)
+    assert any("Unique is not supported" in problem for problem in problems)
+
+
+def test_ort_greedy_tokens_equal_pytorch(model, inputs, exported):
+    expected = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    generator = gp.export.OrtGenerator(exported)
+    assert torch.equal(generator.generate(**inputs, max_new_tokens=6), expected)
+
+
+def test_ort_prefill_logits_match_pytorch(model, inputs, exported):
+    out = model.generate(**inputs, max_new_tokens=1, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    logits = gp.export.OrtGenerator(exported).prefill_logits(**inputs)
+    assert rel_error(logits, out.logits[0]) <= LOGITS_RTOL
+
+
+def test_other_batch_shapes_run_on_the_same_export(model, exported):
+    """Batch size, lengths and image counts other than the example's: the axes are dynamic, the budget holds."""
+    for samples in ([(3, 2, 9)], [(1, 1, 2), (7, 1, 1), (2, 0, 5), (4, 2, 2)]):
+        inputs = llava_inputs(model, samples, seed=5)
+        expected = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+        assert torch.equal(gp.export.OrtGenerator(exported).generate(**inputs, max_new_tokens=4), expected)
+
+
+def test_more_images_than_the_budget_is_a_clear_error(model, exported):
+    inputs = llava_inputs(model, [(2, 3, 2)])
+    with pytest.raises(ValueError, match="at most 32 .*max_images"):
+        gp.export.OrtGenerator(exported).generate(**inputs, max_new_tokens=2)
+
+
+def test_the_tensorrt_recipe_builds_every_graph_in_fp16_with_consistent_profiles(exported):
+    script = (exported / "build_engines.sh").read_text()
+    assert script.count("--fp16") == len(GRAPHS) and script.count("--minShapes=") == len(GRAPHS)
+    assert "--onnx=prefill.onnx" in script and "graphprune_slots:1" in script
+    manifest = gp.export.Manifest.read(exported)
+    profiles = trt_profiles(manifest)
+    low, opt, high = profiles["decode"]["attention_mask"]
+    past = profiles["decode"]["past.0.key"]
+    assert [shape[1] for shape in (low, opt, high)] == [shape[2] + 1 for shape in past]  # total = past + 1
+    sequence, pruned = profiles["prefill"]["inputs_embeds"], profiles["prefill"]["graphprune_slots"]
+    assert all(p[0] <= s[1] for p, s in zip(pruned, sequence, strict=True))
+    assert "Jetson Orin" in (exported / "TENSORRT.md").read_text()
+
+
+def test_existing_folder_needs_overwrite(model, inputs, exported):
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        gp.export.onnx(model, exported, example_inputs=inputs)
+
+
+def test_unoptimized_or_unsupported_models_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="not optimized by graphprune"):
+        gp.export.onnx(tiny_llava(num_layers=2), tmp_path / "out", example_inputs={})
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_failed_export_leaves_no_folder(model, inputs, tmp_path, monkeypatch):
+    write = export_onnx._write
+
+    def write_then_fail(graph, folder, opset):
+        if graph.name == "prefill":
+            raise RuntimeError("disk full")
+        return write(graph, folder, opset)
+
+    monkeypatch.setattr(export_onnx, "_write", write_then_fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        gp.export.onnx(model, tmp_path / "out", example_inputs=inputs)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_onnxruntime_names_the_extra(model, inputs, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # what `import onnxruntime` meets when it is not installed
+    with pytest.raises(ImportError, match=r"pip install graphprune\[onnx\]"):
+        gp.export.onnx(model, tmp_path / "out", example_inputs=inputs)
+    with pytest.raises(ImportError, match=r"pip install graphprune\[onnx\]"):
+        gp.export.OrtGenerator(tmp_path)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch_tensorrt") is not None, reason="torch-tensorrt is installed")
+def test_tensorrt_without_torch_tensorrt_names_the_extra(model, inputs, tmp_path):
+    with pytest.raises(ImportError, match=r"pip install graphprune\[tensorrt\]"):
+        gp.export.tensorrt(model, tmp_path / "trt", example_inputs=inputs)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("torch_tensorrt") is None or not torch.cuda.is_available(),
+    reason="needs torch-tensorrt and a CUDA GPU",
+)
+def test_tensorrt_export_compiles_every_graph(inputs, tmp_path):
+    model = tiny_llava(num_layers=2, seed=2)
+    with optimized(model, METHOD):
+        folder = gp.export.tensorrt(model, tmp_path / "trt", example_inputs=inputs)
+    assert sorted(path.name for path in folder.glob("*.ep")) == sorted(f"{graph}.ep" for graph in GRAPHS)
+    assert gp.export.Manifest.read(folder).format == "torch_tensorrt"
+
+
+def test_unpruned_export_is_the_baseline_with_the_same_tokens(model, inputs, tmp_path):
+    folder = gp.export.onnx(model, tmp_path / "unpruned", example_inputs=inputs, prune=False)
+    manifest = gp.export.Manifest.read(folder)
+    assert manifest.method is None and "TopK" not in _node_types(folder, "prefill")
+    gp.restore(model)
+    try:
+        expected = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    finally:
+        gp.optimize(model, METHOD)
+    assert torch.equal(gp.export.OrtGenerator(folder).generate(**inputs, max_new_tokens=4), expected)
