@@ -34,8 +34,17 @@ a fraction of the time of all nodes of that same run.
 Targets (benchmark figures, not tests): (b) prefill <= 1.1 x (theoretical FLOPs fraction x (a)),
 and ranking + gather <= 2 % of the pruned prefill.
 
+Other families (LLaVA-NeXT, Video-LLaVA, Qwen2-VL, Qwen2.5-VL) have presets of their own: a
+CPU-scaled one (``*-cpu``: the cpu-small decoder proportions, a visual input of the family's shape)
+and one at 7B shapes (``*-7b``, for a GPU). They time (a) and (b) only, since the original FastV
+code handles one contiguous image span with 1-D positions, and show each model's speedup next to
+its FLOPs fraction. ``--preset`` takes several names; ``all-cpu`` and ``all-gpu`` name every
+preset of that kind (LLaVA-1.5's included), and a summary table closes the run.
+
     python benchmarks/prefill.py                                   # CPU, small LLaVA-shaped decoder
     python benchmarks/prefill.py --device cuda --preset llava-1.5-7b   # full 7B shapes, fp16
+    python benchmarks/prefill.py --preset all-cpu                  # every family, CPU-scaled
+    python benchmarks/prefill.py --device cuda --preset all-gpu    # every family, 7B shapes, fp16
     python benchmarks/prefill.py --repeats 9 --no-compile --json prefill.json
 """
 
@@ -61,9 +70,19 @@ import graphprune as gp  # noqa: E402
 from graphprune import ops  # noqa: E402
 from graphprune.flops import kv_bytes  # noqa: E402
 from graphprune.methods import n_keep  # noqa: E402
+from graphprune.models import adapter_for  # noqa: E402
 from graphprune.passes import INSERTED_PREFIX  # noqa: E402
-from graphprune.reference.fastv import eager_attention, input_embeddings  # noqa: E402
-from graphprune.tiny import llava_inputs, tiny_llava  # noqa: E402
+from graphprune.reference.fastv import decoder_inputs, eager_attention, input_embeddings  # noqa: E402
+from graphprune.tiny import (  # noqa: E402
+    llava_inputs,
+    llava_next_inputs,
+    qwen2_vl_inputs,
+    tiny_llava,
+    tiny_llava_next,
+    tiny_qwen2_vl,
+    tiny_video_llava,
+    video_llava_inputs,
+)
 
 PRESETS = {
     # LLaVA-1.5 proportions (head_dim 128, MHA, intermediate / hidden = 2.69) scaled to 2 CPU cores.
@@ -95,6 +114,82 @@ PRESETS = {
         text=(22, 14),  # 576 visual + 36 text tokens
         dtype="float16",
     ),
+}
+_CPU_DECODER = dict(hidden_size=1024, intermediate_size=2752, num_layers=8, num_heads=8, num_kv_heads=8)
+_LLAMA_7B = dict(hidden_size=4096, intermediate_size=11008, num_layers=32, num_heads=32, num_kv_heads=32)
+# Qwen2-VL-7B's decoder (GQA 28/4, head_dim 128) and its CPU scaling; Qwen2.5-VL-7B has the same one.
+_QWEN_CPU = dict(hidden_size=1024, intermediate_size=5504, num_layers=8, num_heads=8, num_kv_heads=2)
+_QWEN_7B = dict(hidden_size=3584, intermediate_size=18944, num_layers=28, num_heads=28, num_kv_heads=4)
+_MROPE = dict(mrope_section=(16, 24, 24), patch_size=14)
+# Each: the tiny builder and its arguments, the inputs builder and one sample in its format. Vision
+# towers are tiny in every preset; the visual token counts are the real models'.
+FAMILY_PRESETS = {
+    # one 336x336 image on 168-pixel crops: base 144 + 2x2 grid 576 + 24 newlines = 744 visual tokens
+    "llava-next-cpu": dict(
+        build=tiny_llava_next,
+        model=dict(**_CPU_DECODER, vocab_size=32064, image_size=168, patch_size=14),
+        inputs=llava_next_inputs,
+        sample=(35, [(336, 336)], 29),
+        dtype="float32",
+    ),
+    # LLaVA-NeXT-7B (Vicuna), one 672x672 image: 576 + 2304 + 48 newlines = 2928 visual tokens
+    "llava-next-7b": dict(
+        build=tiny_llava_next,
+        model=dict(**_LLAMA_7B, vocab_size=32064, image_size=336, patch_size=14),
+        inputs=llava_next_inputs,
+        sample=(22, [(672, 672)], 14),
+        dtype="float16",
+    ),
+    # one 8-frame video of 112-pixel frames: 8 x (64 + 1) = 520 visual tokens
+    "video-llava-cpu": dict(
+        build=tiny_video_llava,
+        model=dict(**_CPU_DECODER, vocab_size=32064, image_size=112, patch_size=14),
+        inputs=video_llava_inputs,
+        sample=(35, 0, 1, 29),
+        dtype="float32",
+    ),
+    # Video-LLaVA-7B, one 8-frame video of 224-pixel frames: 8 x (256 + 1) = 2056 visual tokens
+    "video-llava-7b": dict(
+        build=tiny_video_llava,
+        model=dict(**_LLAMA_7B, vocab_size=32064, image_size=224, patch_size=14),
+        inputs=video_llava_inputs,
+        sample=(22, 0, 1, 14),
+        dtype="float16",
+    ),
+    # one 672x672 image: 48x48 patches, merged 2x2 = 576 visual tokens
+    "qwen2-vl-cpu": dict(
+        build=tiny_qwen2_vl,
+        model=dict(**_QWEN_CPU, **_MROPE, version="2", vocab_size=32064),
+        inputs=qwen2_vl_inputs,
+        sample=(35, [(48, 48)], [], 29),
+        dtype="float32",
+    ),
+    # Qwen2-VL-7B, one 896x896 image: 64x64 patches, merged 2x2 = 1024 visual tokens
+    "qwen2-vl-7b": dict(
+        build=tiny_qwen2_vl,
+        model=dict(**_QWEN_7B, **_MROPE, version="2", vocab_size=152064),
+        inputs=qwen2_vl_inputs,
+        sample=(22, [(64, 64)], [], 14),
+        dtype="bfloat16",
+    ),
+    "qwen2.5-vl-cpu": dict(
+        build=tiny_qwen2_vl,
+        model=dict(**_QWEN_CPU, **_MROPE, version="2.5", vocab_size=32064),
+        inputs=qwen2_vl_inputs,
+        sample=(35, [(48, 48)], [], 29),
+        dtype="float32",
+    ),
+    "qwen2.5-vl-7b": dict(
+        build=tiny_qwen2_vl,
+        model=dict(**_QWEN_7B, **_MROPE, version="2.5", vocab_size=152064),
+        inputs=qwen2_vl_inputs,
+        sample=(22, [(64, 64)], [], 14),
+        dtype="bfloat16",
+    ),
+}
+PRESET_GROUPS = {
+    "all-cpu": ["cpu-small", *(name for name in FAMILY_PRESETS if name.endswith("-cpu"))],
+    "all-gpu": ["llava-1.5-7b", *(name for name in FAMILY_PRESETS if name.endswith("-7b"))],
 }
 VARIANTS = {
     "a": "(a) unmodified (SDPA)",
@@ -258,8 +353,9 @@ def _logits_of(key: str, output) -> torch.Tensor:
     return (output[0] if key == "c" else output.logits)[:, -1].float()
 
 
-def run(args) -> dict:
-    preset = PRESETS[args.preset]
+def run(args, preset_name: str) -> dict:
+    """LLaVA-1.5: variants (a), (b) and (c), the ranking + gather share, and checks between (b) and (c)."""
+    preset = PRESETS[preset_name]
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or preset["dtype"])
     sync = _sync(device)
@@ -277,7 +373,7 @@ def run(args) -> dict:
     kept_tokens = n_tokens - n_visual + n_keep(method.keep, n_visual)
     text = model_a.config.text_config
     print(
-        f"model: {args.preset}, {text.num_hidden_layers} layers, hidden {text.hidden_size}, "
+        f"model: {preset_name}, {text.num_hidden_layers} layers, hidden {text.hidden_size}, "
         f"intermediate {text.intermediate_size}, heads {text.num_attention_heads}/{text.num_key_value_heads}, "
         f"{dtype}, {device}; {n_tokens} tokens ({n_visual} visual); built in {time.perf_counter() - start:.1f} s",
         flush=True,
@@ -352,7 +448,7 @@ def run(args) -> dict:
                     )
                 )
     return dict(
-        preset=args.preset,
+        preset=preset_name,
         device=str(device),
         device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         threads=torch.get_num_threads(),
@@ -439,10 +535,162 @@ def report(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> dict:
+def run_family(args, preset_name: str) -> dict:
+    """Another family: (a) unmodified and (b) graphprune FastV, eager and (unless --no-compile) compiled."""
+    preset = FAMILY_PRESETS[preset_name]
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype or preset["dtype"])
+    sync = _sync(device)
+    method = gp.FastV(k=args.k, keep=args.keep)
+    torch.manual_seed(0)
+
+    start = time.perf_counter()
+    model_a = preset["build"](**preset["model"], dtype=dtype, attn_implementation="sdpa").to(device)
+    model_b = _shared_copy(model_a)
+    inputs = {k: v.to(device) for k, v in preset["inputs"](model_a, [preset["sample"]]).items()}
+    call_args = dict(**inputs, use_cache=True, logits_to_keep=1)
+    n_tokens = inputs["input_ids"].shape[1]
+    n_visual = int(adapter_for(model_a).visual_mask(model_a, inputs["input_ids"], None).sum())
+    kept_tokens = n_tokens - n_visual + n_keep(method.keep, n_visual)
+    text = model_a.config.get_text_config(decoder=True)
+    print(
+        f"model: {preset_name} ({type(model_a).__name__}), {text.num_hidden_layers} layers, hidden "
+        f"{text.hidden_size}, intermediate {text.intermediate_size}, heads {text.num_attention_heads}/"
+        f"{text.num_key_value_heads}, {dtype}, {device}; {n_tokens} tokens ({n_visual} visual); "
+        f"built in {time.perf_counter() - start:.1f} s",
+        flush=True,
+    )
+    flops_before, flops_after = gp.flops(model_a.config, method, n_tokens, n_visual)
+    elem = torch.finfo(dtype).bits // 8
+    layers = text.num_hidden_layers
+    expected_kv = {
+        "a": kv_bytes(model_a.config, [n_tokens] * layers, elem),
+        "b": kv_bytes(model_a.config, [n_tokens] * method.k + [kept_tokens] * (layers - method.k), elem),
+    }
+    vision_ms = []
+    for _ in range(args.repeats + 1):  # the model's forward up to its decoder: vision, projector, embedding, positions
+        sync()
+        start = time.perf_counter()
+        decoder_inputs(model_a, False, **inputs)
+        sync()
+        vision_ms.append((time.perf_counter() - start) * 1e3)
+    rows = []
+    lm_a = model_a.model.language_model
+    with torch.no_grad():
+        for compiled in [False] if args.no_compile else [False, True]:
+            label = f"{preset_name} {'compiled' if compiled else 'eager'}"
+            gp.optimize(model_b, method, compile=compiled)
+            if compiled:
+                lm_a.forward = torch.compile(lm_a.forward)
+            callables = {"a": lambda: model_a(**call_args), "b": lambda: model_b(**call_args)}
+            try:
+                times, first, outputs = _measure(callables, sync, args.repeats, label)
+            finally:
+                gp.restore(model_b)
+                lm_a.__dict__.pop("forward", None)
+            for key in callables:
+                median = statistics.median(times[key])
+                rows.append(
+                    dict(
+                        variant=key,
+                        name=VARIANTS[key],
+                        compiled=compiled,
+                        median_ms=median * 1e3,
+                        min_ms=min(times[key]) * 1e3,
+                        max_ms=max(times[key]) * 1e3,
+                        compile_s=max(first[key] - median, 0.0) if compiled else None,
+                        kv_bytes=_kv_of(key, outputs[key]),
+                        expected_kv_bytes=expected_kv[key],
+                        times_ms=[t * 1e3 for t in times[key]],
+                    )
+                )
+    return dict(
+        preset=preset_name,
+        model_class=type(model_a).__name__,
+        device=str(device),
+        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        threads=torch.get_num_threads(),
+        dtype=str(dtype),
+        method=dict(k=method.k, keep=method.keep),
+        model=dict(preset["model"]),
+        n_tokens=n_tokens,
+        n_visual=n_visual,
+        kept_tokens=kept_tokens,
+        repeats=args.repeats,
+        flops=dict(before=flops_before, after=flops_after, fraction=flops_after / flops_before),
+        vision_and_embedding_ms=statistics.median(vision_ms[1:]),
+        rows=rows,
+        versions=dict(torch=torch.__version__, graphprune=gp.__version__),
+    )
+
+
+def family_report(result: dict) -> str:
+    header = (
+        f"{'variant':<26} {'compile':<8} {'prefill ms':>10} {'(min-max)':>15} {'vs (a)':>7} {'KV MiB':>8} {'vs (a)':>7}"
+    )
+    lines = [
+        "",
+        f"prefill, {result['preset']} ({result['model_class']}) on {result['device']}, {result['dtype']}, FastV "
+        f"k={result['method']['k']} keep={result['method']['keep']}: {result['n_tokens']} tokens "
+        f"({result['n_visual']} visual) -> {result['kept_tokens']}; median of {result['repeats']}",
+        header,
+        "-" * len(header),
+    ]
+    base = {r["compiled"]: r for r in result["rows"] if r["variant"] == "a"}
+    for r in result["rows"]:
+        a = base[r["compiled"]]
+        spread = f"({r['min_ms']:.0f}-{r['max_ms']:.0f})"
+        lines.append(
+            f"{r['name']:<26} {'yes' if r['compiled'] else 'no':<8} {r['median_ms']:>10.1f} {spread:>15} "
+            f"{r['median_ms'] / a['median_ms']:>7.3f} "
+            f"{r['kv_bytes'] / 2**20:>8.1f} {r['kv_bytes'] / a['kv_bytes']:>7.3f}"
+        )
+    flops = result["flops"]
+    lines += [
+        f"vision tower + embedding + positions (eager, in both variants): {result['vision_and_embedding_ms']:.1f} ms",
+        f"theoretical FLOPs (FastV paper count): {flops['before'] / 1e9:.1f} -> {flops['after'] / 1e9:.1f} GFLOP, "
+        f"fraction {flops['fraction']:.3f}",
+    ]
+    wrong_kv = [r["name"] for r in result["rows"] if r["kv_bytes"] != r["expected_kv_bytes"]]
+    if wrong_kv:
+        lines.append("WARNING: KV bytes differ from graphprune.flops.kv_bytes for " + ", ".join(wrong_kv))
+    return "\n".join(lines)
+
+
+def summary(results: list[dict]) -> str:
+    """One line per preset and mode: graphprune's prefill time over the unmodified one, and the FLOPs fraction."""
+    header = (
+        f"{'preset':<16} {'tokens (visual)':>16} {'compile':<8} {'(a) ms':>9} {'(b) ms':>9} {'(b)/(a)':>8} "
+        f"{'FLOPs':>6} {'target':>7} {'vision ms':>10}"
+    )
+    lines = [
+        "",
+        f"summary: FastV prefill vs the unmodified model, target (b)/(a) <= {TIME_FACTOR} x FLOPs fraction; "
+        "vision ms: vision tower and embedding, eager, included in (a) and (b)",
+    ]
+    lines += [header, "-" * len(header)]
+    for result in results:
+        fraction = result["flops"]["fraction"]
+        for compiled in sorted({r["compiled"] for r in result["rows"]}):
+            a, b = (next(r for r in result["rows"] if r["variant"] == v and r["compiled"] == compiled) for v in "ab")
+            ratio = b["median_ms"] / a["median_ms"]
+            tokens = f"{result['n_tokens']} ({result['n_visual']})"
+            lines.append(
+                f"{result['preset']:<16} {tokens:>16} "
+                f"{'yes' if compiled else 'no':<8} {a['median_ms']:>9.1f} {b['median_ms']:>9.1f} {ratio:>8.3f} "
+                f"{fraction:>6.3f} {'PASS' if ratio <= TIME_FACTOR * fraction else 'MISS':>7} "
+                f"{result['vision_and_embedding_ms']:>10.1f}"
+            )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-small")
+    names = sorted([*PRESETS, *FAMILY_PRESETS, *PRESET_GROUPS])
+    parser.add_argument(
+        "--preset", nargs="+", choices=names, default=["cpu-small"], help="one or more; default: cpu-small"
+    )
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="default: the preset's")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds; the median is reported (default: 5)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
@@ -452,15 +700,21 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
-    start = time.perf_counter()
-    result = run(args)
-    result["wall_s"] = time.perf_counter() - start
-    print(report(result))
-    print(f"\nwall time {result['wall_s']:.0f} s")
+    presets = [name for group in args.preset for name in PRESET_GROUPS.get(group, [group])]
+    results = []
+    for name in dict.fromkeys(presets):
+        start = time.perf_counter()
+        result = run(args, name) if name in PRESETS else run_family(args, name)
+        result["wall_s"] = time.perf_counter() - start
+        print(report(result) if name in PRESETS else family_report(result))
+        print(f"\nwall time {result['wall_s']:.0f} s")
+        results.append(result)
+    if len(results) > 1:
+        print(summary(results))
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+        args.json.write_text(json.dumps(results, indent=2))
         print(f"wrote {args.json}")
-    return result
+    return results
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ trace them again:
 - prefill: ``(inputs_embeds, attention_mask, position_ids[, cross]) -> (hidden, key_0, value_0, ..., value_{L-1})``
 - decode:  ``(inputs_embeds, attention_mask, position_ids[, cross], past_0, ..., past_{2L-1}) -> (hidden, key_0, ...)``
 
-``attention_mask`` is the 2-D padding mask over every position seen so far; keys and values are
+``attention_mask`` is the 2-D padding mask over every position seen so far; ``position_ids`` are
+``[B, T]``, or ``[R, B, T]`` for a decoder with ``layout.position_rows = R`` (M-RoPE); keys and values are
 post-RoPE, ``[B, H_kv, length, head_dim]``. A decoder with cross-attention layers (Mllama) also
 takes its cross-attention inputs ``cross``, as HF's text model does: in prefill
 ``cross_attention_states [B, F, d]`` (the F visual features of each sample, flattened),
@@ -110,13 +111,19 @@ def _random_like(like: torch.Tensor, *shape: int) -> torch.Tensor:
     return torch.randn(shape, generator=generator).to(dtype=like.dtype, device=like.device)
 
 
-def _example_prefill(decoder: nn.Module, batch: int, seq_len: int, past: int = 0):
+def _example_prefill(decoder: nn.Module, layout: DecoderLayout, batch: int, seq_len: int, past: int = 0):
     param = next(decoder.parameters())
     hidden = decoder.config.hidden_size
     embeds = _random_like(param, batch, seq_len, hidden)
     mask = torch.ones(batch, past + seq_len, dtype=torch.long, device=param.device)
-    positions = torch.arange(past, past + seq_len, device=param.device).expand(batch, seq_len)
+    rows = (layout.position_rows,) if layout.position_rows else ()
+    positions = torch.arange(past, past + seq_len, device=param.device).expand(*rows, batch, seq_len)
     return embeds, mask, positions
+
+
+def _position_axes(layout: DecoderLayout, batch, seq) -> dict:
+    """Dynamic axes of ``position_ids``: batch and sequence are its last two."""
+    return {0: batch, 1: seq} if not layout.position_rows else {1: batch, 2: seq}
 
 
 def _example_cross_masks(embeds: torch.Tensor, features: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,8 +141,8 @@ def capture_prefill(decoder: nn.Module, layout: DecoderLayout) -> fx.GraphModule
     """The decoder's prefill (empty cache) as a GraphModule with dynamic batch, sequence length and,
     for cross-attention decoders, feature count."""
     batch, seq = Dim("batch", min=1), Dim("seq", min=2)
-    shapes = ({0: batch, 1: seq}, {0: batch, 1: seq}, {0: batch, 1: seq})
-    args = _example_prefill(decoder, 2, 8)
+    shapes = ({0: batch, 1: seq}, {0: batch, 1: seq}, _position_axes(layout, batch, seq))
+    args = _example_prefill(decoder, layout, 2, 8)
     extra_names = ()
     if layout.cross_attention_layers:
         features = Dim("features", min=2)
@@ -152,14 +159,14 @@ def capture_prefill(decoder: nn.Module, layout: DecoderLayout) -> fx.GraphModule
 def capture_decode(decoder: nn.Module, layout: DecoderLayout) -> fx.GraphModule:
     """One decode step on an explicit cache as a GraphModule; each layer's past length is its own."""
     new_tokens, past_len, features = 2, 6, 12  # 2 new tokens: a 1 would specialise that axis to 1
-    embeds, mask, positions = _example_prefill(decoder, 2, new_tokens, past=past_len)
+    embeds, mask, positions = _example_prefill(decoder, layout, 2, new_tokens, past=past_len)
     past = []
     for layer_idx in range(layout.num_layers):
         length = features if layer_idx in layout.cross_attention_layers else past_len
         kv_shape = (2, layout.num_kv_heads, length, layout.head_dim)
         past += [_random_like(embeds, *kv_shape) for _ in range(2)]
     dynamic = Dim.DYNAMIC
-    shapes = ({0: dynamic, 1: dynamic}, {0: dynamic, 1: dynamic}, {0: dynamic, 1: dynamic})
+    shapes = ({0: dynamic, 1: dynamic}, {0: dynamic, 1: dynamic}, _position_axes(layout, dynamic, dynamic))
     extra, extra_shapes, extra_names = (), (), ()
     if layout.cross_attention_layers:
         extra = _example_cross_masks(embeds, features)

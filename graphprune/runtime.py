@@ -25,7 +25,7 @@ from transformers import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from . import ops
-from .capture import capture_decode, capture_prefill
+from .capture import LAYOUT_KEY, capture_decode, capture_prefill
 from .methods import CrossAttentionTrim, FastV
 from .models import DecoderLayout, ModelAdapter, adapter_for
 from .passes import cross_attention_trim, cross_attention_trim_decode, fastv, fastv_decode
@@ -93,6 +93,7 @@ class PrunedDecoder:
         self._original = decoder.forward  # before optimize replaces it (keeps e.g. accelerate hooks)
         self._pruned_caches: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.num_layers = len(decoder.layers)
+        self.position_rows = prefill.meta[LAYOUT_KEY].position_rows
         self.last_prefill: PrefillRecord | None = None
 
     def __call__(
@@ -142,9 +143,7 @@ class PrunedDecoder:
             every = torch.arange(seq_len, device=device).expand(batch, seq_len)
             self.last_prefill = PrefillRecord(visual, mask, every, torch.ones_like(visual), None)
             return out
-        if position_ids is None:
-            position_ids = torch.arange(seq_len, device=device)[None]
-        position_ids = position_ids.expand(batch, seq_len)
+        position_ids = self._graph_positions(position_ids, batch, 0, seq_len, device)
         slots = torch.arange(int((mask.sum(dim=-1) - dropped).max()), device=device)
         outputs = self._prefill(inputs_embeds, mask, position_ids, visual, slots)
         hidden, cached = outputs[0], outputs[1 : 1 + 2 * self.num_layers]
@@ -158,17 +157,33 @@ class PrunedDecoder:
         self._pruned_caches[cache] = _PrunedCache(index, valid)
         return BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=cache)
 
+    def _graph_positions(self, position_ids, batch, start, length, device):
+        """Position ids in the captured graphs' form: ``[B, T]``, or ``[R, B, T]`` for R RoPE rows (M-RoPE).
+
+        ``None`` means ``start .. start + length - 1``, as the decoder itself would count. For an
+        M-RoPE decoder, 2-D ids are the same in every row, and one row more than R is HF generate's
+        leading text row: the decoder reads it only to detect packed sequences when it has no
+        attention mask, and the graphs always get one, so it is dropped.
+        """
+        if position_ids is None:
+            position_ids = torch.arange(start, start + length, device=device)[None]
+        rows = self.position_rows
+        if not rows:
+            return position_ids.expand(batch, length)
+        if position_ids.dim() == 2:
+            position_ids = position_ids[None]
+        elif position_ids.shape[0] == rows + 1:
+            position_ids = position_ids[1:]
+        return position_ids.expand(rows, batch, length)
+
     def _decode_step(self, inputs_embeds, attention_mask, position_ids, cache, state: _PrunedCache):
         batch, new_tokens = inputs_embeds.shape[:2]
         device = inputs_embeds.device
         past = cache.get_seq_length()  # layer 0 is never pruned: the unpruned length
         attention_mask = _checked_decode_mask(attention_mask, batch, past, new_tokens, device)
-        if position_ids is None:
-            position_ids = torch.arange(past, past + new_tokens, device=device)[None]
+        position_ids = self._graph_positions(position_ids, batch, past, new_tokens, device)
         flat_cache = [t for layer in cache.layers for t in (layer.keys, layer.values)]
-        outputs = self._decode(
-            inputs_embeds, attention_mask, position_ids.expand(batch, new_tokens), *flat_cache, state.index, state.valid
-        )
+        outputs = self._decode(inputs_embeds, attention_mask, position_ids, *flat_cache, state.index, state.valid)
         for layer_idx, layer in enumerate(cache.layers):
             layer.keys, layer.values = outputs[1 + 2 * layer_idx], outputs[2 + 2 * layer_idx]
         new_positions = torch.arange(past, past + new_tokens, device=device).expand(batch, new_tokens)

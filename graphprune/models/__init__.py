@@ -6,9 +6,18 @@ from torch import nn
 
 from .base import DecoderLayout, ModelAdapter
 from .llava import LlavaAdapter
+from .llava_next import LlavaNextAdapter
 from .mllama import MllamaAdapter
+from .qwen2_vl import Qwen2VLAdapter
+from .video_llava import VideoLlavaAdapter
 
-ADAPTERS: tuple[ModelAdapter, ...] = (LlavaAdapter(), MllamaAdapter())
+ADAPTERS: tuple[ModelAdapter, ...] = (
+    LlavaAdapter(),
+    LlavaNextAdapter(),
+    VideoLlavaAdapter(),
+    Qwen2VLAdapter(),
+    MllamaAdapter(),
+)
 
 
 class UnsupportedModelError(TypeError):

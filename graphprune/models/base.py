@@ -25,6 +25,7 @@ class DecoderLayout:
     num_kv_heads: int
     head_dim: int
     scaling: float  # softmax scale of the attention the method ranks by (self- or cross-attention)
+    position_rows: int = 0  # 0: position ids are [B, N]; R: one row per RoPE axis, [R, B, N] (Qwen2-VL's M-RoPE: 3)
     cross_attention_layers: tuple[int, ...] = ()  # indices of cross-attention layers (Mllama), in order
     cross_attention: str = "cross_attn"  # cross-attention submodule of those layers
 
@@ -33,8 +34,25 @@ class DecoderLayout:
         return tuple(i for i in range(self.num_layers) if i not in self.cross_attention_layers)
 
 
+def self_attention_layout(decoder: nn.Module, position_rows: int = 0) -> DecoderLayout:
+    """The layout of a Llama-style decoder: ``layers[i].self_attn`` with ``q_proj`` and ``k_proj``."""
+    attention = decoder.layers[0].self_attn
+    return DecoderLayout(
+        layers="decoder.layers",
+        attention="self_attn",
+        query_proj="q_proj",
+        key_proj="k_proj",
+        num_layers=len(decoder.layers),
+        num_heads=decoder.config.num_attention_heads,
+        num_kv_heads=decoder.config.num_key_value_heads,
+        head_dim=attention.head_dim,
+        scaling=float(attention.scaling),
+        position_rows=position_rows,
+    )
+
+
 class ModelAdapter:
-    """One model family. Subclasses say where the decoder is and which positions are visual."""
+    """One model family: where its decoder is, how its positions are formed, which token ids are visual."""
 
     name: str = ""
     model_classes: tuple[str, ...] = ()  # transformers class names this adapter accepts
@@ -49,8 +67,21 @@ class ModelAdapter:
     def layout(self, model: nn.Module) -> DecoderLayout:
         raise NotImplementedError
 
+    def visual_token_ids(self, model: nn.Module) -> tuple[int, ...]:
+        """The placeholder ids whose positions the model fills with image or video features."""
+        raise NotImplementedError
+
     def visual_mask(
         self, model: nn.Module, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None
     ) -> torch.Tensor | None:
-        """``[B, N]`` bool, True at visual positions; None when the call holds no token ids or embeddings."""
-        raise NotImplementedError
+        """``[B, N]`` bool, True at visual positions; None when the call holds no token ids or embeddings.
+
+        From ``input_ids`` when given; otherwise the positions whose embedding is a placeholder's.
+        """
+        token_ids = torch.tensor(self.visual_token_ids(model))
+        if input_ids is not None:
+            return torch.isin(input_ids, token_ids.to(input_ids.device))
+        if inputs_embeds is None:
+            return None
+        placeholders = model.get_input_embeddings()(token_ids.to(inputs_embeds.device))
+        return (inputs_embeds[:, :, None, :] == placeholders).all(dim=-1).any(dim=-1)

@@ -1,8 +1,13 @@
-"""FastV (arXiv 2403.06764) as SPEC.md states it, in plain eager PyTorch on an unmodified LLaVA model.
+"""FastV (arXiv 2403.06764) as SPEC.md states it, in plain eager PyTorch on an unmodified model.
 
 *Mask mode*: every layer runs on all N positions; layers ``>= k`` get a mask that hides the dropped
 visual keys. For the kept positions this equals physical pruning, and it shares no code with the
 gather-based pass. Ranking uses HF's own eager attention probabilities of layer ``k - 1``.
+
+Works for any VLM whose decoder is ``model.model.language_model`` with Llama-style layers (LLaVA,
+LLaVA-NeXT, Video-LLaVA, Qwen2-VL, Qwen2.5-VL): the decoder's input embeddings and position ids
+(M-RoPE rows included) are read from one call of the unmodified model, so each family's own code
+forms them; visual positions are those holding the config's image or video token id.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import torch
 from transformers import DynamicCache
 
 from ..methods import FastV, n_keep
+from ..runtime import STATE_ATTR
 
 
 @dataclass
@@ -22,6 +28,8 @@ class FastVReference:
     scores: torch.Tensor  # [B, N]
     logits: torch.Tensor  # [B, N, V]; meaningful at kept positions
     key_visible: torch.Tensor  # [B, N]: what layers >= k may attend to (real and kept)
+    visual: torch.Tensor  # [B, N]: visual positions
+    position_ids: torch.Tensor  # [B, N], or [3, B, N] for M-RoPE: the decoder's positions
 
 
 @contextlib.contextmanager
@@ -66,22 +74,73 @@ def _select(scores: torch.Tensor, visual: torch.Tensor, keep: float) -> list[tor
     return kept
 
 
+class _DecoderCalled(Exception):
+    def __init__(self, kwargs):
+        super().__init__("the decoder was called")
+        self.kwargs = kwargs
+
+
+def _stop_at_decoder(module, args, kwargs):
+    raise _DecoderCalled(kwargs)
+
+
+@torch.no_grad()
+def decoder_inputs(model, generation: bool, **inputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(inputs_embeds, position_ids)`` as the unmodified model gives them to its decoder.
+
+    Read by a pre-hook on the decoder that stops the call there: in ``model(**inputs)``, or with
+    ``generation=True`` in the prefill of ``model.generate(**inputs)`` (HF forms positions differently
+    for the two, see DESIGN-NOTES). Positions the decoder would default itself are filled in
+    (``arange``); HF generate's leading text row of M-RoPE positions, which the decoder reads only
+    for packed sequences without an attention mask, is dropped.
+    """
+    if hasattr(model, STATE_ATTR):
+        raise ValueError("the reference runs on an unmodified model; call graphprune.restore(model) first")
+    hook = model.model.language_model.register_forward_pre_hook(_stop_at_decoder, with_kwargs=True)
+    try:
+        if generation:
+            model.generate(**inputs, max_new_tokens=1, do_sample=False)
+        else:
+            model(**inputs)
+        raise AssertionError("the model never called its decoder")
+    except _DecoderCalled as call:
+        embeds, positions = call.kwargs["inputs_embeds"], call.kwargs.get("position_ids")
+    finally:
+        hook.remove()
+    batch, seq_len = embeds.shape[:2]
+    if positions is None:
+        positions = torch.arange(seq_len)[None].expand(batch, seq_len)
+    elif positions.dim() == 3 and positions.shape[0] == 4:
+        positions = positions[1:]
+    return embeds, positions
+
+
+def visual_positions(model, input_ids: torch.Tensor) -> torch.Tensor:
+    """``[B, N]``: positions holding the config's image or video token id."""
+    token_ids = [getattr(model.config, name, None) for name in ("image_token_id", "video_token_id")]
+    return torch.isin(input_ids, torch.tensor([token for token in token_ids if token is not None]))
+
+
 @torch.no_grad()
 def fastv_reference(
-    model, method: FastV, input_ids, pixel_values=None, attention_mask=None, position_ids=None, cache=None
+    model, method: FastV, input_ids, attention_mask=None, *, generation=False, cache=None, **inputs
 ) -> FastVReference:
-    """One FastV prefill of an unmodified LLaVA model, in mask mode (fills ``cache`` if given)."""
+    """One FastV prefill of an unmodified model, in mask mode (fills ``cache`` if given).
+
+    ``inputs`` are the model's other inputs (``pixel_values``, ``image_grid_thw``, ...); positions
+    are those of a forward, or with ``generation=True`` of ``generate``'s prefill.
+    """
     lm = model.model.language_model
     batch, seq_len = input_ids.shape
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-    if position_ids is None:
-        position_ids = torch.arange(seq_len)[None].expand(batch, seq_len)
-    hidden = input_embeddings(model, input_ids, pixel_values)
+    hidden, position_ids = decoder_inputs(
+        model, generation, input_ids=input_ids, attention_mask=attention_mask, **inputs
+    )
     rope = lm.rotary_emb(hidden, position_ids=position_ids)
     real = attention_mask.bool()
     rows = torch.arange(seq_len)
     full_mask = _additive_mask(real, rows, hidden.dtype)
-    visual = input_ids == model.config.image_token_id
+    visual = visual_positions(model, input_ids)
     with eager_attention(lm.config):
         for layer_idx in range(method.k):
             layer = lm.layers[layer_idx]
@@ -105,26 +164,27 @@ def fastv_reference(
         for layer in lm.layers[method.k :]:
             hidden = layer(hidden, attention_mask=pruned_mask, position_embeddings=rope, past_key_values=cache)
     logits = model.lm_head(lm.norm(hidden))
-    return FastVReference(kept, scores, logits, key_visible)
+    return FastVReference(kept, scores, logits, key_visible, visual, position_ids)
 
 
 @torch.no_grad()
 def fastv_reference_generate(
-    model, method: FastV, input_ids, pixel_values=None, attention_mask=None, max_new_tokens=8, sample=False
+    model, method: FastV, input_ids, attention_mask=None, max_new_tokens=8, sample=False, **inputs
 ):
     """FastV generation in mask mode, positions as HF ``generate`` makes them; returns prompt + new ids.
 
-    Greedy, or with ``sample=True`` plain multinomial sampling from the softmax (HF's ``do_sample``
-    with ``top_k=0``, ``top_p=1``, ``temperature=1``), drawing from torch's global generator as HF does.
+    Each new token's position ids are the previous ones plus 1 (every row, for M-RoPE), as HF
+    ``generate`` advances them. Greedy, or with ``sample=True`` plain multinomial sampling from the
+    softmax (HF's ``do_sample`` with ``top_k=0``, ``top_p=1``, ``temperature=1``), drawing from
+    torch's global generator as HF does.
     """
     lm = model.model.language_model
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-    position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
     cache = DynamicCache(config=lm.config)
-    prefill = fastv_reference(model, method, input_ids, pixel_values, attention_mask, position_ids, cache)
+    prefill = fastv_reference(model, method, input_ids, attention_mask, generation=True, cache=cache, **inputs)
     ids, logits = input_ids, prefill.logits[:, -1]
     real, key_visible = attention_mask.bool(), prefill.key_visible
-    next_position = position_ids[:, -1:] + 1
+    next_position = prefill.position_ids[..., -1:] + 1
     for _ in range(max_new_tokens):
         if sample:
             token = torch.multinomial(logits.float().softmax(dim=-1), num_samples=1)
