@@ -8,24 +8,11 @@ are several spans. FastV ranks them all as one pool per sample (arXiv 2403.06764
 
 from __future__ import annotations
 
-from torch import nn
-
-from ..methods import FastV
-from .base import DecoderLayout, ModelAdapter, self_attention_layout
+from .llava import LlavaAdapter
 
 
-class LlavaNextAdapter(ModelAdapter):
+class LlavaNextAdapter(LlavaAdapter):
     """Decoder ``model.model.language_model``; 1-D positions; visual: ``image_token_id`` (newlines included)."""
 
     name = "llava-next"
     model_classes = ("LlavaNextForConditionalGeneration",)
-    methods = (FastV,)
-
-    def decoder(self, model: nn.Module) -> nn.Module:
-        return model.model.language_model
-
-    def layout(self, model: nn.Module) -> DecoderLayout:
-        return self_attention_layout(self.decoder(model))
-
-    def visual_token_ids(self, model: nn.Module) -> tuple[int, ...]:
-        return (model.config.image_token_id,)

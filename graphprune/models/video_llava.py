@@ -9,22 +9,14 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..methods import FastV
-from .base import DecoderLayout, ModelAdapter, self_attention_layout
+from .llava import LlavaAdapter
 
 
-class VideoLlavaAdapter(ModelAdapter):
+class VideoLlavaAdapter(LlavaAdapter):
     """Decoder ``model.model.language_model``; 1-D positions; visual: ``image_token_id`` and ``video_token_id``."""
 
     name = "video-llava"
     model_classes = ("VideoLlavaForConditionalGeneration",)
-    methods = (FastV,)
-
-    def decoder(self, model: nn.Module) -> nn.Module:
-        return model.model.language_model
-
-    def layout(self, model: nn.Module) -> DecoderLayout:
-        return self_attention_layout(self.decoder(model))
 
     def visual_token_ids(self, model: nn.Module) -> tuple[int, ...]:
         return (model.config.image_token_id, model.config.video_token_id)
