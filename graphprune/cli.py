@@ -20,18 +20,22 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--select", choices=["head_union", "topk"], default="head_union", help="CrossAttentionTrim")
     export = commands.add_parser(
         "export",
-        help="export a tiny demo LLaVA (FastV) or Mllama (CrossAttentionTrim), random weights, for ONNX Runtime or "
-        "TensorRT",
-        description="Export graphprune's tiny demo LLaVA (random weights, 16 visual tokens per image) optimised "
-        "with FastV, or its tiny Mllama optimised with CrossAttentionTrim (select='topk', the exportable one), and "
-        "check ONNX Runtime's greedy tokens against PyTorch. For your own model, call "
+        help="export a tiny demo LLaVA or Qwen2-VL (FastV) or Mllama (CrossAttentionTrim), random weights, for ONNX "
+        "Runtime or TensorRT",
+        description="Export graphprune's tiny demo LLaVA (random weights, 16 visual tokens per image) or Qwen2-VL "
+        "(an image and a video) optimised with FastV, or its tiny Mllama optimised with CrossAttentionTrim "
+        "(select='topk', the exportable one), and check ONNX Runtime's greedy tokens against PyTorch. For your own "
+        "model, call "
         "graphprune.export.onnx(model, out_dir, example_inputs=...) from Python.",
     )
     export.add_argument("--format", choices=["onnx", "tensorrt"], default="onnx", help="default onnx")
     export.add_argument("--out", required=True, help="folder to write (must not exist unless --overwrite)")
     export.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     export.add_argument(
-        "--model", choices=["llava", "mllama"], default="llava", help="llava: FastV; mllama: CrossAttentionTrim topk"
+        "--model",
+        choices=["llava", "qwen2-vl", "mllama"],
+        default="llava",
+        help="llava, qwen2-vl: FastV; mllama: CrossAttentionTrim topk",
     )
     export.add_argument("--k", type=int, default=2, help="FastV: first pruned layer (default 2)")
     export.add_argument("--keep", type=float, default=0.5, help="fraction of visual tokens/features kept (default 0.5)")
@@ -52,5 +56,5 @@ def main(argv: list[str] | None = None) -> int:
             method = CrossAttentionTrim(keep=args.keep, select="topk")
         else:
             method = FastV(k=args.k, keep=args.keep, query=args.query)
-        return 0 if demo(args.out, args.format, method, overwrite=args.overwrite) else 1
+        return 0 if demo(args.out, args.format, method, args.model, overwrite=args.overwrite) else 1
     return 2

@@ -16,6 +16,7 @@ from graphprune.export.trt_profiles import trt_profiles  # noqa: E402
 from graphprune.tiny import llava_inputs, mllama_inputs, tiny_llava, tiny_mllama  # noqa: E402
 
 from .conftest import BATCH, LOGITS_RTOL, optimized, rel_error  # noqa: E402
+from .onnx_graph import node_types, top_k_constants  # noqa: E402
 
 export_onnx = importlib.import_module("graphprune.export.onnx")  # the module; gp.export.onnx is its function
 
@@ -46,10 +47,6 @@ def exported(model, inputs, tmp_path_factory):
     return gp.export.onnx(model, tmp_path_factory.mktemp("export") / "llava", example_inputs=inputs)
 
 
-def _node_types(folder, graph):
-    return [node.op_type for node in onnx.load(str(folder / f"{graph}.onnx")).graph.node]
-
-
 def test_export_writes_the_graphs_and_a_manifest(exported):
     manifest = json.loads((exported / "manifest.json").read_text())
     assert sorted(path.name for path in exported.iterdir()) == sorted(
@@ -70,18 +67,9 @@ def test_export_writes_the_graphs_and_a_manifest(exported):
 
 
 def test_pruning_lives_inside_the_prefill_graph_with_a_constant_k(exported):
-    model = onnx.load(str(exported / "prefill.onnx"))
-    top_k = [node for node in model.graph.node if node.op_type == "TopK"]
-    assert len(top_k) == 1
-    constants = {init.name: onnx.numpy_helper.to_array(init) for init in model.graph.initializer}
-    constants |= {
-        node.output[0]: onnx.numpy_helper.to_array(node.attribute[0].t)
-        for node in model.graph.node
-        if node.op_type == "Constant"
-    }
-    assert constants[top_k[0].input[1]].tolist() == [16]  # ceil(0.5 * 32), the visual budget: no Shape feeds K
-    assert "ScatterElements" in _node_types(exported, "prefill")
-    assert "TopK" not in _node_types(exported, "decode")
+    assert top_k_constants(exported) == [[16]]  # ceil(0.5 * 32), the visual budget: no Shape feeds K
+    assert "ScatterElements" in node_types(exported, "prefill")
+    assert "TopK" not in node_types(exported, "decode")
 
 
 def test_every_graph_is_accepted_by_the_tensorrt_parser_rules(exported):
@@ -202,7 +190,7 @@ def test_tensorrt_export_compiles_every_graph(inputs, tmp_path):
 def test_unpruned_export_is_the_baseline_with_the_same_tokens(model, inputs, tmp_path):
     folder = gp.export.onnx(model, tmp_path / "unpruned", example_inputs=inputs, prune=False)
     manifest = gp.export.Manifest.read(folder)
-    assert manifest.method is None and "TopK" not in _node_types(folder, "prefill")
+    assert manifest.method is None and "TopK" not in node_types(folder, "prefill")
     gp.restore(model)
     try:
         expected = model.generate(**inputs, max_new_tokens=4, do_sample=False)
@@ -248,16 +236,8 @@ def test_mllama_export_trims_inside_the_prefill_graph_with_a_constant_k(mllama_e
     assert "trimmed_features" in prefill["dynamic_axes"]["present.3.key"]["2"]
     assert decode["dynamic_axes"]["past.1.value"]["2"] == "features"  # the first cross layer keeps all F
     assert decode["dynamic_axes"]["past.3.value"]["2"] == "trimmed_features"
-    model = onnx.load(str(mllama_exported / "prefill.onnx"))
-    top_k = [node for node in model.graph.node if node.op_type == "TopK"]
-    constants = {init.name: onnx.numpy_helper.to_array(init) for init in model.graph.initializer}
-    constants |= {
-        node.output[0]: onnx.numpy_helper.to_array(node.attribute[0].t)
-        for node in model.graph.node
-        if node.op_type == "Constant"
-    }
-    assert len(top_k) == 1 and constants[top_k[0].input[1]].tolist() == [68]
-    assert "TopK" not in _node_types(mllama_exported, "decode")
+    assert top_k_constants(mllama_exported) == [[68]]
+    assert "TopK" not in node_types(mllama_exported, "decode")
 
 
 def test_mllama_graphs_are_accepted_by_the_tensorrt_parser_rules(mllama_exported):
@@ -307,7 +287,7 @@ def test_head_union_export_is_refused_and_says_what_to_use(tmp_path):
 
 def test_mllama_unpruned_export_is_the_baseline_with_the_same_tokens(mllama_model, mllama_batch, tmp_path):
     folder = gp.export.onnx(mllama_model, tmp_path / "unpruned", example_inputs=mllama_batch, prune=False)
-    assert gp.export.Manifest.read(folder).method is None and "TopK" not in _node_types(folder, "prefill")
+    assert gp.export.Manifest.read(folder).method is None and "TopK" not in node_types(folder, "prefill")
     gp.restore(mllama_model)
     try:
         expected = mllama_model.generate(**mllama_batch, max_new_tokens=4, do_sample=False)

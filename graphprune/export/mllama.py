@@ -16,11 +16,10 @@ import torch
 from torch import nn
 
 from .. import ops
-from ..capture import capture_decode, capture_prefill
 from ..methods import n_keep
 from ..passes import cross_attention_budget
+from .decoder_graphs import NEW_TOKENS, LogitsAtLast, copy_graph, generation_positions, kv_names, unpruned_graphs
 from .graph_export import GraphExport
-from .llava import NEW_TOKENS, _copy, _kv_names, _LogitsAtLast, _original_forward, generation_positions
 
 
 class _Vision(nn.Module):
@@ -99,25 +98,23 @@ def mllama(model: nn.Module, state, example_inputs: dict, max_images: int | None
     seq, cross = {0: "batch", 1: "sequence"}, ("cross_attention_mask", "full_text_row_masked_out_mask")
 
     if prune:
-        prefill_graph = cross_attention_budget(_copy(state.decoder.prefill_graph), max_features)
+        prefill_graph = cross_attention_budget(copy_graph(state.decoder.prefill_graph), max_features)
         decode_graph = state.decoder.decode_graph
         kept = ops.keep_counts(ops.valid_features(cross_mask, row_mask, attention_mask), method.keep)
         prefill_extra, prefill_args_extra = ("graphprune_slots",), (torch.arange(int(kept.max())),)
         prefill_out_extra = ("graphprune_keep_index", "graphprune_slot_valid")
     else:
-        decoder = state.adapter.decoder(model)
-        with _original_forward(decoder, state.decoder._original):
-            prefill_graph, decode_graph = capture_prefill(decoder, layout), capture_decode(decoder, layout)
+        prefill_graph, decode_graph = unpruned_graphs(model, state)
         prefill_extra, prefill_args_extra, prefill_out_extra = (), (), ()
     trimmed = set(cross_layers[1:]) if prune else set()
     cache_axis = {i: "features" if i in cross_layers else "sequence" for i in range(num_layers)}
     cache_axis |= dict.fromkeys(trimmed, "trimmed_features")
-    prefill_module = _LogitsAtLast(prefill_graph, model.lm_head, 1 + 2 * num_layers + len(prefill_out_extra))
+    prefill_module = LogitsAtLast(prefill_graph, model.lm_head, 1 + 2 * num_layers + len(prefill_out_extra))
     prefill_args = (embeds, attention_mask, positions, states, cross_mask, row_mask, *prefill_args_extra)
     with torch.no_grad():
         first = prefill_module(*prefill_args)
     real = attention_mask.bool()
-    names = _kv_names("present", num_layers)
+    names = kv_names("present", num_layers)
     prefill = GraphExport(
         "prefill",
         prefill_module,
@@ -139,7 +136,7 @@ def mllama(model: nn.Module, state, example_inputs: dict, max_images: int | None
         new_embeds = embed(new_ids)
         step_cross, step_rows = masks(step_mask)
     decode_mask = torch.cat([attention_mask, torch.ones_like(new_ids)], dim=1)
-    past_names = _kv_names("past", num_layers)
+    past_names = kv_names("past", num_layers)
     past_axes = {
         name: {0: "batch", 2: cache_axis[i // 2].replace("sequence", "past")} for i, name in enumerate(past_names)
     }
@@ -151,7 +148,7 @@ def mllama(model: nn.Module, state, example_inputs: dict, max_images: int | None
     fresh = torch.cat([real, torch.ones_like(new_ids, dtype=torch.bool)], dim=1)
     decode = GraphExport(
         "decode",
-        _LogitsAtLast(decode_graph, model.lm_head, 1 + 2 * num_layers),
+        LogitsAtLast(decode_graph, model.lm_head, 1 + 2 * num_layers),
         decode_args,
         (*decoder_inputs, *cross, *past_names, *decode_extra),
         ("logits", *names),

@@ -20,14 +20,19 @@ from .graph_export import GraphExport
 from .llava import llava
 from .manifest import Manifest
 from .mllama import mllama
+from .qwen2_vl import qwen2_vl
 from .trt_recipe import trt_recipe
 from .validate import validate as validate_files
 
 logger = logging.getLogger(__name__)
 
-# One builder per model family (the adapter's name): (model, state, example_inputs, max_images, prune)
-# -> (graphs, manifest details). A family's graphs list their own inputs and outputs.
-FAMILIES = {"llava": llava, "mllama": mllama}
+# One builder per model family (the adapter's name) and the keyword that sets its visual budget;
+# builder(model, state, example_inputs, budget, prune) -> (graphs, manifest details).
+FAMILIES = {
+    "llava": (llava, "max_images"),
+    "mllama": (mllama, "max_images"),
+    "qwen2-vl": (qwen2_vl, "max_visual_tokens"),  # images differ in token count: the budget is in tokens
+}
 OPSETS = range(18, 21)  # the torch.onnx dynamo exporter starts at 18; TensorRT 10's parser ends at 20
 EXTERNAL_DATA_BYTES = 1 << 30  # larger graphs keep their weights in a .data file (protobuf's 2 GiB limit)
 VALIDATION_RTOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 3e-2}
@@ -46,10 +51,30 @@ def require_onnx() -> None:
         ) from error
 
 
+def family_graphs(
+    model: nn.Module, example_inputs: dict, prune: bool, max_images: int | None, max_visual_tokens: int | None
+) -> tuple[list[GraphExport], dict]:
+    """The export graphs of an optimised ``model``'s family and what its manifest records about the model."""
+    state = optimized_state(model)
+    if state.adapter.name not in FAMILIES:
+        raise UnsupportedModelError(
+            f"graphprune cannot export {type(model).__name__} ({state.adapter.name}) yet; "
+            f"exportable families: {', '.join(FAMILIES)}"
+        )
+    builder, budget = FAMILIES[state.adapter.name]
+    budgets = {"max_images": max_images, "max_visual_tokens": max_visual_tokens}
+    for name, value in budgets.items():
+        if value is not None and name != budget:
+            raise ValueError(f"{state.adapter.name} exports take {budget} as their visual budget, not {name}")
+    return builder(model, state, example_inputs, budgets[budget], prune)
+
+
 def _dynamic_shapes(graph: GraphExport):
+    """The inputs' dynamic axes, shaped like ``forward``'s parameters (a ``*args`` parameter takes a tuple)."""
     shapes = tuple(graph.dynamic.get(name) for name in graph.inputs)
-    parameters = inspect.signature(graph.module.forward).parameters.values()
-    return (shapes,) if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters) else shapes
+    parameters = list(inspect.signature(graph.module.forward).parameters.values())
+    variadic = [i for i, p in enumerate(parameters) if p.kind is inspect.Parameter.VAR_POSITIONAL]
+    return (*shapes[: variadic[0]], shapes[variadic[0] :]) if variadic else shapes
 
 
 def _signature(values) -> list[dict]:
@@ -104,6 +129,7 @@ def onnx(
     validate: bool = True,
     opset: int = 18,
     max_images: int | None = None,
+    max_visual_tokens: int | None = None,
     prune: bool = True,
 ) -> Path:
     """Write ``model`` (changed by ``graphprune.optimize``) as ONNX files and ``manifest.json`` into ``out_dir``.
@@ -124,19 +150,13 @@ def onnx(
     """
     require_onnx()
     state = optimized_state(model)
-    builder = FAMILIES.get(state.adapter.name)
-    if builder is None:
-        raise UnsupportedModelError(
-            f"graphprune cannot export {type(model).__name__} ({state.adapter.name}) yet; "
-            f"exportable families: {', '.join(FAMILIES)}"
-        )
     if opset not in OPSETS:
         raise ValueError(f"opset must be in [{OPSETS[0]}, {OPSETS[-1]}]; got {opset!r}")
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} exists; pass overwrite=True to replace it")
     dtype = next(model.parameters()).dtype
-    graphs, details = builder(model, state, example_inputs, max_images, prune)
+    graphs, details = family_graphs(model, example_inputs, prune, max_images, max_visual_tokens)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
     staging.mkdir()

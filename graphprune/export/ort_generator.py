@@ -10,8 +10,10 @@ import torch
 from ..methods import n_keep
 from ..models import UnsupportedModelError
 from .manifest import Manifest
+from .qwen2_vl import mrope_positions, token_types, vision_segments
 
-FAMILIES = ("llava", "mllama")
+FAMILIES = ("llava", "mllama", "qwen2-vl")
+QWEN2_VL_INPUTS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "mm_token_type_ids")
 MLLAMA_IMAGE_INPUTS = ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask", "cross_attention_mask")
 
 
@@ -24,6 +26,9 @@ def _numpy(value, dtype=None) -> np.ndarray | None:
 
 class OrtGenerator:
     """Runs an export (vision → embed → prefill → decode steps; Mllama also masks) in ONNX Runtime; greedy.
+
+    Positions are formed on the host as HF ``generate`` forms them (Qwen2-VL: M-RoPE from the
+    image and video grids); each new token continues from the last prompt position.
 
     ``providers`` are ONNX Runtime execution providers, e.g. ``["TensorrtExecutionProvider",
     "CUDAExecutionProvider"]`` with ``onnxruntime-gpu``; default: CPU.
@@ -60,12 +65,15 @@ class OrtGenerator:
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be [batch, length]; got shape {input_ids.shape}")
         mask = np.ones_like(input_ids) if attention_mask is None else _numpy(attention_mask, np.int64)
-        family_inputs = self._mllama_inputs if self.manifest.family == "mllama" else self._llava_inputs
+        family_inputs = {"mllama": self._mllama_inputs, "qwen2-vl": self._qwen2_vl_inputs}.get(
+            self.manifest.family, self._llava_inputs
+        )
         values, fixed = family_inputs(input_ids, mask, images)
-        values |= {"attention_mask": mask, "position_ids": np.maximum(mask.cumsum(-1) - 1, 0)}
+        values.setdefault("position_ids", np.maximum(mask.cumsum(-1) - 1, 0))
+        values["attention_mask"] = mask
         out = self._run("prefill", values)
         state = {"attention_mask": mask, "past": {f"past{name[7:]}": v for name, v in out.items() if "present" in name}}
-        state["fixed"] = fixed
+        state |= {"fixed": fixed, "position_ids": values["position_ids"][..., -1:]}
         if self.manifest.method is not None:
             state["graphprune_cache_index"] = out["graphprune_keep_index"]
             state["graphprune_cache_valid"] = out["graphprune_slot_valid"]
@@ -77,25 +85,76 @@ class OrtGenerator:
         extra = sorted(name for name, value in images.items() if value is not None)
         if extra:
             raise ValueError(f"a LLaVA export takes input_ids, attention_mask and pixel_values; got also {extra}")
-        model, budget = self.manifest.model, self.manifest.visual_budget
-        visual_counts = (input_ids == model["image_token_id"]).sum(-1)
-        if visual_counts.max() > budget["max_visual"]:
-            raise ValueError(
-                f"a sample holds {visual_counts.max()} visual tokens; this export takes at most {budget['max_visual']} "
-                f"({budget['max_images']} images): export again with a larger max_images"
-            )
+        model = self.manifest.model
+        self._check_budget(input_ids, "max_images")
         if pixel_values is None:
             features = np.zeros((0, model["hidden_size"]), self.dtype)
         else:
             features = self._run("vision", {"pixel_values": _numpy(pixel_values, self.dtype)})["image_features"]
             features = features.reshape(-1, features.shape[-1])
-        values = self._run("embed", {"input_ids": input_ids, "image_features": features})
+        return self._fastv_inputs(input_ids, mask, {"image_features": features}), {}
+
+    def _qwen2_vl_inputs(self, input_ids, mask, images: dict) -> tuple[dict, dict]:
+        """Qwen2-VL's prefill inputs: embeddings with the image and video features placed (one vision run
+        per image or video frame group), M-RoPE positions, visual mask and slots; nothing fixed."""
+        extra = sorted(name for name, value in images.items() if value is not None and name not in QWEN2_VL_INPUTS)
+        if extra:
+            raise ValueError(
+                f"a Qwen2-VL export takes input_ids, attention_mask and {', '.join(QWEN2_VL_INPUTS)}; got also {extra}"
+            )
+        model = self.manifest.model
+        self._check_budget(input_ids, "max_visual_tokens")
+        features, grids = {}, {}
+        for kind, pixels in (("image", "pixel_values"), ("video", "pixel_values_videos")):
+            grids[kind] = _numpy(images.get(f"{kind}_grid_thw"), np.int64)
+            if (images.get(pixels) is None) != (grids[kind] is None):
+                raise ValueError(f"pass {pixels} and {kind}_grid_thw together, as the processor makes them")
+            rows = [np.zeros((0, model["hidden_size"]), self.dtype)]
+            if grids[kind] is not None:
+                pixel_rows = _numpy(images[pixels], self.dtype)
+                for segment, positions in vision_segments(pixel_rows, grids[kind], model["spatial_merge_size"]):
+                    vision = {"pixel_values": segment, "vision_position_ids": positions}
+                    rows.append(self._run("vision", vision)["image_features"])
+            features[f"{kind}_features"] = np.concatenate(rows)
+        types = images.get("mm_token_type_ids")
+        types = token_types(input_ids, model["image_token_id"], model["video_token_id"]) if types is None else types
+        empty = np.zeros((0, 3), np.int64)
+        values = self._fastv_inputs(input_ids, mask, features)
+        values["position_ids"] = mrope_positions(
+            _numpy(types, np.int64),
+            mask,
+            empty if grids["image"] is None else grids["image"],
+            empty if grids["video"] is None else grids["video"],
+            model["spatial_merge_size"],
+        )
+        return values, {}
+
+    def _visual_counts(self, input_ids) -> np.ndarray:
+        model = self.manifest.model
+        return np.isin(input_ids, [model[name] for name in ("image_token_id", "video_token_id") if name in model]).sum(
+            -1
+        )
+
+    def _check_budget(self, input_ids, keyword: str) -> None:
+        budget = self.manifest.visual_budget
+        most = self._visual_counts(input_ids).max()
+        if most > budget["max_visual"]:
+            limit = f"{budget['max_visual']}" + (f" ({budget['max_images']} images)" if "max_images" in budget else "")
+            raise ValueError(
+                f"a sample holds {most} visual tokens; this export takes at most {limit}: "
+                f"export again with a larger {keyword}"
+            )
+
+    def _fastv_inputs(self, input_ids, mask, features: dict) -> dict:
+        """Embeddings and, for FastV (arXiv 2403.06764), the visual mask and the pruned length's slots."""
+        values = self._run("embed", {"input_ids": input_ids, **features})
         method = self.manifest.method
         if method is not None:
+            visual_counts = self._visual_counts(input_ids)
             keep = np.array([n_keep(method["keep"], int(count)) for count in visual_counts])
             values["graphprune_visual_mask"] = values.pop("visual_mask")
             values["graphprune_slots"] = np.arange((mask.sum(-1) - (visual_counts - keep)).max())
-        return values, {}
+        return values
 
     def _mllama_inputs(self, input_ids, mask, images: dict) -> tuple[dict, dict]:
         """Mllama's prefill inputs (CrossAttentionTrim, arXiv 2504.00557): embeddings, vision features, the
@@ -136,10 +195,12 @@ class OrtGenerator:
     def _decode(self, tokens: np.ndarray, state: dict) -> np.ndarray:
         """One step for ``tokens [B, 1]``; updates ``state`` in place and returns the logits."""
         empty = np.zeros((0, self.manifest.model["hidden_size"]), self.dtype)
-        embeds = self._run("embed", {"input_ids": tokens, "image_features": empty})["inputs_embeds"]
+        features = {spec.name: empty for spec in self.sessions["embed"].get_inputs() if spec.name != "input_ids"}
+        embeds = self._run("embed", {"input_ids": tokens, **features})["inputs_embeds"]
         past_length = state["attention_mask"].shape[1]
         mask = np.concatenate([state["attention_mask"], np.ones_like(tokens)], axis=1)
-        values = {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": mask.sum(-1, keepdims=True) - 1}
+        state["position_ids"] = state["position_ids"] + 1
+        values = {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": state["position_ids"]}
         values |= state["past"] | state["fixed"]
         if self.manifest.method is not None:
             values["graphprune_cache_index"] = state["graphprune_cache_index"]
@@ -147,7 +208,7 @@ class OrtGenerator:
         out = self._run("decode", values)
         state["attention_mask"] = mask
         state["past"] = {f"past{name[7:]}": v for name, v in out.items() if "present" in name}
-        if self.manifest.method is not None and self.manifest.family == "llava":  # Mllama's trimmed cache is fixed
+        if self.manifest.method is not None and self.manifest.method["name"] == "FastV":  # a trimmed cache is fixed
             new_position = np.full_like(tokens, past_length)
             state["graphprune_cache_index"] = np.concatenate([state["graphprune_cache_index"], new_position], axis=1)
             state["graphprune_cache_valid"] = np.concatenate(
@@ -158,7 +219,8 @@ class OrtGenerator:
     def prefill_logits(self, input_ids, pixel_values=None, attention_mask=None, **images) -> torch.Tensor:
         """The next-token logits after the prompt, ``[batch, vocab]`` (every sample's last real position).
 
-        ``images``: Mllama's ``aspect_ratio_ids``, ``aspect_ratio_mask`` and ``cross_attention_mask``.
+        ``images``: Mllama's ``aspect_ratio_ids``, ``aspect_ratio_mask`` and ``cross_attention_mask``;
+        Qwen2-VL's ``image_grid_thw``, ``pixel_values_videos``, ``video_grid_thw`` and ``mm_token_type_ids``.
         """
         return torch.from_numpy(self._prefill(input_ids, attention_mask, {"pixel_values": pixel_values, **images})[0])
 
@@ -168,7 +230,8 @@ class OrtGenerator:
         """Greedy decoding: the prompt ids followed by up to ``max_new_tokens`` new ids, as HF ``generate`` returns.
 
         Inputs as the model's HF processor makes them (left padding for batches; ``images``: Mllama's
-        ``aspect_ratio_ids``, ``aspect_ratio_mask`` and ``cross_attention_mask``). Samples that end
+        ``aspect_ratio_ids``, ``aspect_ratio_mask`` and ``cross_attention_mask``; Qwen2-VL's grids,
+        video pixels and ``mm_token_type_ids``). Samples that end
         with the model's EOS token are padded with ``pad_token_id`` until every sample has ended.
         """
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:

@@ -11,10 +11,9 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..models import UnsupportedModelError
 from ..runtime import optimized_state
 from .manifest import Manifest
-from .onnx import FAMILIES
+from .onnx import family_graphs
 from .trt_profiles import trt_profiles
 
 
@@ -25,6 +24,7 @@ def tensorrt(
     example_inputs: dict,
     overwrite: bool = False,
     max_images: int | None = None,
+    max_visual_tokens: int | None = None,
     max_batch: int = 1,
     max_text: int = 512,
     max_new_tokens: int = 256,
@@ -52,13 +52,10 @@ def tensorrt(
             "and build the engines on the target with the build_engines.sh it writes"
         )
     state = optimized_state(model)
-    builder = FAMILIES.get(state.adapter.name)
-    if builder is None:
-        raise UnsupportedModelError(f"graphprune cannot export {type(model).__name__} ({state.adapter.name}) yet")
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} exists; pass overwrite=True to replace it")
-    graphs, details = builder(model.cuda(), state, _on_cuda(example_inputs), max_images, True)
+    graphs, details = family_graphs(model.cuda(), _on_cuda(example_inputs), True, max_images, max_visual_tokens)
     entries = {
         graph.name: {
             "file": f"{graph.name}.ep",

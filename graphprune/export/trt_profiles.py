@@ -20,7 +20,8 @@ def trt_profiles(
     for name, value in (("max_batch", max_batch), ("max_text", max_text), ("max_new_tokens", max_new_tokens)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1; got {value!r}")
-    axes = (_mllama_axes if manifest.family == "mllama" else _llava_axes)(manifest, max_batch, max_text, max_new_tokens)
+    family_axes = {"mllama": _mllama_axes, "qwen2-vl": _qwen2_vl_axes}.get(manifest.family, _llava_axes)
+    axes = family_axes(manifest, max_batch, max_text, max_new_tokens)
     profiles = {}
     for graph, entry in manifest.graphs.items():
         profiles[graph] = {
@@ -32,23 +33,42 @@ def trt_profiles(
     return profiles
 
 
-def _llava_axes(manifest: Manifest, max_batch: int, max_text: int, max_new_tokens: int) -> dict:
-    budget = manifest.visual_budget
-    per_image, max_images = budget["tokens_per_image"], budget["max_images"]
-    max_sequence = budget["max_visual"] + max_text
-    opt_sequence = per_image + 64
-    dropped = per_image - n_keep(manifest.method["keep"], per_image) if manifest.method else 0
+def _fastv_text_axes(manifest: Manifest, max_batch: int, max_text: int, max_new_tokens: int, opt_visual: int) -> dict:
+    """The decoder axes of a FastV export: a prompt of at most the visual budget plus ``max_text`` tokens."""
+    max_sequence = manifest.visual_budget["max_visual"] + max_text
+    opt_sequence = opt_visual + 64
+    dropped = opt_visual - n_keep(manifest.method["keep"], opt_visual) if manifest.method else 0
     max_total = max_sequence + max_new_tokens
     return {
         "batch": (1, 1, max_batch),
-        "images": (1, 1, max_batch * max_images),
-        "image_tokens": (0, per_image, max_batch * budget["max_visual"]),
         "sequence": (1, opt_sequence, max_sequence),
         "pruned_sequence": (1, opt_sequence - dropped, max_sequence),
         "new_tokens": (1, 1, 1),
         "past": (1, opt_sequence, max_total - 1),
         "pruned_past": (1, opt_sequence - dropped, max_total - 1),
         "total": (2, opt_sequence + 1, max_total),
+    }
+
+
+def _llava_axes(manifest: Manifest, max_batch: int, max_text: int, max_new_tokens: int) -> dict:
+    """LLaVA: opt is one image; the budget is ``max_images`` images of ``tokens_per_image`` tokens."""
+    budget = manifest.visual_budget
+    per_image = budget["tokens_per_image"]
+    return _fastv_text_axes(manifest, max_batch, max_text, max_new_tokens, per_image) | {
+        "images": (1, 1, max_batch * budget["max_images"]),
+        "image_tokens": (0, per_image, max_batch * budget["max_visual"]),
+    }
+
+
+def _qwen2_vl_axes(manifest: Manifest, max_batch: int, max_text: int, max_new_tokens: int) -> dict:
+    """Qwen2-VL: opt is one image that fills the visual budget; the vision graph runs one segment
+    (an image or a video frame group) of up to the whole budget's patches."""
+    max_visual = manifest.visual_budget["max_visual"]
+    patches_per_token = manifest.model["spatial_merge_size"] ** 2
+    return _fastv_text_axes(manifest, max_batch, max_text, max_new_tokens, max_visual) | {
+        "patches": (patches_per_token, max_visual * patches_per_token, max_visual * patches_per_token),
+        "image_tokens": (0, max_visual, max_batch * max_visual),
+        "video_tokens": (0, 0, max_batch * max_visual),
     }
 
 

@@ -66,7 +66,11 @@ def trt_recipe(manifest: Manifest, folder: Path) -> list[Path]:
             if method
             else "none (an unpruned baseline export)."
         )
-        visual = f"at most {budget['max_images']} image(s) of {budget['tokens_per_image']} visual tokens per sample"
+        visual = (
+            f"at most {budget['max_images']} image(s) of {budget['tokens_per_image']} visual tokens per sample"
+            if "max_images" in budget
+            else f"at most {budget['max_visual']} visual tokens (images and video frames) per sample"
+        )
         cache = (
             f" Layers >= {manifest.first_pruned_layer} hold the shorter, pruned cache; `graphprune_cache_index` and\n"
             "`graphprune_cache_valid` (the prefill's `graphprune_keep_index` / `graphprune_slot_valid`, grown by\n"

@@ -1,0 +1,192 @@
+"""The decoder files of a self-attention VLM export (FastV, arXiv 2403.06764): ``prefill`` and ``decode``.
+
+The graphs are the ones the runtime runs (``model._graphprune.decoder``), FastV's ranking and gather
+nodes included, with the LM head applied at the last position. With ``prune=False`` they are the
+same decoder captured without the pass: the unpruned baseline. Also here: what every family's
+export shares (the LM-head wrapper, cache names, example positions, the embedding graph).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import fx, nn
+
+from .. import ops
+from ..capture import capture_decode, capture_prefill
+from ..methods import n_keep
+from ..passes import fastv_budget
+from .graph_export import GraphExport
+
+NEW_TOKENS = 2  # example decode length: 1 would specialise that axis
+
+
+class FeatureEmbedding(nn.Module):
+    """Token embeddings with visual features placed at their placeholder tokens, in order (HF's ``masked_scatter``).
+
+    ``(input_ids [B, T], *features) -> (inputs_embeds [B, T, hidden], visual_mask [B, T])``, one
+    ``features [n, hidden]`` per placeholder id of ``token_ids``; decode steps pass ``n = 0``
+    features, so that a generated placeholder id gets its token embedding.
+    """
+
+    def __init__(self, model: nn.Module, token_ids: tuple[int, ...]):
+        super().__init__()
+        self.embed_tokens = model.get_input_embeddings()
+        self.token_ids = token_ids
+
+    def forward(self, input_ids, *features):
+        embeds = self.embed_tokens(input_ids)
+        visual = torch.zeros_like(input_ids, dtype=torch.bool)
+        for token_id, rows in zip(self.token_ids, features, strict=True):
+            placeholder = input_ids == token_id
+            order = (placeholder.flatten().cumsum(0) - 1).view(input_ids.shape)
+            placed = placeholder & (order < rows.shape[0])  # decode: placeholder ids get their embedding
+            rows = torch.cat([rows, rows.new_zeros(1, rows.shape[1])])
+            picked = rows[order.clamp(min=0, max=rows.shape[0] - 1)]
+            embeds = torch.where(placed[..., None], picked, embeds)
+            visual = visual | placeholder
+        return embeds, visual
+
+
+class LogitsAtLast(nn.Module):
+    """A decoder graph, its hidden output replaced by the LM head's logits at the last position.
+
+    With left padding the last position is every sample's last real token (also after pruning).
+    Only the first ``n_outputs`` outputs are kept.
+    """
+
+    def __init__(self, graph: fx.GraphModule, lm_head: nn.Module, n_outputs: int):
+        super().__init__()
+        self.step = graph  # not "graph": exported programs are GraphModules, whose .graph is taken
+        self.lm_head = lm_head
+        self.n_outputs = n_outputs
+
+    def forward(self, *args):
+        outputs = self.step(*args)
+        return (self.lm_head(outputs[0][:, -1]), *outputs[1 : self.n_outputs])
+
+
+def generation_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids as HF ``generate`` gives them with left padding: real tokens count from 0, padding gets 0."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def copy_graph(gm: fx.GraphModule) -> fx.GraphModule:
+    """A new GraphModule over a copy of ``gm``'s graph, sharing its parameters and metadata."""
+    graph = fx.Graph()
+    graph.output(graph.graph_copy(gm.graph, {}))
+    copy = fx.GraphModule(gm, graph)
+    copy.meta.update(gm.meta)
+    return copy
+
+
+@contextlib.contextmanager
+def original_forward(decoder: nn.Module, original):
+    """The decoder's own forward for the duration (capture of the unpruned baseline)."""
+    pruned = decoder.__dict__["forward"]
+    decoder.forward = original
+    try:
+        yield
+    finally:
+        decoder.forward = pruned
+
+
+def unpruned_graphs(model: nn.Module, state) -> tuple[fx.GraphModule, fx.GraphModule]:
+    """The decoder's prefill and decode steps captured without any pass (``prune=False``)."""
+    decoder = state.adapter.decoder(model)
+    layout = state.adapter.layout(model)
+    with original_forward(decoder, state.decoder._original):
+        return capture_prefill(decoder, layout), capture_decode(decoder, layout)
+
+
+def kv_names(prefix: str, num_layers: int) -> tuple[str, ...]:
+    return tuple(f"{prefix}.{i}.{kind}" for i in range(num_layers) for kind in ("key", "value"))
+
+
+def _position_axes(positions: torch.Tensor, length: str) -> dict[int, str]:
+    """``[B, N]`` or, one row per RoPE axis, ``[R, B, N]`` (M-RoPE)."""
+    rows = positions.dim() - 2
+    return {rows: "batch", rows + 1: length}
+
+
+def _defined(num_layers: int, first_pruned: int, real: torch.Tensor, slot_valid: torch.Tensor) -> dict:
+    """Which cache positions of each ``present`` output hold defined values (not padding)."""
+    names = kv_names("present", num_layers)
+    return {name: real if i // 2 < first_pruned else slot_valid for i, name in enumerate(names)}
+
+
+def decoder_graphs(
+    model: nn.Module,
+    state,
+    prompt: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    step: tuple[torch.Tensor, torch.Tensor],
+    max_visual: int,
+    prune: bool,
+) -> tuple[list[GraphExport], int | None]:
+    """The ``prefill`` and ``decode`` graphs of a FastV export, and FastV's top-k K (None unpruned).
+
+    ``prompt`` is ``(inputs_embeds, attention_mask, position_ids, visual_mask)`` of the example
+    batch (left-padded), ``step`` the ``(inputs_embeds, position_ids)`` of ``NEW_TOKENS`` tokens
+    after it. ``max_visual`` visual tokens per sample make the top-k K a constant (``fastv_budget``).
+    """
+    embeds, attention_mask, positions, visual = prompt
+    new_embeds, new_positions = step
+    method, num_layers = state.method, state.adapter.layout(model).num_layers
+    if prune:
+        prefill_graph = fastv_budget(copy_graph(state.decoder.prefill_graph), max_visual)
+        decode_graph = state.decoder.decode_graph
+        dropped = visual.sum(-1) - ops.keep_counts(visual, method.keep)
+        slots = torch.arange(int((attention_mask.sum(-1) - dropped).max()))
+        prefill_args = (embeds, attention_mask, positions, visual, slots)
+        prefill_extra = ("graphprune_visual_mask", "graphprune_slots")
+        prefill_out_extra = ("graphprune_keep_index", "graphprune_slot_valid")
+    else:
+        prefill_graph, decode_graph = unpruned_graphs(model, state)
+        prefill_args, prefill_extra, prefill_out_extra = (embeds, attention_mask, positions), (), ()
+    seq = {0: "batch", 1: "sequence"}
+    prefill_module = LogitsAtLast(prefill_graph, model.lm_head, 1 + 2 * num_layers + len(prefill_out_extra))
+    with torch.no_grad():
+        first = prefill_module(*prefill_args)
+    real, first_pruned = attention_mask.bool(), method.k if prune else num_layers
+    slot_valid = first[-1] if prune else real
+    prefill = GraphExport(
+        "prefill",
+        prefill_module,
+        prefill_args,
+        ("inputs_embeds", "attention_mask", "position_ids", *prefill_extra),
+        ("logits", *kv_names("present", num_layers), *prefill_out_extra),
+        {"inputs_embeds": seq, "attention_mask": seq, "position_ids": _position_axes(positions, "sequence")}
+        | ({"graphprune_visual_mask": seq, "graphprune_slots": {0: "pruned_sequence"}} if prune else {}),
+        _defined(num_layers, first_pruned, real, slot_valid),
+    )
+    fresh = torch.ones(new_embeds.shape[:2], dtype=torch.bool)
+    decode_mask = torch.cat([attention_mask, fresh.long()], dim=1)
+    past_names = kv_names("past", num_layers)
+    past_axes = {
+        name: {0: "batch", 2: "past" if i // 2 < first_pruned else "pruned_past"} for i, name in enumerate(past_names)
+    }
+    decode_args = (new_embeds, decode_mask, new_positions, *first[1 : 1 + 2 * num_layers])
+    decode_extra, decode_axes = (), {}
+    if prune:
+        decode_args = (*decode_args, first[-2], first[-1])
+        decode_extra = ("graphprune_cache_index", "graphprune_cache_valid")
+        decode_axes = {name: {0: "batch", 1: "pruned_past"} for name in decode_extra}
+    decode = GraphExport(
+        "decode",
+        LogitsAtLast(decode_graph, model.lm_head, 1 + 2 * num_layers),
+        decode_args,
+        ("inputs_embeds", "attention_mask", "position_ids", *past_names, *decode_extra),
+        ("logits", *kv_names("present", num_layers)),
+        {
+            "inputs_embeds": {0: "batch", 1: "new_tokens"},
+            "attention_mask": {0: "batch", 1: "total"},
+            "position_ids": _position_axes(new_positions, "new_tokens"),
+        }
+        | past_axes
+        | decode_axes,
+        _defined(
+            num_layers, first_pruned, torch.cat([real, fresh], dim=1), torch.cat([slot_valid.bool(), fresh], dim=1)
+        ),
+    )
+    return [prefill, decode], max(n_keep(method.keep, max_visual), 1) if prune else None

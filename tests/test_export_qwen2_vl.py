@@ -1,0 +1,154 @@
+"""Qwen2-VL export: M-RoPE positions and vision segments on the host, FastV inside the prefill graph,
+ONNX Runtime tokens equal to the optimised PyTorch model (images of different grids and a video)."""
+
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime", reason="the ONNX extra is not installed: pip install graphprune[onnx]")
+import onnx  # noqa: E402
+
+import graphprune as gp  # noqa: E402
+from graphprune.export.qwen2_vl import _Vision, mrope_positions, token_types, vision_segments  # noqa: E402
+from graphprune.export.trt_profiles import trt_profiles  # noqa: E402
+from graphprune.tiny import qwen2_vl_inputs, tiny_qwen2_vl  # noqa: E402
+
+from .conftest import LOGITS_RTOL, optimized, rel_error  # noqa: E402
+from .onnx_graph import top_k_constants  # noqa: E402
+
+METHOD = gp.FastV(k=1, keep=0.5)
+GRAPHS = ("vision", "embed", "prefill", "decode")
+# (text_before, image grids, video grids, text_after): 16 | 8 + 16 (video) | 0 visual tokens, left-padded
+SAMPLES = [(3, [(8, 8)], [], 4), (2, [(4, 8)], [(4, 4, 4)], 3), (5, [], [], 2)]
+
+
+@pytest.fixture(scope="module")
+def model():
+    """Tiny Qwen2-VL, 2 layers (layer 1 pruned); optimised for the whole module."""
+    model = tiny_qwen2_vl(version="2", num_layers=2)
+    with optimized(model, METHOD):
+        yield model
+
+
+@pytest.fixture(scope="module")
+def inputs(model):
+    return qwen2_vl_inputs(model, SAMPLES)
+
+
+@pytest.fixture(scope="module")
+def exported(model, inputs, tmp_path_factory):
+    """Validated against PyTorch on ``inputs`` by ``export.onnx`` itself."""
+    return gp.export.onnx(model, tmp_path_factory.mktemp("export") / "qwen2_vl", example_inputs=inputs)
+
+
+def test_host_mrope_positions_equal_hf_get_rope_index(model, inputs):
+    """The host's positions (ONNX Runtime has no ``get_rope_index``) are HF's, padding, images and video included."""
+    expected, _ = model.model.get_rope_index(
+        inputs["input_ids"],
+        inputs["mm_token_type_ids"],
+        inputs["image_grid_thw"],
+        inputs["video_grid_thw"],
+        attention_mask=inputs["attention_mask"],
+    )
+    real = inputs["attention_mask"].bool().expand(3, -1, -1)
+    merge = model.config.vision_config.spatial_merge_size
+    actual = mrope_positions(
+        inputs["mm_token_type_ids"].numpy(),
+        inputs["attention_mask"].numpy(),
+        inputs["image_grid_thw"].numpy(),
+        inputs["video_grid_thw"].numpy(),
+        merge,
+    )
+    assert torch.equal(torch.from_numpy(actual)[real], expected[real])
+    assert torch.equal(torch.from_numpy(actual)[~real], torch.zeros_like(expected[~real]))
+    derived = token_types(inputs["input_ids"].numpy(), model.config.image_token_id, model.config.video_token_id)
+    assert (derived == inputs["mm_token_type_ids"].numpy()).all()
+
+
+@torch.no_grad()
+def test_segment_vision_graph_equals_the_models_vision_tower(model, inputs):
+    """One vision run per image or temporal group gives what HF's vision tower gives for the whole batch."""
+    merge = model.config.vision_config.spatial_merge_size
+    vision = _Vision(model)
+    for pixels, grids in (("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw")):
+        segments = vision_segments(inputs[pixels].numpy(), inputs[grids].numpy(), merge)
+        actual = torch.cat([vision(torch.from_numpy(rows), torch.from_numpy(pos)) for rows, pos in segments])
+        expected = model.model.visual(inputs[pixels], grid_thw=inputs[grids])
+        expected = getattr(expected, "pooler_output", expected)
+        assert actual.shape == expected.shape and rel_error(actual, expected) <= LOGITS_RTOL, pixels
+
+
+def test_export_writes_the_graphs_and_a_manifest_with_a_token_budget(exported):
+    manifest = gp.export.Manifest.read(exported)
+    assert sorted(manifest.graphs) == sorted(GRAPHS)
+    assert manifest.family == "qwen2-vl"
+    assert manifest.visual_budget == {"max_visual": 24, "top_k": 12}  # 8 image + 16 video tokens in sample 1
+    assert manifest.first_pruned_layer == 1
+    prefill, decode = manifest.graphs["prefill"], manifest.graphs["decode"]
+    assert prefill["dynamic_axes"]["position_ids"] == {"1": "batch", "2": "sequence"}  # [3, B, N]: M-RoPE rows
+    assert decode["dynamic_axes"]["position_ids"] == {"1": "batch", "2": "new_tokens"}
+    assert prefill["dynamic_axes"]["present.1.key"]["2"] == "pruned_sequence"
+    assert [spec["name"] for spec in manifest.graphs["embed"]["inputs"]] == [
+        "input_ids",
+        "image_features",
+        "video_features",
+    ]
+    assert [spec["name"] for spec in manifest.graphs["vision"]["inputs"]] == ["pixel_values", "vision_position_ids"]
+    assert top_k_constants(exported) == [[12]]  # ceil(0.5 * 24): no Shape feeds K
+
+
+def test_every_graph_is_accepted_by_the_tensorrt_parser_rules(exported):
+    for graph in GRAPHS:
+        assert gp.export.tensorrt_support(onnx.load(str(exported / f"{graph}.onnx"))) == [], graph
+    profiles = trt_profiles(gp.export.Manifest.read(exported))
+    low, opt, high = profiles["prefill"]["position_ids"]
+    assert low[0] == opt[0] == high[0] == 3 and low[2] <= opt[2] <= high[2]
+    assert "visual tokens (images and video frames)" in (exported / "TENSORRT.md").read_text()
+
+
+def test_ort_greedy_tokens_equal_pytorch(model, inputs, exported):
+    expected = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    assert torch.equal(gp.export.OrtGenerator(exported).generate(**inputs, max_new_tokens=6), expected)
+
+
+def test_ort_prefill_logits_match_pytorch(model, inputs, exported):
+    out = model.generate(**inputs, max_new_tokens=1, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    logits = gp.export.OrtGenerator(exported).prefill_logits(**inputs)
+    assert rel_error(logits, out.logits[0]) <= LOGITS_RTOL
+
+
+def test_other_grids_and_batch_shapes_run_on_the_same_export(model, exported):
+    """Grids and lengths other than the example's, a video alone, no mm_token_type_ids: the axes are dynamic."""
+    for samples in ([(4, [(4, 4)], [], 9)], [(1, [], [(2, 4, 4)], 2), (7, [(4, 4), (2, 4)], [], 1), (2, [], [], 5)]):
+        inputs = qwen2_vl_inputs(model, samples, seed=5)
+        expected = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+        del inputs["mm_token_type_ids"]  # the generator derives it from the placeholder ids
+        assert torch.equal(gp.export.OrtGenerator(exported).generate(**inputs, max_new_tokens=4), expected)
+
+
+def test_more_visual_tokens_than_the_budget_is_a_clear_error(model, exported):
+    inputs = qwen2_vl_inputs(model, [(2, [(8, 8)], [(2, 4, 4)], 2)])  # 16 + 8 = 24 fits; one more image does not
+    gp.export.OrtGenerator(exported).generate(**inputs, max_new_tokens=1)
+    inputs = qwen2_vl_inputs(model, [(2, [(8, 8), (2, 2)], [(2, 4, 4)], 2)])
+    with pytest.raises(ValueError, match="at most 24: export again with a larger max_visual_tokens"):
+        gp.export.OrtGenerator(exported).generate(**inputs, max_new_tokens=1)
+
+
+def test_budget_keywords_and_unexportable_classes_are_clear_errors(model, inputs, tmp_path):
+    with pytest.raises(ValueError, match="take max_visual_tokens as their visual budget, not max_images"):
+        gp.export.onnx(model, tmp_path / "a", example_inputs=inputs, max_images=2)
+    with pytest.raises(ValueError, match="max_visual_tokens must be an int >= 24"):
+        gp.export.onnx(model, tmp_path / "b", example_inputs=inputs, max_visual_tokens=10)
+    qwen25 = tiny_qwen2_vl(version="2.5", num_layers=2)
+    with optimized(qwen25, METHOD), pytest.raises(ValueError, match="windowed vision attention"):
+        gp.export.onnx(qwen25, tmp_path / "c", example_inputs=qwen2_vl_inputs(qwen25, SAMPLES))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_larger_token_budget_gives_a_larger_constant_k(model, inputs, tmp_path):
+    folder = gp.export.onnx(model, tmp_path / "budget", example_inputs=inputs, max_visual_tokens=64, validate=False)
+    assert gp.export.Manifest.read(folder).visual_budget == {"max_visual": 64, "top_k": 32}
+    assert top_k_constants(folder) == [[32]]
+    samples = [(2, [(8, 8), (8, 8)], [(2, 4, 4)], 2)]  # 40 visual tokens: over the example's 24, within 64
+    many = qwen2_vl_inputs(model, samples)
+    expected = model.generate(**many, max_new_tokens=3, do_sample=False)
+    assert torch.equal(gp.export.OrtGenerator(folder).generate(**many, max_new_tokens=3), expected)
