@@ -10,6 +10,7 @@ from graphprune.reference import (
     fastv_reference_generate,
     trimmed_mask_mode,
 )
+from graphprune.tiny import qwen2_vl_inputs, tiny_qwen2_vl
 
 from .conftest import LOGITS_RTOL, optimized, rel_error
 
@@ -24,6 +25,23 @@ def test_compiled_prefill_and_decode_equal_reference(llava, batch):
         logits = llava(**batch).logits
         ids = llava.generate(**batch, max_new_tokens=4, do_sample=False)
         assert isinstance(llava._graphprune.decoder._prefill, torch._dynamo.eval_frame.OptimizedModule)
+    assert rel_error(logits[:, -1], reference.logits[:, -1]) <= LOGITS_RTOL
+    assert torch.equal(ids, expected_ids)
+
+
+@pytest.mark.compile
+@torch.no_grad()
+def test_compiled_mrope_prefill_and_decode_equal_reference():
+    """Qwen2-VL: M-RoPE positions [3, B, N], an image and a video of different grids, left padding."""
+    model = tiny_qwen2_vl(version="2")
+    inputs = qwen2_vl_inputs(model, [(3, [(8, 8)], [], 4), (2, [(4, 8)], [(4, 4, 4)], 3)])
+    method = gp.FastV(k=2, keep=0.5)
+    reference = fastv_reference(model, method, **inputs)
+    expected_ids = fastv_reference_generate(model, method, **inputs, max_new_tokens=4)
+    with optimized(model, method, compile=True):
+        logits = model(**inputs).logits
+        ids = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+        assert isinstance(model._graphprune.decoder._prefill, torch._dynamo.eval_frame.OptimizedModule)
     assert rel_error(logits[:, -1], reference.logits[:, -1]) <= LOGITS_RTOL
     assert torch.equal(ids, expected_ids)
 

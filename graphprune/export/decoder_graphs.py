@@ -137,7 +137,7 @@ def decoder_graphs(
         prefill_graph = fastv_budget(copy_graph(state.decoder.prefill_graph), max_visual)
         decode_graph = state.decoder.decode_graph
         dropped = visual.sum(-1) - ops.keep_counts(visual, method.keep)
-        slots = torch.arange(int((attention_mask.sum(-1) - dropped).max()))
+        slots = torch.arange(int((attention_mask.sum(-1) - dropped).max()), device=embeds.device)
         prefill_args = (embeds, attention_mask, positions, visual, slots)
         prefill_extra = ("graphprune_visual_mask", "graphprune_slots")
         prefill_out_extra = ("graphprune_keep_index", "graphprune_slot_valid")
@@ -160,7 +160,7 @@ def decoder_graphs(
         | ({"graphprune_visual_mask": seq, "graphprune_slots": {0: "pruned_sequence"}} if prune else {}),
         _defined(num_layers, first_pruned, real, slot_valid),
     )
-    fresh = torch.ones(new_embeds.shape[:2], dtype=torch.bool)
+    fresh = torch.ones(new_embeds.shape[:2], dtype=torch.bool, device=new_embeds.device)
     decode_mask = torch.cat([attention_mask, fresh.long()], dim=1)
     past_names = kv_names("past", num_layers)
     past_axes = {

@@ -50,7 +50,7 @@ def llava(model: nn.Module, state, example_inputs: dict, max_images: int | None,
         )
     max_visual = max_images * tokens_per_image
     text_token = (model.config.image_token_id + 1) % model.config.text_config.vocab_size
-    new_ids = torch.full((input_ids.shape[0], NEW_TOKENS), text_token)
+    new_ids = torch.full((input_ids.shape[0], NEW_TOKENS), text_token, device=input_ids.device)
     with torch.no_grad():
         new_embeds, _ = embed(new_ids, features.new_zeros(0, features.shape[-1]))
     decode_mask = torch.cat([attention_mask, torch.ones_like(new_ids)], dim=1)

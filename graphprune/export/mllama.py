@@ -52,7 +52,7 @@ class _Masks(nn.Module):
         batch, length = cross_attention_mask.shape[:2]
         seen = (cross_attention_mask == 1).repeat_interleave(self.patches, dim=3).view(batch, length, -1)[:, None]
         rows = seen.any(dim=-1, keepdim=True).to(self.dtype)
-        hidden = torch.zeros(seen.shape, dtype=self.dtype).masked_fill(~seen, torch.finfo(self.dtype).min)
+        hidden = torch.zeros_like(seen, dtype=self.dtype).masked_fill(~seen, torch.finfo(self.dtype).min)
         return hidden * rows, rows
 
 
@@ -101,7 +101,8 @@ def mllama(model: nn.Module, state, example_inputs: dict, max_images: int | None
         prefill_graph = cross_attention_budget(copy_graph(state.decoder.prefill_graph), max_features)
         decode_graph = state.decoder.decode_graph
         kept = ops.keep_counts(ops.valid_features(cross_mask, row_mask, attention_mask), method.keep)
-        prefill_extra, prefill_args_extra = ("graphprune_slots",), (torch.arange(int(kept.max())),)
+        slots = torch.arange(int(kept.max()), device=input_ids.device)
+        prefill_extra, prefill_args_extra = ("graphprune_slots",), (slots,)
         prefill_out_extra = ("graphprune_keep_index", "graphprune_slot_valid")
     else:
         prefill_graph, decode_graph = unpruned_graphs(model, state)
@@ -130,7 +131,8 @@ def mllama(model: nn.Module, state, example_inputs: dict, max_images: int | None
         | ({"graphprune_slots": {0: "trimmed_features"}} if prune else {}),
         {name: real for i, name in enumerate(names) if i // 2 not in cross_layers},
     )
-    new_ids = torch.full((input_ids.shape[0], NEW_TOKENS), (model.config.image_token_index + 1) % embed.num_embeddings)
+    new_token = (model.config.image_token_index + 1) % embed.num_embeddings
+    new_ids = torch.full((input_ids.shape[0], NEW_TOKENS), new_token, device=input_ids.device)
     step_mask = processor_mask[:, -1:].expand(-1, NEW_TOKENS, -1, -1)  # HF generate: new tokens repeat the last row
     with torch.no_grad():
         new_embeds = embed(new_ids)

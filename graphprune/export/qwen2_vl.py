@@ -111,13 +111,14 @@ def token_types(input_ids: np.ndarray, image_token_id: int, video_token_id: int)
     return np.where(input_ids == image_token_id, IMAGE, np.where(input_ids == video_token_id, VIDEO, TEXT))
 
 
-def _features(vision: _Vision, pixel_values, grids, merge: int, hidden: int) -> torch.Tensor:
+def _features(vision: _Vision, pixel_values, grids, merge: int, hidden: int, device) -> torch.Tensor:
     """The features of every image (or video) in order: one vision run per segment."""
     if pixel_values is None:
-        return torch.zeros(0, hidden)
+        return torch.zeros(0, hidden, device=device)
     with torch.no_grad():
         segments = [
-            vision(rows, torch.from_numpy(positions)) for rows, positions in vision_segments(pixel_values, grids, merge)
+            vision(rows, torch.from_numpy(positions).to(device))
+            for rows, positions in vision_segments(pixel_values, grids.cpu().numpy(), merge)
         ]
     return torch.cat(segments)
 
@@ -152,31 +153,33 @@ def qwen2_vl(model: nn.Module, state, example_inputs: dict, max_visual_tokens: i
         )
     merge, hidden = config.vision_config.spatial_merge_size, config.text_config.hidden_size
     vision, embed = _Vision(model).eval(), FeatureEmbedding(model, visual_ids)
-    image_features = _features(vision, example_inputs.get("pixel_values"), image_grids, merge, hidden)
-    video_features = _features(vision, example_inputs.get("pixel_values_videos"), video_grids, merge, hidden)
+    device = input_ids.device
+    image_features = _features(vision, example_inputs.get("pixel_values"), image_grids, merge, hidden, device)
+    video_features = _features(vision, example_inputs.get("pixel_values_videos"), video_grids, merge, hidden, device)
     types = example_inputs.get("mm_token_type_ids")
-    types = token_types(input_ids.numpy(), *visual_ids) if types is None else types.numpy()
+    types = token_types(input_ids.cpu().numpy(), *visual_ids) if types is None else types.cpu().numpy()
     empty = np.zeros((0, 3), np.int64)
     positions = mrope_positions(
         types,
-        attention_mask.numpy(),
-        empty if image_grids is None else image_grids.numpy(),
-        empty if video_grids is None else video_grids.numpy(),
+        attention_mask.cpu().numpy(),
+        empty if image_grids is None else image_grids.cpu().numpy(),
+        empty if video_grids is None else video_grids.cpu().numpy(),
         merge,
     )
-    positions = torch.from_numpy(positions)
-    new_ids = torch.full((input_ids.shape[0], NEW_TOKENS), (max(visual_ids) + 1) % config.text_config.vocab_size)
+    positions = torch.from_numpy(positions).to(device)
+    new_token = (max(visual_ids) + 1) % config.text_config.vocab_size
+    new_ids = torch.full((input_ids.shape[0], NEW_TOKENS), new_token, device=device)
     with torch.no_grad():
         embeds, visual = embed(input_ids, image_features, video_features)
         new_embeds, _ = embed(new_ids, image_features[:0], video_features[:0])
-    new_positions = positions[..., -1:] + torch.arange(1, NEW_TOKENS + 1)
+    new_positions = positions[..., -1:] + torch.arange(1, NEW_TOKENS + 1, device=device)
     decoders, top_k = decoder_graphs(
         model, state, (embeds, attention_mask, positions, visual), (new_embeds, new_positions), max_visual, prune
     )
     segment_grid = (image_grids if image_grids is not None else video_grids)[0]
     segment_patches = int(segment_grid[1] * segment_grid[2])
     pixels = example_inputs["pixel_values"] if image_grids is not None else example_inputs["pixel_values_videos"]
-    segment_positions = torch.from_numpy(vision_positions(*segment_grid[1:].tolist(), merge))
+    segment_positions = torch.from_numpy(vision_positions(*segment_grid[1:].tolist(), merge)).to(device)
     layout = state.adapter.layout(model)
     graphs = [
         GraphExport(
