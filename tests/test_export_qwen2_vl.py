@@ -1,5 +1,6 @@
-"""Qwen2-VL export: M-RoPE positions and vision segments on the host, FastV inside the prefill graph,
-ONNX Runtime tokens equal to the optimised PyTorch model (images of different grids and a video)."""
+"""Qwen2-VL and Qwen2.5-VL export: M-RoPE positions and vision segments on the host, FastV inside the
+prefill graph, ONNX Runtime tokens equal to the optimised PyTorch model (images of different grids and
+a video; Qwen2.5-VL with windowed vision attention and time-scaled video positions)."""
 
 import pytest
 import torch
@@ -8,7 +9,14 @@ pytest.importorskip("onnxruntime", reason="the ONNX extra is not installed: pip 
 import onnx  # noqa: E402
 
 import graphprune as gp  # noqa: E402
-from graphprune.export.qwen2_vl import _Vision, mrope_positions, token_types, vision_segments  # noqa: E402
+from graphprune.export.qwen2_vl import (  # noqa: E402
+    mrope_positions,
+    token_types,
+    video_intervals,
+    vision_graph,
+    vision_layout,
+    vision_segments,
+)
 from graphprune.export.trt_profiles import trt_profiles  # noqa: E402
 from graphprune.tiny import qwen2_vl_inputs, tiny_qwen2_vl  # noqa: E402
 
@@ -19,19 +27,24 @@ METHOD = gp.FastV(k=1, keep=0.5)
 GRAPHS = ("vision", "embed", "prefill", "decode")
 # (text_before, image grids, video grids, text_after): 16 | 8 + 16 (video) | 0 visual tokens, left-padded
 SAMPLES = [(3, [(8, 8)], [], 4), (2, [(4, 8)], [(4, 4, 4)], 3), (5, [], [], 2)]
+VERSIONS = {"2": "Qwen2VLForConditionalGeneration", "2.5": "Qwen2_5_VLForConditionalGeneration"}
 
 
-@pytest.fixture(scope="module")
-def model():
-    """Tiny Qwen2-VL, 2 layers (layer 1 pruned); optimised for the whole module."""
-    model = tiny_qwen2_vl(version="2", num_layers=2)
+@pytest.fixture(scope="module", params=sorted(VERSIONS))
+def model(request):
+    """Tiny Qwen2-VL or Qwen2.5-VL, 2 layers (layer 1 pruned); optimised while its tests run."""
+    model = tiny_qwen2_vl(version=request.param, num_layers=2)
     with optimized(model, METHOD):
         yield model
 
 
 @pytest.fixture(scope="module")
 def inputs(model):
-    return qwen2_vl_inputs(model, SAMPLES)
+    """``SAMPLES``; for Qwen2.5-VL the video lasts 0.75 s per temporal patch (``second_per_grid_ts``)."""
+    inputs = qwen2_vl_inputs(model, SAMPLES)
+    if vision_layout(model)["tokens_per_second"] is not None:
+        inputs["second_per_grid_ts"] = torch.tensor([0.75])
+    return inputs
 
 
 @pytest.fixture(scope="module")
@@ -42,45 +55,54 @@ def exported(model, inputs, tmp_path_factory):
 
 def test_host_mrope_positions_equal_hf_get_rope_index(model, inputs):
     """The host's positions (ONNX Runtime has no ``get_rope_index``) are HF's, padding, images and video included."""
+    seconds = {"second_per_grid_ts": inputs["second_per_grid_ts"]} if "second_per_grid_ts" in inputs else {}
     expected, _ = model.model.get_rope_index(
         inputs["input_ids"],
         inputs["mm_token_type_ids"],
         inputs["image_grid_thw"],
         inputs["video_grid_thw"],
         attention_mask=inputs["attention_mask"],
+        **seconds,
     )
-    real = inputs["attention_mask"].bool().expand(3, -1, -1)
-    merge = model.config.vision_config.spatial_merge_size
+    layout = vision_layout(model)
+    intervals = video_intervals(layout["tokens_per_second"], inputs.get("second_per_grid_ts"), 1)
     actual = mrope_positions(
         inputs["mm_token_type_ids"].numpy(),
         inputs["attention_mask"].numpy(),
         inputs["image_grid_thw"].numpy(),
         inputs["video_grid_thw"].numpy(),
-        merge,
+        layout["spatial_merge_size"],
+        intervals,
     )
+    real = inputs["attention_mask"].bool().expand(3, -1, -1)
     assert torch.equal(torch.from_numpy(actual)[real], expected[real])
     assert torch.equal(torch.from_numpy(actual)[~real], torch.zeros_like(expected[~real]))
+    video_times = expected[0, 1][inputs["mm_token_type_ids"][1] == 2].unique()
+    assert set(video_times.diff().tolist()) == {3 if intervals else 1}  # 4 tokens/s x 0.75 s: time-scaled
     derived = token_types(inputs["input_ids"].numpy(), model.config.image_token_id, model.config.video_token_id)
     assert (derived == inputs["mm_token_type_ids"].numpy()).all()
 
 
 @torch.no_grad()
 def test_segment_vision_graph_equals_the_models_vision_tower(model, inputs):
-    """One vision run per image or temporal group gives what HF's vision tower gives for the whole batch."""
-    merge = model.config.vision_config.spatial_merge_size
-    vision = _Vision(model)
+    """One vision run per image or temporal group (Qwen2.5-VL: windows from the host) gives what HF's
+    vision tower gives for the whole batch."""
+    layout, vision = vision_layout(model), vision_graph(model)
+    assert (layout["vision_window"] is None) == (type(model).__name__ == VERSIONS["2"])
     for pixels, grids in (("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw")):
-        segments = vision_segments(inputs[pixels].numpy(), inputs[grids].numpy(), merge)
-        actual = torch.cat([vision(torch.from_numpy(rows), torch.from_numpy(pos)) for rows, pos in segments])
+        segments = vision_segments(
+            inputs[pixels].numpy(), inputs[grids].numpy(), layout["spatial_merge_size"], layout["vision_window"]
+        )
+        actual = torch.cat([vision(*(torch.as_tensor(value) for value in feeds.values())) for feeds in segments])
         expected = model.model.visual(inputs[pixels], grid_thw=inputs[grids])
         expected = getattr(expected, "pooler_output", expected)
         assert actual.shape == expected.shape and rel_error(actual, expected) <= LOGITS_RTOL, pixels
 
 
-def test_export_writes_the_graphs_and_a_manifest_with_a_token_budget(exported):
+def test_export_writes_the_graphs_and_a_manifest_with_a_token_budget(model, exported):
     manifest = gp.export.Manifest.read(exported)
     assert sorted(manifest.graphs) == sorted(GRAPHS)
-    assert manifest.family == "qwen2-vl"
+    assert manifest.family == "qwen2-vl" and manifest.model["class"] == type(model).__name__
     assert manifest.visual_budget == {"max_visual": 24, "top_k": 12}  # 8 image + 16 video tokens in sample 1
     assert manifest.first_pruned_layer == 1
     prefill, decode = manifest.graphs["prefill"], manifest.graphs["decode"]
@@ -92,7 +114,12 @@ def test_export_writes_the_graphs_and_a_manifest_with_a_token_budget(exported):
         "image_features",
         "video_features",
     ]
-    assert [spec["name"] for spec in manifest.graphs["vision"]["inputs"]] == ["pixel_values", "vision_position_ids"]
+    windows = ["window_index", "window_ids"] if manifest.model["vision_window"] else []
+    assert [spec["name"] for spec in manifest.graphs["vision"]["inputs"]] == [
+        "pixel_values",
+        "vision_position_ids",
+        *windows,
+    ]
     assert top_k_constants(exported) == [[12]]  # ceil(0.5 * 24): no Shape feeds K
 
 
@@ -126,21 +153,21 @@ def test_other_grids_and_batch_shapes_run_on_the_same_export(model, exported):
 
 
 def test_more_visual_tokens_than_the_budget_is_a_clear_error(model, exported):
-    inputs = qwen2_vl_inputs(model, [(2, [(8, 8)], [(2, 4, 4)], 2)])  # 16 + 8 = 24 fits; one more image does not
-    gp.export.OrtGenerator(exported).generate(**inputs, max_new_tokens=1)
-    inputs = qwen2_vl_inputs(model, [(2, [(8, 8), (2, 2)], [(2, 4, 4)], 2)])
+    generator = gp.export.OrtGenerator(exported)
+    fits = qwen2_vl_inputs(model, [(2, [(8, 8)], [(2, 4, 4)], 2)])  # 16 + 8 = 24 fits; one more image does not
+    assert generator.generate(**fits, max_new_tokens=1).shape == (1, fits["input_ids"].shape[1] + 1)
+    over = qwen2_vl_inputs(model, [(2, [(8, 8), (2, 2)], [(2, 4, 4)], 2)])
     with pytest.raises(ValueError, match="at most 24: export again with a larger max_visual_tokens"):
-        gp.export.OrtGenerator(exported).generate(**inputs, max_new_tokens=1)
+        generator.generate(**over, max_new_tokens=1)
+    with pytest.raises(ValueError, match="pass pixel_values_videos and video_grid_thw together"):
+        generator.generate(**{**fits, "video_grid_thw": None}, max_new_tokens=1)
 
 
-def test_budget_keywords_and_unexportable_classes_are_clear_errors(model, inputs, tmp_path):
+def test_wrong_budget_keyword_or_a_too_small_budget_is_a_clear_error(model, inputs, tmp_path):
     with pytest.raises(ValueError, match="take max_visual_tokens as their visual budget, not max_images"):
         gp.export.onnx(model, tmp_path / "a", example_inputs=inputs, max_images=2)
     with pytest.raises(ValueError, match="max_visual_tokens must be an int >= 24"):
         gp.export.onnx(model, tmp_path / "b", example_inputs=inputs, max_visual_tokens=10)
-    qwen25 = tiny_qwen2_vl(version="2.5", num_layers=2)
-    with optimized(qwen25, METHOD), pytest.raises(ValueError, match="windowed vision attention"):
-        gp.export.onnx(qwen25, tmp_path / "c", example_inputs=qwen2_vl_inputs(qwen25, SAMPLES))
     assert list(tmp_path.iterdir()) == []
 
 

@@ -10,10 +10,17 @@ import torch
 from ..methods import n_keep
 from ..models import UnsupportedModelError
 from .manifest import Manifest
-from .qwen2_vl import mrope_positions, token_types, vision_segments
+from .qwen2_vl import mrope_positions, token_types, video_intervals, vision_segments
 
 FAMILIES = ("llava", "mllama", "qwen2-vl")
-QWEN2_VL_INPUTS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "mm_token_type_ids")
+QWEN2_VL_INPUTS = (
+    "pixel_values",
+    "image_grid_thw",
+    "pixel_values_videos",
+    "video_grid_thw",
+    "second_per_grid_ts",
+    "mm_token_type_ids",
+)
 MLLAMA_IMAGE_INPUTS = ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask", "cross_attention_mask")
 
 
@@ -95,8 +102,8 @@ class OrtGenerator:
         return self._fastv_inputs(input_ids, mask, {"image_features": features}), {}
 
     def _qwen2_vl_inputs(self, input_ids, mask, images: dict) -> tuple[dict, dict]:
-        """Qwen2-VL's prefill inputs: embeddings with the image and video features placed (one vision run
-        per image or video frame group), M-RoPE positions, visual mask and slots; nothing fixed."""
+        """Qwen2-VL's (and Qwen2.5-VL's) prefill inputs: embeddings with the image and video features placed
+        (one vision run per image or video frame group), M-RoPE positions, visual mask and slots; nothing fixed."""
         extra = sorted(name for name, value in images.items() if value is not None and name not in QWEN2_VL_INPUTS)
         if extra:
             raise ValueError(
@@ -112,9 +119,10 @@ class OrtGenerator:
             rows = [np.zeros((0, model["hidden_size"]), self.dtype)]
             if grids[kind] is not None:
                 pixel_rows = _numpy(images[pixels], self.dtype)
-                for segment, positions in vision_segments(pixel_rows, grids[kind], model["spatial_merge_size"]):
-                    vision = {"pixel_values": segment, "vision_position_ids": positions}
-                    rows.append(self._run("vision", vision)["image_features"])
+                segments = vision_segments(
+                    pixel_rows, grids[kind], model["spatial_merge_size"], model.get("vision_window")
+                )
+                rows += [self._run("vision", feeds)["image_features"] for feeds in segments]
             features[f"{kind}_features"] = np.concatenate(rows)
         types = images.get("mm_token_type_ids")
         types = token_types(input_ids, model["image_token_id"], model["video_token_id"]) if types is None else types
@@ -126,6 +134,11 @@ class OrtGenerator:
             empty if grids["image"] is None else grids["image"],
             empty if grids["video"] is None else grids["video"],
             model["spatial_merge_size"],
+            video_intervals(
+                model.get("tokens_per_second"),
+                _numpy(images.get("second_per_grid_ts"), np.float32),
+                0 if grids["video"] is None else len(grids["video"]),
+            ),
         )
         return values, {}
 

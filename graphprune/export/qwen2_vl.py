@@ -1,12 +1,14 @@
-"""The files of a Qwen2-VL export (FastV, arXiv 2403.06764): vision encoder + merger, embedding, decoder graphs.
+"""The files of a Qwen2-VL or Qwen2.5-VL export (FastV, arXiv 2403.06764): vision encoder + merger, embedding,
+decoder graphs.
 
 ``vision.onnx`` runs one attention segment, an image or one temporal patch group of a video (the
 vision blocks never attend across segments): ``pixel_values [patches, C·T·p·p]`` and
 ``vision_position_ids [patches, 2]`` (each patch's row and column, in the processor's merge-block
-order) give ``[patches / merge², hidden]``. ``embed.onnx`` places image features at image tokens
-and video features at video tokens. The decoder graphs (``decoder_graphs``) take M-RoPE position
-ids ``[3, B, N]``, which the host computes as HF's ``get_rope_index`` does (``mrope_positions``); a
-new token continues each row from the last prompt position, as HF ``generate`` does.
+order) give ``[patches / merge², hidden]``; Qwen2.5-VL's also takes its windows (``window_index``,
+``window_ids``). ``embed.onnx`` places image features at image tokens and video features at video
+tokens. The decoder graphs (``decoder_graphs``) take M-RoPE position ids ``[3, B, N]``, which the
+host computes as HF's ``get_rope_index`` does (``mrope_positions``); a new token continues each row
+from the last prompt position, as HF ``generate`` does.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from .decoder_graphs import NEW_TOKENS, FeatureEmbedding, decoder_graphs
 from .graph_export import GraphExport
 
 TEXT, IMAGE, VIDEO = 0, 1, 2  # mm_token_type_ids, as Qwen2-VL's processor writes them
-EXPORTABLE = ("Qwen2VLForConditionalGeneration",)
+WINDOWED = ("Qwen2_5_VLForConditionalGeneration",)  # vision attention within windows, some blocks global
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -42,21 +44,48 @@ class _Vision(nn.Module):
         self.visual = model.model.visual
 
     def forward(self, pixel_values, vision_position_ids):
+        return self.visual.merger(self._blocks(self.visual.patch_embed(pixel_values), vision_position_ids, {}))
+
+    def _blocks(self, hidden: torch.Tensor, positions: torch.Tensor, masks: dict[int, torch.Tensor]) -> torch.Tensor:
+        """The vision blocks on ``hidden [patches, C]``; block i attends under ``masks[i]`` (additive), if given."""
         visual = self.visual
-        hidden = visual.patch_embed(pixel_values)
-        freqs = (vision_position_ids[..., None].float() * visual.rotary_pos_emb.inv_freq).flatten(1)
+        freqs = (positions[..., None].float() * visual.rotary_pos_emb.inv_freq).flatten(1)
         angles = torch.cat([freqs, freqs], dim=-1)[:, None]  # [patches, 1, head_dim]
         cos, sin = angles.cos(), angles.sin()
-        for block in visual.blocks:
+        for i, block in enumerate(visual.blocks):
             attention = block.attn
             query, key, value = attention.qkv(block.norm1(hidden)).unflatten(-1, (3, attention.num_heads, -1)).unbind(1)
             query, key = ((x.float() * cos + _rotate_half(x.float()) * sin).to(x.dtype) for x in (query, key))
             heads = nn.functional.scaled_dot_product_attention(  # [1, heads, patches, head_dim]: ONNX takes 4-D
-                *(x.transpose(0, 1)[None] for x in (query, key, value)), scale=attention.scaling
+                *(x.transpose(0, 1)[None] for x in (query, key, value)), attn_mask=masks.get(i), scale=attention.scaling
             )
             hidden = hidden + attention.proj(heads[0].transpose(0, 1).flatten(1))
             hidden = hidden + block.mlp(block.norm2(hidden))
-        return visual.merger(hidden)
+        return hidden
+
+
+class _WindowedVision(_Vision):
+    """Qwen2.5-VL's vision transformer on one segment: windowed attention except in its full-attention blocks.
+
+    As HF does, the patches are put in window order (``window_index``: the merge blocks, window by
+    window), blocks outside ``fullatt_block_indexes`` attend within their window (``window_ids``:
+    each reordered patch's window), and the merged features are put back in merge-block order.
+    """
+
+    def forward(self, pixel_values, vision_position_ids, window_index, window_ids):
+        visual = self.visual
+        unit = visual.spatial_merge_unit
+
+        def windowed(x):
+            return x.unflatten(0, (-1, unit))[window_index].flatten(0, 1)
+
+        same = window_ids[:, None] == window_ids[None, :]
+        dtype = visual.patch_embed.proj.weight.dtype
+        window_mask = torch.zeros_like(same, dtype=dtype).masked_fill(~same, torch.finfo(dtype).min)[None, None]
+        masks = {i: window_mask for i in range(len(visual.blocks)) if i not in visual.fullatt_block_indexes}
+        hidden = self._blocks(windowed(visual.patch_embed(pixel_values)), windowed(vision_position_ids), masks)
+        merged = visual.merger(hidden)
+        return torch.zeros_like(merged).index_copy(0, window_index, merged)  # block window_index[j] is row j
 
 
 def vision_positions(height: int, width: int, merge: int) -> np.ndarray:
@@ -66,27 +95,53 @@ def vision_positions(height: int, width: int, merge: int) -> np.ndarray:
     return np.stack([axis.reshape(blocks).transpose(0, 2, 1, 3).ravel() for axis in (rows, columns)], axis=-1)
 
 
-def vision_segments(pixel_values: np.ndarray, grids: np.ndarray, merge: int):
-    """``(pixel rows, vision_position_ids)`` of every segment, in order: each image, each video's temporal groups."""
+def vision_windows(height: int, width: int, merge: int, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Qwen2.5-VL's windows of one segment, as HF's ``get_vision_window_index`` forms them for one frame.
+
+    ``window`` merge blocks per window side. Returns ``window_index [blocks]`` (the merge blocks in
+    window order, windows row by row) and ``window_ids [patches]`` (the window of each patch in that order).
+    """
+    rows, columns = height // merge, width // merge
+    padded = np.pad(
+        np.arange(rows * columns).reshape(rows, columns),
+        ((0, -rows % window), (0, -columns % window)),
+        constant_values=-1,
+    )
+    grid = (padded.shape[0] // window, window, padded.shape[1] // window, window)
+    windows = padded.reshape(grid).transpose(0, 2, 1, 3).reshape(-1, window * window)
+    ids = np.broadcast_to(np.arange(len(windows))[:, None], windows.shape)
+    real = windows >= 0
+    return windows[real], np.repeat(ids[real], merge * merge)
+
+
+def vision_segments(pixel_values, grids: np.ndarray, merge: int, window: int | None = None):
+    """The vision graph's inputs for every segment, in order (each image, each video's temporal groups):
+    ``pixel_values`` rows and ``vision_position_ids``, and with ``window`` (Qwen2.5-VL) ``window_index``
+    and ``window_ids``."""
     start = 0
     for t, h, w in np.asarray(grids).tolist():
-        positions = vision_positions(h, w, merge)
+        shared = {"vision_position_ids": vision_positions(h, w, merge)}
+        if window is not None:
+            shared["window_index"], shared["window_ids"] = vision_windows(h, w, merge, window)
         for _ in range(t):
-            yield pixel_values[start : start + h * w], positions
+            yield {"pixel_values": pixel_values[start : start + h * w]} | shared
             start += h * w
 
 
 def mrope_positions(
-    token_types: np.ndarray, attention_mask: np.ndarray, image_grids, video_grids, merge: int
+    token_types: np.ndarray, attention_mask: np.ndarray, image_grids, video_grids, merge: int, video_intervals=()
 ) -> np.ndarray:
     """M-RoPE position ids ``[3, B, N]`` as HF's ``get_rope_index`` (transformers 5) forms them.
 
     Text counts on in all three rows; an image or video spans its ``(t, h / merge, w / merge)``
     grid from the current position, and the text after it starts ``max(h, w) / merge`` later.
+    Qwen2.5-VL spaces a video's temporal positions by ``video_intervals[i]`` (``tokens_per_second x
+    second_per_grid_ts[i]``, truncated as HF does); missing intervals are 1 (Qwen2-VL).
     Padding positions get 0. ``token_types``: 0 text, 1 image, 2 video (``mm_token_type_ids``).
     """
     positions = np.zeros((3, *token_types.shape), dtype=np.int64)
     grids = {IMAGE: iter(np.asarray(image_grids).tolist()), VIDEO: iter(np.asarray(video_grids).tolist())}
+    intervals = {IMAGE: itertools.repeat(1), VIDEO: itertools.chain(video_intervals, itertools.repeat(1))}
     for b in range(token_types.shape[0]):
         real = attention_mask[b].astype(bool)
         pieces, current = [], 0
@@ -98,7 +153,8 @@ def mrope_positions(
                 continue
             while count > 0:  # consecutive spans of one kind: one grid each
                 t, h, w = next(grids[kind])
-                grid = np.stack(np.meshgrid(np.arange(t), np.arange(h // merge), np.arange(w // merge), indexing="ij"))
+                times = (np.arange(t, dtype=np.float32) * np.float32(next(intervals[kind]))).astype(np.int64)
+                grid = np.stack(np.meshgrid(times, np.arange(h // merge), np.arange(w // merge), indexing="ij"))
                 pieces.append(grid.reshape(3, -1) + current)
                 current += max(h, w) // merge
                 count -= t * (h // merge) * (w // merge)
@@ -111,16 +167,24 @@ def token_types(input_ids: np.ndarray, image_token_id: int, video_token_id: int)
     return np.where(input_ids == image_token_id, IMAGE, np.where(input_ids == video_token_id, VIDEO, TEXT))
 
 
-def _features(vision: _Vision, pixel_values, grids, merge: int, hidden: int, device) -> torch.Tensor:
+def video_intervals(tokens_per_second: int | None, second_per_grid_ts, videos: int) -> list:
+    """Qwen2.5-VL's temporal position step per video, ``tokens_per_second x second_per_grid_ts[i]`` in float32
+    as HF computes it (``second_per_grid_ts`` absent: 1 s); none for Qwen2-VL (``tokens_per_second`` None)."""
+    if tokens_per_second is None:
+        return []
+    seconds = np.ones(videos, np.float32) if second_per_grid_ts is None else np.asarray(second_per_grid_ts, np.float32)
+    return list(np.float32(tokens_per_second) * seconds)
+
+
+def _features(vision: _Vision, pixel_values, grids, layout: dict, hidden: int, device) -> torch.Tensor:
     """The features of every image (or video) in order: one vision run per segment."""
     if pixel_values is None:
         return torch.zeros(0, hidden, device=device)
+    segments = vision_segments(pixel_values, grids.cpu().numpy(), layout["spatial_merge_size"], layout["vision_window"])
     with torch.no_grad():
-        segments = [
-            vision(rows, torch.from_numpy(positions).to(device))
-            for rows, positions in vision_segments(pixel_values, grids.cpu().numpy(), merge)
-        ]
-    return torch.cat(segments)
+        return torch.cat(
+            [vision(*(torch.as_tensor(value, device=device) for value in feeds.values())) for feeds in segments]
+        )
 
 
 def _at_least_two_rows(features: torch.Tensor) -> torch.Tensor:
@@ -128,13 +192,26 @@ def _at_least_two_rows(features: torch.Tensor) -> torch.Tensor:
     return torch.cat([features, features.new_zeros(max(2 - features.shape[0], 0), features.shape[1])])
 
 
+def vision_layout(model: nn.Module) -> dict:
+    """What the host needs to cut segments and form positions: the merge size, Qwen2.5-VL's window
+    (merge blocks per side) and tokens per second of video (None for Qwen2-VL)."""
+    vision = model.config.vision_config
+    windowed = type(model).__name__ in WINDOWED
+    return {
+        "spatial_merge_size": vision.spatial_merge_size,
+        "vision_window": vision.window_size // vision.spatial_merge_size // vision.patch_size if windowed else None,
+        "tokens_per_second": vision.tokens_per_second if windowed else None,
+    }
+
+
+def vision_graph(model: nn.Module) -> _Vision:
+    """The module that ``vision.onnx`` is exported from: one segment in, its merged features out."""
+    return (_WindowedVision if type(model).__name__ in WINDOWED else _Vision)(model).eval()
+
+
 def qwen2_vl(model: nn.Module, state, example_inputs: dict, max_visual_tokens: int | None, prune: bool):
-    """The graphs of a Qwen2-VL export and what the manifest records about the model; see ``export.onnx``."""
-    if type(model).__name__ not in EXPORTABLE:
-        raise ValueError(
-            f"graphprune exports {', '.join(EXPORTABLE)} of the Qwen2-VL family, not {type(model).__name__} "
-            "(its windowed vision attention is not written as a graph yet); it runs optimised in PyTorch"
-        )
+    """The graphs of a Qwen2-VL or Qwen2.5-VL export and what the manifest records about the model;
+    see ``export.onnx``."""
     config = model.config
     input_ids, attention_mask = example_inputs["input_ids"], example_inputs["attention_mask"]
     image_grids, video_grids = example_inputs.get("image_grid_thw"), example_inputs.get("video_grid_thw")
@@ -144,27 +221,34 @@ def qwen2_vl(model: nn.Module, state, example_inputs: dict, max_visual_tokens: i
             "pixel_values_videos and video_grid_thw)"
         )
     visual_ids = (config.image_token_id, config.video_token_id)
-    most_visual = int(torch.isin(input_ids, torch.tensor(visual_ids)).sum(-1).max())
+    most_visual = int(torch.isin(input_ids, torch.tensor(visual_ids, device=input_ids.device)).sum(-1).max())
     max_visual = most_visual if max_visual_tokens is None else max_visual_tokens
     if isinstance(max_visual, bool) or not isinstance(max_visual, int) or max_visual < most_visual:
         raise ValueError(
             f"max_visual_tokens must be an int >= {most_visual} (the most visual tokens a sample of example_inputs "
             f"holds); got {max_visual!r}"
         )
-    merge, hidden = config.vision_config.spatial_merge_size, config.text_config.hidden_size
-    vision, embed = _Vision(model).eval(), FeatureEmbedding(model, visual_ids)
-    device = input_ids.device
-    image_features = _features(vision, example_inputs.get("pixel_values"), image_grids, merge, hidden, device)
-    video_features = _features(vision, example_inputs.get("pixel_values_videos"), video_grids, merge, hidden, device)
+    layout, hidden, device = vision_layout(model), config.text_config.hidden_size, input_ids.device
+    merge = layout["spatial_merge_size"]
+    vision = vision_graph(model)
+    embed = FeatureEmbedding(model, visual_ids)
+    image_features = _features(vision, example_inputs.get("pixel_values"), image_grids, layout, hidden, device)
+    video_features = _features(vision, example_inputs.get("pixel_values_videos"), video_grids, layout, hidden, device)
     types = example_inputs.get("mm_token_type_ids")
     types = token_types(input_ids.cpu().numpy(), *visual_ids) if types is None else types.cpu().numpy()
     empty = np.zeros((0, 3), np.int64)
+    seconds = example_inputs.get("second_per_grid_ts")
     positions = mrope_positions(
         types,
         attention_mask.cpu().numpy(),
         empty if image_grids is None else image_grids.cpu().numpy(),
         empty if video_grids is None else video_grids.cpu().numpy(),
         merge,
+        video_intervals(
+            layout["tokens_per_second"],
+            None if seconds is None else seconds.cpu().numpy(),
+            0 if video_grids is None else len(video_grids),
+        ),
     )
     positions = torch.from_numpy(positions).to(device)
     new_token = (max(visual_ids) + 1) % config.text_config.vocab_size
@@ -176,19 +260,27 @@ def qwen2_vl(model: nn.Module, state, example_inputs: dict, max_visual_tokens: i
     decoders, top_k = decoder_graphs(
         model, state, (embeds, attention_mask, positions, visual), (new_embeds, new_positions), max_visual, prune
     )
-    segment_grid = (image_grids if image_grids is not None else video_grids)[0]
-    segment_patches = int(segment_grid[1] * segment_grid[2])
-    pixels = example_inputs["pixel_values"] if image_grids is not None else example_inputs["pixel_values_videos"]
-    segment_positions = torch.from_numpy(vision_positions(*segment_grid[1:].tolist(), merge)).to(device)
-    layout = state.adapter.layout(model)
+    kind, pixels = ("image", "pixel_values") if image_grids is not None else ("video", "pixel_values_videos")
+    segment = next(
+        vision_segments(
+            example_inputs[pixels], example_inputs[f"{kind}_grid_thw"][:1].cpu().numpy(), merge, layout["vision_window"]
+        )
+    )
+    axes = {
+        "pixel_values": "patches",
+        "vision_position_ids": "patches",
+        "window_index": "blocks",
+        "window_ids": "patches",
+    }
+    decoder_layout = state.adapter.layout(model)
     graphs = [
         GraphExport(
             "vision",
             vision,
-            (pixels[:segment_patches], segment_positions),
-            ("pixel_values", "vision_position_ids"),
+            tuple(torch.as_tensor(value, device=device) for value in segment.values()),
+            tuple(segment),
             ("image_features",),
-            {"pixel_values": {0: "patches"}, "vision_position_ids": {0: "patches"}},
+            {name: {0: axes[name]} for name in segment},
         ),
         GraphExport(
             "embed",
@@ -208,15 +300,15 @@ def qwen2_vl(model: nn.Module, state, example_inputs: dict, max_visual_tokens: i
         "family": state.adapter.name,
         "model": {
             "class": type(model).__name__,
-            "num_layers": layout.num_layers,
-            "num_kv_heads": layout.num_kv_heads,
-            "head_dim": layout.head_dim,
+            "num_layers": decoder_layout.num_layers,
+            "num_kv_heads": decoder_layout.num_kv_heads,
+            "head_dim": decoder_layout.head_dim,
             "hidden_size": hidden,
             "vocab_size": config.text_config.vocab_size,
             "image_token_id": config.image_token_id,
             "video_token_id": config.video_token_id,
-            "spatial_merge_size": merge,
-            "pixel_features": math.prod(pixels.shape[1:]),
+            **layout,
+            "pixel_features": math.prod(example_inputs[pixels].shape[1:]),
             "pad_token_id": model.generation_config.pad_token_id,
             "eos_token_id": model.generation_config.eos_token_id,
         },

@@ -62,11 +62,12 @@ def _llava_axes(manifest: Manifest, max_batch: int, max_text: int, max_new_token
 
 def _qwen2_vl_axes(manifest: Manifest, max_batch: int, max_text: int, max_new_tokens: int) -> dict:
     """Qwen2-VL: opt is one image that fills the visual budget; the vision graph runs one segment
-    (an image or a video frame group) of up to the whole budget's patches."""
+    (an image or a video frame group) of up to the whole budget's patches (Qwen2.5-VL: and merge blocks)."""
     max_visual = manifest.visual_budget["max_visual"]
     patches_per_token = manifest.model["spatial_merge_size"] ** 2
     return _fastv_text_axes(manifest, max_batch, max_text, max_new_tokens, max_visual) | {
         "patches": (patches_per_token, max_visual * patches_per_token, max_visual * patches_per_token),
+        "blocks": (1, max_visual, max_visual),
         "image_tokens": (0, max_visual, max_batch * max_visual),
         "video_tokens": (0, 0, max_batch * max_visual),
     }
