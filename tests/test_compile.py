@@ -15,26 +15,19 @@ from graphprune.tiny import qwen2_vl_inputs, tiny_qwen2_vl
 from .conftest import LOGITS_RTOL, optimized, rel_error
 
 
-@pytest.mark.compile
-@torch.no_grad()
-def test_compiled_prefill_and_decode_equal_reference(llava, batch):
-    method = gp.FastV(k=2, keep=0.5)
-    reference = fastv_reference(llava, method, **batch)
-    expected_ids = fastv_reference_generate(llava, method, **batch, max_new_tokens=4)
-    with optimized(llava, method, compile=True):
-        logits = llava(**batch).logits
-        ids = llava.generate(**batch, max_new_tokens=4, do_sample=False)
-        assert isinstance(llava._graphprune.decoder._prefill, torch._dynamo.eval_frame.OptimizedModule)
-    assert rel_error(logits[:, -1], reference.logits[:, -1]) <= LOGITS_RTOL
-    assert torch.equal(ids, expected_ids)
-
-
-@pytest.mark.compile
-@torch.no_grad()
-def test_compiled_mrope_prefill_and_decode_equal_reference():
+def _qwen2_vl():
     """Qwen2-VL: M-RoPE positions [3, B, N], an image and a video of different grids, left padding."""
     model = tiny_qwen2_vl(version="2")
-    inputs = qwen2_vl_inputs(model, [(3, [(8, 8)], [], 4), (2, [(4, 8)], [(4, 4, 4)], 3)])
+    return model, qwen2_vl_inputs(model, [(3, [(8, 8)], [], 4), (2, [(4, 8)], [(4, 4, 4)], 3)])
+
+
+@pytest.mark.compile
+@pytest.mark.parametrize("family", ["llava", "qwen2-vl"])
+@torch.no_grad()
+def test_compiled_prefill_and_decode_equal_reference(request, family):
+    model, inputs = (
+        (request.getfixturevalue("llava"), request.getfixturevalue("batch")) if family == "llava" else _qwen2_vl()
+    )
     method = gp.FastV(k=2, keep=0.5)
     reference = fastv_reference(model, method, **inputs)
     expected_ids = fastv_reference_generate(model, method, **inputs, max_new_tokens=4)
