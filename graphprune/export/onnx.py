@@ -143,8 +143,14 @@ def onnx(
     ``TENSORRT.md`` and ``build_engines.sh`` (trtexec, Jetson Orin). ``prune=False`` writes the same
     decoder without the pruning pass (the baseline to compare against).
 
-    ``example_inputs`` (``input_ids``, ``attention_mask``, ``pixel_values``, with at least one image)
-    drive the export; with ``validate`` the written files are run in ONNX Runtime on them and must
+    Qwen2-VL and Qwen2.5-VL: ``vision.onnx`` runs one image or video frame group at a time, the
+    decoder takes M-RoPE positions ``[3, B, N]``, and the budget is ``max_visual_tokens`` per sample
+    (default: the most in ``example_inputs``), as images differ in token count. Mllama
+    (CrossAttentionTrim ``topk``): also ``masks.onnx``; the budget is ``max_images`` x tiles x patches.
+    A family takes one of the two budget keywords and refuses the other.
+
+    ``example_inputs`` (the model's processor output, with at least one image or video) drive the
+    export; with ``validate`` the written files are run in ONNX Runtime on them and must
     match the PyTorch graphs (1e-4 relative in float32). Files are written to a temporary folder
     beside ``out_dir`` and moved into place at the end. Returns ``out_dir``.
     """

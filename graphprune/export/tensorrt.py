@@ -33,8 +33,9 @@ def tensorrt(
 
     Every graph of ``graphprune.export.onnx`` (vision, embed, pruned prefill with its ranking and
     gather nodes, decode step) is compiled with one optimisation profile (min/opt/max shapes from
-    ``trt_profiles``: batch up to ``max_batch``, sequences of up to ``max_images`` images plus
-    ``max_text`` tokens, the visual budget fixing the top-k K) and saved as ``{graph}.ep``
+    ``trt_profiles``: batch up to ``max_batch``, sequences of up to the visual budget (``max_images``
+    images, or ``max_visual_tokens`` for Qwen2-VL) plus ``max_text`` tokens, the visual budget
+    fixing the top-k K) and saved as ``{graph}.ep``
     (``torch_tensorrt.save``) beside ``manifest.json``. Needs torch-tensorrt and a CUDA GPU; the
     engines run on that GPU model and TensorRT version only (for a Jetson Orin, export ONNX and run
     the ``build_engines.sh`` it writes on the device).
