@@ -19,3 +19,10 @@ def top_k_constants(folder: Path) -> list[list[int]]:
         if node.op_type == "Constant"
     }
     return [constants[node.input[1]].tolist() for node in graph.node if node.op_type == "TopK"]
+
+
+def assert_profiles_ordered(profiles: dict) -> None:
+    """Every TensorRT profile has min <= opt <= max on every axis (trtexec refuses anything else)."""
+    for graph, inputs in profiles.items():
+        for name, (low, opt, high) in inputs.items():
+            assert all(a <= b <= c for a, b, c in zip(low, opt, high, strict=True)), (graph, name, low, opt, high)

@@ -16,7 +16,7 @@ from graphprune.export.trt_profiles import trt_profiles  # noqa: E402
 from graphprune.tiny import llava_inputs, mllama_inputs, tiny_llava, tiny_mllama  # noqa: E402
 
 from .conftest import BATCH, LOGITS_RTOL, optimized, rel_error  # noqa: E402
-from .onnx_graph import node_types, top_k_constants  # noqa: E402
+from .onnx_graph import assert_profiles_ordered, node_types, top_k_constants  # noqa: E402
 
 export_onnx = importlib.import_module("graphprune.export.onnx")  # the module; gp.export.onnx is its function
 
@@ -133,6 +133,8 @@ def test_the_tensorrt_recipe_builds_every_graph_in_fp16_with_consistent_profiles
     assert [shape[1] for shape in (low, opt, high)] == [shape[2] + 1 for shape in past]  # total = past + 1
     sequence, pruned = profiles["prefill"]["inputs_embeds"], profiles["prefill"]["graphprune_slots"]
     assert all(p[0] <= s[1] for p, s in zip(pruned, sequence, strict=True))
+    for max_text, max_new_tokens in ((512, 256), (8, 1)):  # a short prompt limit caps the opt prompt too
+        assert_profiles_ordered(trt_profiles(manifest, max_text=max_text, max_new_tokens=max_new_tokens))
     assert "Jetson Orin" in (exported / "TENSORRT.md").read_text()
 
 
@@ -244,6 +246,9 @@ def test_mllama_graphs_are_accepted_by_the_tensorrt_parser_rules(mllama_exported
     for graph in MLLAMA_GRAPHS:
         assert gp.export.tensorrt_support(onnx.load(str(mllama_exported / f"{graph}.onnx"))) == [], graph
     assert "--onnx=masks.onnx" in (mllama_exported / "build_engines.sh").read_text()
+    manifest = gp.export.Manifest.read(mllama_exported)
+    for max_text, max_new_tokens in ((512, 256), (8, 1)):
+        assert_profiles_ordered(trt_profiles(manifest, max_text=max_text, max_new_tokens=max_new_tokens))
 
 
 def test_mllama_ort_greedy_tokens_equal_pytorch(mllama_model, mllama_batch, mllama_exported):

@@ -2,6 +2,8 @@
 prefill graph, ONNX Runtime tokens equal to the optimised PyTorch model (images of different grids and
 a video; Qwen2.5-VL with windowed vision attention and time-scaled video positions)."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -21,7 +23,7 @@ from graphprune.export.trt_profiles import trt_profiles  # noqa: E402
 from graphprune.tiny import qwen2_vl_inputs, tiny_qwen2_vl  # noqa: E402
 
 from .conftest import LOGITS_RTOL, optimized, rel_error  # noqa: E402
-from .onnx_graph import top_k_constants  # noqa: E402
+from .onnx_graph import assert_profiles_ordered, top_k_constants  # noqa: E402
 
 METHOD = gp.FastV(k=1, keep=0.5)
 GRAPHS = ("vision", "embed", "prefill", "decode")
@@ -89,12 +91,14 @@ def test_segment_vision_graph_equals_the_models_vision_tower(model, inputs):
     vision tower gives for the whole batch."""
     layout, vision = vision_layout(model), vision_graph(model)
     assert (layout["vision_window"] is None) == (type(model).__name__ == VERSIONS["2"])
-    for pixels, grids in (("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw")):
+    ragged = qwen2_vl_inputs(model, [(1, [(6, 10), (2, 6)], [(2, 6, 2)], 1)])  # grids that windows do not tile
+    kinds = (("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw"))
+    for batch, (pixels, grids) in itertools.product((inputs, ragged), kinds):
         segments = vision_segments(
-            inputs[pixels].numpy(), inputs[grids].numpy(), layout["spatial_merge_size"], layout["vision_window"]
+            batch[pixels].numpy(), batch[grids].numpy(), layout["spatial_merge_size"], layout["vision_window"]
         )
         actual = torch.cat([vision(*(torch.as_tensor(value) for value in feeds.values())) for feeds in segments])
-        expected = model.model.visual(inputs[pixels], grid_thw=inputs[grids])
+        expected = model.model.visual(batch[pixels], grid_thw=batch[grids])
         expected = getattr(expected, "pooler_output", expected)
         assert actual.shape == expected.shape and rel_error(actual, expected) <= LOGITS_RTOL, pixels
 
@@ -126,9 +130,11 @@ def test_export_writes_the_graphs_and_a_manifest_with_a_token_budget(model, expo
 def test_every_graph_is_accepted_by_the_tensorrt_parser_rules(exported):
     for graph in GRAPHS:
         assert gp.export.tensorrt_support(onnx.load(str(exported / f"{graph}.onnx"))) == [], graph
-    profiles = trt_profiles(gp.export.Manifest.read(exported))
-    low, opt, high = profiles["prefill"]["position_ids"]
-    assert low[0] == opt[0] == high[0] == 3 and low[2] <= opt[2] <= high[2]
+    manifest = gp.export.Manifest.read(exported)
+    low, opt, high = trt_profiles(manifest)["prefill"]["position_ids"]
+    assert low[0] == opt[0] == high[0] == 3
+    for max_text, max_new_tokens in ((512, 256), (8, 1)):
+        assert_profiles_ordered(trt_profiles(manifest, max_text=max_text, max_new_tokens=max_new_tokens))
     assert "visual tokens (images and video frames)" in (exported / "TENSORRT.md").read_text()
 
 
@@ -144,8 +150,9 @@ def test_ort_prefill_logits_match_pytorch(model, inputs, exported):
 
 
 def test_other_grids_and_batch_shapes_run_on_the_same_export(model, exported):
-    """Grids and lengths other than the example's, a video alone, no mm_token_type_ids: the axes are dynamic."""
-    for samples in ([(4, [(4, 4)], [], 9)], [(1, [], [(2, 4, 4)], 2), (7, [(4, 4), (2, 4)], [], 1), (2, [], [], 5)]):
+    """Grids and lengths other than the example's (6x10: windows that do not tile it), a video alone, no
+    mm_token_type_ids: the axes are dynamic."""
+    for samples in ([(4, [(4, 4)], [], 9)], [(1, [], [(2, 4, 4)], 2), (7, [(6, 10), (2, 4)], [], 1), (2, [], [], 5)]):
         inputs = qwen2_vl_inputs(model, samples, seed=5)
         expected = model.generate(**inputs, max_new_tokens=4, do_sample=False)
         del inputs["mm_token_type_ids"]  # the generator derives it from the placeholder ids
@@ -159,8 +166,23 @@ def test_more_visual_tokens_than_the_budget_is_a_clear_error(model, exported):
     over = qwen2_vl_inputs(model, [(2, [(8, 8), (2, 2)], [(2, 4, 4)], 2)])
     with pytest.raises(ValueError, match="at most 24: export again with a larger max_visual_tokens"):
         generator.generate(**over, max_new_tokens=1)
+
+
+def test_inputs_that_do_not_fit_their_grids_are_clear_errors(model, exported):
+    generator = gp.export.OrtGenerator(exported)
+    inputs = qwen2_vl_inputs(model, [(2, [(8, 8)], [(2, 4, 4)], 2)])  # 16 image tokens, 64 patch rows
     with pytest.raises(ValueError, match="pass pixel_values_videos and video_grid_thw together"):
-        generator.generate(**{**fits, "video_grid_thw": None}, max_new_tokens=1)
+        generator.generate(**{**inputs, "video_grid_thw": None}, max_new_tokens=1)
+    with pytest.raises(ValueError, match="pixel_values has 64 patch rows; image_grid_thw describes 32"):
+        generator.generate(**{**inputs, "image_grid_thw": torch.tensor([[1, 4, 8]])}, max_new_tokens=1)
+    fewer = {**inputs, "pixel_values": inputs["pixel_values"][:32], "image_grid_thw": torch.tensor([[1, 4, 8]])}
+    with pytest.raises(ValueError, match="gives 8 image features for 16 image tokens"):
+        generator.generate(**fewer, max_new_tokens=1)
+    types, mask = inputs["mm_token_type_ids"].numpy(), inputs["attention_mask"].numpy()
+    with pytest.raises(ValueError, match="sample 0 has more video tokens than video_grid_thw describes"):
+        mrope_positions(types, mask, inputs["image_grid_thw"].numpy(), torch.zeros(0, 3).numpy(), 2)
+    with pytest.raises(ValueError, match=r"sample 0: fewer image tokens than its image_grid_thw row \[1, 16, 16\]"):
+        mrope_positions(types, mask, [[1, 16, 16]], inputs["video_grid_thw"].numpy(), 2)
 
 
 def test_wrong_budget_keyword_or_a_too_small_budget_is_a_clear_error(model, inputs, tmp_path):

@@ -114,16 +114,13 @@ class OrtGenerator:
         features, grids = {}, {}
         for kind, pixels in (("image", "pixel_values"), ("video", "pixel_values_videos")):
             grids[kind] = _numpy(images.get(f"{kind}_grid_thw"), np.int64)
-            if (images.get(pixels) is None) != (grids[kind] is None):
-                raise ValueError(f"pass {pixels} and {kind}_grid_thw together, as the processor makes them")
-            rows = [np.zeros((0, model["hidden_size"]), self.dtype)]
-            if grids[kind] is not None:
-                pixel_rows = _numpy(images[pixels], self.dtype)
-                segments = vision_segments(
-                    pixel_rows, grids[kind], model["spatial_merge_size"], model.get("vision_window")
+            features[f"{kind}_features"] = self._segment_features(kind, _numpy(images.get(pixels)), grids[kind])
+            tokens = int((input_ids == model[f"{kind}_token_id"]).sum())
+            if len(features[f"{kind}_features"]) != tokens:
+                raise ValueError(
+                    f"{kind}_grid_thw gives {len(features[f'{kind}_features'])} {kind} features for {tokens} {kind} "
+                    "tokens in input_ids; pass the grids the processor made for this prompt"
                 )
-                rows += [self._run("vision", feeds)["image_features"] for feeds in segments]
-            features[f"{kind}_features"] = np.concatenate(rows)
         types = images.get("mm_token_type_ids")
         types = token_types(input_ids, model["image_token_id"], model["video_token_id"]) if types is None else types
         empty = np.zeros((0, 3), np.int64)
@@ -141,6 +138,22 @@ class OrtGenerator:
             ),
         )
         return values, {}
+
+    def _segment_features(self, kind: str, pixel_rows: np.ndarray | None, grids: np.ndarray | None) -> np.ndarray:
+        """Qwen2-VL's features of every image (or video), in order: one vision run per segment."""
+        model, pixels = self.manifest.model, "pixel_values" if kind == "image" else "pixel_values_videos"
+        if (pixel_rows is None) != (grids is None):
+            raise ValueError(f"pass {pixels} and {kind}_grid_thw together, as the processor makes them")
+        if grids is None:
+            return np.zeros((0, model["hidden_size"]), self.dtype)
+        if len(pixel_rows) != grids.prod(-1).sum():
+            raise ValueError(
+                f"{pixels} has {len(pixel_rows)} patch rows; {kind}_grid_thw describes {grids.prod(-1).sum()}"
+            )
+        segments = vision_segments(
+            pixel_rows.astype(self.dtype), grids, model["spatial_merge_size"], model.get("vision_window")
+        )
+        return np.concatenate([self._run("vision", feeds)["image_features"] for feeds in segments])
 
     def _visual_counts(self, input_ids) -> np.ndarray:
         model = self.manifest.model

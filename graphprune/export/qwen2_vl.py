@@ -24,7 +24,7 @@ from .decoder_graphs import NEW_TOKENS, FeatureEmbedding, decoder_graphs
 from .graph_export import GraphExport
 
 TEXT, IMAGE, VIDEO = 0, 1, 2  # mm_token_type_ids, as Qwen2-VL's processor writes them
-WINDOWED = ("Qwen2_5_VLForConditionalGeneration",)  # vision attention within windows, some blocks global
+KIND_NAMES = {IMAGE: "image", VIDEO: "video"}
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -134,7 +134,9 @@ def mrope_positions(
     """M-RoPE position ids ``[3, B, N]`` as HF's ``get_rope_index`` (transformers 5) forms them.
 
     Text counts on in all three rows; an image or video spans its ``(t, h / merge, w / merge)``
-    grid from the current position, and the text after it starts ``max(h, w) / merge`` later.
+    grid from the current position, and the text after it starts ``max(h, w) / merge`` later (the
+    time axis does not count there: transformers 5.17-5.23 do so, where Qwen's original code and
+    transformers 4 start after the largest position).
     Qwen2.5-VL spaces a video's temporal positions by ``video_intervals[i]`` (``tokens_per_second x
     second_per_grid_ts[i]``, truncated as HF does); missing intervals are 1 (Qwen2-VL).
     Padding positions get 0. ``token_types``: 0 text, 1 image, 2 video (``mm_token_type_ids``).
@@ -151,13 +153,19 @@ def mrope_positions(
                 pieces.append(np.broadcast_to(np.arange(count) + current, (3, count)))
                 current += count
                 continue
+            name = KIND_NAMES[kind]
             while count > 0:  # consecutive spans of one kind: one grid each
-                t, h, w = next(grids[kind])
+                grid = next(grids[kind], None)
+                if grid is None:
+                    raise ValueError(f"sample {b} has more {name} tokens than {name}_grid_thw describes")
+                t, h, w = grid
                 times = (np.arange(t, dtype=np.float32) * np.float32(next(intervals[kind]))).astype(np.int64)
-                grid = np.stack(np.meshgrid(times, np.arange(h // merge), np.arange(w // merge), indexing="ij"))
-                pieces.append(grid.reshape(3, -1) + current)
+                axes = np.meshgrid(times, np.arange(h // merge), np.arange(w // merge), indexing="ij")
+                pieces.append(np.stack(axes).reshape(3, -1) + current)
                 current += max(h, w) // merge
                 count -= t * (h // merge) * (w // merge)
+                if count < 0:
+                    raise ValueError(f"sample {b}: fewer {name} tokens than its {name}_grid_thw row {grid} needs")
         positions[:, b, real] = np.concatenate(pieces, axis=1) if pieces else np.zeros((3, 0), np.int64)
     return positions
 
@@ -192,11 +200,16 @@ def _at_least_two_rows(features: torch.Tensor) -> torch.Tensor:
     return torch.cat([features, features.new_zeros(max(2 - features.shape[0], 0), features.shape[1])])
 
 
+def _windowed(model: nn.Module) -> bool:
+    """Qwen2.5-VL's vision tower: attention within windows except in its full-attention blocks."""
+    return hasattr(model.model.visual, "fullatt_block_indexes")
+
+
 def vision_layout(model: nn.Module) -> dict:
     """What the host needs to cut segments and form positions: the merge size, Qwen2.5-VL's window
     (merge blocks per side) and tokens per second of video (None for Qwen2-VL)."""
     vision = model.config.vision_config
-    windowed = type(model).__name__ in WINDOWED
+    windowed = _windowed(model)
     return {
         "spatial_merge_size": vision.spatial_merge_size,
         "vision_window": vision.window_size // vision.spatial_merge_size // vision.patch_size if windowed else None,
@@ -206,7 +219,7 @@ def vision_layout(model: nn.Module) -> dict:
 
 def vision_graph(model: nn.Module) -> _Vision:
     """The module that ``vision.onnx`` is exported from: one segment in, its merged features out."""
-    return (_WindowedVision if type(model).__name__ in WINDOWED else _Vision)(model).eval()
+    return (_WindowedVision if _windowed(model) else _Vision)(model).eval()
 
 
 def qwen2_vl(model: nn.Module, state, example_inputs: dict, max_visual_tokens: int | None, prune: bool):

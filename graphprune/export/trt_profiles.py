@@ -6,14 +6,16 @@ from ..methods import n_keep
 from .manifest import Manifest
 
 Shape = tuple[int, ...]
+OPT_TEXT = 64  # text tokens of the opt prompt (at most max_text)
 
 
 def trt_profiles(
     manifest: Manifest, max_batch: int = 1, max_text: int = 512, max_new_tokens: int = 256
 ) -> dict[str, dict[str, tuple[Shape, Shape, Shape]]]:
-    """``{graph: {input: (min, opt, max)}}`` for up to ``max_images`` images plus ``max_text`` tokens.
+    """``{graph: {input: (min, opt, max)}}`` for up to the visual budget plus ``max_text`` tokens.
 
-    opt is one image and a 64-token prompt, batch 1; the decode step takes one new token after at
+    opt is one image (Qwen2-VL: the whole token budget) and a prompt of ``min(64, max_text)`` text
+    tokens, batch 1; the decode step takes one new token after at
     most ``max_new_tokens - 1`` earlier ones. Related axes are consistent at each of min, opt and
     max (``total = past + new_tokens``; the pruned lengths follow the method's keep fraction at opt).
     """
@@ -36,7 +38,7 @@ def trt_profiles(
 def _fastv_text_axes(manifest: Manifest, max_batch: int, max_text: int, max_new_tokens: int, opt_visual: int) -> dict:
     """The decoder axes of a FastV export: a prompt of at most the visual budget plus ``max_text`` tokens."""
     max_sequence = manifest.visual_budget["max_visual"] + max_text
-    opt_sequence = opt_visual + 64
+    opt_sequence = opt_visual + min(OPT_TEXT, max_text)
     dropped = opt_visual - n_keep(manifest.method["keep"], opt_visual) if manifest.method else 0
     max_total = max_sequence + max_new_tokens
     return {
@@ -82,10 +84,10 @@ def _mllama_axes(manifest: Manifest, max_batch: int, max_text: int, max_new_toke
     return {
         "batch": (1, 1, max_batch),
         "images": (1, 1, budget["max_images"]),
-        "sequence": (1, 64, max_text),
+        "sequence": (1, min(OPT_TEXT, max_text), max_text),
         "features": (per_image, per_image, budget["max_features"]),
         "trimmed_features": (1, trimmed, budget["top_k"] or budget["max_features"]),
         "new_tokens": (1, 1, 1),
-        "past": (1, 64, max_text + max_new_tokens - 1),
-        "total": (2, 65, max_text + max_new_tokens),
+        "past": (1, min(OPT_TEXT, max_text), max_text + max_new_tokens - 1),
+        "total": (2, min(OPT_TEXT, max_text) + 1, max_text + max_new_tokens),
     }
