@@ -78,12 +78,11 @@ class _PrunedCache:
     valid: torch.Tensor  # [B, P']
 
 
-class PrunedDecoder:
-    """Stands in for the decoder's ``forward``: pruned prefill graph, pruned-cache decode graph."""
+class _GraphDecoder:
+    """What the stand-ins for a decoder's ``forward`` share: the captured prefill and decode graphs
+    (under ``torch.compile`` on request), the original forward, and the state of each cache they filled."""
 
-    def __init__(
-        self, decoder: nn.Module, method: FastV, prefill: fx.GraphModule, decode: fx.GraphModule, compile: bool
-    ):
+    def __init__(self, decoder: nn.Module, method, prefill: fx.GraphModule, decode: fx.GraphModule, compile: bool):
         self.decoder = decoder
         self.method = method
         self.prefill_graph = prefill
@@ -91,7 +90,23 @@ class PrunedDecoder:
         self._prefill = torch.compile(prefill, dynamic=True) if compile else prefill
         self._decode = torch.compile(decode, dynamic=True) if compile else decode
         self._original = decoder.forward  # before optimize replaces it (keeps e.g. accelerate hooks)
-        self._pruned_caches: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._cache_states: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def _embeddings(self, input_ids, inputs_embeds, attention_mask, use_cache, kwargs) -> tuple[torch.Tensor, bool]:
+        """The checked call's input embeddings and whether it caches."""
+        _check_call(attention_mask, kwargs)
+        if inputs_embeds is None:
+            inputs_embeds = self.decoder.get_input_embeddings()(input_ids)
+        return inputs_embeds, self.decoder.config.use_cache if use_cache is None else use_cache
+
+
+class PrunedDecoder(_GraphDecoder):
+    """Stands in for the decoder's ``forward``: pruned prefill graph, pruned-cache decode graph."""
+
+    def __init__(
+        self, decoder: nn.Module, method: FastV, prefill: fx.GraphModule, decode: fx.GraphModule, compile: bool
+    ):
+        super().__init__(decoder, method, prefill, decode, compile)
         self.num_layers = len(decoder.layers)
         self.position_rows = prefill.meta[LAYOUT_KEY].position_rows
         self.last_prefill: PrefillRecord | None = None
@@ -106,13 +121,10 @@ class PrunedDecoder:
         use_cache=None,
         **kwargs,
     ):
-        _check_call(attention_mask, kwargs)
-        if inputs_embeds is None:
-            inputs_embeds = self.decoder.get_input_embeddings()(input_ids)
-        use_cache = self.decoder.config.use_cache if use_cache is None else use_cache
+        inputs_embeds, use_cache = self._embeddings(input_ids, inputs_embeds, attention_mask, use_cache, kwargs)
         args = dict(attention_mask=attention_mask, position_ids=position_ids, past_key_values=past_key_values)
         if past_key_values is not None and past_key_values.get_seq_length() > 0:
-            state = self._pruned_caches.get(past_key_values)
+            state = self._cache_states.get(past_key_values)
             if state is None:
                 return self._original(inputs_embeds=inputs_embeds, use_cache=use_cache, **args, **kwargs)
             return self._decode_step(inputs_embeds, attention_mask, position_ids, past_key_values, state)
@@ -154,7 +166,7 @@ class PrunedDecoder:
         cache = cache if cache is not None else DynamicCache(config=self.decoder.config)
         for layer_idx in range(self.num_layers):
             cache.update(cached[2 * layer_idx], cached[2 * layer_idx + 1], layer_idx)
-        self._pruned_caches[cache] = _PrunedCache(index, valid)
+        self._cache_states[cache] = _PrunedCache(index, valid)
         return BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=cache)
 
     def _graph_positions(self, position_ids, batch, start, length, device):
@@ -203,7 +215,7 @@ class TrimRecord:
     scores: torch.Tensor | None  # [B, H, F]; None when nothing was trimmed
 
 
-class TrimmedDecoder:
+class TrimmedDecoder(_GraphDecoder):
     """Stands in for a cross-attention decoder's ``forward`` (Mllama): trimmed prefill graph, and the
     decode graph on a cache whose later cross-attention layers hold only the kept features."""
 
@@ -216,14 +228,7 @@ class TrimmedDecoder:
         decode: fx.GraphModule,
         compile: bool,
     ):
-        self.decoder = decoder
-        self.method = method
-        self.prefill_graph = prefill
-        self.decode_graph = decode
-        self._prefill = torch.compile(prefill, dynamic=True) if compile else prefill
-        self._decode = torch.compile(decode, dynamic=True) if compile else decode
-        self._original = decoder.forward
-        self._trimmed_caches: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        super().__init__(decoder, method, prefill, decode, compile)
         self.num_layers = layout.num_layers
         self.cross_attention_layers = layout.cross_attention_layers
         self.text_layer = layout.self_attention_layers[0]  # caches text positions, never trimmed
@@ -242,10 +247,7 @@ class TrimmedDecoder:
         use_cache=None,
         **kwargs,
     ):
-        _check_call(attention_mask, kwargs)
-        if inputs_embeds is None:
-            inputs_embeds = self.decoder.get_input_embeddings()(input_ids)
-        use_cache = self.decoder.config.use_cache if use_cache is None else use_cache
+        inputs_embeds, use_cache = self._embeddings(input_ids, inputs_embeds, attention_mask, use_cache, kwargs)
         args = dict(
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -257,7 +259,7 @@ class TrimmedDecoder:
             use_cache=use_cache,
         )
         if past_key_values is not None and past_key_values.get_seq_length(self.text_layer) > 0:
-            state = self._trimmed_caches.get(past_key_values)
+            state = self._cache_states.get(past_key_values)
             if state is None:
                 return self._original(**args, **kwargs)
             if cross_attention_states is not None:
@@ -308,7 +310,7 @@ class TrimmedDecoder:
         cache = cache if cache is not None else DynamicCache(config=self.decoder.config)
         for layer_idx in range(self.num_layers):
             cache.update(cached[2 * layer_idx], cached[2 * layer_idx + 1], layer_idx)
-        self._trimmed_caches[cache] = _PrunedCache(index, slot_valid)
+        self._cache_states[cache] = _PrunedCache(index, slot_valid)
         return BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=cache)
 
     def _decode_step(self, inputs_embeds, attention_mask, position_ids, args, cache, state: _PrunedCache):

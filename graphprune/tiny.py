@@ -66,37 +66,14 @@ def tiny_llava(
     """A ``LlavaForConditionalGeneration`` with a Llama decoder (GQA when ``num_kv_heads < num_heads``)
     and a CLIP vision tower giving ``(image_size / patch_size)²`` visual tokens per image; in eval mode."""
     config = LlavaConfig(
-        text_config=dict(
-            model_type="llama",
-            hidden_size=hidden_size,
-            intermediate_size=intermediate_size,
-            num_hidden_layers=num_layers,
-            num_attention_heads=num_heads,
-            num_key_value_heads=num_kv_heads,
-            vocab_size=vocab_size,
-            max_position_embeddings=4096,
-            pad_token_id=PAD_TOKEN_ID,
-        ),
-        vision_config=dict(
-            model_type="clip_vision_model",
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=image_size,
-            patch_size=patch_size,
-        ),
+        text_config=_llama_text_config(hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads, vocab_size),
+        vision_config=_clip_config(image_size, patch_size),
         image_token_id=IMAGE_TOKEN_ID,
         pad_token_id=PAD_TOKEN_ID,
         vocab_size=vocab_size,
     )
     torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config)
-    _sharpen(model, torch.Generator().manual_seed(seed), qk_gain)
-    model.set_attn_implementation(attn_implementation)
-    model.generation_config.pad_token_id = PAD_TOKEN_ID
-    model.generation_config.eos_token_id = None
-    return model.to(dtype).eval()
+    return _finish(LlavaForConditionalGeneration(config), seed, qk_gain, attn_implementation, dtype)
 
 
 def image_tokens_per_image(model: LlavaForConditionalGeneration) -> int:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import shutil
-import uuid
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -21,6 +19,7 @@ from .llava import llava
 from .manifest import Manifest
 from .mllama import mllama
 from .qwen2_vl import qwen2_vl
+from .staging import staged_folder, writable_folder
 from .trt_recipe import trt_recipe
 from .validate import validate as validate_files
 
@@ -158,15 +157,10 @@ def onnx(
     state = optimized_state(model)
     if opset not in OPSETS:
         raise ValueError(f"opset must be in [{OPSETS[0]}, {OPSETS[-1]}]; got {opset!r}")
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} exists; pass overwrite=True to replace it")
+    out_dir = writable_folder(out_dir, overwrite)
     dtype = next(model.parameters()).dtype
     graphs, details = family_graphs(model, example_inputs, prune, max_images, max_visual_tokens)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
+    with staged_folder(out_dir) as staging:
         entries = {graph.name: _write(graph, staging, opset) for graph in graphs}
         method = {"name": type(state.method).__name__, **asdict(state.method)} if prune else None
         manifest = Manifest(
@@ -183,10 +177,4 @@ def onnx(
         if validate:
             errors = validate_files(staging, graphs, VALIDATION_RTOL.get(dtype, 1e-2))
             logger.info("validated against PyTorch: %s", errors)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import uuid
 from dataclasses import asdict
 from pathlib import Path
 
@@ -14,6 +12,7 @@ from .. import __version__
 from ..runtime import optimized_state
 from .manifest import Manifest
 from .onnx import family_graphs
+from .staging import staged_folder, writable_folder
 from .trt_profiles import trt_profiles
 
 
@@ -53,9 +52,7 @@ def tensorrt(
             "and build the engines on the target with the build_engines.sh it writes"
         )
     state = optimized_state(model)
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} exists; pass overwrite=True to replace it")
+    out_dir = writable_folder(out_dir, overwrite)
     graphs, details = family_graphs(model.cuda(), _on_cuda(example_inputs), True, max_images, max_visual_tokens)
     entries = {
         graph.name: {
@@ -83,10 +80,7 @@ def tensorrt(
         **details,
     )
     profiles = trt_profiles(manifest, max_batch=max_batch, max_text=max_text, max_new_tokens=max_new_tokens)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
+    with staged_folder(out_dir) as staging:
         for graph in graphs:
             inputs = [
                 torch_tensorrt.Input(min_shape=low, opt_shape=opt, max_shape=high, dtype=arg.dtype, name=name)
@@ -97,12 +91,6 @@ def tensorrt(
             )
             torch_tensorrt.save(compiled, str(staging / f"{graph.name}.ep"), inputs=list(graph.args))
         manifest.write(staging)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir
 
 
