@@ -201,3 +201,15 @@ def test_a_larger_token_budget_gives_a_larger_constant_k(model, inputs, tmp_path
     many = qwen2_vl_inputs(model, samples)
     expected = model.generate(**many, max_new_tokens=3, do_sample=False)
     assert torch.equal(gp.export.OrtGenerator(folder).generate(**many, max_new_tokens=3), expected)
+
+
+def test_unpruned_export_is_the_baseline_with_the_same_tokens(model, inputs, tmp_path):
+    folder = gp.export.onnx(model, tmp_path / "unpruned", example_inputs=inputs, prune=False)
+    manifest = gp.export.Manifest.read(folder)
+    assert manifest.method is None and top_k_constants(folder) == []
+    gp.restore(model)
+    try:
+        expected = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    finally:
+        gp.optimize(model, METHOD)
+    assert torch.equal(gp.export.OrtGenerator(folder).generate(**inputs, max_new_tokens=4), expected)
