@@ -20,12 +20,11 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--select", choices=["head_union", "topk"], default="head_union", help="CrossAttentionTrim")
     export = commands.add_parser(
         "export",
-        help="export a tiny demo LLaVA, Qwen2-VL or Qwen2.5-VL (FastV) or Mllama (CrossAttentionTrim), random "
-        "weights, for ONNX Runtime or TensorRT",
-        description="Export graphprune's tiny demo LLaVA (random weights, 16 visual tokens per image) or Qwen2-VL / "
-        "Qwen2.5-VL (an image and a video) optimised with FastV, or its tiny Mllama optimised with CrossAttentionTrim "
-        "(select='topk', the exportable one), and check ONNX Runtime's greedy tokens against PyTorch. For your own "
-        "model, call "
+        help="export a tiny random-weight demo model (FastV: LLaVA, Video-LLaVA, Qwen2-VL, Qwen2.5-VL; "
+        "CrossAttentionTrim: Mllama) for ONNX Runtime or TensorRT",
+        description="Export one of graphprune's tiny random-weight demo models, optimised with FastV (LLaVA, "
+        "Video-LLaVA, Qwen2-VL, Qwen2.5-VL) or CrossAttentionTrim (Mllama, select='topk', the exportable one), and "
+        "check ONNX Runtime's greedy tokens against PyTorch. For your own model, call "
         "graphprune.export.onnx(model, out_dir, example_inputs=...) from Python.",
     )
     export.add_argument("--format", choices=["onnx", "tensorrt"], default="onnx", help="default onnx")
@@ -33,9 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     export.add_argument(
         "--model",
-        choices=["llava", "qwen2-vl", "qwen2.5-vl", "mllama"],
+        choices=["llava", "video-llava", "qwen2-vl", "qwen2.5-vl", "mllama"],
         default="llava",
-        help="llava, qwen2-vl, qwen2.5-vl: FastV; mllama: CrossAttentionTrim topk",
+        help="llava, video-llava, qwen2-vl, qwen2.5-vl: FastV; mllama: CrossAttentionTrim topk",
     )
     export.add_argument("--k", type=int, default=2, help="FastV: first pruned layer (default 2)")
     export.add_argument("--keep", type=float, default=0.5, help="fraction of visual tokens/features kept (default 0.5)")

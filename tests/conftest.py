@@ -53,6 +53,16 @@ def optimized(model, method, **kwargs):
         gp.restore(model)
 
 
+@torch.no_grad()
+def unmodified_generate(model, method, inputs: dict, max_new_tokens: int) -> torch.Tensor:
+    """Greedy tokens of ``model`` (optimised with ``method``) as it was before ``optimize``; optimised again after."""
+    gp.restore(model)
+    try:
+        return model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    finally:
+        gp.optimize(model, method)
+
+
 def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return float((actual - expected).abs().max() / expected.abs().max())
 

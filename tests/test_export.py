@@ -15,7 +15,7 @@ import graphprune as gp  # noqa: E402
 from graphprune.export.trt_profiles import trt_profiles  # noqa: E402
 from graphprune.tiny import llava_inputs, mllama_inputs, tiny_llava, tiny_mllama  # noqa: E402
 
-from .conftest import BATCH, LOGITS_RTOL, optimized, rel_error  # noqa: E402
+from .conftest import BATCH, LOGITS_RTOL, optimized, rel_error, unmodified_generate  # noqa: E402
 from .onnx_graph import assert_profiles_ordered, node_types, top_k_constants  # noqa: E402
 
 export_onnx = importlib.import_module("graphprune.export.onnx")  # the module; gp.export.onnx is its function
@@ -193,11 +193,7 @@ def test_unpruned_export_is_the_baseline_with_the_same_tokens(model, inputs, tmp
     folder = gp.export.onnx(model, tmp_path / "unpruned", example_inputs=inputs, prune=False)
     manifest = gp.export.Manifest.read(folder)
     assert manifest.method is None and "TopK" not in node_types(folder, "prefill")
-    gp.restore(model)
-    try:
-        expected = model.generate(**inputs, max_new_tokens=4, do_sample=False)
-    finally:
-        gp.optimize(model, METHOD)
+    expected = unmodified_generate(model, METHOD, inputs, max_new_tokens=4)
     assert torch.equal(gp.export.OrtGenerator(folder).generate(**inputs, max_new_tokens=4), expected)
 
 
@@ -293,9 +289,5 @@ def test_head_union_export_is_refused_and_says_what_to_use(tmp_path):
 def test_mllama_unpruned_export_is_the_baseline_with_the_same_tokens(mllama_model, mllama_batch, tmp_path):
     folder = gp.export.onnx(mllama_model, tmp_path / "unpruned", example_inputs=mllama_batch, prune=False)
     assert gp.export.Manifest.read(folder).method is None and "TopK" not in node_types(folder, "prefill")
-    gp.restore(mllama_model)
-    try:
-        expected = mllama_model.generate(**mllama_batch, max_new_tokens=4, do_sample=False)
-    finally:
-        gp.optimize(mllama_model, TRIM)
+    expected = unmodified_generate(mllama_model, TRIM, mllama_batch, max_new_tokens=4)
     assert torch.equal(gp.export.OrtGenerator(folder).generate(**mllama_batch, max_new_tokens=4), expected)

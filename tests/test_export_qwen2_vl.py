@@ -22,7 +22,7 @@ from graphprune.export.qwen2_vl import (  # noqa: E402
 from graphprune.export.trt_profiles import trt_profiles  # noqa: E402
 from graphprune.tiny import qwen2_vl_inputs, tiny_qwen2_vl  # noqa: E402
 
-from .conftest import LOGITS_RTOL, optimized, rel_error  # noqa: E402
+from .conftest import LOGITS_RTOL, optimized, rel_error, unmodified_generate  # noqa: E402
 from .onnx_graph import assert_profiles_ordered, top_k_constants  # noqa: E402
 
 METHOD = gp.FastV(k=1, keep=0.5)
@@ -207,9 +207,5 @@ def test_unpruned_export_is_the_baseline_with_the_same_tokens(model, inputs, tmp
     folder = gp.export.onnx(model, tmp_path / "unpruned", example_inputs=inputs, prune=False)
     manifest = gp.export.Manifest.read(folder)
     assert manifest.method is None and top_k_constants(folder) == []
-    gp.restore(model)
-    try:
-        expected = model.generate(**inputs, max_new_tokens=4, do_sample=False)
-    finally:
-        gp.optimize(model, METHOD)
+    expected = unmodified_generate(model, METHOD, inputs, max_new_tokens=4)
     assert torch.equal(gp.export.OrtGenerator(folder).generate(**inputs, max_new_tokens=4), expected)

@@ -67,6 +67,37 @@ class LogitsAtLast(nn.Module):
         return (self.lm_head(outputs[0][:, -1]), *outputs[1 : self.n_outputs])
 
 
+def embed_graph(embed: FeatureEmbedding, input_ids: torch.Tensor, features: dict[str, torch.Tensor]) -> GraphExport:
+    """The ``embed`` graph: ``input_ids`` plus one feature input per placeholder id (``{name: example rows}``)."""
+    axes = {name: {0: name.replace("_features", "_tokens")} for name in features}
+    return GraphExport(
+        "embed",
+        embed,
+        (input_ids, *features.values()),
+        ("input_ids", *features),
+        ("inputs_embeds", "visual_mask"),
+        {"input_ids": {0: "batch", 1: "sequence"}} | axes,
+    )
+
+
+def model_details(model: nn.Module, state, **family: object) -> dict:
+    """What a FastV family's manifest records about the model: the decoder's shape, vocabulary and
+    special tokens, the placeholder ids, plus the ``family`` entries."""
+    layout, text = state.adapter.layout(model), model.config.text_config
+    return {
+        "class": type(model).__name__,
+        "num_layers": layout.num_layers,
+        "num_kv_heads": layout.num_kv_heads,
+        "head_dim": layout.head_dim,
+        "hidden_size": text.hidden_size,
+        "vocab_size": text.vocab_size,
+        "image_token_id": model.config.image_token_id,
+        **family,
+        "pad_token_id": model.generation_config.pad_token_id,
+        "eos_token_id": model.generation_config.eos_token_id,
+    }
+
+
 def generation_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     """Position ids as HF ``generate`` gives them with left padding: real tokens count from 0, padding gets 0."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

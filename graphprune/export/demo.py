@@ -8,7 +8,16 @@ import torch
 
 from ..methods import CrossAttentionTrim, FastV
 from ..runtime import optimize
-from ..tiny import llava_inputs, mllama_inputs, qwen2_vl_inputs, tiny_llava, tiny_mllama, tiny_qwen2_vl
+from ..tiny import (
+    llava_inputs,
+    mllama_inputs,
+    qwen2_vl_inputs,
+    tiny_llava,
+    tiny_mllama,
+    tiny_qwen2_vl,
+    tiny_video_llava,
+    video_llava_inputs,
+)
 
 QWEN_VERSIONS = {"qwen2-vl": "2", "qwen2.5-vl": "2.5"}
 
@@ -16,14 +25,17 @@ QWEN_VERSIONS = {"qwen2-vl": "2", "qwen2.5-vl": "2.5"}
 def demo(
     out: str | Path, format: str, method: FastV | CrossAttentionTrim, family: str = "llava", overwrite: bool = False
 ) -> bool:
-    """Export a tiny random-weight LLaVA, Qwen2-VL or Qwen2.5-VL (``family``; FastV) or Mllama (CrossAttentionTrim,
-    arXiv 2504.00557) optimised with ``method`` to ``out``; for ONNX, True if ONNX Runtime's greedy
-    tokens equal PyTorch's."""
+    """Export a tiny random-weight model optimised with ``method`` to ``out``: ``family`` (LLaVA, Video-LLaVA,
+    Qwen2-VL or Qwen2.5-VL) for FastV, Mllama for CrossAttentionTrim (arXiv 2504.00557); for ONNX, True
+    if ONNX Runtime's greedy tokens equal PyTorch's."""
     from . import OrtGenerator, onnx, tensorrt
 
     if isinstance(method, CrossAttentionTrim):
         model = optimize(tiny_mllama(), method)
         inputs = mllama_inputs(model, [(1, [4, 2], 3), (2, [2], 4)])
+    elif family == "video-llava":
+        model = optimize(tiny_video_llava(), method)
+        inputs = video_llava_inputs(model, [(3, 1, 1, 4), (2, 0, 1, 3)])
     elif family in QWEN_VERSIONS:
         model = optimize(tiny_qwen2_vl(version=QWEN_VERSIONS[family]), method)
         inputs = qwen2_vl_inputs(model, [(3, [(8, 8)], [], 4), (2, [(4, 8)], [(4, 4, 4)], 3)])

@@ -8,7 +8,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .decoder_graphs import NEW_TOKENS, FeatureEmbedding, decoder_graphs, generation_positions
+from .decoder_graphs import (
+    NEW_TOKENS,
+    FeatureEmbedding,
+    decoder_graphs,
+    embed_graph,
+    generation_positions,
+    model_details,
+)
 from .graph_export import GraphExport
 
 
@@ -35,7 +42,6 @@ def llava(model: nn.Module, state, example_inputs: dict, max_images: int | None,
     if pixel_values is None or not bool((input_ids == model.config.image_token_id).any()):
         raise ValueError("example_inputs must hold at least one image (pixel_values and image tokens in input_ids)")
     visual_per_sample = int((input_ids == model.config.image_token_id).sum(-1).max())
-    layout = state.adapter.layout(model)
     vision, embed = _Vision(model), FeatureEmbedding(model, (model.config.image_token_id,))
     with torch.no_grad():
         features = vision(pixel_values)
@@ -57,36 +63,16 @@ def llava(model: nn.Module, state, example_inputs: dict, max_images: int | None,
     prompt = (embeds, attention_mask, generation_positions(attention_mask), visual)
     step = (new_embeds, generation_positions(decode_mask)[:, -NEW_TOKENS:])
     decoders, top_k = decoder_graphs(model, state, prompt, step, max_visual, prune)
-    seq = {0: "batch", 1: "sequence"}
     graphs = [
         GraphExport(
             "vision", vision, (pixel_values,), ("pixel_values",), ("image_features",), {"pixel_values": {0: "images"}}
         ),
-        GraphExport(
-            "embed",
-            embed,
-            (input_ids, features.flatten(0, 1)),
-            ("input_ids", "image_features"),
-            ("inputs_embeds", "visual_mask"),
-            {"input_ids": seq, "image_features": {0: "image_tokens"}},
-        ),
+        embed_graph(embed, input_ids, {"image_features": features.flatten(0, 1)}),
         *decoders,
     ]
-    text = model.config.text_config
     details = {
         "family": "llava",
-        "model": {
-            "class": type(model).__name__,
-            "num_layers": layout.num_layers,
-            "num_kv_heads": layout.num_kv_heads,
-            "head_dim": layout.head_dim,
-            "hidden_size": text.hidden_size,
-            "vocab_size": text.vocab_size,
-            "image_token_id": model.config.image_token_id,
-            "pad_token_id": model.generation_config.pad_token_id,
-            "eos_token_id": model.generation_config.eos_token_id,
-            "image_size": model.config.vision_config.image_size,
-        },
+        "model": model_details(model, state, image_size=model.config.vision_config.image_size),
         "visual_budget": {
             "tokens_per_image": tokens_per_image,
             "max_images": max_images,

@@ -22,6 +22,7 @@ from .qwen2_vl import qwen2_vl
 from .staging import staged_folder, writable_folder
 from .trt_recipe import trt_recipe
 from .validate import validate as validate_files
+from .video_llava import video_llava
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ FAMILIES = {
     "llava": (llava, "max_images"),
     "mllama": (mllama, "max_images"),
     "qwen2-vl": (qwen2_vl, "max_visual_tokens"),  # images differ in token count: the budget is in tokens
+    "video-llava": (video_llava, "max_visual_tokens"),  # images and videos differ in token count
 }
 OPSETS = range(18, 21)  # the torch.onnx dynamo exporter starts at 18; TensorRT 10's parser ends at 20
 EXTERNAL_DATA_BYTES = 1 << 30  # larger graphs keep their weights in a .data file (protobuf's 2 GiB limit)

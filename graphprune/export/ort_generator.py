@@ -12,7 +12,7 @@ from ..models import UnsupportedModelError
 from .manifest import Manifest
 from .qwen2_vl import mrope_positions, token_types, video_intervals, vision_segments
 
-FAMILIES = ("llava", "mllama", "qwen2-vl")
+FAMILIES = ("llava", "mllama", "qwen2-vl", "video-llava")
 QWEN2_VL_INPUTS = (
     "pixel_values",
     "image_grid_thw",
@@ -21,6 +21,7 @@ QWEN2_VL_INPUTS = (
     "second_per_grid_ts",
     "mm_token_type_ids",
 )
+VIDEO_LLAVA_INPUTS = ("pixel_values_images", "pixel_values_videos")
 MLLAMA_IMAGE_INPUTS = ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask", "cross_attention_mask")
 
 
@@ -72,9 +73,11 @@ class OrtGenerator:
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be [batch, length]; got shape {input_ids.shape}")
         mask = np.ones_like(input_ids) if attention_mask is None else _numpy(attention_mask, np.int64)
-        family_inputs = {"mllama": self._mllama_inputs, "qwen2-vl": self._qwen2_vl_inputs}.get(
-            self.manifest.family, self._llava_inputs
-        )
+        family_inputs = {
+            "mllama": self._mllama_inputs,
+            "qwen2-vl": self._qwen2_vl_inputs,
+            "video-llava": self._video_llava_inputs,
+        }.get(self.manifest.family, self._llava_inputs)
         values, fixed = family_inputs(input_ids, mask, images)
         values.setdefault("position_ids", np.maximum(mask.cumsum(-1) - 1, 0))
         values["attention_mask"] = mask
@@ -101,6 +104,39 @@ class OrtGenerator:
             features = features.reshape(-1, features.shape[-1])
         return self._fastv_inputs(input_ids, mask, {"image_features": features}), {}
 
+    def _video_llava_inputs(self, input_ids, mask, images: dict) -> tuple[dict, dict]:
+        """Video-LLaVA's prefill inputs: embeddings with the image and video features placed (image and
+        video towers), visual mask and slots; nothing fixed."""
+        extra = sorted(name for name, value in images.items() if value is not None and name not in VIDEO_LLAVA_INPUTS)
+        if extra:
+            raise ValueError(
+                f"a Video-LLaVA export takes input_ids, attention_mask, {' and '.join(VIDEO_LLAVA_INPUTS)}; "
+                f"got also {extra}"
+            )
+        model = self.manifest.model
+        self._check_budget(input_ids, "max_visual_tokens")
+        features = {}
+        for kind, graph, pixels in (
+            ("image", "vision", "pixel_values_images"),
+            ("video", "video", "pixel_values_videos"),
+        ):
+            rows = np.zeros((0, model["hidden_size"]), self.dtype)
+            if images.get(pixels) is not None:
+                rows = self._run(graph, {pixels: _numpy(images[pixels], self.dtype)})[f"{kind}_features"]
+                rows = rows.reshape(-1, rows.shape[-1])
+            features[f"{kind}_features"] = self._placeable(input_ids, kind, rows, pixels)
+        return self._fastv_inputs(input_ids, mask, features), {}
+
+    def _placeable(self, input_ids, kind: str, rows: np.ndarray, source: str) -> np.ndarray:
+        """``rows``, checked to be one feature per ``kind`` token of ``input_ids`` (HF refuses a mismatch too)."""
+        tokens = int((input_ids == self.manifest.model[f"{kind}_token_id"]).sum())
+        if len(rows) != tokens:
+            raise ValueError(
+                f"{source} gives {len(rows)} {kind} features for {tokens} {kind} tokens in input_ids; "
+                "pass what the processor made for this prompt"
+            )
+        return rows
+
     def _qwen2_vl_inputs(self, input_ids, mask, images: dict) -> tuple[dict, dict]:
         """Qwen2-VL's (and Qwen2.5-VL's) prefill inputs: embeddings with the image and video features placed
         (one vision run per image or video frame group), M-RoPE positions, visual mask and slots; nothing fixed."""
@@ -114,13 +150,8 @@ class OrtGenerator:
         features, grids = {}, {}
         for kind, pixels in (("image", "pixel_values"), ("video", "pixel_values_videos")):
             grids[kind] = _numpy(images.get(f"{kind}_grid_thw"), np.int64)
-            features[f"{kind}_features"] = self._segment_features(kind, _numpy(images.get(pixels)), grids[kind])
-            tokens = int((input_ids == model[f"{kind}_token_id"]).sum())
-            if len(features[f"{kind}_features"]) != tokens:
-                raise ValueError(
-                    f"{kind}_grid_thw gives {len(features[f'{kind}_features'])} {kind} features for {tokens} {kind} "
-                    "tokens in input_ids; pass the grids the processor made for this prompt"
-                )
+            rows = self._segment_features(kind, _numpy(images.get(pixels)), grids[kind])
+            features[f"{kind}_features"] = self._placeable(input_ids, kind, rows, f"{kind}_grid_thw")
         types = images.get("mm_token_type_ids")
         types = token_types(input_ids, model["image_token_id"], model["video_token_id"]) if types is None else types
         empty = np.zeros((0, 3), np.int64)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .decoder_graphs import NEW_TOKENS, FeatureEmbedding, decoder_graphs
+from .decoder_graphs import NEW_TOKENS, FeatureEmbedding, decoder_graphs, embed_graph, model_details
 from .graph_export import GraphExport
 
 TEXT, IMAGE, VIDEO = 0, 1, 2  # mm_token_type_ids, as Qwen2-VL's processor writes them
@@ -285,7 +285,6 @@ def qwen2_vl(model: nn.Module, state, example_inputs: dict, max_visual_tokens: i
         "window_index": "blocks",
         "window_ids": "patches",
     }
-    decoder_layout = state.adapter.layout(model)
     graphs = [
         GraphExport(
             "vision",
@@ -295,36 +294,25 @@ def qwen2_vl(model: nn.Module, state, example_inputs: dict, max_visual_tokens: i
             ("image_features",),
             {name: {0: axes[name]} for name in segment},
         ),
-        GraphExport(
-            "embed",
+        embed_graph(
             embed,
-            (input_ids, _at_least_two_rows(image_features), _at_least_two_rows(video_features)),
-            ("input_ids", "image_features", "video_features"),
-            ("inputs_embeds", "visual_mask"),
+            input_ids,
             {
-                "input_ids": {0: "batch", 1: "sequence"},
-                "image_features": {0: "image_tokens"},
-                "video_features": {0: "video_tokens"},
+                "image_features": _at_least_two_rows(image_features),
+                "video_features": _at_least_two_rows(video_features),
             },
         ),
         *decoders,
     ]
     details = {
         "family": state.adapter.name,
-        "model": {
-            "class": type(model).__name__,
-            "num_layers": decoder_layout.num_layers,
-            "num_kv_heads": decoder_layout.num_kv_heads,
-            "head_dim": decoder_layout.head_dim,
-            "hidden_size": hidden,
-            "vocab_size": config.text_config.vocab_size,
-            "image_token_id": config.image_token_id,
-            "video_token_id": config.video_token_id,
+        "model": model_details(
+            model,
+            state,
+            video_token_id=config.video_token_id,
             **layout,
-            "pixel_features": math.prod(example_inputs[pixels].shape[1:]),
-            "pad_token_id": model.generation_config.pad_token_id,
-            "eos_token_id": model.generation_config.eos_token_id,
-        },
+            pixel_features=math.prod(example_inputs[pixels].shape[1:]),
+        ),
         "visual_budget": {"max_visual": max_visual, "top_k": top_k},
         "first_pruned_layer": state.method.k if prune else None,
     }

@@ -22,7 +22,9 @@ def trt_profiles(
     for name, value in (("max_batch", max_batch), ("max_text", max_text), ("max_new_tokens", max_new_tokens)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1; got {value!r}")
-    family_axes = {"mllama": _mllama_axes, "qwen2-vl": _qwen2_vl_axes}.get(manifest.family, _llava_axes)
+    family_axes = {"mllama": _mllama_axes, "qwen2-vl": _qwen2_vl_axes, "video-llava": _video_llava_axes}.get(
+        manifest.family, _llava_axes
+    )
     axes = family_axes(manifest, max_batch, max_text, max_new_tokens)
     profiles = {}
     for graph, entry in manifest.graphs.items():
@@ -72,6 +74,19 @@ def _qwen2_vl_axes(manifest: Manifest, max_batch: int, max_text: int, max_new_to
         "blocks": (1, max_visual, max_visual),
         "image_tokens": (0, max_visual, max_batch * max_visual),
         "video_tokens": (0, 0, max_batch * max_visual),
+    }
+
+
+def _video_llava_axes(manifest: Manifest, max_batch: int, max_text: int, max_new_tokens: int) -> dict:
+    """Video-LLaVA: opt is one video (or the budget, if smaller); the towers take up to the budget's
+    images or videos per batch."""
+    max_visual, model = manifest.visual_budget["max_visual"], manifest.model
+    per_image, per_video = model["tokens_per_image"], model["tokens_per_video"]
+    return _fastv_text_axes(manifest, max_batch, max_text, max_new_tokens, min(per_video, max_visual)) | {
+        "images": (1, 1, max(1, max_batch * max_visual // per_image)),
+        "videos": (1, 1, max(1, max_batch * max_visual // per_video)),
+        "image_tokens": (0, per_image, max_batch * max_visual),
+        "video_tokens": (0, per_video, max_batch * max_visual),
     }
 
 

@@ -1,0 +1,149 @@
+"""The files of a Video-LLaVA export (FastV, arXiv 2403.06764): image tower, video tower, embedding, decoder graphs.
+
+``vision.onnx`` is the image tower and projector (``pixel_values_images [images, 3, H, W] ->
+[images, patches, hidden]``, the class token dropped as ``get_image_features`` does), ``video.onnx``
+the video tower and projector (``pixel_values_videos [videos, frames, 3, H, W] -> [videos,
+frames·(patches + 1), hidden]``, class tokens kept as ``get_video_features`` does). ``embed.onnx``
+places image features at image tokens and video features at video tokens; both count as visual
+for FastV, which ranks them together. The decoder graphs come from ``decoder_graphs``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .decoder_graphs import (
+    NEW_TOKENS,
+    FeatureEmbedding,
+    decoder_graphs,
+    embed_graph,
+    generation_positions,
+    model_details,
+)
+from .graph_export import GraphExport
+
+VIDEO_FRAMES = 8  # frames per video, as Video-LLaVA's processor samples them (an example without a video)
+
+
+def _selected(hidden_states: tuple, layers: int | list[int], drop_class_token: bool) -> torch.Tensor:
+    """The configured feature layer(s) of a tower's hidden states, concatenated, optionally without the class token."""
+    layers = [layers] if isinstance(layers, int) else layers
+    return torch.cat([hidden_states[i][:, 1:] if drop_class_token else hidden_states[i] for i in layers], dim=-1)
+
+
+class _Images(nn.Module):
+    """Video-LLaVA's image tower and projector, as ``get_image_features``."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model.model
+        self.layers = model.config.vision_feature_layer
+        self.drop_class_token = model.config.vision_feature_select_strategy == "default"
+
+    def forward(self, pixel_values_images):
+        hidden = self.model.image_tower(pixel_values_images, output_hidden_states=True).hidden_states
+        return self.model.multi_modal_projector(_selected(hidden, self.layers, self.drop_class_token))
+
+
+class _Videos(nn.Module):
+    """Video-LLaVA's video tower and projector, as ``get_video_features``: every frame through the tower."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model.model
+        self.layers = model.config.vision_feature_layer
+
+    def forward(self, pixel_values_videos):
+        videos, frames = pixel_values_videos.shape[:2]
+        hidden = self.model.video_tower(pixel_values_videos.flatten(0, 1), output_hidden_states=True).hidden_states
+        features = self.model.multi_modal_projector(_selected(hidden, self.layers, drop_class_token=False))
+        return features.unflatten(0, (videos, frames)).flatten(1, 2)
+
+
+def _example_pixels(example_inputs: dict, name: str, shape: tuple[int, ...], dtype, device) -> torch.Tensor:
+    """The example's pixels, or random ones of ``shape`` (two of them: 0 and 1 would specialise the axis)
+    when the example has none, so that both towers are exported and validated."""
+    pixels = example_inputs.get(name)
+    if pixels is not None:
+        return pixels
+    return torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device=device, dtype=dtype)
+
+
+def video_llava(model: nn.Module, state, example_inputs: dict, max_visual_tokens: int | None, prune: bool):
+    """The graphs of a Video-LLaVA export and what the manifest records about the model; see ``export.onnx``."""
+    config = model.config
+    input_ids, attention_mask = example_inputs["input_ids"], example_inputs["attention_mask"]
+    visual_ids = (config.image_token_id, config.video_token_id)
+    most_visual = int(torch.isin(input_ids, torch.tensor(visual_ids, device=input_ids.device)).sum(-1).max())
+    if most_visual == 0:
+        raise ValueError(
+            "example_inputs must hold at least one image or video (pixel_values_images or pixel_values_videos, "
+            "and their tokens in input_ids)"
+        )
+    max_visual = most_visual if max_visual_tokens is None else max_visual_tokens
+    if isinstance(max_visual, bool) or not isinstance(max_visual, int) or max_visual < most_visual:
+        raise ValueError(
+            f"max_visual_tokens must be an int >= {most_visual} (the most visual tokens a sample of example_inputs "
+            f"holds); got {max_visual!r}"
+        )
+    side, dtype, device = config.vision_config.image_size, model.dtype, input_ids.device
+    images = _example_pixels(example_inputs, "pixel_values_images", (2, 3, side, side), dtype, device)
+    videos = _example_pixels(example_inputs, "pixel_values_videos", (2, VIDEO_FRAMES, 3, side, side), dtype, device)
+    image_tower, video_tower = _Images(model).eval(), _Videos(model).eval()
+    embed = FeatureEmbedding(model, visual_ids)
+    with torch.no_grad():
+        image_features, video_features = image_tower(images), video_tower(videos)
+        used = [
+            features.flatten(0, 1)
+            if example_inputs.get(name) is not None
+            else features.new_zeros(0, features.shape[-1])
+            for name, features in (("pixel_values_images", image_features), ("pixel_values_videos", video_features))
+        ]
+        embeds, visual = embed(input_ids, *used)
+        new_token = (max(visual_ids) + 1) % config.text_config.vocab_size
+        new_ids = torch.full((input_ids.shape[0], NEW_TOKENS), new_token, device=device)
+        new_embeds, _ = embed(new_ids, used[0][:0], used[1][:0])
+    decode_mask = torch.cat([attention_mask, torch.ones_like(new_ids)], dim=1)
+    prompt = (embeds, attention_mask, generation_positions(attention_mask), visual)
+    step = (new_embeds, generation_positions(decode_mask)[:, -NEW_TOKENS:])
+    decoders, top_k = decoder_graphs(model, state, prompt, step, max_visual, prune)
+    graphs = [
+        GraphExport(
+            "vision",
+            image_tower,
+            (images,),
+            ("pixel_values_images",),
+            ("image_features",),
+            {"pixel_values_images": {0: "images"}},
+        ),
+        GraphExport(
+            "video",
+            video_tower,
+            (videos,),
+            ("pixel_values_videos",),
+            ("video_features",),
+            {"pixel_values_videos": {0: "videos"}},
+        ),
+        embed_graph(
+            embed,
+            input_ids,
+            {"image_features": image_features.flatten(0, 1), "video_features": video_features.flatten(0, 1)},
+        ),
+        *decoders,
+    ]
+    details = {
+        "family": state.adapter.name,
+        "model": model_details(
+            model,
+            state,
+            video_token_id=config.video_token_id,
+            image_size=side,
+            frames=videos.shape[1],
+            tokens_per_image=image_features.shape[1],
+            tokens_per_video=video_features.shape[1],
+        ),
+        "visual_budget": {"max_visual": max_visual, "top_k": top_k},
+        "first_pruned_layer": state.method.k if prune else None,
+    }
+    return graphs, details
