@@ -1,16 +1,18 @@
 """ONNX Runtime prefill: graphprune's pruned export vs the unpruned export of the same model, side by side.
 
-One random-weight LLaVA-shaped model is optimised with ``FastV(k, keep)`` and exported twice with
-``graphprune.export.onnx``: pruned (the ranking, top-k and gather nodes inside ``prefill.onnx``)
-and ``prune=False`` (the same decoder captured without the pass). Both ``prefill.onnx`` files run
-in ONNX Runtime on the same embeddings (from the pruned export's ``vision.onnx`` and
-``embed.onnx``); each round runs both, alternating which goes first, and the median over rounds is
-reported. Also: file sizes, peak resident memory of a process that loads one ``prefill.onnx`` and
-runs it once (minus that of a process that only imports ONNX Runtime), the last-token logits of
-both (they differ: the pruned model drops visual tokens), and the theoretical FLOPs fraction
-(``gp.flops``, the FastV paper's count). Target: pruned <= 1.1 x (FLOPs fraction x unpruned).
+One random-weight model (LLaVA, Qwen2-VL or Video-LLaVA shaped, by preset) is optimised with
+``FastV(k, keep)`` and exported twice with ``graphprune.export.onnx``: pruned (the ranking, top-k and
+gather nodes inside ``prefill.onnx``) and ``prune=False`` (the same decoder captured without the
+pass). Both ``prefill.onnx`` files run in ONNX Runtime on the same inputs (``OrtGenerator.prefill_inputs``
+of the pruned export: its vision and embed graphs, and the host's positions); each round runs both,
+alternating which goes first, and the median over rounds is reported. Also: file sizes, peak
+resident memory of a process that loads one ``prefill.onnx`` and runs it once (minus that of a
+process that only imports ONNX Runtime), the last-token logits of both (they differ: the pruned
+model drops visual tokens), and the theoretical FLOPs fraction (``gp.flops``, the FastV paper's
+count). Target: pruned <= 1.1 x (FLOPs fraction x unpruned).
 
-    python benchmarks/onnx.py                       # CPU preset, about a minute
+    python benchmarks/onnx.py                       # CPU preset (LLaVA), about a minute
+    python benchmarks/onnx.py --preset qwen2-vl-cpu video-llava-cpu
     python benchmarks/onnx.py --repeats 15 --threads 2 --json onnx.json
 """
 
@@ -35,22 +37,40 @@ sys.path[:] = [str(Path(__file__).resolve().parent.parent)] + [
 ]
 
 import graphprune as gp  # noqa: E402
-from graphprune.methods import n_keep  # noqa: E402
-from graphprune.tiny import llava_inputs, tiny_llava  # noqa: E402
+from graphprune.models import adapter_for  # noqa: E402
+from graphprune.tiny import (  # noqa: E402
+    llava_inputs,
+    qwen2_vl_inputs,
+    tiny_llava,
+    tiny_qwen2_vl,
+    tiny_video_llava,
+    video_llava_inputs,
+)
 
+_DECODER = dict(hidden_size=768, intermediate_size=2048, num_layers=6, num_heads=12, vocab_size=1024)
+# Each: the tiny builder and its arguments, the inputs builder and one sample in its format; 24 text
+# tokens before the visual ones, 40 after.
 PRESETS = {
+    # LLaVA-1.5 shaped: one 336 px image = 576 visual tokens
     "cpu-small": dict(
-        model=dict(
-            hidden_size=768,
-            intermediate_size=2048,
-            num_layers=6,
-            num_heads=12,
-            num_kv_heads=12,
-            vocab_size=1024,
-            image_size=336,
-            patch_size=14,
-        ),
-        text=(24, 40),  # tokens before and after the one image (576 visual tokens)
+        build=tiny_llava,
+        model=dict(**_DECODER, num_kv_heads=12, image_size=336, patch_size=14),
+        inputs=llava_inputs,
+        sample=(24, 1, 40),
+    ),
+    # Qwen2-VL shaped (GQA 12/2, M-RoPE): one 672x672 image, 48x48 patches merged 2x2 = 576 visual tokens
+    "qwen2-vl-cpu": dict(
+        build=tiny_qwen2_vl,
+        model=dict(**_DECODER, num_kv_heads=2, mrope_section=(8, 12, 12), patch_size=14, version="2"),
+        inputs=qwen2_vl_inputs,
+        sample=(24, [(48, 48)], [], 40),
+    ),
+    # Video-LLaVA shaped: one 8-frame video of 112 px frames = 8 x (64 + 1) = 520 visual tokens
+    "video-llava-cpu": dict(
+        build=tiny_video_llava,
+        model=dict(**_DECODER, num_kv_heads=12, image_size=112, patch_size=14),
+        inputs=video_llava_inputs,
+        sample=(24, 0, 1, 40),
     ),
 }
 
@@ -73,15 +93,15 @@ def _peak_mib(model_path: str, feeds_path: str, threads: int) -> float:
     return int(out.stdout.decode().strip()) / 1024  # VmHWM is in KiB
 
 
-def run(args) -> dict:
+def run(args, preset_name: str) -> dict:
     import onnxruntime as ort
 
-    preset = PRESETS[args.preset]
+    preset = PRESETS[preset_name]
     method = gp.FastV(k=args.k, keep=args.keep)
-    model = gp.optimize(tiny_llava(**preset["model"]), method)
-    before, after = preset["text"]
-    inputs = llava_inputs(model, [(before, 1, after)])
-    n_tokens, n_visual = inputs["input_ids"].shape[1], int((inputs["input_ids"] == 3).sum())
+    model = gp.optimize(preset["build"](**preset["model"]), method)
+    inputs = preset["inputs"](model, [preset["sample"]])
+    n_tokens = inputs["input_ids"].shape[1]
+    n_visual = int(adapter_for(model).visual_mask(model, inputs["input_ids"], None).sum())
     flops_before, flops_after = gp.flops(model.config, method, n_tokens, n_visual)
     work = Path(tempfile.mkdtemp(prefix="graphprune-onnx-bench-"))
     start = time.perf_counter()
@@ -97,20 +117,8 @@ def run(args) -> dict:
         name: ort.InferenceSession(str(folder / "prefill.onnx"), options, providers=["CPUExecutionProvider"])
         for name, folder in folders.items()
     }
-    generator = gp.export.OrtGenerator(folders["pruned"])
-    features = generator._run("vision", {"pixel_values": inputs["pixel_values"].numpy()})["image_features"]
-    embedded = generator._run(
-        "embed", {"input_ids": inputs["input_ids"].numpy(), "image_features": features.reshape(-1, features.shape[-1])}
-    )
-    mask = inputs["attention_mask"].numpy()
-    kept = n_tokens - (n_visual - n_keep(method.keep, n_visual))
-    values = {
-        "inputs_embeds": embedded["inputs_embeds"],
-        "attention_mask": mask,
-        "position_ids": np.maximum(mask.cumsum(-1) - 1, 0),
-        "graphprune_visual_mask": embedded["visual_mask"],
-        "graphprune_slots": np.arange(kept),
-    }
+    values = gp.export.OrtGenerator(folders["pruned"]).prefill_inputs(**inputs)
+    kept = len(values["graphprune_slots"])
     feeds = {name: {i.name: values[i.name] for i in session.get_inputs()} for name, session in sessions.items()}
     times = {name: [] for name in sessions}
     logits = {name: session.run(["logits"], feeds[name])[0] for name, session in sessions.items()}  # warm-up
@@ -136,7 +144,8 @@ def run(args) -> dict:
     fraction = flops_after / flops_before
     return dict(
         date=time.strftime("%Y-%m-%d"),
-        preset=args.preset,
+        preset=preset_name,
+        model_class=type(model).__name__,
         machine=f"{platform.processor() or platform.machine()}, {args.threads} ORT threads",
         versions=dict(onnxruntime=ort.__version__, python=platform.python_version()),
         method=dict(k=method.k, keep=method.keep, query=method.query),
@@ -165,7 +174,7 @@ def report(result: dict) -> str:
     tokens = result["tokens"]
     return "\n".join(
         [
-            f"ONNX Runtime prefill, preset {result['preset']} ({result['machine']}), "
+            f"ONNX Runtime prefill, preset {result['preset']} ({result['model_class']}; {result['machine']}), "
             f"{tokens['sequence']} tokens of which {tokens['visual']} visual -> {tokens['kept_sequence']} kept "
             f"from layer {result['method']['k']}",
             "| export | prefill ms median (min-max) | vs unpruned | prefill.onnx MiB | all .onnx MiB | peak RSS MiB |",
@@ -179,21 +188,23 @@ def report(result: dict) -> str:
     )
 
 
-def main(argv=None) -> dict:
+def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-small")
+    parser.add_argument("--preset", choices=sorted(PRESETS), nargs="+", default=["cpu-small"], help="one or more")
     parser.add_argument("--k", type=int, default=2)
     parser.add_argument("--keep", type=float, default=0.5)
     parser.add_argument("--repeats", type=int, default=15, help="timed rounds (default 15)")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
     parser.add_argument("--validate", action="store_true", help="validate both exports against PyTorch (slower)")
-    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file (a list, one per preset)")
     args = parser.parse_args(argv)
-    result = run(args) | {"validated": args.validate}
-    print(report(result))
+    results = []
+    for preset in args.preset:
+        results.append(run(args, preset) | {"validated": args.validate})
+        print(report(results[-1]), flush=True)
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return result
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return results
 
 
 if __name__ == "__main__":

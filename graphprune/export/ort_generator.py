@@ -67,8 +67,9 @@ class OrtGenerator:
         names = [spec.name for spec in session.get_outputs()]
         return dict(zip(names, session.run(names, feeds), strict=True))
 
-    def _prefill(self, input_ids, attention_mask, images: dict) -> tuple[np.ndarray, dict]:
-        """The prompt's next-token logits, and the decode state: mask, cache, pruned-cache positions, fixed inputs."""
+    def _prompt(self, input_ids, attention_mask, images: dict) -> tuple[dict, dict]:
+        """The prefill graph's inputs for a prompt (from the vision, embed and mask graphs and the host),
+        and the inputs that stay fixed while decoding (Mllama's vision features)."""
         input_ids = _numpy(input_ids, np.int64)
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be [batch, length]; got shape {input_ids.shape}")
@@ -81,13 +82,24 @@ class OrtGenerator:
         values, fixed = family_inputs(input_ids, mask, images)
         values.setdefault("position_ids", np.maximum(mask.cumsum(-1) - 1, 0))
         values["attention_mask"] = mask
+        return values, fixed
+
+    def _prefill(self, input_ids, attention_mask, images: dict) -> tuple[np.ndarray, dict]:
+        """The prompt's next-token logits, and the decode state: mask, cache, pruned-cache positions, fixed inputs."""
+        values, fixed = self._prompt(input_ids, attention_mask, images)
         out = self._run("prefill", values)
+        mask = values["attention_mask"]
         state = {"attention_mask": mask, "past": {f"past{name[7:]}": v for name, v in out.items() if "present" in name}}
         state |= {"fixed": fixed, "position_ids": values["position_ids"][..., -1:]}
         if self.manifest.method is not None:
             state["graphprune_cache_index"] = out["graphprune_keep_index"]
             state["graphprune_cache_valid"] = out["graphprune_slot_valid"]
         return out["logits"], state
+
+    def prefill_inputs(self, input_ids, pixel_values=None, attention_mask=None, **images) -> dict[str, np.ndarray]:
+        """What ``prefill.onnx`` gets for a prompt, by input name (e.g. to time or profile that graph alone)."""
+        values, _ = self._prompt(input_ids, attention_mask, {"pixel_values": pixel_values, **images})
+        return {spec.name: values[spec.name] for spec in self.sessions["prefill"].get_inputs()}
 
     def _llava_inputs(self, input_ids, mask, images: dict) -> tuple[dict, dict]:
         """LLaVA's prefill inputs (embeddings with the image features placed, visual mask, slots); nothing fixed."""
