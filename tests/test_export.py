@@ -108,6 +108,17 @@ def test_ort_prefill_logits_match_pytorch(model, inputs, exported):
     assert rel_error(logits, out.logits[0]) <= LOGITS_RTOL
 
 
+def test_prefill_inputs_run_the_prefill_graph_alone(inputs, exported):
+    """``prefill_inputs`` gives exactly what prefill.onnx takes (benchmarks time that graph alone)."""
+    generator = gp.export.OrtGenerator(exported)
+    values = generator.prefill_inputs(**inputs)
+    session = generator.sessions["prefill"]
+    assert list(values) == [spec.name for spec in session.get_inputs()]
+    assert values["graphprune_visual_mask"].sum(-1).tolist() == [16, 32, 0]
+    (logits,) = session.run(["logits"], values)
+    assert torch.equal(torch.from_numpy(logits), generator.prefill_logits(**inputs))
+
+
 def test_other_batch_shapes_run_on_the_same_export(model, exported):
     """Batch size, lengths and image counts other than the example's: the axes are dynamic, the budget holds."""
     for samples in ([(3, 2, 9)], [(1, 1, 2), (7, 1, 1), (2, 0, 5), (4, 2, 2)]):
