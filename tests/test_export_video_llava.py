@@ -95,7 +95,8 @@ def test_bad_inputs_are_clear_errors(model, inputs, exported, tmp_path):
     two_videos = torch.cat([one_video["pixel_values_videos"]] * 2)
     with pytest.raises(ValueError, match="gives 272 video features for 136 video tokens"):
         generator.generate(**{**one_video, "pixel_values_videos": two_videos}, max_new_tokens=1)
-    with pytest.raises(ValueError, match="takes input_ids, attention_mask, pixel_values_images and"):
+    accepted = r"takes input_ids, attention_mask, pixel_values_images, pixel_values_videos; got also \['image_sizes'\]"
+    with pytest.raises(ValueError, match=accepted):
         generator.generate(**one_video, image_sizes=torch.ones(1, 2), max_new_tokens=1)
     with pytest.raises(ValueError, match="take max_visual_tokens as their visual budget, not max_images"):
         gp.export.onnx(model, tmp_path / "a", example_inputs=inputs, max_images=2)

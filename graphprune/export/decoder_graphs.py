@@ -98,6 +98,19 @@ def model_details(model: nn.Module, state, **family: object) -> dict:
     }
 
 
+def token_budget(input_ids: torch.Tensor, visual_ids: tuple[int, ...], max_visual_tokens: int | None) -> int:
+    """The visual budget in tokens per sample: ``max_visual_tokens``, at least (and by default) the most
+    visual tokens a sample of ``input_ids`` holds."""
+    most = int(torch.isin(input_ids, torch.tensor(visual_ids, device=input_ids.device)).sum(-1).max())
+    budget = most if max_visual_tokens is None else max_visual_tokens
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < most:
+        raise ValueError(
+            f"max_visual_tokens must be an int >= {most} (the most visual tokens a sample of example_inputs "
+            f"holds); got {budget!r}"
+        )
+    return budget
+
+
 def generation_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     """Position ids as HF ``generate`` gives them with left padding: real tokens count from 0, padding gets 0."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

@@ -19,20 +19,21 @@ from .decoder_graphs import (
 from .graph_export import GraphExport
 
 
-class _Vision(nn.Module):
-    """LLaVA's vision tower and projector, as ``get_image_features``: ``pixel_values -> [images, T, hidden]``."""
+class TowerFeatures(nn.Module):
+    """A CLIP-style tower and the projector, as LLaVA's ``get_image_features``: ``pixel_values -> [n, T, hidden]``
+    from the configured feature layer(s), without the class token if ``drop_class_token``."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, tower: nn.Module, drop_class_token: bool):
         super().__init__()
-        self.model = model.model
+        self.tower, self.projector = tower, model.model.multi_modal_projector
         self.layers = model.config.vision_feature_layer
-        self.strategy = model.config.vision_feature_select_strategy
+        self.drop_class_token = drop_class_token
 
     def forward(self, pixel_values):
-        hidden = self.model.vision_tower(pixel_values, output_hidden_states=True).hidden_states
+        hidden = self.tower(pixel_values, output_hidden_states=True).hidden_states
         layers = [self.layers] if isinstance(self.layers, int) else self.layers
-        selected = [hidden[i][:, 1:] if self.strategy == "default" else hidden[i] for i in layers]
-        return self.model.multi_modal_projector(torch.cat(selected, dim=-1))
+        selected = [hidden[i][:, 1:] if self.drop_class_token else hidden[i] for i in layers]
+        return self.projector(torch.cat(selected, dim=-1))
 
 
 def llava(model: nn.Module, state, example_inputs: dict, max_images: int | None, prune: bool):
@@ -42,7 +43,9 @@ def llava(model: nn.Module, state, example_inputs: dict, max_images: int | None,
     if pixel_values is None or not bool((input_ids == model.config.image_token_id).any()):
         raise ValueError("example_inputs must hold at least one image (pixel_values and image tokens in input_ids)")
     visual_per_sample = int((input_ids == model.config.image_token_id).sum(-1).max())
-    vision, embed = _Vision(model), FeatureEmbedding(model, (model.config.image_token_id,))
+    default_strategy = model.config.vision_feature_select_strategy == "default"
+    vision = TowerFeatures(model, model.model.vision_tower, drop_class_token=default_strategy)
+    embed = FeatureEmbedding(model, (model.config.image_token_id,))
     with torch.no_grad():
         features = vision(pixel_values)
         tokens_per_image = features.shape[1]

@@ -21,7 +21,9 @@ QWEN2_VL_INPUTS = (
     "second_per_grid_ts",
     "mm_token_type_ids",
 )
-VIDEO_LLAVA_INPUTS = ("pixel_values_images", "pixel_values_videos")
+# (kind, graph, pixel input) per tower of the LLaVA-style families
+LLAVA_TOWERS = (("image", "vision", "pixel_values"),)
+VIDEO_LLAVA_TOWERS = (("image", "vision", "pixel_values_images"), ("video", "video", "pixel_values_videos"))
 MLLAMA_IMAGE_INPUTS = ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask", "cross_attention_mask")
 
 
@@ -30,6 +32,14 @@ def _numpy(value, dtype=None) -> np.ndarray | None:
         return None
     array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
     return array.astype(dtype) if dtype is not None else array
+
+
+def _refuse_extra(images: dict, accepted: tuple[str, ...], family: str) -> None:
+    """A clear error for visual inputs that ``family``'s export does not take."""
+    extra = sorted(name for name, value in images.items() if value is not None and name not in accepted)
+    if extra:
+        accepts = ", ".join(("input_ids", "attention_mask", *accepted))
+        raise ValueError(f"a {family} export takes {accepts}; got also {extra}")
 
 
 class OrtGenerator:
@@ -103,41 +113,28 @@ class OrtGenerator:
 
     def _llava_inputs(self, input_ids, mask, images: dict) -> tuple[dict, dict]:
         """LLaVA's prefill inputs (embeddings with the image features placed, visual mask, slots); nothing fixed."""
-        pixel_values = images.pop("pixel_values")
-        extra = sorted(name for name, value in images.items() if value is not None)
-        if extra:
-            raise ValueError(f"a LLaVA export takes input_ids, attention_mask and pixel_values; got also {extra}")
-        model = self.manifest.model
-        self._check_budget(input_ids, "max_images")
-        if pixel_values is None:
-            features = np.zeros((0, model["hidden_size"]), self.dtype)
-        else:
-            features = self._run("vision", {"pixel_values": _numpy(pixel_values, self.dtype)})["image_features"]
-            features = features.reshape(-1, features.shape[-1])
-        return self._fastv_inputs(input_ids, mask, {"image_features": features}), {}
+        return self._tower_inputs(input_ids, mask, images, "LLaVA", LLAVA_TOWERS), {}
 
     def _video_llava_inputs(self, input_ids, mask, images: dict) -> tuple[dict, dict]:
         """Video-LLaVA's prefill inputs: embeddings with the image and video features placed (image and
         video towers), visual mask and slots; nothing fixed."""
-        extra = sorted(name for name, value in images.items() if value is not None and name not in VIDEO_LLAVA_INPUTS)
-        if extra:
-            raise ValueError(
-                f"a Video-LLaVA export takes input_ids, attention_mask, {' and '.join(VIDEO_LLAVA_INPUTS)}; "
-                f"got also {extra}"
-            )
-        model = self.manifest.model
-        self._check_budget(input_ids, "max_visual_tokens")
+        return self._tower_inputs(input_ids, mask, images, "Video-LLaVA", VIDEO_LLAVA_TOWERS), {}
+
+    def _tower_inputs(self, input_ids, mask, images: dict, family: str, towers: tuple) -> dict:
+        """Embeddings with each tower's features placed at its tokens, visual mask and slots (FastV).
+
+        ``towers``: ``(kind, graph, pixel input)`` per kind of visual input; ``{graph}.onnx`` maps the
+        pixels to ``[n, tokens, hidden]`` features, placed at ``{kind}_token_id`` tokens."""
+        _refuse_extra(images, tuple(pixels for _, _, pixels in towers), family)
+        self._check_budget(input_ids)
         features = {}
-        for kind, graph, pixels in (
-            ("image", "vision", "pixel_values_images"),
-            ("video", "video", "pixel_values_videos"),
-        ):
-            rows = np.zeros((0, model["hidden_size"]), self.dtype)
+        for kind, graph, pixels in towers:
+            rows = np.zeros((0, self.manifest.model["hidden_size"]), self.dtype)
             if images.get(pixels) is not None:
                 rows = self._run(graph, {pixels: _numpy(images[pixels], self.dtype)})[f"{kind}_features"]
                 rows = rows.reshape(-1, rows.shape[-1])
             features[f"{kind}_features"] = self._placeable(input_ids, kind, rows, pixels)
-        return self._fastv_inputs(input_ids, mask, features), {}
+        return self._fastv_inputs(input_ids, mask, features)
 
     def _placeable(self, input_ids, kind: str, rows: np.ndarray, source: str) -> np.ndarray:
         """``rows``, checked to be one feature per ``kind`` token of ``input_ids`` (HF refuses a mismatch too)."""
@@ -152,13 +149,9 @@ class OrtGenerator:
     def _qwen2_vl_inputs(self, input_ids, mask, images: dict) -> tuple[dict, dict]:
         """Qwen2-VL's (and Qwen2.5-VL's) prefill inputs: embeddings with the image and video features placed
         (one vision run per image or video frame group), M-RoPE positions, visual mask and slots; nothing fixed."""
-        extra = sorted(name for name, value in images.items() if value is not None and name not in QWEN2_VL_INPUTS)
-        if extra:
-            raise ValueError(
-                f"a Qwen2-VL export takes input_ids, attention_mask and {', '.join(QWEN2_VL_INPUTS)}; got also {extra}"
-            )
+        _refuse_extra(images, QWEN2_VL_INPUTS, "Qwen2-VL")
         model = self.manifest.model
-        self._check_budget(input_ids, "max_visual_tokens")
+        self._check_budget(input_ids)
         features, grids = {}, {}
         for kind, pixels in (("image", "pixel_values"), ("video", "pixel_values_videos")):
             grids[kind] = _numpy(images.get(f"{kind}_grid_thw"), np.int64)
@@ -204,14 +197,16 @@ class OrtGenerator:
             -1
         )
 
-    def _check_budget(self, input_ids, keyword: str) -> None:
+    def _check_budget(self, input_ids) -> None:
+        """No sample holds more visual tokens than the export's budget (its top-k K was made for that)."""
         budget = self.manifest.visual_budget
         most = self._visual_counts(input_ids).max()
         if most > budget["max_visual"]:
-            limit = f"{budget['max_visual']}" + (f" ({budget['max_images']} images)" if "max_images" in budget else "")
+            images = budget.get("max_images")
+            limit = f"{budget['max_visual']}" + (f" ({images} images)" if images else "")
             raise ValueError(
                 f"a sample holds {most} visual tokens; this export takes at most {limit}: "
-                f"export again with a larger {keyword}"
+                f"export again with a larger {'max_images' if images else 'max_visual_tokens'}"
             )
 
     def _fastv_inputs(self, input_ids, mask, features: dict) -> dict:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .decoder_graphs import NEW_TOKENS, FeatureEmbedding, decoder_graphs, embed_graph, model_details
+from .decoder_graphs import NEW_TOKENS, FeatureEmbedding, decoder_graphs, embed_graph, model_details, token_budget
 from .graph_export import GraphExport
 
 TEXT, IMAGE, VIDEO = 0, 1, 2  # mm_token_type_ids, as Qwen2-VL's processor writes them
@@ -234,13 +234,7 @@ def qwen2_vl(model: nn.Module, state, example_inputs: dict, max_visual_tokens: i
             "pixel_values_videos and video_grid_thw)"
         )
     visual_ids = (config.image_token_id, config.video_token_id)
-    most_visual = int(torch.isin(input_ids, torch.tensor(visual_ids, device=input_ids.device)).sum(-1).max())
-    max_visual = most_visual if max_visual_tokens is None else max_visual_tokens
-    if isinstance(max_visual, bool) or not isinstance(max_visual, int) or max_visual < most_visual:
-        raise ValueError(
-            f"max_visual_tokens must be an int >= {most_visual} (the most visual tokens a sample of example_inputs "
-            f"holds); got {max_visual!r}"
-        )
+    max_visual = token_budget(input_ids, visual_ids, max_visual_tokens)
     layout, hidden, device = vision_layout(model), config.text_config.hidden_size, input_ids.device
     merge = layout["spatial_merge_size"]
     vision = vision_graph(model)

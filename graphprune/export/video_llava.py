@@ -20,45 +20,25 @@ from .decoder_graphs import (
     embed_graph,
     generation_positions,
     model_details,
+    token_budget,
 )
 from .graph_export import GraphExport
+from .llava import TowerFeatures
 
 VIDEO_FRAMES = 8  # frames per video, as Video-LLaVA's processor samples them (an example without a video)
 
 
-def _selected(hidden_states: tuple, layers: int | list[int], drop_class_token: bool) -> torch.Tensor:
-    """The configured feature layer(s) of a tower's hidden states, concatenated, optionally without the class token."""
-    layers = [layers] if isinstance(layers, int) else layers
-    return torch.cat([hidden_states[i][:, 1:] if drop_class_token else hidden_states[i] for i in layers], dim=-1)
-
-
-class _Images(nn.Module):
-    """Video-LLaVA's image tower and projector, as ``get_image_features``."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model.model
-        self.layers = model.config.vision_feature_layer
-        self.drop_class_token = model.config.vision_feature_select_strategy == "default"
-
-    def forward(self, pixel_values_images):
-        hidden = self.model.image_tower(pixel_values_images, output_hidden_states=True).hidden_states
-        return self.model.multi_modal_projector(_selected(hidden, self.layers, self.drop_class_token))
-
-
 class _Videos(nn.Module):
-    """Video-LLaVA's video tower and projector, as ``get_video_features``: every frame through the tower."""
+    """Video-LLaVA's video tower and projector, as ``get_video_features``: every frame through the tower,
+    class tokens kept."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        self.model = model.model
-        self.layers = model.config.vision_feature_layer
+        self.frames = TowerFeatures(model, model.model.video_tower, drop_class_token=False)
 
     def forward(self, pixel_values_videos):
         videos, frames = pixel_values_videos.shape[:2]
-        hidden = self.model.video_tower(pixel_values_videos.flatten(0, 1), output_hidden_states=True).hidden_states
-        features = self.model.multi_modal_projector(_selected(hidden, self.layers, drop_class_token=False))
-        return features.unflatten(0, (videos, frames)).flatten(1, 2)
+        return self.frames(pixel_values_videos.flatten(0, 1)).unflatten(0, (videos, frames)).flatten(1, 2)
 
 
 def _example_pixels(example_inputs: dict, name: str, shape: tuple[int, ...], dtype, device) -> torch.Tensor:
@@ -75,22 +55,18 @@ def video_llava(model: nn.Module, state, example_inputs: dict, max_visual_tokens
     config = model.config
     input_ids, attention_mask = example_inputs["input_ids"], example_inputs["attention_mask"]
     visual_ids = (config.image_token_id, config.video_token_id)
-    most_visual = int(torch.isin(input_ids, torch.tensor(visual_ids, device=input_ids.device)).sum(-1).max())
-    if most_visual == 0:
+    if not bool(torch.isin(input_ids, torch.tensor(visual_ids, device=input_ids.device)).any()):
         raise ValueError(
             "example_inputs must hold at least one image or video (pixel_values_images or pixel_values_videos, "
             "and their tokens in input_ids)"
         )
-    max_visual = most_visual if max_visual_tokens is None else max_visual_tokens
-    if isinstance(max_visual, bool) or not isinstance(max_visual, int) or max_visual < most_visual:
-        raise ValueError(
-            f"max_visual_tokens must be an int >= {most_visual} (the most visual tokens a sample of example_inputs "
-            f"holds); got {max_visual!r}"
-        )
+    max_visual = token_budget(input_ids, visual_ids, max_visual_tokens)
     side, dtype, device = config.vision_config.image_size, model.dtype, input_ids.device
     images = _example_pixels(example_inputs, "pixel_values_images", (2, 3, side, side), dtype, device)
     videos = _example_pixels(example_inputs, "pixel_values_videos", (2, VIDEO_FRAMES, 3, side, side), dtype, device)
-    image_tower, video_tower = _Images(model).eval(), _Videos(model).eval()
+    default_strategy = config.vision_feature_select_strategy == "default"
+    image_tower = TowerFeatures(model, model.model.image_tower, drop_class_token=default_strategy).eval()
+    video_tower = _Videos(model).eval()
     embed = FeatureEmbedding(model, visual_ids)
     with torch.no_grad():
         image_features, video_features = image_tower(images), video_tower(videos)
