@@ -31,7 +31,6 @@ from .models import DecoderLayout
 
 logger = logging.getLogger(__name__)
 
-PREFILL_INPUTS = ("inputs_embeds", "attention_mask", "position_ids")
 LAYOUT_KEY = "graphprune_layout"
 
 
@@ -78,8 +77,12 @@ def _fold_empty_concatenations(graph: fx.Graph) -> None:
 
 
 def _is_empty_along(node: fx.Node, dim: int) -> bool:
+    """Whether ``cat`` along ``dim`` takes nothing from ``node``: it is empty along ``dim``, or is the 1-D empty
+    tensor that ``cat`` skips whatever ``dim`` is."""
     value = node.meta.get("val")
-    return isinstance(value, torch.Tensor) and value.dim() == 1 and value.shape[0] == 0
+    if not isinstance(value, torch.Tensor):
+        return False
+    return value.shape == (0,) or (-value.dim() <= dim < value.dim() and value.shape[dim] == 0)
 
 
 def _plain_graph_module(

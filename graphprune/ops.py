@@ -218,7 +218,7 @@ def cross_attention_select(
     heads; ``K'`` is the largest union in the batch, known only from the scores (so under
     ``torch.compile`` this op ends a graph). ``select="topk"``: the ``ceil(keep · n_valid)`` best by
     the head-mean score; ``K' = len(slots)``, given by the caller, so no shape depends on data.
-    Ties go to the lower index (arXiv 2504.00557 as SPEC.md fixes it). Returns ``index [B, K']``
+    Ties go to the lower index (graphprune's rule for arXiv 2504.00557). Returns ``index [B, K']``
     (feature per slot; padding slots hold the lowest unkept features) and ``slot_valid [B, K']``.
 
     No sort: see ``_best``; a scatter lays the kept features out. Its top-k's K is the feature count,

@@ -1,4 +1,4 @@
-"""Trimmed Llama (arXiv 2504.00557) as SPEC.md states it, in plain eager PyTorch on an unmodified Mllama model.
+"""Trimmed Llama (arXiv 2504.00557), in plain eager PyTorch on an unmodified Mllama model.
 
 Ranking reads HF's own eager cross-attention probabilities of the first cross-attention layer
 (a forward hook) and selects in plain Python. *Mask mode* then runs the unmodified model (its own

@@ -1,4 +1,4 @@
-"""FastV (arXiv 2403.06764) as SPEC.md states it, in plain eager PyTorch on an unmodified model.
+"""FastV (arXiv 2403.06764), in plain eager PyTorch on an unmodified model.
 
 *Mask mode*: every layer runs on all N positions; layers ``>= k`` get a mask that hides the dropped
 visual keys. For the kept positions this equals physical pruning, and it shares no code with the
@@ -89,10 +89,10 @@ def decoder_inputs(model, generation: bool, **inputs) -> tuple[torch.Tensor, tor
     """``(inputs_embeds, position_ids)`` as the unmodified model gives them to its decoder.
 
     Read by a pre-hook on the decoder that stops the call there: in ``model(**inputs)``, or with
-    ``generation=True`` in the prefill of ``model.generate(**inputs)`` (HF forms positions differently
-    for the two, see DESIGN-NOTES). Positions the decoder would default itself are filled in
-    (``arange``); HF generate's leading text row of M-RoPE positions, which the decoder reads only
-    for packed sequences without an attention mask, is dropped.
+    ``generation=True`` in the prefill of ``model.generate(**inputs)`` (HF forms positions differently for the
+    two: ``arange`` in a forward, ``attention_mask.cumsum(-1) - 1`` in generate). Positions the decoder would
+    default itself are filled in (``arange``); HF generate's leading text row of M-RoPE positions, which the
+    decoder reads only for packed sequences without an attention mask, is dropped.
     """
     if hasattr(model, STATE_ATTR):
         raise ValueError("the reference runs on an unmodified model; call graphprune.restore(model) first")
