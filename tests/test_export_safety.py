@@ -80,14 +80,19 @@ def test_overwrite_refuses_the_current_folder_even_when_it_is_an_export(model, i
     assert snapshot(copy.parent) == before
 
 
-@pytest.mark.parametrize("home", ["empty", "export"])
-def test_overwrite_refuses_the_home_folder(model, inputs, copy, tmp_path, monkeypatch, home):
-    folder = copy if home == "export" else tmp_path / "home"
-    folder.mkdir(exist_ok=True)
-    monkeypatch.setenv("HOME", str(folder))
-    before = snapshot(tmp_path)
-    refused(model, inputs, folder, "home folder")
-    assert snapshot(tmp_path) == before and folder.is_dir()
+def test_overwrite_refuses_the_home_folder_and_takes_an_empty_folder_elsewhere(
+    model, inputs, copy, tmp_path, monkeypatch
+):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for home in (copy, empty):  # refused even as an export or empty
+        monkeypatch.setenv("HOME", str(home))
+        before = snapshot(tmp_path)
+        refused(model, inputs, home, "home folder")
+        assert snapshot(tmp_path) == before and home.is_dir()
+    monkeypatch.setenv("HOME", str(copy))
+    assert gp.export.onnx(model, empty, example_inputs=inputs, overwrite=True) == empty
+    assert gp.export.Manifest.read(empty).producer == "graphprune"
 
 
 def test_the_root_folder_is_refused():
@@ -143,27 +148,17 @@ def test_overwrite_refuses_a_symbolic_link(model, inputs, copy, tmp_path):
 # --- what overwrite=True does replace
 
 
-def test_overwrite_replaces_a_graphprune_export_and_leaves_nothing_beside_it(model, inputs, copy):
-    manifest = json.loads((copy / "manifest.json").read_text())
-    (copy / "manifest.json").write_text(json.dumps({**manifest, "graphprune_version": "0.0.1"}))
-    (copy.parent / "notes.txt").write_text("mine")
-    assert gp.export.onnx(model, copy, example_inputs=inputs, overwrite=True) == copy
-    assert gp.export.Manifest.read(copy).graphprune_version == gp.__version__
-    assert sorted(path.name for path in copy.parent.iterdir()) == ["llava", "notes.txt"]
-    assert (copy.parent / "notes.txt").read_text() == "mine"
-    expected = model.generate(**inputs, max_new_tokens=3, do_sample=False)
-    assert torch.equal(gp.export.OrtGenerator(copy).generate(**inputs, max_new_tokens=3), expected)
-
-
 class Abort(Exception):
     pass
 
 
-def test_a_killed_exports_folder_is_removed_by_the_next_one_and_nothing_else(model, inputs, tmp_path):
-    """The next export to the same folder removes what a killed one left (graphprune's marker inside, its
-    process gone); a look-alike folder without the marker, and a running export's folder, stay."""
-    out = tmp_path / "llava"
-    out.mkdir()  # an empty folder is taken with overwrite=True
+def test_overwrite_replaces_an_export_and_removes_a_killed_exports_folder_only(model, inputs, copy, tmp_path):
+    """An export is replaced, nothing left beside it; the export removes what a killed one left (graphprune's
+    marker inside, its process gone); a look-alike folder without the marker, and a running export's, stay."""
+    out = copy
+    manifest = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps({**manifest, "graphprune_version": "0.0.1"}))
+    (tmp_path / "notes.txt").write_text("mine")
     killed = (
         "import os, sys; from pathlib import Path; from graphprune.export.staging import staged_folder\n"
         "with staged_folder(Path(sys.argv[1]), True) as folder:\n"
@@ -183,8 +178,11 @@ def test_a_killed_exports_folder_is_removed_by_the_next_one_and_nothing_else(mod
         raise Abort
     assert not running.exists()
     assert (lookalike / "notes.txt").read_text() == "mine"
-    assert sorted(path.name for path in tmp_path.iterdir()) == [".llava.tmp-mine", "llava"]
-    assert gp.export.Manifest.read(out).graphs["prefill"]["file"] == "prefill.onnx"
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".llava.tmp-mine", "llava", "notes.txt"]
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert gp.export.Manifest.read(out).graphprune_version == gp.__version__
+    expected = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert torch.equal(gp.export.OrtGenerator(out).generate(**inputs, max_new_tokens=3), expected)
 
 
 # --- OrtGenerator on a damaged folder: one clear error naming the file
