@@ -5,19 +5,28 @@ from __future__ import annotations
 import argparse
 import logging
 
+FASTV_OPTIONS, TRIM_OPTIONS = ("k", "query"), ("select",)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with every error on one line of stderr (exit status 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="graphprune", description=__doc__)
+    parser = _Parser(prog="graphprune", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log what capture and the passes do")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="optimise a small built-in LLaVA-shaped model and show the effect")
     demo.add_argument(
         "--model", choices=["llava", "mllama"], default="llava", help="llava: FastV; mllama: CrossAttentionTrim"
     )
-    demo.add_argument("--k", type=int, default=2, help="FastV: first pruned layer (default 2)")
-    demo.add_argument("--keep", type=float, default=0.5, help="fraction of visual tokens/features kept (default 0.5)")
-    demo.add_argument("--query", choices=["last", "mean"], default="last", help="FastV: the ranking row(s)")
-    demo.add_argument("--select", choices=["head_union", "topk"], default="head_union", help="CrossAttentionTrim")
+    demo.add_argument("--k", type=int, help="FastV: first pruned layer (default 2)")
+    demo.add_argument("--keep", type=float, help="fraction of visual tokens/features kept (default 0.5)")
+    demo.add_argument("--query", choices=["last", "mean"], help="FastV: the ranking row(s) (default last)")
+    demo.add_argument("--select", choices=["head_union", "topk"], help="CrossAttentionTrim (default head_union)")
     export = commands.add_parser(
         "export",
         help="export a tiny random-weight demo model (FastV: LLaVA, Video-LLaVA, Qwen2-VL, Qwen2.5-VL; "
@@ -29,31 +38,60 @@ def main(argv: list[str] | None = None) -> int:
     )
     export.add_argument("--format", choices=["onnx", "tensorrt"], default="onnx", help="default onnx")
     export.add_argument("--out", required=True, help="folder to write (must not exist unless --overwrite)")
-    export.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    export.add_argument(
+        "--overwrite", action="store_true", help="replace --out if it is an empty folder or a graphprune export"
+    )
     export.add_argument(
         "--model",
         choices=["llava", "video-llava", "qwen2-vl", "qwen2.5-vl", "mllama"],
         default="llava",
         help="llava, video-llava, qwen2-vl, qwen2.5-vl: FastV; mllama: CrossAttentionTrim topk",
     )
-    export.add_argument("--k", type=int, default=2, help="FastV: first pruned layer (default 2)")
-    export.add_argument("--keep", type=float, default=0.5, help="fraction of visual tokens/features kept (default 0.5)")
-    export.add_argument("--query", choices=["last", "mean"], default="last", help="FastV: the ranking row(s)")
+    export.add_argument("--k", type=int, help="FastV: first pruned layer (default 2)")
+    export.add_argument("--keep", type=float, help="fraction of visual tokens/features kept (default 0.5)")
+    export.add_argument("--query", choices=["last", "mean"], help="FastV: the ranking row(s) (default last)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     if args.command == "demo":
-        from .demo import run, run_mllama
+        from .demo import LLAVA, run, run_mllama
 
+        method = _method(demo, args, LLAVA["num_layers"])
         if args.model == "mllama":
-            return 0 if run_mllama(keep=args.keep, select=args.select) else 1
-        return 0 if run(k=args.k, keep=args.keep, query=args.query) else 1
-    if args.command == "export":
-        from .export.demo import demo
-        from .methods import CrossAttentionTrim, FastV
+            return 0 if run_mllama(keep=method.keep, select=method.select) else 1
+        return 0 if run(k=method.k, keep=method.keep, query=method.query) else 1
+    from .export.demo import FASTV_LAYERS
+    from .export.demo import demo as export_demo
+    from .export.staging import writable_folder
+    from .export.tensorrt import require_tensorrt
 
-        if args.model == "mllama":
-            method = CrossAttentionTrim(keep=args.keep, select="topk")
-        else:
-            method = FastV(k=args.k, keep=args.keep, query=args.query)
-        return 0 if demo(args.out, args.format, method, args.model, overwrite=args.overwrite) else 1
-    return 2
+    method = _method(export, args, FASTV_LAYERS, select="topk")
+    try:
+        writable_folder(args.out, args.overwrite, flag="--overwrite")
+        if args.format == "tensorrt":
+            require_tensorrt()
+    except (FileExistsError, ImportError, RuntimeError) as error:
+        export.error(str(error))
+    return 0 if export_demo(args.out, args.format, method, args.model, overwrite=args.overwrite) else 1
+
+
+def _method(parser: argparse.ArgumentParser, args: argparse.Namespace, fastv_layers: int, **trim_fixed):
+    """The method that ``args`` ask for, checked before any model is built (FastV's k against the demo
+    model's ``fastv_layers``); else ``parser.error``, also for one method's options given to the other."""
+    from .methods import CrossAttentionTrim, FastV
+
+    trim = args.model == "mllama"
+    method, own, other = (
+        (CrossAttentionTrim, TRIM_OPTIONS, FASTV_OPTIONS) if trim else (FastV, FASTV_OPTIONS, TRIM_OPTIONS)
+    )
+    wrong = [name for name in other if getattr(args, name, None) is not None]
+    if wrong:
+        options = ", ".join(f"--{name}" for name in ("keep", *own) if hasattr(args, name))
+        parser.error(f"--{wrong[0]} is not an option of {method.__name__}, which --model {args.model} runs ({options})")
+    given = {name: getattr(args, name) for name in ("keep", *own) if getattr(args, name, None) is not None}
+    try:
+        method = method(**given, **(trim_fixed if trim else {}))
+        if not trim:
+            method.check_layers(fastv_layers)
+    except ValueError as error:
+        parser.error(str(error))
+    return method

@@ -12,6 +12,29 @@ from . import CrossAttentionTrim, FastV, explain, optimize, restore
 from .reference import cross_attention_trim_reference, fastv_reference_generate, trimmed_mask_mode
 from .tiny import features_per_tile, image_tokens_per_image, llava_inputs, mllama_inputs, tiny_llava, tiny_mllama
 
+# the demo models' sizes (the command line checks its arguments against them before building a model)
+LLAVA = dict(
+    hidden_size=512,
+    intermediate_size=1376,
+    num_layers=8,
+    num_heads=8,
+    num_kv_heads=8,
+    vocab_size=1024,
+    image_size=192,
+    patch_size=8,
+)
+MLLAMA = dict(
+    hidden_size=512,
+    intermediate_size=1792,
+    num_layers=10,
+    cross_attention_layers=(2, 5, 8),
+    num_heads=8,
+    num_kv_heads=2,
+    vocab_size=1024,
+    image_size=448,
+    patch_size=14,
+)
+
 
 def _prefill_ms(model, inputs, repeats: int) -> float:
     times = []
@@ -26,16 +49,7 @@ def _prefill_ms(model, inputs, repeats: int) -> float:
 def run(k: int = 2, keep: float = 0.5, query: str = "last", new_tokens: int = 12, repeats: int = 5) -> bool:
     """Print the demo; True if the pruned model's greedy tokens equal the eager reference's."""
     torch.set_num_threads(max(torch.get_num_threads(), 1))
-    model = tiny_llava(
-        hidden_size=512,
-        intermediate_size=1376,
-        num_layers=8,
-        num_heads=8,
-        num_kv_heads=8,
-        vocab_size=1024,
-        image_size=192,
-        patch_size=8,
-    )
+    model = tiny_llava(**LLAVA)
     inputs = llava_inputs(model, [(20, 1, 40), (8, 1, 16)])
     text = model.config.text_config
     print(
@@ -50,17 +64,7 @@ def run(k: int = 2, keep: float = 0.5, query: str = "last", new_tokens: int = 12
 
 def run_mllama(keep: float = 0.5, select: str = "head_union", new_tokens: int = 12, repeats: int = 5) -> bool:
     """The demo on a small Mllama with CrossAttentionTrim; True if the greedy tokens equal the reference's."""
-    model = tiny_mllama(
-        hidden_size=512,
-        intermediate_size=1792,
-        num_layers=10,
-        cross_attention_layers=(2, 5, 8),
-        num_heads=8,
-        num_kv_heads=2,
-        vocab_size=1024,
-        image_size=448,
-        patch_size=14,
-    )
+    model = tiny_mllama(**MLLAMA)
     inputs = mllama_inputs(model, [(1, [4], 40), (3, [2], 24)])
     text = model.config.text_config
     print(

@@ -20,6 +20,7 @@ from ..tiny import (
 )
 
 QWEN_VERSIONS = {"qwen2-vl": "2", "qwen2.5-vl": "2.5"}
+FASTV_LAYERS = 4  # the decoder layers of the FastV families' demo models (FastV's k must be below)
 
 
 def demo(
@@ -34,13 +35,13 @@ def demo(
         model = optimize(tiny_mllama(), method)
         inputs = mllama_inputs(model, [(1, [4, 2], 3), (2, [2], 4)])
     elif family == "video-llava":
-        model = optimize(tiny_video_llava(), method)
+        model = optimize(tiny_video_llava(num_layers=FASTV_LAYERS), method)
         inputs = video_llava_inputs(model, [(3, 1, 1, 4), (2, 0, 1, 3)])
     elif family in QWEN_VERSIONS:
-        model = optimize(tiny_qwen2_vl(version=QWEN_VERSIONS[family]), method)
+        model = optimize(tiny_qwen2_vl(version=QWEN_VERSIONS[family], num_layers=FASTV_LAYERS), method)
         inputs = qwen2_vl_inputs(model, [(3, [(8, 8)], [], 4), (2, [(4, 8)], [(4, 4, 4)], 3)])
     else:
-        model = optimize(tiny_llava(), method)
+        model = optimize(tiny_llava(num_layers=FASTV_LAYERS), method)
         inputs = llava_inputs(model, [(5, 1, 4), (2, 1, 3)])
     if format == "tensorrt":
         folder = tensorrt(model, out, example_inputs=inputs, overwrite=overwrite)

@@ -3,11 +3,28 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 FILE = "manifest.json"
 FORMATS = ("onnx", "torch_tensorrt")
+PRODUCER = "graphprune"  # the "producer" entry: how graphprune recognises its own exports (overwrite=True)
+NONE = type(None)
+TYPES = {  # every entry's JSON type
+    "format": str,
+    "family": str,
+    "method": (dict, NONE),
+    "first_pruned_layer": (int, NONE),
+    "visual_budget": dict,
+    "model": dict,
+    "dtype": str,
+    "opset": int,
+    "graphprune_version": str,
+    "graphs": dict,
+    "producer": str,
+}
+JSON_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an int", NONE: "null"}
+GRAPH_TYPES = {"file": str, "inputs": list, "outputs": list, "dynamic_axes": dict}
 
 
 @dataclass(frozen=True)
@@ -16,7 +33,7 @@ class Manifest:
 
     ``graphs`` maps a graph name to ``{"file", "inputs", "outputs", "dynamic_axes"}``; every input and
     output is ``{"name", "dtype", "shape"}`` where a string in ``shape`` is a dynamic axis.
-    ``method`` is None for an unpruned export (``prune=False``).
+    ``method`` is None for an unpruned export (``prune=False``). ``producer`` is always ``"graphprune"``.
     """
 
     format: str
@@ -29,21 +46,38 @@ class Manifest:
     opset: int
     graphprune_version: str
     graphs: dict[str, dict]
+    producer: str = PRODUCER
 
     def __post_init__(self) -> None:
+        for key, kind in TYPES.items():
+            if not isinstance(getattr(self, key), kind):
+                raise ValueError(f"manifest entry {key!r} must be {_names(kind)}; got {getattr(self, key)!r:.60}")
         if self.format not in FORMATS:
             raise ValueError(f"manifest format must be one of {FORMATS}; got {self.format!r}")
+        if self.producer != PRODUCER:
+            raise ValueError(f"manifest producer must be {PRODUCER!r}; got {self.producer!r}")
         if not self.graphs:
             raise ValueError("a manifest lists at least one graph")
         for name, graph in self.graphs.items():
-            missing = {"file", "inputs", "outputs", "dynamic_axes"} - set(graph)
+            if not isinstance(graph, dict):
+                raise ValueError(f"manifest graph {name!r} must be an object; got {graph!r:.60}")
+            missing = set(GRAPH_TYPES) - set(graph)
             if missing:
                 raise ValueError(f"manifest graph {name!r} lacks {sorted(missing)}")
+            for key, kind in GRAPH_TYPES.items():
+                if not isinstance(graph[key], kind):
+                    raise ValueError(f"manifest graph {name!r}: {key!r} must be {_names(kind)}")
+            for spec in graph["inputs"] + graph["outputs"]:
+                if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+                    raise ValueError(f"manifest graph {name!r}: every input and output needs a name; got {spec!r:.60}")
         if (self.method is None) != (self.first_pruned_layer is None):
             raise ValueError("a manifest has both a method and its first pruned layer, or neither (unpruned)")
 
     def input_names(self, graph: str) -> list[str]:
         return [spec["name"] for spec in self.graphs[graph]["inputs"]]
+
+    def output_names(self, graph: str) -> list[str]:
+        return [spec["name"] for spec in self.graphs[graph]["outputs"]]
 
     def write(self, folder: Path) -> Path:
         path = Path(folder) / FILE
@@ -52,7 +86,25 @@ class Manifest:
 
     @classmethod
     def read(cls, folder: str | Path) -> Manifest:
+        """The manifest in ``folder``; a ``ValueError`` naming the file and what is wrong unless it is valid."""
         path = Path(folder) / FILE
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: pass a folder written by graphprune.export.onnx")
-        return cls(**json.loads(path.read_text()))
+        try:
+            data = json.loads(path.read_text())
+            if not isinstance(data, dict):
+                raise ValueError(f"a manifest is a JSON object; got {type(data).__name__}")
+            missing = sorted({f.name for f in fields(cls) if f.default is MISSING} - set(data))
+            unknown = sorted(set(data) - {f.name for f in fields(cls)})
+            if missing or unknown:
+                raise ValueError(f"missing keys {missing}" if missing else f"unknown keys {unknown}")
+            return cls(**data)
+        except ValueError as error:  # json's errors are ValueErrors too
+            raise ValueError(
+                f"graphprune cannot read {path}: {error}; write the folder again with graphprune.export.onnx"
+            ) from None
+
+
+def _names(kind) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(JSON_NAMES[k] for k in kinds)

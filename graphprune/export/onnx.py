@@ -152,8 +152,10 @@ def onnx(
 
     ``example_inputs`` (the model's processor output, with at least one image or video) drive the
     export; with ``validate`` the written files are run in ONNX Runtime on them and must
-    match the PyTorch graphs (1e-4 relative in float32). Files are written to a temporary folder
-    beside ``out_dir`` and moved into place at the end. Returns ``out_dir``.
+    match the PyTorch graphs (1e-4 relative in float32). ``out_dir`` is checked before any work: a
+    new path, or with ``overwrite`` an empty folder or a graphprune export holding only what graphprune
+    wrote (never the current folder, one above it or the home folder); anything else is refused. Files
+    are written to a hidden folder beside ``out_dir`` and swapped into place at the end. Returns ``out_dir``.
     """
     require_onnx()
     state = optimized_state(model)
@@ -162,7 +164,7 @@ def onnx(
     out_dir = writable_folder(out_dir, overwrite)
     dtype = next(model.parameters()).dtype
     graphs, details = family_graphs(model, example_inputs, prune, max_images, max_visual_tokens)
-    with staged_folder(out_dir) as staging:
+    with staged_folder(out_dir, overwrite) as staging:
         entries = {graph.name: _write(graph, staging, opset) for graph in graphs}
         method = {"name": type(state.method).__name__, **asdict(state.method)} if prune else None
         manifest = Manifest(

@@ -9,10 +9,15 @@ import torch
 
 from ..methods import n_keep
 from ..models import UnsupportedModelError
-from .manifest import Manifest
+from .manifest import FILE, Manifest
 from .qwen2_vl import mrope_positions, token_types, video_intervals, vision_segments
 
-FAMILIES = ("llava", "mllama", "qwen2-vl", "video-llava")
+FAMILIES = {  # the graphs each family's export holds
+    "llava": ("vision", "embed", "prefill", "decode"),
+    "mllama": ("vision", "masks", "embed", "prefill", "decode"),
+    "qwen2-vl": ("vision", "embed", "prefill", "decode"),
+    "video-llava": ("vision", "video", "embed", "prefill", "decode"),
+}
 QWEN2_VL_INPUTS = (
     "pixel_values",
     "image_grid_thw",
@@ -32,6 +37,10 @@ def _numpy(value, dtype=None) -> np.ndarray | None:
         return None
     array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
     return array.astype(dtype) if dtype is not None else array
+
+
+def _few(names: list[str]) -> str:
+    return "[" + ", ".join(names[:3]) + (f", ... {len(names) - 3} more" if len(names) > 3 else "") + "]"
 
 
 def _refuse_extra(images: dict, accepted: tuple[str, ...], family: str) -> None:
@@ -59,16 +68,42 @@ class OrtGenerator:
             raise ImportError("OrtGenerator needs onnxruntime: pip install graphprune[onnx]") from error
         self.folder = Path(out_dir)
         self.manifest = Manifest.read(self.folder)
+        if self.manifest.format != "onnx":
+            raise ValueError(
+                f"graphprune's OrtGenerator runs ONNX exports; {self.folder} holds a {self.manifest.format} export"
+            )
         if self.manifest.family not in FAMILIES:
             raise UnsupportedModelError(
                 f"OrtGenerator runs exports of {', '.join(FAMILIES)}; {self.folder} holds {self.manifest.family!r}"
             )
+        missing = [graph for graph in FAMILIES[self.manifest.family] if graph not in self.manifest.graphs]
+        if missing:
+            raise ValueError(
+                f"graphprune cannot run {self.folder}: its {FILE} lists no {missing} graph, which a "
+                f"{self.manifest.family} export has; export the model again"
+            )
         providers = providers or ["CPUExecutionProvider"]
-        self.sessions = {
-            name: onnxruntime.InferenceSession(str(self.folder / entry["file"]), providers=providers)
-            for name, entry in self.manifest.graphs.items()
-        }
+        self.sessions = {name: self._session(name, onnxruntime, providers) for name in self.manifest.graphs}
         self.dtype = np.dtype(self.manifest.dtype if self.manifest.dtype != "bfloat16" else "float32")
+
+    def _session(self, graph: str, onnxruntime, providers: list):
+        """``graph``'s ONNX Runtime session; its file must take and give the names that the manifest lists."""
+        path = self.folder / self.manifest.graphs[graph]["file"]
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"graphprune cannot run {self.folder}: {path.name} (the {graph!r} graph in {FILE}) is missing"
+            )
+        session = onnxruntime.InferenceSession(str(path), providers=providers)
+        listed = (self.manifest.input_names(graph), self.manifest.output_names(graph))
+        found = ([spec.name for spec in session.get_inputs()], [spec.name for spec in session.get_outputs()])
+        for side, expected, actual in zip(("inputs", "outputs"), listed, found, strict=True):
+            if sorted(actual) != sorted(expected):
+                lacks, extra = sorted(set(expected) - set(actual)), sorted(set(actual) - set(expected))
+                raise ValueError(
+                    f"graphprune cannot run {self.folder}: {path.name} is not the {graph!r} graph that {FILE} "
+                    f"lists (its {side} lack {_few(lacks)} and have {_few(extra)} besides); export the model again"
+                )
+        return session
 
     def _run(self, graph: str, values: dict) -> dict:
         """Run ``graph`` on the entries of ``values`` that it takes; its outputs by name."""

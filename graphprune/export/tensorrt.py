@@ -39,18 +39,7 @@ def tensorrt(
     engines run on that GPU model and TensorRT version only (for a Jetson Orin, export ONNX and run
     the ``build_engines.sh`` it writes on the device).
     """
-    try:
-        import torch_tensorrt
-    except ImportError as error:
-        raise ImportError(
-            "graphprune.export.tensorrt needs torch-tensorrt on a CUDA host: pip install graphprune[tensorrt] "
-            "(for a Jetson Orin, use graphprune.export.onnx and the build_engines.sh it writes)"
-        ) from error
-    if not torch.cuda.is_available():
-        raise RuntimeError(
-            "graphprune.export.tensorrt needs a CUDA GPU; on a machine without one use graphprune.export.onnx "
-            "and build the engines on the target with the build_engines.sh it writes"
-        )
+    torch_tensorrt = require_tensorrt()
     state = optimized_state(model)
     out_dir = writable_folder(out_dir, overwrite)
     graphs, details = family_graphs(model.cuda(), _on_cuda(example_inputs), True, max_images, max_visual_tokens)
@@ -80,7 +69,7 @@ def tensorrt(
         **details,
     )
     profiles = trt_profiles(manifest, max_batch=max_batch, max_text=max_text, max_new_tokens=max_new_tokens)
-    with staged_folder(out_dir) as staging:
+    with staged_folder(out_dir, overwrite) as staging:
         for graph in graphs:
             inputs = [
                 torch_tensorrt.Input(min_shape=low, opt_shape=opt, max_shape=high, dtype=arg.dtype, name=name)
@@ -92,6 +81,23 @@ def tensorrt(
             torch_tensorrt.save(compiled, str(staging / f"{graph.name}.ep"), inputs=list(graph.args))
         manifest.write(staging)
     return out_dir
+
+
+def require_tensorrt():
+    """torch_tensorrt, or an error saying what is missing: torch-tensorrt, or a CUDA GPU."""
+    try:
+        import torch_tensorrt
+    except ImportError as error:
+        raise ImportError(
+            "graphprune.export.tensorrt needs torch-tensorrt on a CUDA host: pip install graphprune[tensorrt] "
+            "(for a Jetson Orin, use graphprune.export.onnx and the build_engines.sh it writes)"
+        ) from error
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            "graphprune.export.tensorrt needs a CUDA GPU; on a machine without one use graphprune.export.onnx "
+            "and build the engines on the target with the build_engines.sh it writes"
+        )
+    return torch_tensorrt
 
 
 def _on_cuda(inputs: dict) -> dict:

@@ -131,6 +131,7 @@ def fastv_reference(
     are those of a forward, or with ``generation=True`` of ``generate``'s prefill.
     """
     lm = model.model.language_model
+    method.check_layers(len(lm.layers))
     batch, seq_len = input_ids.shape
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
     hidden, position_ids = decoder_inputs(
