@@ -137,8 +137,8 @@ def mrope_positions(
     grid from the current position, and the text after it starts ``max(h, w) / merge`` later (the
     time axis does not count there: transformers 5.17-5.23 do so, where Qwen's original code and
     transformers 4 start after the largest position).
-    Qwen2.5-VL spaces a video's temporal positions by ``video_intervals[i]`` (``video_intervals``; the
-    products truncated as HF does); missing intervals are 1 (Qwen2-VL).
+    Qwen2.5-VL spaces a video's temporal positions by ``video_intervals[i]`` (time ``t`` at ``int(t x
+    interval)``, as HF truncates it); missing intervals are 1 (Qwen2-VL).
     Padding positions get 0. ``token_types``: 0 text, 1 image, 2 video (``mm_token_type_ids``).
     """
     positions = np.zeros((3, *token_types.shape), dtype=np.int64)
