@@ -3,15 +3,32 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 _QUERIES = ("last", "mean")
 _SELECTS = ("head_union", "topk")
 
 
-def _check_keep(keep: float) -> None:
-    if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0.0 < keep <= 1.0:
-        raise ValueError(f"keep must be a fraction in (0, 1], the share of visual tokens kept; got {keep!r}")
+def _plain(value, kind: type) -> int | float | None:
+    """``value`` as a plain Python int (``kind`` ``numbers.Integral``) or float (``numbers.Real``) when it is
+    such a scalar (a Python or numpy number, a 0-d tensor or array); None for anything else, bools included."""
+    if not isinstance(value, numbers.Number) and getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        value = value.item()  # 0-d tensor or array: its Python number (bool, int, float or complex by dtype)
+    if isinstance(value, bool) or not isinstance(value, kind):
+        return None
+    return int(value) if kind is numbers.Integral else float(value)
+
+
+def _checked_keep(keep) -> float:
+    """``keep`` as a float in (0, 1]; a ``ValueError`` otherwise."""
+    plain = _plain(keep, numbers.Real)
+    if plain is None or not 0.0 < plain <= 1.0:
+        raise ValueError(
+            f"keep must be a fraction in (0, 1] (a real number or 0-d tensor), the share of visual tokens kept; "
+            f"got {keep!r}"
+        )
+    return plain
 
 
 def n_keep(keep: float, n_visual: int) -> int:
@@ -41,9 +58,14 @@ class FastV:
     query: str = "last"
 
     def __post_init__(self) -> None:
-        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
-            raise ValueError(f"k must be an int >= 1 (the first pruned layer, 1 <= k < num_layers); got {self.k!r}")
-        _check_keep(self.keep)
+        k = _plain(self.k, numbers.Integral)
+        if k is None or k < 1:
+            raise ValueError(
+                "k must be an int >= 1 (an integral number or 0-d integer tensor: the first pruned layer, "
+                f"1 <= k < num_layers); got {self.k!r}"
+            )
+        object.__setattr__(self, "k", k)  # plain Python numbers: repr, equality, hashing and JSON as for ints
+        object.__setattr__(self, "keep", _checked_keep(self.keep))
         if self.query not in _QUERIES:
             raise ValueError(f"query must be one of {_QUERIES}; got {self.query!r}")
 
@@ -70,7 +92,7 @@ class CrossAttentionTrim:
     select: str = "head_union"
 
     def __post_init__(self) -> None:
-        _check_keep(self.keep)
+        object.__setattr__(self, "keep", _checked_keep(self.keep))
         if self.select not in _SELECTS:
             raise ValueError(f"select must be one of {_SELECTS}; got {self.select!r}")
 

@@ -42,10 +42,11 @@ def model(request):
 
 @pytest.fixture(scope="module")
 def inputs(model):
-    """``SAMPLES``; for Qwen2.5-VL the video lasts 0.75 s per temporal patch (``second_per_grid_ts``)."""
+    """``SAMPLES``; for Qwen2.5-VL the video lasts 1.6 s per temporal patch (``second_per_grid_ts``: a fraction
+    that transformers 5.17 truncates before scaling, 5.23 after)."""
     inputs = qwen2_vl_inputs(model, SAMPLES)
     if vision_layout(model)["tokens_per_second"] is not None:
-        inputs["second_per_grid_ts"] = torch.tensor([0.75])
+        inputs["second_per_grid_ts"] = torch.tensor([1.6])
     return inputs
 
 
@@ -67,7 +68,9 @@ def test_host_mrope_positions_equal_hf_get_rope_index(model, inputs):
         **seconds,
     )
     layout = vision_layout(model)
-    intervals = video_intervals(layout["tokens_per_second"], inputs.get("second_per_grid_ts"), 1)
+    intervals = video_intervals(
+        layout["tokens_per_second"], inputs.get("second_per_grid_ts"), 1, layout["video_seconds"]
+    )
     actual = mrope_positions(
         inputs["mm_token_type_ids"].numpy(),
         inputs["attention_mask"].numpy(),
@@ -80,9 +83,24 @@ def test_host_mrope_positions_equal_hf_get_rope_index(model, inputs):
     assert torch.equal(torch.from_numpy(actual)[real], expected[real])
     assert torch.equal(torch.from_numpy(actual)[~real], torch.zeros_like(expected[~real]))
     video_times = expected[0, 1][inputs["mm_token_type_ids"][1] == 2].unique()
-    assert set(video_times.diff().tolist()) == {3 if intervals else 1}  # 4 tokens/s x 0.75 s: time-scaled
+    steps = {"exact": [6, 6, 7], "whole": [4, 4, 4]}  # 4 tokens/s x 1.6 s: floor(6.4 t) (5.23), 4 t (5.17)
+    assert video_times.diff().tolist() == (steps[layout["video_seconds"]] if intervals else [1, 1, 1])
     derived = token_types(inputs["input_ids"].numpy(), model.config.image_token_id, model.config.video_token_id)
     assert (derived == inputs["mm_token_type_ids"].numpy()).all()
+
+
+def test_a_get_rope_index_video_rule_graphprune_cannot_reproduce_is_refused(model, monkeypatch):
+    """Neither transformers 5.17's nor 5.23's rule (here: seconds rounded up): exporting would give other positions."""
+    if vision_layout(model)["tokens_per_second"] is None:
+        pytest.skip("Qwen2-VL does not scale video time")
+    original = model.model.get_rope_index
+
+    def seconds_rounded_up(*args, second_per_grid_ts, **kwargs):
+        return original(*args, second_per_grid_ts=second_per_grid_ts.ceil(), **kwargs)
+
+    monkeypatch.setattr(model.model, "get_rope_index", seconds_rounded_up)
+    with pytest.raises(ValueError, match=r"^graphprune cannot reproduce .* install transformers>=5\.17,<5\.24"):
+        vision_layout(model)
 
 
 @torch.no_grad()
@@ -109,6 +127,7 @@ def test_export_writes_the_graphs_and_a_manifest_with_a_token_budget(model, expo
     assert manifest.family == "qwen2-vl" and manifest.model["class"] == type(model).__name__
     assert manifest.visual_budget == {"max_visual": 24, "top_k": 12}  # 8 image + 16 video tokens in sample 1
     assert manifest.first_pruned_layer == 1
+    assert manifest.model["video_seconds"] == vision_layout(model)["video_seconds"]  # what OrtGenerator follows
     prefill, decode = manifest.graphs["prefill"], manifest.graphs["decode"]
     assert prefill["dynamic_axes"]["position_ids"] == {"1": "batch", "2": "sequence"}  # [3, B, N]: M-RoPE rows
     assert decode["dynamic_axes"]["position_ids"] == {"1": "batch", "2": "new_tokens"}

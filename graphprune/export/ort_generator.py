@@ -206,6 +206,7 @@ class OrtGenerator:
                 model.get("tokens_per_second"),
                 _numpy(images.get("second_per_grid_ts"), np.float32),
                 0 if grids["video"] is None else len(grids["video"]),
+                model.get("video_seconds"),
             ),
         )
         return values, {}

@@ -137,8 +137,8 @@ def mrope_positions(
     grid from the current position, and the text after it starts ``max(h, w) / merge`` later (the
     time axis does not count there: transformers 5.17-5.23 do so, where Qwen's original code and
     transformers 4 start after the largest position).
-    Qwen2.5-VL spaces a video's temporal positions by ``video_intervals[i]`` (``tokens_per_second x
-    second_per_grid_ts[i]``, truncated as HF does); missing intervals are 1 (Qwen2-VL).
+    Qwen2.5-VL spaces a video's temporal positions by ``video_intervals[i]`` (time ``t`` at ``int(t x
+    interval)``, as HF truncates it); missing intervals are 1 (Qwen2-VL).
     Padding positions get 0. ``token_types``: 0 text, 1 image, 2 video (``mm_token_type_ids``).
     """
     positions = np.zeros((3, *token_types.shape), dtype=np.int64)
@@ -175,13 +175,44 @@ def token_types(input_ids: np.ndarray, image_token_id: int, video_token_id: int)
     return np.where(input_ids == image_token_id, IMAGE, np.where(input_ids == video_token_id, VIDEO, TEXT))
 
 
-def video_intervals(tokens_per_second: int | None, second_per_grid_ts, videos: int) -> list:
-    """Qwen2.5-VL's temporal position step per video, ``tokens_per_second x second_per_grid_ts[i]`` in float32
-    as HF computes it (``second_per_grid_ts`` absent: 1 s); none for Qwen2-VL (``tokens_per_second`` None)."""
+VIDEO_SECONDS = ("exact", "whole")  # how get_rope_index scales a video's time: transformers 5.23, 5.17
+
+
+def video_intervals(tokens_per_second: int | None, second_per_grid_ts, videos: int, rule: str | None) -> list:
+    """Qwen2.5-VL's temporal position step per video (``second_per_grid_ts`` absent: 1 s); none for Qwen2-VL
+    (``tokens_per_second`` None). ``rule`` (``vision_layout``'s ``video_seconds``) is the installed
+    transformers' rule: ``"exact"`` (or None) ``tokens_per_second x second_per_grid_ts[i]`` in float32,
+    ``"whole"`` ``tokens_per_second x int(second_per_grid_ts[i])``."""
     if tokens_per_second is None:
         return []
-    seconds = np.ones(videos, np.float32) if second_per_grid_ts is None else np.asarray(second_per_grid_ts, np.float32)
-    return list(np.float32(tokens_per_second) * seconds)
+    given = np.ones(videos, np.float32) if second_per_grid_ts is None else np.asarray(second_per_grid_ts, np.float32)
+    return list(np.float32(tokens_per_second) * (np.trunc(given) if rule == "whole" else given))
+
+
+def _video_seconds(model: nn.Module, merge: int, tokens_per_second: int) -> str:
+    """The ``VIDEO_SECONDS`` rule of the model's own ``get_rope_index``, found by running it on a probe video
+    (3 temporal groups, 1.6 s each) where the rules differ; a ``ValueError`` when none reproduces it."""
+    grids, seconds, tokens = np.array([[3, merge, merge]]), np.array([1.6], np.float32), 3
+    input_ids = torch.full((1, tokens), model.config.video_token_id)
+    expected, _ = model.model.get_rope_index(
+        input_ids,
+        torch.full((1, tokens), VIDEO),
+        None,
+        torch.from_numpy(grids),
+        second_per_grid_ts=torch.from_numpy(seconds),
+        attention_mask=torch.ones(1, tokens, dtype=torch.long),
+    )
+    for rule in VIDEO_SECONDS:
+        intervals = video_intervals(tokens_per_second, seconds, 1, rule)
+        actual = mrope_positions(
+            np.full((1, tokens), VIDEO), np.ones((1, tokens)), np.zeros((0, 3)), grids, merge, intervals
+        )
+        if np.array_equal(actual, expected.cpu().numpy()):
+            return rule
+    raise ValueError(
+        "graphprune cannot reproduce this transformers version's Qwen2.5-VL get_rope_index video positions (neither "
+        f"of the rules {VIDEO_SECONDS} of transformers 5.17-5.23); install transformers>=5.17,<5.24 to export"
+    )
 
 
 def _features(vision: _Vision, pixel_values, grids, layout: dict, hidden: int, device) -> torch.Tensor:
@@ -207,13 +238,16 @@ def _windowed(model: nn.Module) -> bool:
 
 def vision_layout(model: nn.Module) -> dict:
     """What the host needs to cut segments and form positions: the merge size, Qwen2.5-VL's window
-    (merge blocks per side) and tokens per second of video (None for Qwen2-VL)."""
+    (merge blocks per side), tokens per second of video and ``video_seconds``, the installed transformers'
+    ``VIDEO_SECONDS`` rule (both None for Qwen2-VL)."""
     vision = model.config.vision_config
-    windowed = _windowed(model)
+    merge, windowed = vision.spatial_merge_size, _windowed(model)
+    tokens_per_second = vision.tokens_per_second if windowed else None
     return {
-        "spatial_merge_size": vision.spatial_merge_size,
-        "vision_window": vision.window_size // vision.spatial_merge_size // vision.patch_size if windowed else None,
-        "tokens_per_second": vision.tokens_per_second if windowed else None,
+        "spatial_merge_size": merge,
+        "vision_window": vision.window_size // merge // vision.patch_size if windowed else None,
+        "tokens_per_second": tokens_per_second,
+        "video_seconds": _video_seconds(model, merge, tokens_per_second) if windowed else None,
     }
 
 
@@ -255,6 +289,7 @@ def qwen2_vl(model: nn.Module, state, example_inputs: dict, max_visual_tokens: i
             layout["tokens_per_second"],
             None if seconds is None else seconds.cpu().numpy(),
             0 if video_grids is None else len(video_grids),
+            layout["video_seconds"],
         ),
     )
     positions = torch.from_numpy(positions).to(device)
