@@ -9,7 +9,7 @@ from torch import nn
 
 from .flops import cross_attention_flops, flops, kv_bytes
 from .methods import CrossAttentionTrim, FastV
-from .runtime import optimized_state
+from .runtime import optimized_state, recorded_prefills
 
 
 @dataclass
@@ -26,7 +26,9 @@ class Report:
     (non-padding) length; for CrossAttentionTrim with every feature row the model computes before,
     and the actual kept count after. KV bytes (SPEC's formula) count the positions each layer
     caches, for the whole batch: after pruning, the pruned layers hold the longest sample's count
-    (padding slots included).
+    (padding slots included). A sample whose attention mask is all zeros is empty: nothing visual
+    or kept, 0 tokens, and the FLOPs the formula gives for 0 text tokens (FastV: 0). A text-only
+    prompt keeps and trims nothing (CrossAttentionTrim: 0 features, ``kept_per_tile[i]`` ``[0, tiles]``).
     """
 
     method: FastV | CrossAttentionTrim
@@ -75,15 +77,17 @@ def _listing(kept: torch.Tensor, limit: int = 24) -> str:
 def explain(model: nn.Module, **inputs) -> Report:
     """Run one pruned prefill of ``model`` (already ``optimize``d) on ``inputs`` and report it."""
     state = optimized_state(model)
-    model(**inputs, use_cache=True)
+    with recorded_prefills() as records:
+        model(**inputs, use_cache=True)
+    if not records:
+        raise ValueError("graphprune.explain runs one prefill: pass a prompt without past_key_values")
     element = next(model.parameters()).element_size()
     if isinstance(state.method, FastV):
-        return _fastv_report(model, state, element)
-    return _trim_report(model, state, element)
+        return _fastv_report(model, state, records[-1], element)
+    return _trim_report(model, state, records[-1], element)
 
 
-def _fastv_report(model, state, element: int) -> Report:
-    record = state.decoder.last_prefill
+def _fastv_report(model, state, record, element: int) -> Report:
     method, config = state.method, model.config
     kept, n_visual, n_tokens = [], [], []
     before = after = 0
@@ -103,8 +107,7 @@ def _fastv_report(model, state, element: int) -> Report:
     return Report(method, kept, n_visual, n_tokens, record.scores, before, after, kv_before, kv_after)
 
 
-def _trim_report(model, state, element: int) -> Report:
-    record = state.decoder.last_prefill
+def _trim_report(model, state, record, element: int) -> Report:
     config = model.config
     batch, n_features = record.valid_features.shape
     tiles, patches = state.adapter.feature_grid(model)

@@ -12,6 +12,7 @@ After ``optimize`` the model's own ``forward`` still runs (vision tower, project
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import inspect
@@ -28,6 +29,7 @@ from . import ops
 from .capture import LAYOUT_KEY, capture_decode, capture_prefill
 from .methods import CrossAttentionTrim, FastV
 from .models import DecoderLayout, ModelAdapter, adapter_for
+from .padding import normalized_attention_mask, refuse_right_padding
 from .passes import cross_attention_trim, cross_attention_trim_decode, fastv, fastv_decode
 
 logger = logging.getLogger(__name__)
@@ -36,11 +38,24 @@ STATE_ATTR = "_graphprune"
 _visual_mask: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar(
     "graphprune_visual_mask", default=None
 )
+_prefill_sink: contextvars.ContextVar[list | None] = contextvars.ContextVar("graphprune_prefill_sink", default=None)
+
+
+@contextlib.contextmanager
+def recorded_prefills():
+    """Collects the record of every prefill that this thread runs inside the block (contextvars are per
+    thread), whatever other threads run meanwhile; ``explain`` reads its own call's record from it."""
+    records: list = []
+    token = _prefill_sink.set(records)
+    try:
+        yield records
+    finally:
+        _prefill_sink.reset(token)
 
 
 @dataclass
 class PrefillRecord:
-    """What the last pruned (or unpruned) prefill saw and chose; ``explain`` reads it."""
+    """What a pruned (or unpruned) prefill saw and chose; ``explain`` reads it."""
 
     visual_mask: torch.Tensor  # [B, N]
     attention_mask: torch.Tensor  # [B, N]
@@ -91,6 +106,13 @@ class _GraphDecoder:
         self._decode = torch.compile(decode, dynamic=True) if compile else decode
         self._original = decoder.forward  # before optimize replaces it (keeps e.g. accelerate hooks)
         self._cache_states: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self.last_prefill: PrefillRecord | TrimRecord | None = None  # of any thread: use recorded_prefills
+
+    def _record(self, record: PrefillRecord | TrimRecord) -> None:
+        self.last_prefill = record
+        sink = _prefill_sink.get()
+        if sink is not None:
+            sink.append(record)
 
     def _embeddings(self, input_ids, inputs_embeds, attention_mask, use_cache, kwargs) -> tuple[torch.Tensor, bool]:
         """The checked call's input embeddings and whether it caches."""
@@ -109,7 +131,6 @@ class PrunedDecoder(_GraphDecoder):
         super().__init__(decoder, method, prefill, decode, compile)
         self.num_layers = len(decoder.layers)
         self.position_rows = prefill.meta[LAYOUT_KEY].position_rows
-        self.last_prefill: PrefillRecord | None = None
 
     def __call__(
         self,
@@ -121,6 +142,7 @@ class PrunedDecoder(_GraphDecoder):
         use_cache=None,
         **kwargs,
     ):
+        attention_mask = normalized_attention_mask(attention_mask)
         inputs_embeds, use_cache = self._embeddings(input_ids, inputs_embeds, attention_mask, use_cache, kwargs)
         args = dict(attention_mask=attention_mask, position_ids=position_ids, past_key_values=past_key_values)
         if past_key_values is not None and past_key_values.get_seq_length() > 0:
@@ -133,15 +155,15 @@ class PrunedDecoder(_GraphDecoder):
     def _prefill_step(self, inputs_embeds, attention_mask, position_ids, cache, use_cache, kwargs):
         batch, seq_len = inputs_embeds.shape[:2]
         device = inputs_embeds.device
-        visual = _visual_mask.get()
-        if visual is None or visual.shape != (batch, seq_len):
-            visual = torch.zeros(batch, seq_len, dtype=torch.bool, device=device)
-        visual = visual.to(device)
         mask = (
             attention_mask
             if attention_mask is not None
             else torch.ones(batch, seq_len, dtype=torch.long, device=device)
         )
+        visual = _visual_mask.get()
+        if visual is None or visual.shape != (batch, seq_len):
+            visual = torch.zeros(batch, seq_len, dtype=torch.bool, device=device)
+        visual = visual.to(device) & mask.bool()  # padding is not visual: an all-padding sample is empty
         dropped = visual.sum(dim=-1) - ops.keep_counts(visual, self.method.keep)
         if int(dropped.max()) == 0:  # keep=1.0 or no visual token: the unmodified model, exactly
             out = self._original(
@@ -153,14 +175,15 @@ class PrunedDecoder(_GraphDecoder):
                 **kwargs,
             )
             every = torch.arange(seq_len, device=device).expand(batch, seq_len)
-            self.last_prefill = PrefillRecord(visual, mask, every, torch.ones_like(visual), None)
+            self._record(PrefillRecord(visual, mask, every, torch.ones_like(visual), None))
             return out
+        refuse_right_padding(mask)
         position_ids = self._graph_positions(position_ids, batch, 0, seq_len, device)
         slots = torch.arange(int((mask.sum(dim=-1) - dropped).max()), device=device)
         outputs = self._prefill(inputs_embeds, mask, position_ids, visual, slots)
         hidden, cached = outputs[0], outputs[1 : 1 + 2 * self.num_layers]
         index, valid, scores = outputs[-3:]
-        self.last_prefill = PrefillRecord(visual, mask, index, valid, scores)
+        self._record(PrefillRecord(visual, mask, index, valid, scores))
         if not use_cache:
             return BaseModelOutputWithPast(last_hidden_state=hidden)
         cache = cache if cache is not None else DynamicCache(config=self.decoder.config)
@@ -232,7 +255,6 @@ class TrimmedDecoder(_GraphDecoder):
         self.num_layers = layout.num_layers
         self.cross_attention_layers = layout.cross_attention_layers
         self.text_layer = layout.self_attention_layers[0]  # caches text positions, never trimmed
-        self.last_prefill: TrimRecord | None = None
 
     def __call__(
         self,
@@ -247,6 +269,7 @@ class TrimmedDecoder(_GraphDecoder):
         use_cache=None,
         **kwargs,
     ):
+        attention_mask = normalized_attention_mask(attention_mask)
         inputs_embeds, use_cache = self._embeddings(input_ids, inputs_embeds, attention_mask, use_cache, kwargs)
         args = dict(
             attention_mask=attention_mask,
@@ -268,7 +291,8 @@ class TrimmedDecoder(_GraphDecoder):
                     "start a new generation with all images in the prompt"
                 )
             return self._decode_step(inputs_embeds, attention_mask, position_ids, args, past_key_values, state)
-        if cross_attention_states is None:  # text only: no cross-attention layer runs
+        if cross_attention_states is None:  # text only: no cross-attention layer runs, nothing is trimmed
+            self._record(_text_only_record(inputs_embeds, attention_mask))
             return self._original(**args, **kwargs)
         return self._prefill_step(inputs_embeds, args, kwargs)
 
@@ -292,8 +316,9 @@ class TrimmedDecoder(_GraphDecoder):
         valid = ops.valid_features(cross_mask, row_mask, mask)
         if self.method.keep == 1.0 or not valid.any():  # nothing is trimmed: the unmodified model, exactly
             every = torch.arange(states.shape[1], device=device).expand(batch, -1)
-            self.last_prefill = TrimRecord(mask, valid, every, valid, None)
+            self._record(TrimRecord(mask, valid, every, valid, None))
             return self._original(**args, **kwargs)
+        refuse_right_padding(mask)
         position_ids = args["position_ids"]
         if position_ids is None:
             position_ids = torch.arange(seq_len, device=device)[None]
@@ -303,7 +328,7 @@ class TrimmedDecoder(_GraphDecoder):
         outputs = self._prefill(*inputs)
         hidden, cached = outputs[0], outputs[1 : 1 + 2 * self.num_layers]
         index, slot_valid, scores = outputs[-3:]
-        self.last_prefill = TrimRecord(mask, valid, index, slot_valid, scores)
+        self._record(TrimRecord(mask, valid, index, slot_valid, scores))
         if not args["use_cache"]:
             return BaseModelOutputWithPast(last_hidden_state=hidden)
         cache = args["past_key_values"]
@@ -337,6 +362,15 @@ class TrimmedDecoder(_GraphDecoder):
         for layer_idx, layer in enumerate(cache.layers):
             layer.keys, layer.values = outputs[1 + 2 * layer_idx], outputs[2 + 2 * layer_idx]
         return BaseModelOutputWithPast(last_hidden_state=outputs[0], past_key_values=cache)
+
+
+def _text_only_record(inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None) -> TrimRecord:
+    """A text-only prefill's record: no feature, none kept."""
+    batch, seq_len = inputs_embeds.shape[:2]
+    device = inputs_embeds.device
+    mask = attention_mask if attention_mask is not None else torch.ones(batch, seq_len, dtype=torch.long, device=device)
+    none = torch.zeros(batch, 0, dtype=torch.bool, device=device)
+    return TrimRecord(mask, none, none.long(), none, None)
 
 
 @dataclass

@@ -9,6 +9,7 @@ import torch
 
 from ..methods import n_keep
 from ..models import UnsupportedModelError
+from ..padding import refuse_right_padding
 from .manifest import FILE, Manifest
 from .qwen2_vl import mrope_positions, token_types, video_intervals, vision_segments
 
@@ -119,6 +120,8 @@ class OrtGenerator:
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be [batch, length]; got shape {input_ids.shape}")
         mask = np.ones_like(input_ids) if attention_mask is None else _numpy(attention_mask, np.int64)
+        if self.manifest.method is not None:  # its prefill graph always drops padding, as PyTorch's when it prunes
+            refuse_right_padding(mask)
         family_inputs = {
             "mllama": self._mllama_inputs,
             "qwen2-vl": self._qwen2_vl_inputs,
