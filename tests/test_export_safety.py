@@ -246,3 +246,35 @@ def test_a_manifest_without_a_graph_the_family_needs_is_refused(copy):
 def test_a_tensorrt_export_is_refused_by_the_onnx_runtime_generator(copy):
     edit_manifest(copy, lambda m: m.update(format="torch_tensorrt"))
     ort_error(copy, ValueError, "runs ONNX exports; .* holds a torch_tensorrt export")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="atomic exchange is Linux's renameat2")
+def test_replacing_an_export_never_leaves_the_folder_missing(tmp_path):
+    import threading
+
+    from graphprune.export.staging import _swap
+
+    out_dir = tmp_path / "export"
+    out_dir.mkdir()
+    (out_dir / "manifest.json").write_text("0")
+    missing, done = [], threading.Event()
+
+    def watch():
+        while not done.is_set():
+            if not (out_dir / "manifest.json").exists():
+                missing.append(1)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        for round_ in range(1, 200):
+            new = tmp_path / f"new{round_}"
+            new.mkdir()
+            (new / "manifest.json").write_text(str(round_))
+            _swap(new, out_dir)
+    finally:
+        done.set()
+        watcher.join()
+    assert (out_dir / "manifest.json").read_text() == "199"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # every old export deleted
+    assert not missing

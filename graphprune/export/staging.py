@@ -1,13 +1,16 @@
 """Where an export is written: ``out_dir`` is checked before any work, the files go to a marked hidden folder
-beside it, and that folder is swapped in at the end (old export renamed away, new one renamed in, old deleted)."""
+beside it, and that folder is swapped in at the end (atomically exchanged with the old export on Linux, which is
+then deleted)."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import shutil
 import socket
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,9 +100,15 @@ def staged_folder(out_dir: Path, overwrite: bool) -> Iterator[Path]:
 
 
 def _swap(new: Path, out_dir: Path) -> None:
-    """Put ``new`` at ``out_dir``: the old folder is renamed aside, never missing before ``new`` is in place."""
+    """Put ``new`` at ``out_dir``. On Linux the two folders are exchanged in one atomic rename, so ``out_dir``
+    always holds a whole export; elsewhere the old folder is renamed aside first (both stay on disk throughout,
+    ``out_dir`` is missing between the two renames)."""
     if not out_dir.exists():
         new.rename(out_dir)
+        return
+    if _exchange(new, out_dir):
+        _mark(new)  # ``new`` now holds the old export: marked, so a killed run's leftover is cleaned next time
+        shutil.rmtree(new)
         return
     old = _hidden(out_dir, "old")
     out_dir.rename(old)
@@ -111,6 +120,18 @@ def _swap(new: Path, out_dir: Path) -> None:
         old.rename(out_dir)
         raise
     shutil.rmtree(old)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False where that is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_cwd, rename_exchange = -100, 2
+    return renameat2(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), rename_exchange) == 0
 
 
 def _hidden(out_dir: Path, kind: str) -> Path:
