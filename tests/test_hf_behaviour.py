@@ -47,6 +47,8 @@ def test_deepcopy_is_an_independent_optimized_model(families, family):
         assert not torch.allclose(pruned, unmodified, rtol=1e-3, atol=1e-3)  # the pruning shows in the logits
         clone = copy.deepcopy(model)
         zeroed = copy.deepcopy(model)
+        gp.restore(copy.deepcopy(model))  # restoring a copy leaves the original optimized
+        assert torch.equal(last_logits(model, inputs), pruned)
     # restoring the original leaves the copy optimized, with graphs on its own weights
     assert torch.equal(last_logits(model, inputs), unmodified)
     assert clone._graphprune.method == method
@@ -59,13 +61,6 @@ def test_deepcopy_is_an_independent_optimized_model(families, family):
     gp.restore(clone)
     assert _plain(clone)
     assert torch.equal(last_logits(clone, inputs), unmodified)
-
-
-def test_restoring_a_deepcopy_leaves_the_original_optimized(llava, batch):
-    with optimized(llava, gp.FastV(k=2)):
-        pruned = last_logits(llava, batch)
-        gp.restore(copy.deepcopy(llava))
-        assert torch.equal(last_logits(llava, batch), pruned)
 
 
 def test_pickle_and_shallow_copy_are_refused(llava, batch):
@@ -115,12 +110,16 @@ def test_train_mode_is_refused_while_optimized(llava, batch):
     ],
     ids=["beam", "beam-sample", "group-beam", "prompt-lookup", "contrastive", "dola"],
 )
-def test_unsupported_modes_are_refused_by_keyword(llava, batch, how):
+def test_unsupported_modes_are_refused_by_keyword_and_positional_config(llava, batch, how):
+    ids = batch["input_ids"]
+    rest = {name: value for name, value in batch.items() if name != "input_ids"}
     with optimized(llava, gp.FastV(k=2)):
+        tokens = greedy(llava, batch)
+        with pytest.raises(ValueError, match=REFUSED_MODE):
+            llava.generate(ids, GenerationConfig(**{"max_new_tokens": 4, **how}), **rest)
         with pytest.raises(ValueError, match=REFUSED_MODE):
             greedy(llava, batch, **how)
-        with pytest.raises(ValueError, match=REFUSED_MODE):
-            greedy(llava, batch, generation_config=GenerationConfig(**{"do_sample": False, **how}))
+        assert torch.equal(greedy(llava, batch), tokens)
 
 
 def test_the_effective_generation_config_decides(llava, batch):
