@@ -170,3 +170,14 @@ def test_cast_after_optimize_is_optimize_after_cast(families, family):
     gp.optimize(model, method)
     assert torch.equal(greedy(model, _bf16(inputs)), cast_after[0])
     assert torch.equal(last_logits(model, _bf16(inputs)), cast_after[1])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_move_to_cuda_after_optimize_is_optimize_after_move(llava, batch):
+    model = copy.deepcopy(llava)
+    gp.optimize(model, gp.FastV(k=2))
+    on_cuda = {name: value.cuda() for name, value in batch.items()}
+    moved_after = greedy(model.cuda(), on_cuda)
+    gp.restore(model)
+    gp.optimize(model, gp.FastV(k=2))
+    assert torch.equal(greedy(model, on_cuda), moved_after)
