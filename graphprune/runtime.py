@@ -1,19 +1,23 @@
 """The in-place entry point: ``optimize`` swaps a model's decoder forward for the pruned graphs, ``restore`` undoes it.
 
 After ``optimize`` the model's own ``forward`` still runs (vision tower, projector, LM head, HF
-``generate``); only two instance attributes are added:
+``generate``); these instance attributes are added:
 
 - ``model.forward``: the original forward inside a context that records which positions are visual
   (the decoder sees only embeddings, the visual mask comes from the input ids);
 - ``decoder.forward``: ``PrunedDecoder``, which runs the FastV prefill graph on a fresh cache and
   the decode graph on a cache it pruned, and the original decoder forward otherwise (nothing to
-  prune, or a cache it did not fill).
+  prune, or a cache it did not fill);
+- ``model.generate``: HF generate for the supported generation modes only (``generation_checks``);
+- ``model.__deepcopy__`` and ``model.__reduce_ex__``: an independent optimized deep copy, no pickling
+  (``model_copy``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import copy
 import functools
 import inspect
 import logging
@@ -26,8 +30,11 @@ from transformers import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from . import ops
-from .capture import LAYOUT_KEY, capture_decode, capture_prefill
+from .capture import capture_decode, capture_prefill
+from .generation_checks import checked_generate
+from .graph_cache import GraphCache, capturing
 from .methods import CrossAttentionTrim, FastV
+from .model_copy import plain_deepcopy, refuse_pickle
 from .models import DecoderLayout, ModelAdapter, adapter_for
 from .padding import normalized_attention_mask, refuse_right_padding
 from .passes import cross_attention_trim, cross_attention_trim_decode, fastv, fastv_decode
@@ -94,16 +101,16 @@ class _PrunedCache:
 
 
 class _GraphDecoder:
-    """What the stand-ins for a decoder's ``forward`` share: the captured prefill and decode graphs
-    (under ``torch.compile`` on request), the original forward, and the state of each cache they filled."""
+    """What the stand-ins for a decoder's ``forward`` share: the pruned prefill and decode graphs per dtype
+    and device of the decoder (under ``torch.compile`` on request), the original forward, and the state of
+    each cache they filled. ``graphs`` (placement -> graphs) is given for a deep copy, captured now otherwise."""
 
-    def __init__(self, decoder: nn.Module, method, prefill: fx.GraphModule, decode: fx.GraphModule, compile: bool):
+    def __init__(self, decoder: nn.Module, method, layout: DecoderLayout, compile: bool, graphs: dict | None = None):
         self.decoder = decoder
         self.method = method
-        self.prefill_graph = prefill
-        self.decode_graph = decode
-        self._prefill = torch.compile(prefill, dynamic=True) if compile else prefill
-        self._decode = torch.compile(decode, dynamic=True) if compile else decode
+        self.layout = layout
+        self.graphs = GraphCache(decoder, self._capture, compile, graphs)
+        self.graphs.graphs()
         self._original = decoder.forward  # before optimize replaces it (keeps e.g. accelerate hooks)
         self._cache_states: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.last_prefill: PrefillRecord | TrimRecord | None = None  # of any thread: use recorded_prefills
@@ -114,8 +121,35 @@ class _GraphDecoder:
         if sink is not None:
             sink.append(record)
 
+    def _capture(self) -> tuple[fx.GraphModule, fx.GraphModule]:
+        """The decoder's prefill and decode graphs, rewritten by the method's passes."""
+        raise NotImplementedError
+
+    def __call__(self, *args, **kwargs):
+        if capturing(self.decoder):  # a capture at a new dtype or device traces the decoder's own forward
+            return self._original(*args, **kwargs)
+        return self._run(*args, **kwargs)
+
+    @property
+    def prefill_graph(self) -> fx.GraphModule:
+        return self.graphs.graphs()[0]
+
+    @property
+    def decode_graph(self) -> fx.GraphModule:
+        return self.graphs.graphs()[1]
+
+    def rebound(self, decoder: nn.Module, memo: dict) -> _GraphDecoder:
+        """This stand-in for ``decoder``, a deep copy of this one's decoder made with ``memo``."""
+        layout, graphs = copy.deepcopy(self.layout, memo), self.graphs.copied_graphs(memo)
+        return type(self)(decoder, self.method, layout, self.graphs.compile, graphs)
+
     def _embeddings(self, input_ids, inputs_embeds, attention_mask, use_cache, kwargs) -> tuple[torch.Tensor, bool]:
         """The checked call's input embeddings and whether it caches."""
+        if self.decoder.training:
+            raise RuntimeError(
+                "graphprune: the optimized model is in training mode; call model.eval() to run it, "
+                "or graphprune.restore(model) to train it"
+            )
         _check_call(attention_mask, kwargs)
         if inputs_embeds is None:
             inputs_embeds = self.decoder.get_input_embeddings()(input_ids)
@@ -125,14 +159,16 @@ class _GraphDecoder:
 class PrunedDecoder(_GraphDecoder):
     """Stands in for the decoder's ``forward``: pruned prefill graph, pruned-cache decode graph."""
 
-    def __init__(
-        self, decoder: nn.Module, method: FastV, prefill: fx.GraphModule, decode: fx.GraphModule, compile: bool
-    ):
-        super().__init__(decoder, method, prefill, decode, compile)
+    def __init__(self, decoder: nn.Module, method: FastV, layout: DecoderLayout, compile: bool, graphs=None):
+        super().__init__(decoder, method, layout, compile, graphs)
         self.num_layers = len(decoder.layers)
-        self.position_rows = prefill.meta[LAYOUT_KEY].position_rows
+        self.position_rows = layout.position_rows
 
-    def __call__(
+    def _capture(self):
+        prefill = fastv(capture_prefill(self.decoder, self.layout), self.method)
+        return prefill, fastv_decode(capture_decode(self.decoder, self.layout), self.method)
+
+    def _run(
         self,
         input_ids=None,
         attention_mask=None,
@@ -180,7 +216,7 @@ class PrunedDecoder(_GraphDecoder):
         refuse_right_padding(mask)
         position_ids = self._graph_positions(position_ids, batch, 0, seq_len, device)
         slots = torch.arange(int((mask.sum(dim=-1) - dropped).max()), device=device)
-        outputs = self._prefill(inputs_embeds, mask, position_ids, visual, slots)
+        outputs = self.graphs.runners()[0](inputs_embeds, mask, position_ids, visual, slots)
         hidden, cached = outputs[0], outputs[1 : 1 + 2 * self.num_layers]
         index, valid, scores = outputs[-3:]
         self._record(PrefillRecord(visual, mask, index, valid, scores))
@@ -218,7 +254,8 @@ class PrunedDecoder(_GraphDecoder):
         attention_mask = _checked_decode_mask(attention_mask, batch, past, new_tokens, device)
         position_ids = self._graph_positions(position_ids, batch, past, new_tokens, device)
         flat_cache = [t for layer in cache.layers for t in (layer.keys, layer.values)]
-        outputs = self._decode(inputs_embeds, attention_mask, position_ids, *flat_cache, state.index, state.valid)
+        decode = self.graphs.runners()[1]
+        outputs = decode(inputs_embeds, attention_mask, position_ids, *flat_cache, state.index, state.valid)
         for layer_idx, layer in enumerate(cache.layers):
             layer.keys, layer.values = outputs[1 + 2 * layer_idx], outputs[2 + 2 * layer_idx]
         new_positions = torch.arange(past, past + new_tokens, device=device).expand(batch, new_tokens)
@@ -243,20 +280,18 @@ class TrimmedDecoder(_GraphDecoder):
     decode graph on a cache whose later cross-attention layers hold only the kept features."""
 
     def __init__(
-        self,
-        decoder: nn.Module,
-        method: CrossAttentionTrim,
-        layout: DecoderLayout,
-        prefill: fx.GraphModule,
-        decode: fx.GraphModule,
-        compile: bool,
+        self, decoder: nn.Module, method: CrossAttentionTrim, layout: DecoderLayout, compile: bool, graphs=None
     ):
-        super().__init__(decoder, method, prefill, decode, compile)
+        super().__init__(decoder, method, layout, compile, graphs)
         self.num_layers = layout.num_layers
         self.cross_attention_layers = layout.cross_attention_layers
         self.text_layer = layout.self_attention_layers[0]  # caches text positions, never trimmed
 
-    def __call__(
+    def _capture(self):
+        prefill = cross_attention_trim(capture_prefill(self.decoder, self.layout), self.method)
+        return prefill, cross_attention_trim_decode(capture_decode(self.decoder, self.layout), self.method)
+
+    def _run(
         self,
         input_ids=None,
         attention_mask=None,
@@ -325,7 +360,7 @@ class TrimmedDecoder(_GraphDecoder):
         inputs = [inputs_embeds, mask, position_ids.expand(batch, seq_len), states, cross_mask, row_mask]
         if self.method.select == "topk":
             inputs.append(torch.arange(int(ops.keep_counts(valid, self.method.keep).max()), device=device))
-        outputs = self._prefill(*inputs)
+        outputs = self.graphs.runners()[0](*inputs)
         hidden, cached = outputs[0], outputs[1 : 1 + 2 * self.num_layers]
         index, slot_valid, scores = outputs[-3:]
         self._record(TrimRecord(mask, valid, index, slot_valid, scores))
@@ -349,7 +384,7 @@ class TrimmedDecoder(_GraphDecoder):
         masks = args["cross_attention_mask"], args["full_text_row_masked_out_mask"]
         cross_mask, row_mask = self._cross_masks(*masks, batch, new_tokens, features, inputs_embeds)
         flat_cache = [t for layer in cache.layers for t in (layer.keys, layer.values)]
-        outputs = self._decode(
+        outputs = self.graphs.runners()[1](
             inputs_embeds,
             attention_mask,
             position_ids.expand(batch, new_tokens),
@@ -418,18 +453,17 @@ def optimize(model: nn.Module, method: FastV | CrossAttentionTrim, *, compile: b
     """
     adapter = _check(model, method)
     decoder = adapter.decoder(model)
-    layout = adapter.layout(model)
-    if isinstance(method, FastV):
-        prefill = fastv(capture_prefill(decoder, layout), method)
-        decode = fastv_decode(capture_decode(decoder, layout), method)
-        pruned = PrunedDecoder(decoder, method, prefill, decode, compile)
-    else:
-        prefill = cross_attention_trim(capture_prefill(decoder, layout), method)
-        decode = cross_attention_trim_decode(capture_decode(decoder, layout), method)
-        pruned = TrimmedDecoder(decoder, method, layout, prefill, decode, compile)
+    stand_in = PrunedDecoder if isinstance(method, FastV) else TrimmedDecoder
+    _install(model, adapter, stand_in(decoder, method, adapter.layout(model), compile))
+    logger.info("graphprune: %s on %s (%s)", method, type(model).__name__, "compiled" if compile else "eager")
+    return model
 
+
+def _install(model: nn.Module, adapter: ModelAdapter, pruned: PrunedDecoder | TrimmedDecoder) -> None:
+    """Set the instance attributes that run ``model`` with ``pruned`` in place of its decoder's forward."""
+    decoder = pruned.decoder
     saved = {(module, name): module.__dict__.get(name) for module, name in _replaced_attributes(model, decoder)}
-    forward, generate = model.forward, model.generate
+    forward = model.forward
     signature = inspect.signature(forward)
 
     @functools.wraps(forward)
@@ -446,27 +480,23 @@ def optimize(model: nn.Module, method: FastV | CrossAttentionTrim, *, compile: b
         finally:
             _visual_mask.reset(token)
 
-    @functools.wraps(generate)
-    def generate_without_beam_search(*args, **kwargs):
-        config = kwargs.get("generation_config") or model.generation_config
-        if (kwargs.get("num_beams") or config.num_beams or 1) > 1:
-            raise ValueError(
-                "graphprune does not support beam search (num_beams > 1): reordering the beams would not reorder "
-                "the pruned cache's slot index; use greedy or sampling, or graphprune.restore(model) first"
-            )
-        return generate(*args, **kwargs)
+    def deepcopy_optimized(memo):
+        clone = plain_deepcopy(model, memo, saved)
+        _install(clone, adapter, pruned.rebound(adapter.decoder(clone), memo))
+        return clone
 
     model.forward = forward_with_visual_mask
-    model.generate = generate_without_beam_search
+    model.generate = checked_generate(model, model.generate)
+    model.__deepcopy__ = deepcopy_optimized
+    model.__reduce_ex__ = refuse_pickle
     decoder.forward = pruned
-    setattr(model, STATE_ATTR, _Optimized(method, adapter, pruned, saved))
-    logger.info("graphprune: %s on %s (%s)", method, type(model).__name__, "compiled" if compile else "eager")
-    return model
+    setattr(model, STATE_ATTR, _Optimized(pruned.method, adapter, pruned, saved))
 
 
 def _replaced_attributes(model: nn.Module, decoder: nn.Module) -> tuple[tuple[nn.Module, str], ...]:
     """The instance attributes ``optimize`` sets and ``restore`` puts back."""
-    return (model, "forward"), (model, "generate"), (decoder, "forward")
+    names = ("forward", "generate", "__deepcopy__", "__reduce_ex__", STATE_ATTR)
+    return (*((model, name) for name in names), (decoder, "forward"))
 
 
 def optimized_state(model: nn.Module) -> _Optimized:
@@ -477,13 +507,12 @@ def optimized_state(model: nn.Module) -> _Optimized:
 
 
 def restore(model: nn.Module) -> nn.Module:
-    """Undo ``optimize``: the model's forward and generate and its decoder's forward are what they were;
-    returns the model."""
+    """Undo ``optimize``: every instance attribute it set (forward, generate, the copy hooks, the
+    decoder's forward) is what it was; returns the model."""
     state = optimized_state(model)
     for (module, name), value in state.saved_attributes.items():
         if value is None:
             delattr(module, name)
         else:
             setattr(module, name, value)
-    delattr(model, STATE_ATTR)
     return model

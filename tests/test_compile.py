@@ -34,7 +34,7 @@ def test_compiled_prefill_and_decode_equal_reference(request, family):
     with optimized(model, method, compile=True):
         logits = model(**inputs).logits
         ids = model.generate(**inputs, max_new_tokens=4, do_sample=False)
-        assert isinstance(model._graphprune.decoder._prefill, torch._dynamo.eval_frame.OptimizedModule)
+        assert isinstance(model._graphprune.decoder.graphs.runners()[0], torch._dynamo.eval_frame.OptimizedModule)
     assert rel_error(logits[:, -1], reference.logits[:, -1]) <= LOGITS_RTOL
     assert torch.equal(ids, expected_ids)
 

@@ -1,0 +1,59 @@
+"""What ``generate`` on an optimized model accepts, read from the *effective* generation config.
+
+The config is the one transformers itself would use, however it arrives: keyword arguments,
+a ``GenerationConfig`` passed by keyword or position, or ``model.generation_config``. Only the
+modes whose cache graphprune follows are allowed: greedy and sampling. Beam search reorders the cache,
+assisted and prompt-lookup decoding crop it, and the others (contrastive, DoLa, a custom decoding
+loop) are not tested; all are refused. ``use_cache=False`` runs with the cache, so that the
+selection is made once at the prompt as with ``use_cache=True`` (the tokens are the same).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+
+from transformers.generation import GenerationMode
+
+SUPPORTED_MODES = {GenerationMode.GREEDY_SEARCH: "greedy", GenerationMode.SAMPLE: "sampling"}
+_NOT_CONFIG = ("trust_remote_code", "tokenizer", "assistant_tokenizer")  # generate pops these first
+
+
+def checked_generate(model, generate):
+    """``generate`` that refuses unsupported generation modes and runs ``use_cache=False`` on the cache."""
+    signature = inspect.signature(generate)
+    var_keyword = next(p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD)
+
+    @functools.wraps(generate)
+    def generate_supported_modes(*args, **kwargs):
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError:
+            return generate(*args, **kwargs)  # transformers' own error
+        arguments = bound.arguments
+        extra = arguments.setdefault(var_keyword, {})
+        given = arguments.get("generation_config")
+        options = {name: value for name, value in extra.items() if name not in _NOT_CONFIG}
+        config, _ = model._prepare_generation_config(given, **options)
+        mode = config.get_generation_mode(arguments.get("assistant_model"))
+        if arguments.get("custom_generate") is not None or mode not in SUPPORTED_MODES:
+            name = "custom_generate" if arguments.get("custom_generate") is not None else mode.value.replace("_", " ")
+            raise ValueError(
+                f"graphprune does not support {name} (its cache is pruned per sample; beam search, "
+                "assisted, prompt-lookup, contrastive, DoLa and custom decoding are refused); "
+                "use greedy or sampling, or graphprune.restore(model) first"
+            )
+        if config.use_cache:
+            return generate(*bound.args, **bound.kwargs)
+        if "use_cache" in extra or given is None:
+            extra["use_cache"] = True
+        else:
+            arguments["generation_config"] = copy.deepcopy(given)
+            arguments["generation_config"].use_cache = True
+        out = generate(*bound.args, **bound.kwargs)
+        if getattr(out, "past_key_values", None) is not None:
+            out.past_key_values = None  # as transformers returns without the cache
+        return out
+
+    return generate_supported_modes

@@ -1,0 +1,72 @@
+"""The pruned graphs of a decoder, one pair per dtype and device of its weights.
+
+Captured graphs hold the dtype and device of their capture as literals (``torch.ones(..., device='cpu')``,
+casts to float32), so a model cast (``.to(torch.bfloat16)``, ``.half()``) or moved after ``optimize`` gets
+graphs captured again on first use at its new dtype and device; the old pair stays for a move back. The
+graphs share the decoder's parameters, so a cast costs no copy of the weights.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import copy
+import itertools
+import threading
+from collections.abc import Callable
+
+import torch
+from torch import fx, nn
+
+Capture = Callable[[], tuple[fx.GraphModule, fx.GraphModule]]
+_capturing: contextvars.ContextVar[nn.Module | None] = contextvars.ContextVar("graphprune_capturing", default=None)
+
+
+def capturing(decoder: nn.Module) -> bool:
+    """Whether this thread is capturing ``decoder``: its stand-in forward must then run the decoder's own."""
+    return _capturing.get() is decoder
+
+
+def placement(decoder: nn.Module) -> tuple:
+    """The dtype and device of each of the decoder's weights and buffers: what a capture depends on."""
+    return tuple((t.dtype, t.device) for t in itertools.chain(decoder.parameters(), decoder.buffers()))
+
+
+class GraphCache:
+    """``(prefill, decode)`` graphs per placement of the decoder's weights, under ``torch.compile`` on request."""
+
+    def __init__(self, decoder: nn.Module, capture: Capture, compile: bool, graphs: dict | None = None):
+        self.decoder = decoder
+        self.compile = compile
+        self._capture = capture
+        self._graphs = dict(graphs or {})  # placement -> (prefill, decode) GraphModules
+        self._runners: dict = {}  # placement -> (prefill, decode) callables (compiled or not)
+        self._lock = threading.Lock()
+
+    def graphs(self) -> tuple[fx.GraphModule, fx.GraphModule]:
+        """The graphs for the decoder's current placement, captured now if it is new."""
+        return self._entry(placement(self.decoder))[0]
+
+    def runners(self) -> tuple[Callable, Callable]:
+        """What runs the prefill and decode steps at the decoder's current placement."""
+        return self._entry(placement(self.decoder))[1]
+
+    def _entry(self, key: tuple):
+        runners = self._runners.get(key)
+        if runners is None:
+            with self._lock:
+                if key not in self._graphs:
+                    token = _capturing.set(self.decoder)
+                    try:
+                        self._graphs[key] = self._capture()
+                    finally:
+                        _capturing.reset(token)
+                prefill, decode = self._graphs[key]
+                if self.compile:
+                    prefill, decode = torch.compile(prefill, dynamic=True), torch.compile(decode, dynamic=True)
+                runners = self._runners.setdefault(key, (prefill, decode))
+        return self._graphs[key], runners
+
+    def copied_graphs(self, memo: dict) -> dict:
+        """The graphs, deep-copied with ``memo``: in a deep copy of the decoder made with the same memo,
+        they use the copy's parameters."""
+        return {key: tuple(copy.deepcopy(graph, memo) for graph in pair) for key, pair in self._graphs.items()}
