@@ -33,7 +33,10 @@ def one_line_error(result: subprocess.CompletedProcess, command: str) -> str:
         (["--k", "99"], "k must satisfy 1 <= k < 8 (the decoder's layer count); got k=99"),
         (["--k", "0"], "k must be an int >= 1"),
         (["--keep", "2"], "keep must be a fraction in (0, 1]"),
-        (["--keep", "nan"], "keep must be a fraction in (0, 1], the share of visual tokens kept; got nan"),
+        (
+            ["--keep", "nan"],
+            "keep must be a fraction in (0, 1] (a real number or 0-d tensor), the share of visual tokens kept; got nan",
+        ),
         (["--model", "mllama", "--keep", "0"], "keep must be a fraction in (0, 1]"),
         (["--model", "mllama", "--k", "3"], "--k is not an option of CrossAttentionTrim, which --model mllama runs"),
         (["--model", "mllama", "--query", "mean"], "--query is not an option of CrossAttentionTrim"),
