@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-pytest.importorskip("vllm", reason="vLLM is not installed here: the vLLM plugin tests run in .venv-vllm (.ci/vllm-venv)")
+pytest.importorskip("vllm", reason="vLLM is not installed: the vLLM plugin tests run in .venv-vllm (.ci/vllm-venv)")
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0-1")
