@@ -79,14 +79,14 @@ def save_llava(model: nn.Module, path: str | Path) -> Path:
 
 
 def save_qwen2_vl(model: nn.Module, path: str | Path) -> Path:
-    """Save a ``tiny_qwen2_vl`` model and its ``Qwen2VLProcessor`` to ``path``; returns ``path``."""
-    from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor
+    """Save a ``tiny_qwen2_vl`` model (either version) and its processor to ``path``; returns ``path``."""
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
 
     path = Path(path)
     model.save_pretrained(path)
     vision = model.config.vision_config
     patch = vision.patch_size * vision.spatial_merge_size
-    image_processor = Qwen2VLImageProcessor(
+    sizes = dict(
         patch_size=vision.patch_size,
         temporal_patch_size=vision.temporal_patch_size,
         merge_size=vision.spatial_merge_size,
@@ -94,8 +94,10 @@ def save_qwen2_vl(model: nn.Module, path: str | Path) -> Path:
         max_pixels=64 * patch * patch,
     )
     vocab = model.config.text_config.vocab_size
-    processor = Qwen2VLProcessor(
-        image_processor=image_processor,
+    processor_class = Qwen2_5_VLProcessor if model.config.model_type == "qwen2_5_vl" else Qwen2VLProcessor
+    processor = processor_class(
+        image_processor=Qwen2VLImageProcessor(**sizes),
+        video_processor=Qwen2VLVideoProcessor(**sizes),
         tokenizer=tokenizer(vocab, image_token="<|image_pad|>", video_token="<|video_pad|>"),
         chat_template="{% for m in messages %}{{ m['content'] }}{% endfor %}",
     )
