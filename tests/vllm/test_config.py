@@ -6,6 +6,8 @@ import logging
 import re
 
 import pytest
+
+pytest.importorskip("vllm", reason="vLLM is not installed: the vLLM plugin tests run in .venv-vllm (.ci/vllm-venv)")
 from transformers import LlamaConfig
 
 import graphprune as gp
