@@ -58,24 +58,29 @@ def prompt_text(ids: list[int]) -> str:
 
 def save_llava(model: nn.Module, path: str | Path) -> Path:
     """Save a ``tiny_llava`` model and its ``LlavaProcessor`` to ``path`` in the hub layout; returns ``path``."""
-    from transformers import CLIPImageProcessor, LlavaProcessor
-
     path = Path(path)
     model.save_pretrained(path)
     _rewrite_keys(path, lambda key: key.replace("vision_tower.", "vision_tower.vision_model.", 1))
-    vision = model.config.vision_config
+    save_llava_processor(model.config, path)
+    return path
+
+
+def save_llava_processor(config, path: str | Path) -> None:
+    """Save the ``LlavaProcessor`` (CLIP image processor, WordLevel tokenizer) that fits a ``LlavaConfig``."""
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    vision = config.vision_config
     size = vision.image_size
     image_processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
     processor = LlavaProcessor(
         image_processor=image_processor,
-        tokenizer=tokenizer(model.config.text_config.vocab_size),
+        tokenizer=tokenizer(config.text_config.vocab_size),
         patch_size=vision.patch_size,
-        vision_feature_select_strategy=model.config.vision_feature_select_strategy,
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
         num_additional_image_tokens=1,
         chat_template="{% for m in messages %}{{ m['content'] }}{% endfor %}",
     )
     processor.save_pretrained(path)
-    return path
 
 
 def save_qwen2_vl(model: nn.Module, path: str | Path) -> Path:

