@@ -83,6 +83,31 @@ def save_llava_processor(config, path: str | Path) -> None:
     processor.save_pretrained(path)
 
 
+def save_llava_next(model: nn.Module, path: str | Path) -> Path:
+    """Save a ``tiny_llava_next`` model and its ``LlavaNextProcessor`` to ``path`` in the hub layout."""
+    from transformers import LlavaNextImageProcessor, LlavaNextProcessor
+
+    path = Path(path)
+    model.save_pretrained(path)
+    _rewrite_keys(path, lambda key: key.replace("vision_tower.", "vision_tower.vision_model.", 1))
+    config, size = model.config, model.config.vision_config.image_size
+    image_processor = LlavaNextImageProcessor(
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+        image_grid_pinpoints=config.image_grid_pinpoints,
+    )
+    processor = LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer(config.text_config.vocab_size),
+        patch_size=config.vision_config.patch_size,
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+        num_additional_image_tokens=1,
+        chat_template="{% for m in messages %}{{ m['content'] }}{% endfor %}",
+    )
+    processor.save_pretrained(path)
+    return path
+
+
 def save_qwen2_vl(model: nn.Module, path: str | Path) -> Path:
     """Save a ``tiny_qwen2_vl`` model (either version) and its processor to ``path``; returns ``path``."""
     from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
@@ -119,10 +144,10 @@ def _rewrite_keys(path: Path, rename) -> None:
         save_file({key: value.contiguous() for key, value in tensors.items()}, file, metadata={"format": "pt"})
 
 
-def random_image(seed: int, size: int):
-    """A random RGB PIL image, ``size`` x ``size`` pixels."""
+def random_image(seed: int, size: int, width: int | None = None):
+    """A random RGB PIL image, ``size`` pixels high and ``width`` (default: ``size``) wide."""
     from PIL import Image
 
     generator = torch.Generator().manual_seed(seed)
-    pixels = torch.randint(0, 256, (size, size, 3), generator=generator, dtype=torch.uint8)
+    pixels = torch.randint(0, 256, (size, width or size, 3), generator=generator, dtype=torch.uint8)
     return Image.fromarray(pixels.numpy())

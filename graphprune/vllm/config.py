@@ -19,6 +19,10 @@ ACCEPTED_KEYS = ("method", "k", "keep", "query")
 # HF architecture -> (vLLM architecture name graphprune registers, "module:Class" of its model)
 ARCHITECTURES = {
     "LlavaForConditionalGeneration": ("GraphpruneLlavaForConditionalGeneration", "graphprune.vllm.llava:FastVLlava"),
+    "LlavaNextForConditionalGeneration": (
+        "GraphpruneLlavaNextForConditionalGeneration",
+        "graphprune.vllm.llava_next:FastVLlavaNext",
+    ),
     "Qwen2VLForConditionalGeneration": (
         "GraphpruneQwen2VLForConditionalGeneration",
         "graphprune.vllm.qwen2_vl:FastVQwen2VL",

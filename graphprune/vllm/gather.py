@@ -32,13 +32,13 @@ class PrunedDecoder:
         self.pruned_names = [attention.layer_name for attention in self.attentions[method.k :]]
         self.visual_ids = torch.tensor(visual_ids)
         self.dropped_counts = DroppedCounts()
-        self.block_size = vllm_config.cache_config.block_size
         self.input_ids: torch.Tensor | None = None
         self.plan: Plan | None = None
         self.full: tuple[torch.Tensor, torch.Tensor] | None = None  # layer k's input, all rows
         self.positions: torch.Tensor | None = None  # the kept rows' positions
         self.restore: dict[str, tuple[object, object]] = {}
-        self._builder = None
+        self._builder = None  # the attention backend's metadata builder for layers >= k
+        self._block_size = 0
         k = method.k
         self.attentions[k - 1].register_forward_pre_hook(self._plan)
         self.layers[k].register_forward_pre_hook(self._gather)
@@ -86,7 +86,7 @@ class PrunedDecoder:
             metadata.query_start_loc,
             metadata.seq_lens,
             metadata.block_table,
-            self.block_size,
+            self._metadata_builder()[1],
             self.dropped_counts,
             rank,
         )
@@ -108,21 +108,24 @@ class PrunedDecoder:
             block_table_tensor=metadata.block_table,
             slot_mapping=plan.slot_mapping,
         )
-        pruned = self._metadata_builder().build(0, common)
+        pruned = self._metadata_builder()[0].build(0, common)
         context = get_forward_context()
         for name in self.pruned_names:
             self.restore[name] = (context.attn_metadata[name], context.slot_mapping.get(name))
             context.attn_metadata[name] = pruned
             context.slot_mapping[name] = plan.slot_mapping
 
-    def _metadata_builder(self):
-        if self._builder is None:
+    def _metadata_builder(self) -> tuple[object, int]:
+        """The builder and the KV block size; remade if vLLM changed the block size after the model was built."""
+        block_size = self.vllm_config.cache_config.block_size
+        if self._builder is None or self._block_size != block_size:
             attention = self.attentions[self.method.k]
             spec = attention.get_kv_cache_spec(self.vllm_config)
             builder_cls = attention.attn_backend.get_builder_cls()
             device = next(self.layers[0].parameters()).device
             self._builder = builder_cls(spec, self.pruned_names, self.vllm_config, device)
-        return self._builder
+            self._block_size = spec.block_size
+        return self._builder, self._block_size
 
     def _gather(self, layer: nn.Module, args: tuple) -> tuple | None:
         if self.plan is None:

@@ -62,7 +62,7 @@ def test_unsupported_architecture_lists_supported(tmp_path):
     llama.save_pretrained(tmp_path)
     expected = (
         "graphprune does not support LlamaForCausalLM in vLLM; supported architectures: LlavaForConditionalGeneration, "
-        "Qwen2VLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration"
+        "LlavaNextForConditionalGeneration, Qwen2VLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration"
     )
     with pytest.raises(ValueError, match=re.escape(expected)):
         engine_config(tmp_path, {"method": "fastv"})
