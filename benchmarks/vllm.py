@@ -9,7 +9,9 @@ and a few dozen text tokens. Per engine, after one warm-up request:
 - the share of KV positions the decoder really uses (layers >= k hold the kept ones; vLLM allocates blocks for all).
 
 Both engines get the same ``max_num_batched_tokens`` (so they prefill the same requests per step), enforce_eager
-(the plugin forces it; the plain engine gets it too, so that the comparison is like with like) and the same dtype.
+and no prefix caching (the plugin forces both; the plain engine gets them too, so that the comparison is like with
+like: with prefix caching, plain vLLM would reuse the KV of the repeated prompts) and the same dtype. The plain
+engine keeps chunked prefill, which the plugin turns off.
 Next to the timings: the FLOPs fraction of FastV from ``gp.flops`` (the paper's count, for the mean prompt).
 Targets (a benchmark figure, not a test): TTFT <= 1.15 x fraction x plain; throughput >= plain / (1.15 x fraction).
 
@@ -29,7 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != HERE]  # this file is not the vllm package
+sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
 TIME_FACTOR = 1.15
 PRESETS = {
@@ -102,6 +106,7 @@ def measure(path: Path, args, preset: dict, prompts: list[dict], graphprune: dic
         max_num_seqs=len(prompts),
         max_num_batched_tokens=args.batched_tokens,
         enforce_eager=True,
+        enable_prefix_caching=False,  # the plugin turns it off; off for both, or plain would reuse the repeats' KV
         seed=0,
     )
     if graphprune is not None:
@@ -149,7 +154,7 @@ def main() -> None:
     args.new_tokens = args.new_tokens or preset["new_tokens"]
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     if args.device == "cpu":
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{(os.cpu_count() or 2) - 1}")
 
     import graphprune as gp
