@@ -1,0 +1,153 @@
+"""Tiny random-weight VLMs saved as hub-layout checkpoint folders with a real processor (vLLM tests, benchmarks).
+
+vLLM loads models from a folder: ``config.json``, safetensors in the hub's key layout (LLaVA's vision tower under
+``vision_tower.vision_model.*``, which transformers 5 no longer writes) and the processor files. The tokenizer is a
+``tokenizers`` WordLevel model over ``<pad> <s> </s> <image> <video> <|vision_start|> <|vision_end|> ... w8 w9 ...``
+(token ``wN`` is id N), split on whitespace, so ``prompt_ids`` and ``prompt_text`` convert both ways.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from tokenizers import Tokenizer, models, pre_tokenizers
+from torch import nn
+from transformers import PreTrainedTokenizerFast
+
+from .tiny import (
+    FIRST_TEXT_ID,
+    IMAGE_TOKEN_ID,
+    PAD_TOKEN_ID,
+    VIDEO_TOKEN_ID,
+    VISION_END_TOKEN_ID,
+    VISION_START_TOKEN_ID,
+)
+
+SPECIAL = {
+    PAD_TOKEN_ID: "<pad>",
+    1: "<s>",
+    2: "</s>",
+    IMAGE_TOKEN_ID: "<image>",
+    VIDEO_TOKEN_ID: "<video>",
+    VISION_START_TOKEN_ID: "<|vision_start|>",
+    VISION_END_TOKEN_ID: "<|vision_end|>",
+    7: "<unk>",
+}
+
+
+def tokenizer(vocab_size: int, image_token: str = "<image>", video_token: str = "<video>") -> PreTrainedTokenizerFast:
+    """The WordLevel tokenizer described in the module docstring; the visual placeholders get the given names."""
+    names = dict(SPECIAL) | {IMAGE_TOKEN_ID: image_token, VIDEO_TOKEN_ID: video_token}
+    vocab = {names.get(i, f"w{i}"): i for i in range(vocab_size)}
+    model = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    model.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=model, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    fast.add_special_tokens({"additional_special_tokens": [names[i] for i in sorted(names) if i > 2 and i != 7]})
+    return fast
+
+
+def prompt_text(ids: list[int]) -> str:
+    """Text whose tokens are ``ids`` (text ids only, each >= ``FIRST_TEXT_ID``)."""
+    assert all(i >= FIRST_TEXT_ID for i in ids)
+    return " ".join(f"w{i}" for i in ids)
+
+
+def save_llava(model: nn.Module, path: str | Path) -> Path:
+    """Save a ``tiny_llava`` model and its ``LlavaProcessor`` to ``path`` in the hub layout; returns ``path``."""
+    path = Path(path)
+    model.save_pretrained(path)
+    _rewrite_keys(path, lambda key: key.replace("vision_tower.", "vision_tower.vision_model.", 1))
+    save_llava_processor(model.config, path)
+    return path
+
+
+def save_llava_processor(config, path: str | Path) -> None:
+    """Save the ``LlavaProcessor`` (CLIP image processor, WordLevel tokenizer) that fits a ``LlavaConfig``."""
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    vision = config.vision_config
+    size = vision.image_size
+    image_processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer(config.text_config.vocab_size),
+        patch_size=vision.patch_size,
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+        num_additional_image_tokens=1,
+        chat_template="{% for m in messages %}{{ m['content'] }}{% endfor %}",
+    )
+    processor.save_pretrained(path)
+
+
+def save_llava_next(model: nn.Module, path: str | Path) -> Path:
+    """Save a ``tiny_llava_next`` model and its ``LlavaNextProcessor`` to ``path`` in the hub layout."""
+    from transformers import LlavaNextImageProcessor, LlavaNextProcessor
+
+    path = Path(path)
+    model.save_pretrained(path)
+    _rewrite_keys(path, lambda key: key.replace("vision_tower.", "vision_tower.vision_model.", 1))
+    config, size = model.config, model.config.vision_config.image_size
+    image_processor = LlavaNextImageProcessor(
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+        image_grid_pinpoints=config.image_grid_pinpoints,
+    )
+    processor = LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer(config.text_config.vocab_size),
+        patch_size=config.vision_config.patch_size,
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+        num_additional_image_tokens=1,
+        chat_template="{% for m in messages %}{{ m['content'] }}{% endfor %}",
+    )
+    processor.save_pretrained(path)
+    return path
+
+
+def save_qwen2_vl(model: nn.Module, path: str | Path) -> Path:
+    """Save a ``tiny_qwen2_vl`` model (either version) and its processor to ``path``; returns ``path``."""
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
+
+    path = Path(path)
+    model.save_pretrained(path)
+    vision = model.config.vision_config
+    patch = vision.patch_size * vision.spatial_merge_size
+    sizes = dict(
+        patch_size=vision.patch_size,
+        temporal_patch_size=vision.temporal_patch_size,
+        merge_size=vision.spatial_merge_size,
+        min_pixels=patch * patch,
+        max_pixels=64 * patch * patch,
+    )
+    vocab = model.config.text_config.vocab_size
+    processor_class = Qwen2_5_VLProcessor if model.config.model_type == "qwen2_5_vl" else Qwen2VLProcessor
+    processor = processor_class(
+        image_processor=Qwen2VLImageProcessor(**sizes),
+        video_processor=Qwen2VLVideoProcessor(**sizes),
+        tokenizer=tokenizer(vocab, image_token="<|image_pad|>", video_token="<|video_pad|>"),
+        chat_template="{% for m in messages %}{{ m['content'] }}{% endfor %}",
+    )
+    processor.save_pretrained(path)
+    return path
+
+
+def _rewrite_keys(path: Path, rename) -> None:
+    from safetensors import safe_open
+
+    for file in path.glob("*.safetensors"):
+        with safe_open(file, "pt") as handle:
+            tensors = {rename(key): handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+        save_file({key: value.contiguous() for key, value in tensors.items()}, file, metadata={"format": "pt"})
+
+
+def random_image(seed: int, size: int, width: int | None = None):
+    """A random RGB PIL image, ``size`` pixels high and ``width`` (default: ``size``) wide."""
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (size, width or size, 3), generator=generator, dtype=torch.uint8)
+    return Image.fromarray(pixels.numpy())

@@ -1,0 +1,121 @@
+"""``additional_config["graphprune"]``: parse it, refuse what graphprune cannot serve, force the settings FastV needs.
+
+Runs in ``VllmConfig`` construction (engine start, before the model, the KV cache and the scheduler exist), so a bad
+config fails there, with ``gp.FastV``'s own messages prefixed by ``graphprune:``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..methods import FastV
+
+logger = logging.getLogger(__name__)
+
+KEY = "graphprune"
+METHODS = ("fastv",)
+ACCEPTED_KEYS = ("method", "k", "keep", "query")
+# HF architecture -> (vLLM architecture name graphprune registers, "module:Class" of its model)
+ARCHITECTURES = {
+    "LlavaForConditionalGeneration": ("GraphpruneLlavaForConditionalGeneration", "graphprune.vllm.llava:FastVLlava"),
+    "LlavaNextForConditionalGeneration": (
+        "GraphpruneLlavaNextForConditionalGeneration",
+        "graphprune.vllm.llava_next:FastVLlavaNext",
+    ),
+    "Qwen2VLForConditionalGeneration": (
+        "GraphpruneQwen2VLForConditionalGeneration",
+        "graphprune.vllm.qwen2_vl:FastVQwen2VL",
+    ),
+    "Qwen2_5_VLForConditionalGeneration": (
+        "GraphpruneQwen2_5_VLForConditionalGeneration",
+        "graphprune.vllm.qwen2_vl:FastVQwen2_5_VL",
+    ),
+}
+
+
+def parse(additional_config: Any) -> FastV | None:
+    """The FastV config under ``additional_config["graphprune"]``; None without that key."""
+    if not isinstance(additional_config, dict) or KEY not in additional_config:
+        return None
+    raw = additional_config[KEY]
+    if not isinstance(raw, dict):
+        raise ValueError(f"graphprune: additional_config['graphprune'] must be a dict; got {raw!r}")
+    unknown = sorted(set(raw) - set(ACCEPTED_KEYS))
+    if unknown:
+        raise ValueError(
+            f"graphprune: unknown key(s) {unknown} in additional_config['graphprune']; accepted: {ACCEPTED_KEYS}"
+        )
+    method = raw.get("method", "fastv")
+    if method not in METHODS:
+        raise ValueError(f"graphprune: method must be one of {METHODS} in vLLM; got {method!r}")
+    try:
+        return FastV(**{name: value for name, value in raw.items() if name != "method"})
+    except ValueError as error:
+        raise ValueError(f"graphprune: {error}") from None
+
+
+def method_of(vllm_config: Any) -> FastV | None:
+    return parse(vllm_config.additional_config)
+
+
+def apply(vllm_config: Any) -> None:
+    """Validate the graphprune key of ``vllm_config`` and make the engine safe for FastV; no-op without the key."""
+    method = method_of(vllm_config)
+    if method is None:
+        return
+    model_config = vllm_config.model_config
+    architecture = model_config.architecture
+    if architecture not in ARCHITECTURES:
+        raise ValueError(
+            f"graphprune does not support {architecture} in vLLM; supported architectures: {', '.join(ARCHITECTURES)}"
+        )
+    try:
+        method.check_layers(model_config.hf_text_config.num_hidden_layers)
+    except ValueError as error:
+        raise ValueError(f"graphprune: {error}") from None
+    _refuse(vllm_config)
+    _force_safe_settings(vllm_config)
+    _use_graphprune_model(model_config, ARCHITECTURES[architecture][0])
+    logger.info("graphprune: FastV k=%d keep=%s query=%s on %s", method.k, method.keep, method.query, architecture)
+
+
+def _refuse(vllm_config: Any) -> None:
+    if vllm_config.parallel_config.pipeline_parallel_size > 1:
+        raise ValueError("graphprune: FastV in vLLM needs pipeline_parallel_size=1 (tensor parallel is supported)")
+    if vllm_config.speculative_config is not None:
+        raise ValueError("graphprune: FastV in vLLM does not support speculative decoding; leave it off")
+
+
+def _force_safe_settings(vllm_config: Any) -> None:
+    """Whole prompts per step, no shared prefix blocks, eager execution: each with a warning when it changes."""
+    scheduler, cache, model_config = vllm_config.scheduler_config, vllm_config.cache_config, vllm_config.model_config
+    if scheduler.enable_chunked_prefill:
+        scheduler.enable_chunked_prefill = False
+        logger.warning("graphprune: chunked prefill disabled (FastV ranks on the whole prompt at layer k-1)")
+    if scheduler.max_num_batched_tokens < model_config.max_model_len:
+        logger.warning(
+            "graphprune: max_num_batched_tokens raised from %d to max_model_len=%d so that no prompt is split",
+            scheduler.max_num_batched_tokens,
+            model_config.max_model_len,
+        )
+        scheduler.max_num_batched_tokens = model_config.max_model_len
+    if getattr(scheduler, "long_prefill_token_threshold", 0):
+        scheduler.long_prefill_token_threshold = 0
+    if cache.enable_prefix_caching:
+        cache.enable_prefix_caching = False
+        logger.warning("graphprune: prefix caching disabled (layers >= k cache only the kept tokens of a prompt)")
+    if not model_config.enforce_eager:
+        model_config.enforce_eager = True
+        logger.warning("graphprune: enforce_eager set (the kept subset's size is data-dependent: no compile/graphs)")
+
+
+def _use_graphprune_model(model_config: Any, architecture: str) -> None:
+    """Point the model config at graphprune's subclass of vLLM's model (registered by ``graphprune.vllm.register``)."""
+    model_config.hf_config.architectures = [architecture]
+    model_arch_config = getattr(model_config, "model_arch_config", None)
+    if model_arch_config is not None and getattr(model_arch_config, "architectures", None) is not None:
+        model_arch_config.architectures = [architecture]
+    model_config._model_info, model_config._architecture = model_config.registry.inspect_model_cls(
+        [architecture], model_config
+    )

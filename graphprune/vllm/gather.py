@@ -1,0 +1,158 @@
+"""Running decoder layers >= k on the kept rows of vLLM's flattened batch.
+
+Forward hooks on one vLLM decoder (``decoder.layers[i].self_attn.attn`` is vLLM's ``Attention``):
+
+- layer k-1's ``Attention`` sees q and k after RoPE: the step is planned there (``selection.plan_step``);
+- layer k's input (positions, hidden states, residual) is gathered to the kept rows, and layers >= k get their own
+  attention metadata (built by the backend's own metadata builder from the kept rows' query/sequence lengths) and
+  KV slot mapping in the ``ForwardContext``, restored when the step ends;
+- layers > k get the kept rows' positions (every M-RoPE row);
+- the last layer's output is scattered back to the full batch, so that the runner's logits indices stay valid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from ..methods import FastV
+from .selection import DroppedCounts, Plan, kept_mask, plan_step
+
+
+class PrunedDecoder:
+    """FastV on one vLLM decoder (``.layers``); ``step(input_ids)`` wraps each forward."""
+
+    def __init__(self, decoder: nn.Module, method: FastV, visual_ids: tuple[int, ...], vllm_config) -> None:
+        self.method, self.vllm_config = method, vllm_config
+        self.layers = decoder.layers
+        self.attentions = [layer.self_attn.attn for layer in self.layers]
+        self.pruned_names = [attention.layer_name for attention in self.attentions[method.k :]]
+        self.visual_ids = torch.tensor(visual_ids)
+        self.dropped_counts = DroppedCounts()
+        self.input_ids: torch.Tensor | None = None
+        self.plan: Plan | None = None
+        self.full: tuple[torch.Tensor, torch.Tensor] | None = None  # layer k's input, all rows
+        self.positions: torch.Tensor | None = None  # the kept rows' positions
+        self.restore: dict[str, tuple[object, object]] = {}
+        self._builder = None  # the attention backend's metadata builder for layers >= k
+        self._block_size = 0
+        k = method.k
+        self.attentions[k - 1].register_forward_pre_hook(self._plan)
+        self.layers[k].register_forward_pre_hook(self._gather)
+        for index in range(k, len(self.layers)):
+            self.layers[index].register_forward_pre_hook(self._positions)
+        self.layers[-1].register_forward_hook(self._scatter)
+
+    @contextlib.contextmanager
+    def step(self, input_ids: torch.Tensor | None) -> Iterator[None]:
+        self.input_ids = input_ids
+        try:
+            yield
+        finally:
+            from vllm.forward_context import get_forward_context, is_forward_context_available
+
+            if self.restore and is_forward_context_available():
+                context = get_forward_context()
+                for name, (metadata, slots) in self.restore.items():
+                    context.attn_metadata[name] = metadata
+                    context.slot_mapping[name] = slots
+            self.input_ids, self.plan, self.full, self.positions, self.restore = None, None, None, None, {}
+
+    def _plan(self, attention: nn.Module, args: tuple) -> None:
+        from vllm.forward_context import get_forward_context, is_forward_context_available
+
+        self.plan = None
+        if self.input_ids is None or not is_forward_context_available():
+            return
+        metadata = get_forward_context().attn_metadata
+        metadata = metadata.get(attention.layer_name) if isinstance(metadata, dict) else None
+        if metadata is None:
+            return
+        query, key = args[0], args[1]
+        n_tokens = int(metadata.query_start_loc[-1])
+        visual = torch.isin(self.input_ids[:n_tokens], self.visual_ids.to(self.input_ids.device))
+
+        def rank(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            head_dim = attention.head_size
+            return kept_mask(q, k, v, self.method, float(attention.impl.scale), head_dim, _head_mean)
+
+        self.plan = plan_step(
+            query[:n_tokens],
+            key[:n_tokens],
+            visual,
+            metadata.query_start_loc,
+            metadata.seq_lens,
+            metadata.block_table,
+            self._metadata_builder()[1],
+            self.dropped_counts,
+            rank,
+        )
+        if self.plan is not None:
+            self._prune_metadata(metadata, self.plan)
+
+    def _prune_metadata(self, metadata, plan: Plan) -> None:
+        from vllm.forward_context import get_forward_context
+        from vllm.v1.attention.backend import CommonAttentionMetadata
+
+        common = CommonAttentionMetadata(
+            query_start_loc=plan.query_start_loc,
+            query_start_loc_cpu=plan.query_start_loc.cpu(),
+            seq_lens=plan.seq_lens,
+            num_reqs=plan.seq_lens.numel(),
+            num_actual_tokens=int(plan.index.numel()),
+            max_query_len=plan.max_query_len,
+            max_seq_len=plan.max_seq_len,
+            block_table_tensor=metadata.block_table,
+            slot_mapping=plan.slot_mapping,
+        )
+        pruned = self._metadata_builder()[0].build(0, common)
+        context = get_forward_context()
+        for name in self.pruned_names:
+            self.restore[name] = (context.attn_metadata[name], context.slot_mapping.get(name))
+            context.attn_metadata[name] = pruned
+            context.slot_mapping[name] = plan.slot_mapping
+
+    def _metadata_builder(self) -> tuple[object, int]:
+        """The builder and the KV block size; remade if vLLM changed the block size after the model was built."""
+        block_size = self.vllm_config.cache_config.block_size
+        if self._builder is None or self._block_size != block_size:
+            attention = self.attentions[self.method.k]
+            spec = attention.get_kv_cache_spec(self.vllm_config)
+            builder_cls = attention.attn_backend.get_builder_cls()
+            device = next(self.layers[0].parameters()).device
+            self._builder = builder_cls(spec, self.pruned_names, self.vllm_config, device)
+            self._block_size = spec.block_size
+        return self._builder, self._block_size
+
+    def _gather(self, layer: nn.Module, args: tuple) -> tuple | None:
+        if self.plan is None:
+            return None
+        positions, hidden, residual, *rest = args
+        self.full = (hidden, residual)
+        index = self.plan.index
+        self.positions = positions.index_select(-1, index)  # [N] or M-RoPE's [3, N]: every row
+        return (positions, hidden[index], residual[index], *rest)
+
+    def _positions(self, layer: nn.Module, args: tuple) -> tuple | None:
+        if self.plan is None:
+            return None
+        return (self.positions, *args[1:])
+
+    def _scatter(self, layer: nn.Module, args: tuple, output: tuple) -> tuple | None:
+        if self.plan is None:
+            return None
+        hidden, residual = output
+        full_hidden, full_residual = self.full
+        index = self.plan.index
+        return full_hidden.index_copy(0, index, hidden), full_residual.index_copy(0, index, residual)
+
+
+def _head_mean(scores: torch.Tensor) -> torch.Tensor:
+    """This rank's head mean -> the mean over every head (tensor parallel ranks hold equal head counts)."""
+    from vllm.distributed import get_tensor_model_parallel_world_size, tensor_model_parallel_all_reduce
+
+    world = get_tensor_model_parallel_world_size()
+    return scores if world == 1 else tensor_model_parallel_all_reduce(scores) / world

@@ -1,0 +1,135 @@
+"""Per-step bookkeeping of FastV over vLLM's flattened batch and paged KV cache.
+
+vLLM's forward sees every scheduled request's tokens concatenated (``query_start_loc`` marks where each starts) and
+no request ids. A request is prefilled in one step (graphprune turns chunked prefill off), so a row whose query
+length equals its sequence length is a prefill: FastV ranks its visual tokens there, once. Layers >= k hold that
+request's KV compacted in the first ``n_kept`` logical slots of its block table; every later step of the request
+needs how many positions they dropped, kept per request in ``DroppedCounts`` keyed by the request's first KV block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..methods import FastV, n_keep
+from ..ops import fastv_scores, fastv_select
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What layers >= k run on in one step: rows of the flattened batch and their attention bookkeeping."""
+
+    index: torch.Tensor  # [n_kept] long: rows of the flattened batch (original positions) that layers >= k compute
+    query_start_loc: torch.Tensor  # [R + 1] int32, over the kept rows
+    seq_lens: torch.Tensor  # [R] int32: positions each request's layers >= k attend to, new ones included
+    slot_mapping: torch.Tensor  # [n_kept] int64: the KV slot each kept row writes in layers >= k
+    max_query_len: int
+    max_seq_len: int
+    n_tokens: int  # rows of the flattened batch before pruning (padding excluded)
+
+
+class DroppedCounts:
+    """How many prompt positions the layers >= k of each live request do not hold, keyed by its first KV block.
+
+    A request owns its first block from its prefill until it finishes (prefix caching is off, so no block is
+    shared); each prefill overwrites the entry of its block, so a finished request's entry is reused, not leaked.
+    """
+
+    def __init__(self) -> None:
+        self.table = torch.zeros(0, dtype=torch.long)
+
+    def read(self, first_blocks: torch.Tensor) -> torch.Tensor:
+        self._grow(first_blocks)
+        return self.table[first_blocks.long()]
+
+    def write(self, first_blocks: torch.Tensor, dropped: torch.Tensor) -> None:
+        self._grow(first_blocks)
+        self.table[first_blocks.long()] = dropped.to(self.table)
+
+    def _grow(self, first_blocks: torch.Tensor) -> None:
+        if first_blocks.numel() and int(first_blocks.max()) >= self.table.numel():
+            size = max(int(first_blocks.max()) + 1, 2 * self.table.numel())
+            grown = torch.zeros(size, dtype=torch.long, device=first_blocks.device)
+            grown[: self.table.numel()] = self.table
+            self.table = grown
+
+
+def kept_mask(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    visual: torch.Tensor,
+    method: FastV,
+    scale: float,
+    head_dim: int,
+    head_mean: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """One request's prompt: ``[n]`` bool, True at the positions FastV keeps (graphprune.ops' ranking and cut).
+
+    ``query``/``key`` are layer k-1's rows of this prompt after RoPE, ``[n, heads * head_dim]``; ``head_mean``
+    turns this rank's head mean into the mean over all heads (tensor parallel).
+    """
+    n = visual.numel()
+    if n_keep(method.keep, int(visual.sum())) == int(visual.sum()):
+        return torch.ones(n, dtype=torch.bool, device=visual.device)
+    q = query.reshape(n, -1, head_dim).transpose(0, 1)[None]
+    k = key.reshape(n, -1, head_dim).transpose(0, 1)[None]
+    real = torch.ones(1, n, dtype=torch.bool, device=visual.device)
+    scores = head_mean(fastv_scores(q, k, real, scale, method.query))
+    index, valid = fastv_select(scores, visual[None], real, torch.arange(n, device=visual.device), method.keep)
+    kept = torch.zeros(n, dtype=torch.bool, device=visual.device)
+    kept[index[valid]] = True
+    return kept
+
+
+def plan_step(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    visual: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    seq_lens: torch.Tensor,
+    block_table: torch.Tensor,
+    block_size: int,
+    dropped_counts: DroppedCounts,
+    rank: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+) -> Plan | None:
+    """Rank the step's prefills, record their dropped counts, and lay out what layers >= k compute and cache.
+
+    ``visual`` is ``[n_tokens]`` bool over the flattened batch; ``rank(query, key, visual)`` gives one prompt's
+    kept mask. None when no request in the step has dropped anything (layers >= k then run as in plain vLLM).
+    """
+    n_reqs = query_start_loc.numel() - 1
+    starts, ends = query_start_loc[:-1].long(), query_start_loc[1:].long()
+    query_lens, seqs = ends - starts, seq_lens[:n_reqs].long()
+    first_blocks = block_table[:n_reqs, 0]
+    prefill = query_lens == seqs
+    n_tokens = int(ends[-1]) if n_reqs else 0
+    keep = torch.ones(n_tokens, dtype=torch.bool, device=query.device)
+    for row in prefill.nonzero().flatten().tolist():
+        start, end = int(starts[row]), int(ends[row])
+        if visual[start:end].any():
+            keep[start:end] = rank(query[start:end], key[start:end], visual[start:end])
+    rows = torch.repeat_interleave(torch.arange(n_reqs, device=query.device), query_lens)
+    kept_per_row = torch.zeros(n_reqs, dtype=torch.long, device=query.device).index_add_(0, rows, keep.long())
+    dropped = torch.where(prefill, query_lens - kept_per_row, dropped_counts.read(first_blocks))
+    dropped_counts.write(first_blocks[prefill], dropped[prefill])
+    if n_reqs == 0 or not bool(dropped.any()):
+        return None
+    index = keep.nonzero().flatten()
+    base = seqs - query_lens - torch.where(prefill, 0, dropped)  # logical slot of each row's first new kept token
+    new_starts = torch.cumsum(kept_per_row, 0) - kept_per_row
+    kept_rows = rows[index]
+    logical = base[kept_rows] + torch.arange(index.numel(), device=query.device) - new_starts[kept_rows]
+    blocks = block_table[kept_rows, logical // block_size].long()
+    new_seq_lens = base + kept_per_row
+    return Plan(
+        index=index,
+        query_start_loc=torch.cat([new_starts, new_starts[-1:] + kept_per_row[-1:]]).to(torch.int32),
+        seq_lens=new_seq_lens.to(torch.int32),
+        slot_mapping=blocks * block_size + logical % block_size,
+        max_query_len=int(kept_per_row.max()),
+        max_seq_len=int(new_seq_lens.max()),
+        n_tokens=n_tokens,
+    )

@@ -1,0 +1,104 @@
+"""additional_config["graphprune"] at engine start: bad configs fail with gp.FastV's messages; safe settings forced."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import pytest
+
+pytest.importorskip("vllm", reason="vLLM is not installed: the vLLM plugin tests run in .venv-vllm (.ci/vllm-venv)")
+from transformers import LlamaConfig
+
+import graphprune as gp
+from graphprune.tiny import tiny_llava
+from graphprune.tiny_checkpoints import save_llava
+
+
+@pytest.fixture(scope="module")
+def llava(tmp_path_factory):
+    model = tiny_llava(hidden_size=128, intermediate_size=256, num_heads=4, num_kv_heads=2, num_layers=4)
+    return save_llava(model, tmp_path_factory.mktemp("llava"))
+
+
+def engine_config(path, graphprune=None, **settings):
+    from vllm.engine.arg_utils import EngineArgs
+
+    if graphprune is not None:
+        settings["additional_config"] = {"graphprune": graphprune}
+    return EngineArgs(model=str(path), dtype="float32", max_model_len=512, **settings).create_engine_config()
+
+
+def fastv_message(**kwargs) -> str:
+    with pytest.raises(ValueError) as error:
+        gp.FastV(**kwargs).check_layers(4)
+    return f"graphprune: {error.value}"
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"k": 0}, fastv_message(k=0)),
+        ({"k": 4}, fastv_message(k=4)),
+        ({"keep": 0.0}, fastv_message(keep=0.0)),
+        ({"keep": 1.5}, fastv_message(keep=1.5)),
+        ({"query": "first"}, fastv_message(query="first")),
+        ({"method": "sparsevlm"}, "graphprune: method must be one of ('fastv',) in vLLM; got 'sparsevlm'"),
+        (
+            {"k": 2, "ratio": 0.5},
+            "graphprune: unknown key(s) ['ratio'] in additional_config['graphprune']; "
+            "accepted: ('method', 'k', 'keep', 'query')",
+        ),
+    ],
+)
+def test_bad_config_fails_at_engine_start_with_fastv_messages(llava, config, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        engine_config(llava, {"method": "fastv", **config})
+
+
+def test_unsupported_architecture_lists_supported(tmp_path):
+    llama = LlamaConfig(hidden_size=128, num_attention_heads=4, num_hidden_layers=2, intermediate_size=256)
+    llama.architectures = ["LlamaForCausalLM"]
+    llama.save_pretrained(tmp_path)
+    expected = (
+        "graphprune does not support LlamaForCausalLM in vLLM; supported architectures: LlavaForConditionalGeneration, "
+        "LlavaNextForConditionalGeneration, Qwen2VLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration"
+    )
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        engine_config(tmp_path, {"method": "fastv"})
+    assert engine_config(tmp_path).model_config.architecture == "LlamaForCausalLM"  # no key: no check
+
+
+def test_safe_settings_are_forced_with_a_warning(llava):
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("graphprune.vllm.config")
+    logger.addHandler(handler)
+    try:
+        config = engine_config(
+            llava,
+            {"method": "fastv", "k": 2, "keep": 0.5},
+            enable_chunked_prefill=True,
+            enable_prefix_caching=True,
+            enforce_eager=False,
+            max_num_batched_tokens=128,
+        )
+    finally:
+        logger.removeHandler(handler)
+    assert not config.scheduler_config.enable_chunked_prefill
+    assert config.scheduler_config.max_num_batched_tokens >= config.model_config.max_model_len
+    assert not config.cache_config.enable_prefix_caching
+    assert config.model_config.enforce_eager
+    assert config.model_config.architecture == "GraphpruneLlavaForConditionalGeneration"
+    warned = " ".join(record.getMessage() for record in records)
+    for setting in ("chunked prefill", "max_num_batched_tokens", "prefix caching", "enforce_eager"):
+        assert setting in warned
+
+
+def test_without_the_key_settings_are_untouched(llava):
+    config = engine_config(llava, enable_chunked_prefill=True, enable_prefix_caching=True, max_num_batched_tokens=128)
+    assert config.scheduler_config.enable_chunked_prefill
+    assert config.scheduler_config.max_num_batched_tokens == 128
+    assert config.cache_config.enable_prefix_caching
+    assert config.model_config.architecture == "LlavaForConditionalGeneration"
