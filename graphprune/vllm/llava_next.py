@@ -7,20 +7,10 @@ from __future__ import annotations
 
 from vllm.model_executor.models.llava_next import LlavaNextForConditionalGeneration
 
-from .config import method_of
-from .gather import PrunedDecoder
+from .model import FastVModel
 
 
-class FastVLlavaNext(LlavaNextForConditionalGeneration):
+class FastVLlavaNext(FastVModel, LlavaNextForConditionalGeneration):
     """vLLM's LLaVA-NeXT whose decoder (``language_model.model``) runs FastV; visual: ``image_token_index``."""
 
-    requires_raw_input_tokens = True
-
-    def __init__(self, *, vllm_config, prefix: str = "") -> None:
-        super().__init__(vllm_config=vllm_config, prefix=prefix)
-        visual = (vllm_config.model_config.hf_config.image_token_index,)
-        self.fastv = PrunedDecoder(self.language_model.model, method_of(vllm_config), visual, vllm_config)
-
-    def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None, **kwargs):
-        with self.fastv.step(input_ids):
-            return super().forward(input_ids, positions, intermediate_tensors, inputs_embeds, **kwargs)
+    visual_token_fields = ("image_token_index",)

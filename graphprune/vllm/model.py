@@ -1,0 +1,24 @@
+"""What every vLLM model with FastV adds to vLLM's own class: a ``PrunedDecoder`` on its decoder, wrapped around
+each forward. A family module subclasses ``(FastVModel, vLLM's model class)`` and names its visual token ids."""
+
+from __future__ import annotations
+
+from .config import method_of
+from .gather import PrunedDecoder
+
+
+class FastVModel:
+    """Mixin before a vLLM multimodal model class whose decoder is ``language_model.model``."""
+
+    requires_raw_input_tokens = True  # the runner passes input_ids beside the merged embeddings: visual positions
+    visual_token_fields: tuple[str, ...] = ()  # hf_config attributes holding the visual token ids
+
+    def __init__(self, *, vllm_config, prefix: str = "") -> None:
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        config = vllm_config.model_config.hf_config
+        visual = tuple(getattr(config, field) for field in self.visual_token_fields)
+        self.fastv = PrunedDecoder(self.language_model.model, method_of(vllm_config), visual, vllm_config)
+
+    def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None, **kwargs):
+        with self.fastv.step(input_ids):
+            return super().forward(input_ids, positions, intermediate_tensors, inputs_embeds, **kwargs)
