@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import graphprune as gp
@@ -34,7 +35,7 @@ def _step(dropped_counts, visual):
 
 def test_plan_lays_out_kept_rows_compacted_slots_and_decode_lengths():
     counts = DroppedCounts()
-    counts.write(torch.tensor([7]), torch.tensor([3]))
+    counts.write(torch.tensor([7, 2]), torch.tensor([3, 9]))  # block 2's 9: a finished request's stale entry
     visual = torch.tensor([False, False, True, True, True, True, False])  # row 1: text, 4 visual, text
     plan = _step(counts, visual)
     assert plan.index.tolist() == [0, 1, 3, 5, 6]  # row 1 keeps its text and visual tokens 2 and 4
@@ -48,5 +49,31 @@ def test_plan_lays_out_kept_rows_compacted_slots_and_decode_lengths():
 
 def test_no_plan_when_nothing_is_dropped():
     counts = DroppedCounts()
+    counts.write(torch.tensor([2]), torch.tensor([5]))  # stale: the text-only prefill on block 2 must reset it
     assert _step(counts, torch.zeros(7, dtype=torch.bool)) is None  # text-only prefill, decode of an unpruned request
     assert counts.read(torch.tensor([2])).tolist() == [0]
+
+
+def test_a_dropped_last_prompt_position_is_kept():
+    """The prompt ends with a visual token that ranks last: it is kept anyway (its row is the one sampled)."""
+    keys = torch.eye(5, HEAD_DIM)
+    query = torch.zeros(5, HEAD_DIM)
+    query[4] = 20.0 * (keys[1] + keys[2])  # the last token attends to visual tokens 1 and 2, not to itself
+    visual = torch.tensor([False, True, True, True, True])
+    assert _rank(query, keys, visual).tolist() == [True, True, True, False, True]
+
+
+def test_a_split_prompt_is_refused():
+    """A row that is neither a whole prompt (query length == sequence length) nor a 1-token decode."""
+    with pytest.raises(RuntimeError, match="^graphprune: a step holds 3 of a request's 9 positions"):
+        plan_step(
+            torch.zeros(3, HEAD_DIM),
+            torch.zeros(3, HEAD_DIM),
+            torch.tensor([False, True, True]),
+            query_start_loc=torch.tensor([0, 3], dtype=torch.int32),
+            seq_lens=torch.tensor([9], dtype=torch.int32),
+            block_table=torch.tensor([[4, 5, 6]], dtype=torch.int32),
+            block_size=4,
+            dropped_counts=DroppedCounts(),
+            rank=_rank,
+        )

@@ -81,10 +81,25 @@ def apply(vllm_config: Any) -> None:
 
 
 def _refuse(vllm_config: Any) -> None:
-    if vllm_config.parallel_config.pipeline_parallel_size > 1:
+    """Settings under which a request's prefill can skip this worker's forward, or the forward splits a step."""
+    parallel = vllm_config.parallel_config
+    if parallel.pipeline_parallel_size > 1:
         raise ValueError("graphprune: FastV in vLLM needs pipeline_parallel_size=1 (tensor parallel is supported)")
     if vllm_config.speculative_config is not None:
         raise ValueError("graphprune: FastV in vLLM does not support speculative decoding; leave it off")
+    if vllm_config.kv_transfer_config is not None or getattr(vllm_config.cache_config, "kv_offloading_size", None):
+        raise ValueError("graphprune: FastV in vLLM does not support KV connectors or KV offloading; leave them off")
+    if (
+        getattr(parallel, "decode_context_parallel_size", 1) > 1
+        or getattr(parallel, "prefill_context_parallel_size", 1) > 1
+    ):
+        raise ValueError("graphprune: FastV in vLLM needs decode/prefill_context_parallel_size=1; leave them at 1")
+    if getattr(parallel, "use_ubatching", False):
+        raise ValueError(
+            "graphprune: FastV in vLLM does not support micro-batching (enable_dbo, ubatch_size); leave it off"
+        )
+    if getattr(vllm_config, "use_v2_model_runner", False):
+        raise ValueError("graphprune: FastV in vLLM needs the V1 model runner; set VLLM_USE_V2_MODEL_RUNNER=0")
 
 
 def _force_safe_settings(vllm_config: Any) -> None:
@@ -100,6 +115,14 @@ def _force_safe_settings(vllm_config: Any) -> None:
             model_config.max_model_len,
         )
         scheduler.max_num_batched_tokens = model_config.max_model_len
+    # the multimodal budgets were copied from the old max_num_batched_tokens; when one runs out, the scheduler
+    # schedules a prompt only up to its next image (vllm/v1/core/sched/scheduler.py _try_schedule_encoder_inputs)
+    scheduler.max_num_encoder_input_tokens = max(
+        scheduler.max_num_encoder_input_tokens, scheduler.max_num_batched_tokens
+    )
+    scheduler.encoder_cache_size = max(scheduler.encoder_cache_size, scheduler.max_num_batched_tokens)
+    if hasattr(scheduler, "disable_chunked_mm_input"):
+        scheduler.disable_chunked_mm_input = True
     if getattr(scheduler, "long_prefill_token_threshold", 0):
         scheduler.long_prefill_token_threshold = 0
     if cache.enable_prefix_caching:

@@ -21,6 +21,8 @@ from torch import nn
 from ..methods import FastV
 from .selection import DroppedCounts, Plan, kept_mask, plan_step
 
+METADATA_FIELDS = ("query_start_loc", "seq_lens", "block_table")  # what plan_step reads from the backend's metadata
+
 
 class PrunedDecoder:
     """FastV on one vLLM decoder (``.layers``); ``step(input_ids)`` wraps each forward."""
@@ -68,9 +70,19 @@ class PrunedDecoder:
         if self.input_ids is None or not is_forward_context_available():
             return
         metadata = get_forward_context().attn_metadata
+        if isinstance(metadata, list):
+            raise RuntimeError(
+                "graphprune: FastV in vLLM does not support micro-batching (per-ubatch attention metadata)"
+            )
         metadata = metadata.get(attention.layer_name) if isinstance(metadata, dict) else None
         if metadata is None:
             return
+        missing = [field for field in METADATA_FIELDS if not hasattr(metadata, field)]
+        if missing:
+            raise RuntimeError(
+                f"graphprune: {type(metadata).__name__} lacks {missing}; FastV in vLLM supports the attention backends "
+                f"whose metadata has {list(METADATA_FIELDS)} (CPU_ATTN, FLASH_ATTN, TRITON_ATTN, FLEX_ATTENTION)"
+            )
         query, key = args[0], args[1]
         n_tokens = int(metadata.query_start_loc[-1])
         visual = torch.isin(self.input_ids[:n_tokens], self.visual_ids.to(self.input_ids.device))

@@ -1,8 +1,9 @@
 """Per-step bookkeeping of FastV over vLLM's flattened batch and paged KV cache.
 
 vLLM's forward sees every scheduled request's tokens concatenated (``query_start_loc`` marks where each starts) and
-no request ids. A request is prefilled in one step (graphprune turns chunked prefill off), so a row whose query
-length equals its sequence length is a prefill: FastV ranks its visual tokens there, once. Layers >= k hold that
+no request ids. A request is prefilled in one step (graphprune turns chunked prefill off and raises the token and
+multimodal budgets), so a row whose query length equals its sequence length is a prefill: FastV ranks its visual
+tokens there, once; any other row must be a 1-token decode (anything else is refused). Layers >= k hold that
 request's KV compacted in the first ``n_kept`` logical slots of its block table; every later step of the request
 needs how many positions they dropped, kept per request in ``DroppedCounts`` keyed by the request's first KV block.
 """
@@ -81,6 +82,7 @@ def kept_mask(
     index, valid = fastv_select(scores, visual[None], real, torch.arange(n, device=visual.device), method.keep)
     kept = torch.zeros(n, dtype=torch.bool, device=visual.device)
     kept[index[valid]] = True
+    kept[-1] = True  # SPEC: the last prompt position always reaches the last layer (its row is sampled)
     return kept
 
 
@@ -105,6 +107,13 @@ def plan_step(
     query_lens, seqs = ends - starts, seq_lens[:n_reqs].long()
     first_blocks = block_table[:n_reqs, 0]
     prefill = query_lens == seqs
+    partial = ~prefill & (query_lens != 1)
+    if bool(partial.any()):
+        row = int(partial.nonzero()[0])
+        raise RuntimeError(
+            f"graphprune: a step holds {int(query_lens[row])} of a request's {int(seqs[row])} positions; FastV in vLLM "
+            "accepts only whole-prompt prefills and 1-token decodes (a prompt was split: chunked prefill or budgets)"
+        )
     n_tokens = int(ends[-1]) if n_reqs else 0
     keep = torch.ones(n_tokens, dtype=torch.bool, device=query.device)
     for row in prefill.nonzero().flatten().tolist():

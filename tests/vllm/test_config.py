@@ -87,7 +87,11 @@ def test_safe_settings_are_forced_with_a_warning(llava):
     finally:
         logger.removeHandler(handler)
     assert not config.scheduler_config.enable_chunked_prefill
-    assert config.scheduler_config.max_num_batched_tokens >= config.model_config.max_model_len
+    scheduler = config.scheduler_config
+    assert scheduler.max_num_batched_tokens >= config.model_config.max_model_len
+    # the multimodal budgets follow (else the scheduler stops a prompt before an image that does not fit them)
+    assert scheduler.max_num_encoder_input_tokens == scheduler.encoder_cache_size == scheduler.max_num_batched_tokens
+    assert scheduler.disable_chunked_mm_input
     assert not config.cache_config.enable_prefix_caching
     assert config.model_config.enforce_eager
     assert config.model_config.architecture == "GraphpruneLlavaForConditionalGeneration"
@@ -102,3 +106,27 @@ def test_without_the_key_settings_are_untouched(llava):
     assert config.scheduler_config.max_num_batched_tokens == 128
     assert config.cache_config.enable_prefix_caching
     assert config.model_config.architecture == "LlavaForConditionalGeneration"
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (
+            {"kv_transfer_config": {"kv_connector": "ExampleConnector", "kv_role": "kv_both"}},
+            "graphprune: FastV in vLLM does not support KV connectors or KV offloading; leave them off",
+        ),
+        ({"kv_offloading_size": 1.0}, "graphprune: FastV in vLLM does not support KV connectors or KV offloading"),
+        ({"enable_dbo": True}, "graphprune: FastV in vLLM does not support micro-batching (enable_dbo, ubatch_size)"),
+        ({"ubatch_size": 2}, "graphprune: FastV in vLLM does not support micro-batching (enable_dbo, ubatch_size)"),
+    ],
+    ids=["kv-connector", "kv-offloading", "dbo", "ubatch"],
+)
+def test_settings_that_skip_or_split_a_prefill_are_refused(llava, settings, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        engine_config(llava, {"method": "fastv"}, **settings)
+
+
+def test_model_runner_v2_is_refused(llava, monkeypatch):
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
+    with pytest.raises(ValueError, match=re.escape("graphprune: FastV in vLLM needs the V1 model runner")):
+        engine_config(llava, {"method": "fastv"})

@@ -62,6 +62,8 @@ def server(tmp_path_factory):
             except OSError:
                 assert process.poll() is None, log.read_text()[-3000:]
                 time.sleep(1)
+        else:
+            pytest.fail(f"graphprune: the vLLM server never became healthy:\n{log.read_text()[-3000:]}")
         yield f"http://127.0.0.1:{port}", path
     finally:
         process.terminate()
