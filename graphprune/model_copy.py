@@ -38,3 +38,10 @@ def refuse_pickle(protocol):
         "graphprune: an optimized model cannot be pickled or shallow-copied (copy.copy); use copy.deepcopy(model), "
         "or pickle it after graphprune.restore(model) and optimize it again after loading"
     )
+
+
+def refuse_part_copy():
+    raise TypeError(
+        "graphprune: a part of an optimized model (its decoder or a module holding it) cannot be copied or pickled; "
+        "copy.deepcopy the whole model, or copy the part after graphprune.restore(model)"
+    )

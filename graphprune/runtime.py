@@ -34,7 +34,7 @@ from .capture import capture_decode, capture_prefill
 from .generation_checks import checked_generate
 from .graph_cache import GraphCache, capturing
 from .methods import CrossAttentionTrim, FastV
-from .model_copy import plain_deepcopy, refuse_pickle
+from .model_copy import plain_deepcopy, refuse_part_copy, refuse_pickle
 from .models import DecoderLayout, ModelAdapter, adapter_for
 from .padding import normalized_attention_mask, refuse_right_padding
 from .passes import cross_attention_trim, cross_attention_trim_decode, fastv, fastv_decode
@@ -124,6 +124,12 @@ class _GraphDecoder:
     def _capture(self) -> tuple[fx.GraphModule, fx.GraphModule]:
         """The decoder's prefill and decode graphs, rewritten by the method's passes."""
         raise NotImplementedError
+
+    def __deepcopy__(self, memo):
+        refuse_part_copy()
+
+    def __reduce_ex__(self, protocol):
+        refuse_part_copy()
 
     def __call__(self, *args, **kwargs):
         if capturing(self.decoder):  # a capture at a new dtype or device traces the decoder's own forward

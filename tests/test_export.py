@@ -206,6 +206,9 @@ def test_unpruned_export_is_the_baseline_with_the_same_tokens(model, inputs, tmp
     assert manifest.method is None and "TopK" not in node_types(folder, "prefill")
     expected = unmodified_generate(model, METHOD, inputs, max_new_tokens=4)
     assert torch.equal(gp.export.OrtGenerator(folder).generate(**inputs, max_new_tokens=4), expected)
+    right_padded = {**inputs, "attention_mask": inputs["attention_mask"].flip(-1)}  # padding after the tokens
+    with pytest.raises(ValueError, match="graphprune does not prune right-padded batches"):
+        gp.export.OrtGenerator(folder).generate(**right_padded, max_new_tokens=1)
 
 
 @pytest.fixture(scope="module")

@@ -218,6 +218,11 @@ def test_a_broken_manifest_names_the_file(copy):
         (lambda m: m["graphs"]["decode"].pop("outputs"), r"graph 'decode' lacks \['outputs'\]"),
         (lambda m: m.update(extra=1), r"unknown keys \['extra'\]"),
         (lambda m: m.update(producer="other-tool"), "producer must be 'graphprune'"),
+        (lambda m: m.update(model={}), r"'model' of a llava export lacks \['num_layers'"),
+        (lambda m: m.update(visual_budget={}), r"'visual_budget' of a llava export lacks \['tokens_per_image'"),
+        (lambda m: m["method"].update(keep="half"), "manifest method: keep must be a fraction"),
+        (lambda m: m["method"].update(name="Other"), "method name must be one of"),
+        (lambda m: m.update(dtype="float99"), "dtype must be one of"),
     ],
 )
 def test_a_manifest_off_its_schema_names_the_file_and_the_key(copy, edit, match):

@@ -72,6 +72,17 @@ def test_pickle_and_shallow_copy_are_refused(llava, batch):
         assert torch.equal(last_logits(llava, batch), pruned)
 
 
+def test_a_part_holding_the_optimized_decoder_is_not_copied(llava, batch):
+    with optimized(llava, gp.FastV(k=2)):
+        pruned = last_logits(llava, batch)
+        for attempt in (copy.deepcopy, pickle.dumps):
+            for part in (llava.model, adapter_for(llava).decoder(llava)):
+                with pytest.raises(TypeError, match=r"^graphprune: a part of an optimized model .* cannot be copied"):
+                    attempt(part)
+        assert torch.equal(last_logits(llava, batch), pruned)
+    assert copy.deepcopy(llava.model) is not llava.model  # restored: an ordinary module again
+
+
 @pytest.mark.parametrize("family", ["llava", "mllama"])
 def test_use_cache_false_gives_the_tokens_of_use_cache_true(families, family):
     model, inputs, method = families[family]

@@ -120,8 +120,7 @@ class OrtGenerator:
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be [batch, length]; got shape {input_ids.shape}")
         mask = np.ones_like(input_ids) if attention_mask is None else _numpy(attention_mask, np.int64)
-        if self.manifest.method is not None:  # its prefill graph always drops padding, as PyTorch's when it prunes
-            refuse_right_padding(mask)
+        refuse_right_padding(mask)  # every prefill graph (the unpruned baseline's too) puts the last real token last
         family_inputs = {
             "mllama": self._mllama_inputs,
             "qwen2-vl": self._qwen2_vl_inputs,
