@@ -4,6 +4,7 @@ work and swapped in atomically; ``OrtGenerator`` checks the folder it is given a
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -283,3 +284,17 @@ def test_replacing_an_export_never_leaves_the_folder_missing(tmp_path):
     assert (out_dir / "manifest.json").read_text() == "199"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # every old export deleted
     assert not missing
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="process start times come from Linux /proc")
+def test_a_staging_folder_whose_process_id_was_reused_is_stale(tmp_path):
+    from graphprune.export.staging import MARKER, _remove_stale, _start_time
+
+    out_dir = tmp_path / "export"
+    mine, reused = tmp_path / ".export.tmp-aaaa1111", tmp_path / ".export.tmp-bbbb2222"
+    for folder, started in ((mine, _start_time(os.getpid())), (reused, "1")):  # one live pid, two start times
+        folder.mkdir()
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": started}
+        (folder / MARKER).write_text(json.dumps(owner))
+    _remove_stale(out_dir)
+    assert mine.exists() and not reused.exists()

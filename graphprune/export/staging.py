@@ -76,7 +76,7 @@ def _export_files(folder: Path) -> set[str] | None:
     entries = graphs.values() if isinstance(graphs, dict) else ()
     names = {entry.get("file") for entry in entries if isinstance(entry, dict)}
     names = {name for name in names if isinstance(name, str)}
-    return {FILE, SCRIPT, GUIDE, *names, *(f"{name}.data" for name in names)}  # .data: external weights
+    return {FILE, SCRIPT, GUIDE, MARKER, *names, *(f"{name}.data" for name in names)}  # .data: external weights
 
 
 @contextlib.contextmanager
@@ -92,8 +92,8 @@ def staged_folder(out_dir: Path, overwrite: bool) -> Iterator[Path]:
     try:
         yield staging
         writable_folder(out_dir, overwrite)
-        (staging / MARKER).unlink()
         _swap(staging, out_dir)
+        (out_dir / MARKER).unlink()  # the marker travels with the folder until it is in place
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
@@ -106,13 +106,12 @@ def _swap(new: Path, out_dir: Path) -> None:
     if not out_dir.exists():
         new.rename(out_dir)
         return
+    _mark(out_dir)  # the old export, marked before it moves: a killed run's leftover is cleaned next time
     if _exchange(new, out_dir):
-        _mark(new)  # ``new`` now holds the old export: marked, so a killed run's leftover is cleaned next time
-        shutil.rmtree(new)
+        shutil.rmtree(new)  # ``new`` now holds the old export
         return
     old = _hidden(out_dir, "old")
     out_dir.rename(old)
-    _mark(old)
     try:
         new.rename(out_dir)
     except BaseException:
@@ -139,7 +138,16 @@ def _hidden(out_dir: Path, kind: str) -> Path:
 
 
 def _mark(folder: Path) -> None:
-    (folder / MARKER).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": _start_time(os.getpid())}
+    (folder / MARKER).write_text(json.dumps(owner))
+
+
+def _start_time(pid: int) -> str | None:
+    """When process ``pid`` started (Linux ``/proc``), so that a reused process id is told apart; None elsewhere."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
 
 
 def _remove_stale(out_dir: Path) -> None:
@@ -164,4 +172,5 @@ def _abandoned(folder: Path) -> bool:
         return True
     except PermissionError:  # alive, another user's
         pass
-    return False
+    started = owner.get("started")
+    return started is not None and started != _start_time(pid)  # the process id now names another process
