@@ -75,10 +75,11 @@ def test_pickle_and_shallow_copy_are_refused(llava, batch):
 def test_a_part_holding_the_optimized_decoder_is_not_copied(llava, batch):
     with optimized(llava, gp.FastV(k=2)):
         pruned = last_logits(llava, batch)
-        for attempt in (copy.deepcopy, pickle.dumps):
-            for part in (llava.model, adapter_for(llava).decoder(llava)):
-                with pytest.raises(TypeError, match=r"^graphprune: a part of an optimized model .* cannot be copied"):
-                    attempt(part)
+        decoder = adapter_for(llava).decoder(llava)
+        # pickling a module can fail earlier on transformers' own hooks (local functions): pickle the stand-in itself
+        for attempt, part in ((copy.deepcopy, llava.model), (copy.deepcopy, decoder), (pickle.dumps, decoder.forward)):
+            with pytest.raises(TypeError, match=r"^graphprune: a part of an optimized model .* cannot be copied"):
+                attempt(part)
         assert torch.equal(last_logits(llava, batch), pruned)
     assert copy.deepcopy(llava.model) is not llava.model  # restored: an ordinary module again
 
