@@ -6,8 +6,11 @@ import math
 import numbers
 from dataclasses import dataclass
 
+import torch
+
 _QUERIES = ("last", "mean")
 _SELECTS = ("head_union", "topk")
+_TOLERANCE = 1e-6  # float noise in keep * n_visual
 
 
 def _plain(value, kind: type) -> int | float | None:
@@ -31,11 +34,27 @@ def _checked_keep(keep) -> float:
     return plain
 
 
-def n_keep(keep: float, n_visual: int) -> int:
-    """``ceil(keep * n_visual)``, where a product within 1e-6 of an integer counts as that integer."""
-    product = keep * n_visual
-    nearest = round(product)
-    return int(nearest) if abs(product - nearest) <= 1e-6 else math.ceil(product)
+def n_keep(keep: float, n_visual):
+    """``ceil(keep * n_visual)``, where a product within 1e-6 of an integer counts as that integer (``0.3 * 10``).
+
+    The one keep-rounding rule: an int for an int, an int64 tensor for an integer tensor (per element; it
+    runs inside the graphs). Plain Python for an int, so it may build constants while a graph is traced.
+    """
+    if isinstance(n_visual, torch.Tensor):
+        return (n_visual.to(torch.float64) * keep - _TOLERANCE).ceil().long()
+    return math.ceil(n_visual * keep - _TOLERANCE)
+
+
+def n_slots(keep: float, n_real, n_visual) -> int:
+    """``S``, the pruned length of the longest sample: per sample its ``n_real`` positions less the visual ones
+    that ``n_keep`` drops (its ``n_visual`` visual positions among them); 0 for an empty batch.
+
+    ``n_real``/``n_visual`` are per-sample counts (tensors, arrays or sequences). The pruned graphs take
+    ``arange(S)`` as ``graphprune_slots``; with ``n_real = n_visual`` (CrossAttentionTrim's valid features)
+    ``S`` is the most features a sample keeps.
+    """
+    n_real, n_visual = torch.as_tensor(n_real).long(), torch.as_tensor(n_visual).long()
+    return max((n_real - n_visual + n_keep(keep, n_visual)).tolist(), default=0)
 
 
 @dataclass(frozen=True)

@@ -46,10 +46,36 @@ def fastv_scores(
 
 
 def keep_counts(visual_mask: torch.Tensor, keep: float) -> torch.Tensor:
-    """``ceil(keep * n_visual)`` per sample, a product within 1e-6 of an integer counting as that integer."""
-    product = visual_mask.sum(dim=-1).to(torch.float64) * keep
-    nearest = product.round()
-    return torch.where((product - nearest).abs() <= 1e-6, nearest, product.ceil()).long()
+    """``n_keep`` of each sample's visual count ``[B]``."""
+    return n_keep(keep, visual_mask.sum(dim=-1))
+
+
+def _counts_and_budget(candidates: torch.Tensor, keep: float, most: int | None) -> tuple[torch.Tensor, int]:
+    """Per-sample kept counts ``[B]`` of the ``candidates`` mask, and the top-k's K (``_best``'s budget).
+
+    K is the axis length; with ``most`` (the most candidates a sample may hold, for export) it is the
+    constant ``max(n_keep(keep, most), 1)`` and the counts come from a constant table (no float64 in
+    the exported graph); samples must then hold at most ``most`` candidates.
+    """
+    if most is None:
+        return keep_counts(candidates, keep), candidates.shape[-1]
+    table = torch.tensor([n_keep(keep, n) for n in range(most + 1)], device=candidates.device)
+    return table[candidates.sum(dim=-1).clamp(max=most)], max(n_keep(keep, most), 1)
+
+
+def _best(ranked: torch.Tensor, counts: torch.Tensor, budget: int) -> torch.Tensor:
+    """The ``counts`` best entries along the last axis of ``ranked`` (invalid ones ``-inf``), ties to the lower index.
+
+    No sort (ONNX has no stable one): a top-k of ``budget`` (>= every count) finds the cut score, a
+    cumulative sum gives the ties at the cut to the lowest indices.
+    """
+    padded = torch.cat([ranked, ranked.new_full((*ranked.shape[:-1], budget), float("-inf"))], dim=-1)
+    cut = padded.topk(budget, dim=-1).values.gather(-1, (counts - 1).clamp(min=0))
+    valid = ranked > float("-inf")
+    above = valid & (ranked > cut)
+    at_cut = valid & (ranked == cut)
+    room = counts - above.sum(dim=-1, keepdim=True)
+    return above | (at_cut & (at_cut.cumsum(dim=-1) <= room))
 
 
 def fastv_select(
@@ -69,27 +95,13 @@ def fastv_select(
     and ``valid [B, S]`` (False for the padding slots at the front of shorter samples; their index
     repeats the sample's first kept position so that they hold finite values).
 
-    No sort: one top-k finds each sample's cut score, ties at the cut go to the earliest positions
-    (a cumulative sum), and a scatter lays the kept positions out. The top-k's K is the sequence
+    No sort: ``_best`` cuts, and a scatter lays the kept positions out. The top-k's K is the sequence
     length, or, when ``max_visual`` (the most visual positions a sample may hold) is given, the
-    constant ``ceil(keep * max_visual)`` that TensorRT needs; samples must then hold at most
-    ``max_visual`` visual positions.
+    constant ``ceil(keep * max_visual)`` that TensorRT needs (``_counts_and_budget``).
     """
     batch, seq_len = scores.shape
-    ranked = torch.where(visual_mask, scores.float(), float("-inf"))
-    if max_visual is None:
-        counts, top = keep_counts(visual_mask, keep), ranked.topk(seq_len, dim=-1).values
-    else:
-        table = torch.tensor([n_keep(keep, n) for n in range(max_visual + 1)], device=scores.device)
-        counts = table[visual_mask.sum(dim=-1).clamp(max=max_visual)]
-        budget = max(n_keep(keep, max_visual), 1)
-        padded = torch.cat([ranked, ranked.new_full((batch, budget), float("-inf"))], dim=-1)
-        top = padded.topk(budget, dim=-1).values
-    cut = top.gather(1, (counts - 1).clamp(min=0)[:, None])
-    above = visual_mask & (ranked > cut)
-    at_cut = visual_mask & (ranked == cut)
-    room = counts[:, None] - above.sum(dim=-1, keepdim=True)
-    chosen = above | (at_cut & (at_cut.cumsum(dim=-1) <= room))
+    counts, budget = _counts_and_budget(visual_mask, keep, max_visual)
+    chosen = _best(torch.where(visual_mask, scores.float(), float("-inf")), counts[:, None], budget)
     kept = attention_mask.bool() & (~visual_mask | chosen)
     n_slots = slots.shape[0]
     padding = n_slots - kept.sum(dim=-1, keepdim=True)
@@ -189,21 +201,6 @@ def cross_attention_scores(
     return weighted.sum(dim=2) / rows.sum(dim=1).clamp(min=1)[:, None, None]
 
 
-def _best(ranked: torch.Tensor, counts: torch.Tensor, budget: int) -> torch.Tensor:
-    """The ``counts`` best entries along the last axis of ``ranked`` (invalid ones ``-inf``), ties to the lower index.
-
-    No sort (ONNX has no stable one): a top-k of ``budget`` (>= every count) finds the cut score, a
-    cumulative sum gives the ties at the cut to the lowest indices.
-    """
-    padded = torch.cat([ranked, ranked.new_full((*ranked.shape[:-1], budget), float("-inf"))], dim=-1)
-    cut = padded.topk(budget, dim=-1).values.gather(-1, (counts - 1).clamp(min=0))
-    valid = ranked > float("-inf")
-    above = valid & (ranked > cut)
-    at_cut = valid & (ranked == cut)
-    room = counts - above.sum(dim=-1, keepdim=True)
-    return above | (at_cut & (at_cut.cumsum(dim=-1) <= room))
-
-
 def cross_attention_select(
     scores: torch.Tensor,
     valid: torch.Tensor,
@@ -223,15 +220,11 @@ def cross_attention_select(
 
     No sort: see ``_best``; a scatter lays the kept features out. Its top-k's K is the feature count,
     or, with ``max_features`` (the most features a sample may hold, for export), the constant
-    ``ceil(keep · max_features)``; samples must then hold at most ``max_features`` features.
+    ``ceil(keep · max_features)`` (``_counts_and_budget``).
     """
     n_features = scores.shape[-1]
-    if max_features is None:
-        counts, budget = keep_counts(valid, keep)[:, None], n_features
-    else:
-        table = torch.tensor([n_keep(keep, n) for n in range(max_features + 1)], device=scores.device)
-        counts = table[valid.sum(dim=-1).clamp(max=max_features)][:, None]
-        budget = max(n_keep(keep, max_features), 1)
+    counts, budget = _counts_and_budget(valid, keep, max_features)
+    counts = counts[:, None]
     if select == "head_union":
         ranked = torch.where(valid[:, None], scores.float(), float("-inf"))
         kept = _best(ranked, counts[:, None].expand(-1, scores.shape[1], 1), budget).any(dim=1) & valid

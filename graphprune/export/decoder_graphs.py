@@ -13,9 +13,8 @@ import contextlib
 import torch
 from torch import fx, nn
 
-from .. import ops
 from ..capture import capture_decode, capture_prefill
-from ..methods import n_keep
+from ..methods import n_keep, n_slots
 from ..passes import fastv_budget
 from .graph_export import GraphExport
 
@@ -180,8 +179,7 @@ def decoder_graphs(
     if prune:
         prefill_graph = fastv_budget(copy_graph(state.decoder.prefill_graph), max_visual)
         decode_graph = state.decoder.decode_graph
-        dropped = visual.sum(-1) - ops.keep_counts(visual, method.keep)
-        slots = torch.arange(int((attention_mask.sum(-1) - dropped).max()), device=embeds.device)
+        slots = torch.arange(n_slots(method.keep, attention_mask.sum(-1), visual.sum(-1)), device=embeds.device)
         prefill_args = (embeds, attention_mask, positions, visual, slots)
         prefill_extra = ("graphprune_visual_mask", "graphprune_slots")
         prefill_out_extra = ("graphprune_keep_index", "graphprune_slot_valid")

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .. import ops
-from ..methods import n_keep
+from ..methods import n_keep, n_slots
 from ..passes import cross_attention_budget
 from .decoder_graphs import NEW_TOKENS, LogitsAtLast, copy_graph, generation_positions, kv_names, unpruned_graphs
 from .graph_export import GraphExport
@@ -100,8 +100,8 @@ def mllama(model: nn.Module, state, example_inputs: dict, max_images: int | None
     if prune:
         prefill_graph = cross_attention_budget(copy_graph(state.decoder.prefill_graph), max_features)
         decode_graph = state.decoder.decode_graph
-        kept = ops.keep_counts(ops.valid_features(cross_mask, row_mask, attention_mask), method.keep)
-        slots = torch.arange(int(kept.max()), device=input_ids.device)
+        valid = ops.valid_features(cross_mask, row_mask, attention_mask).sum(-1)
+        slots = torch.arange(n_slots(method.keep, valid, valid), device=input_ids.device)
         prefill_extra, prefill_args_extra = ("graphprune_slots",), (slots,)
         prefill_out_extra = ("graphprune_keep_index", "graphprune_slot_valid")
     else:

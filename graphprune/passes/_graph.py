@@ -85,6 +85,93 @@ def symbol(value) -> sympy.Expr | None:
     return value.node.expr if isinstance(value, torch.SymInt) else None
 
 
+def free_symbols(size) -> set:
+    """The symbols a size (a SymInt) depends on; none for a plain int."""
+    expr = symbol(size)
+    return expr.free_symbols if expr is not None else set()
+
+
+def dependent_axes(value, size: sympy.Symbol) -> list[int]:
+    """The axes of a tensor whose length depends on the symbol ``size``; none for anything but a tensor."""
+    if not isinstance(value, torch.Tensor):
+        return []
+    return [dim for dim, length in enumerate(value.shape) if size in free_symbols(length)]
+
+
+def depends_on(value, size: sympy.Symbol) -> bool:
+    """Whether a node's value (a SymInt, or a tensor's shape) depends on the symbol ``size``."""
+    return size in free_symbols(value) or bool(dependent_axes(value, size))
+
+
+def attention_query(gm: fx.GraphModule, pass_name: str, scope: str, query_proj: str, key_proj: str) -> fx.Node:
+    """The query that meets the key inside attention module ``scope``: after RoPE, before the kernel.
+
+    Found by data flow, for any attention kernel: the first node in the scope that depends on both
+    projections is where q and k meet (SDPA, or the eager ``q @ k^T``); its argument that depends
+    on the query projection only is the query.
+    """
+    from_query, from_key = set(), set()
+    for node in gm.graph.nodes:
+        path = module_path(node)
+        if path != scope and not path.startswith(scope + "."):
+            continue
+        inputs = node.all_input_nodes
+        q = path == f"{scope}.{query_proj}" or any(arg in from_query for arg in inputs)
+        k = path == f"{scope}.{key_proj}" or any(arg in from_key for arg in inputs)
+        if q and k:
+            return next(arg for arg in inputs if arg in from_query and arg not in from_key)
+        if q:
+            from_query.add(node)
+        if k:
+            from_key.add(node)
+    raise fail(gm, pass_name, f"no node in {scope} combines {query_proj} and {key_proj}: is it an attention module?")
+
+
+def only_call(gm: fx.GraphModule, pass_name: str, target, producer: str) -> fx.Node:
+    """The one node of ``gm`` that calls ``target`` (inserted by the pass ``producer``)."""
+    calls = [node for node in gm.graph.nodes if node.target is target]
+    if len(calls) != 1:
+        raise fail(gm, pass_name, f"expected one graphprune_select node (run {producer} first), found {len(calls)}")
+    return calls[0]
+
+
+def positive_int(value, pass_name: str, name: str, meaning: str) -> int:
+    """``value`` when it is an int >= 1 (not a bool); a ``ValueError`` naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"graphprune pass '{pass_name}': {name} must be an int >= 1 ({meaning}); got {value!r}")
+    return value
+
+
+Gathers = dict[tuple[int | None, tuple[int, ...]], tuple]
+
+
+def stand_in(
+    gm: fx.GraphModule, pass_name: str, node: fx.Node, size: sympy.Symbol, length: fx.Node, gathers: Gathers
+) -> fx.Node | None:
+    """The shortened stand-in for ``node`` (inserted at the current point), None if it does not depend on ``size``.
+
+    A SymInt equal to ``size`` becomes ``length``. A tensor whose axes that depend on ``size`` all equal it
+    is gathered by ``gathers[(rank, axes)]`` (rank None: any), an ``(op, args)`` called as
+    ``op(node, *args)``. Anything else that depends on ``size`` fails the pass.
+    """
+    value = node.meta.get("val")
+    if not depends_on(value, size):
+        return None
+    if isinstance(value, torch.SymInt):
+        if symbol(value) == size:
+            return length
+        raise fail(gm, pass_name, f"{node.name} = {symbol(value)} depends on {size} in a way the pass can't map")
+    shape, axes = tuple(value.shape), tuple(dependent_axes(value, size))
+    if any(symbol(shape[dim]) != size for dim in axes):
+        raise fail(gm, pass_name, f"{node.name} {shape} has an axis derived from {size}, not equal to it")
+    gather = gathers.get((value.dim(), axes)) or gathers.get((None, axes))
+    if gather is None:
+        accepted = ", ".join(f"{rank or 'any'}-D on axes {dims}" for rank, dims in gathers)
+        raise fail(gm, pass_name, f"{node.name} {shape}: the pass gathers tensors {accepted} along {size}")
+    op, args = gather
+    return named(gm.graph.call_function(op, (node, *args)), f"gather_{node.name}")
+
+
 def crossing_nodes(gm: fx.GraphModule, boundary: fx.Node) -> dict[fx.Node, list[fx.Node]]:
     """Nodes defined before ``boundary`` and the users of each at or after it (the output node excepted)."""
     order = {node: i for i, node in enumerate(gm.graph.nodes)}

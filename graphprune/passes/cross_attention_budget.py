@@ -12,19 +12,16 @@ from __future__ import annotations
 from torch import fx
 
 from .. import ops
-from ._graph import fail, finish
+from . import _graph
 
 PASS = "cross_attention_budget"
 
 
 def cross_attention_budget(gm: fx.GraphModule, max_features: int) -> fx.GraphModule:
     """Give the ``graphprune_select`` node of a trimmed prefill graph the feature budget ``max_features``."""
-    if isinstance(max_features, bool) or not isinstance(max_features, int) or max_features < 1:
-        raise ValueError(f"max_features must be an int >= 1 (visual features per sample); got {max_features!r}")
-    selects = [node for node in gm.graph.nodes if node.target is ops.cross_attention_select]
-    if len(selects) != 1:
-        raise fail(gm, PASS, f"expected one graphprune_select node (run cross_attention_trim), found {len(selects)}")
-    if selects[0].args[3] != "topk":
-        raise fail(gm, PASS, f"select={selects[0].args[3]!r} has no fixed size; only select='topk' takes a budget")
-    selects[0].kwargs = {**selects[0].kwargs, "max_features": max_features}
-    return finish(gm, PASS, f"top-k K fixed for at most {max_features} features per sample")
+    _graph.positive_int(max_features, PASS, "max_features", "visual features per sample")
+    select = _graph.only_call(gm, PASS, ops.cross_attention_select, "cross_attention_trim")
+    if select.args[3] != "topk":
+        raise _graph.fail(gm, PASS, f"select={select.args[3]!r} has no fixed size; only select='topk' takes a budget")
+    select.kwargs = {**select.kwargs, "max_features": max_features}
+    return _graph.finish(gm, PASS, f"top-k K fixed for at most {max_features} features per sample")

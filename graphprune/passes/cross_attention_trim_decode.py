@@ -15,7 +15,7 @@ from __future__ import annotations
 from torch import fx
 
 from ..methods import CrossAttentionTrim
-from ._graph import add_placeholder, finish, first_node_of_layer, layout_of, move_size_reads, placeholder, symbol
+from . import _graph
 from .cross_attention_trim import trim_feature_inputs
 
 PASS = "cross_attention_trim_decode"
@@ -23,14 +23,16 @@ PASS = "cross_attention_trim_decode"
 
 def cross_attention_trim_decode(gm: fx.GraphModule, method: CrossAttentionTrim) -> fx.GraphModule:
     """Give the decode graph's later cross-attention layers a mask and feature count that fit their cache."""
-    layout = layout_of(gm, PASS)
+    layout = _graph.layout_of(gm, PASS)
     method.check_cross_attention_layers(layout.cross_attention_layers)
     first, *later = layout.cross_attention_layers
-    features = symbol(placeholder(gm, "cross_attention_mask").meta["val"].shape[3])
+    features = _graph.symbol(_graph.placeholder(gm, "cross_attention_mask").meta["val"].shape[3])
     trimmed_pasts = {f"past_{2 * i + j}" for i in later for j in (0, 1)}
-    move_size_reads(gm, features, trimmed_pasts, placeholder(gm, f"past_{2 * first}"))  # the first keeps all
-    cache_index = add_placeholder(gm, "graphprune_cache_index")
-    cache_valid = add_placeholder(gm, "graphprune_cache_valid")
-    with gm.graph.inserting_before(first_node_of_layer(gm, layout, later[0])):
+    _graph.move_size_reads(
+        gm, features, trimmed_pasts, _graph.placeholder(gm, f"past_{2 * first}")
+    )  # the first keeps all
+    cache_index = _graph.add_placeholder(gm, "graphprune_cache_index")
+    cache_valid = _graph.add_placeholder(gm, "graphprune_cache_valid")
+    with gm.graph.inserting_before(_graph.first_node_of_layer(gm, layout, later[0])):
         trimmed = trim_feature_inputs(gm, PASS, later, features, cache_index, cache_valid)
-    return finish(gm, PASS, f"layers {later} attend over their trimmed cache; trimmed {trimmed}")
+    return _graph.finish(gm, PASS, f"layers {later} attend over their trimmed cache; trimmed {trimmed}")
