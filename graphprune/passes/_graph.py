@@ -1,8 +1,10 @@
-"""Helpers shared by the passes: where a node sits, how a rewrite ends, how a pass fails."""
+"""Every helper the passes share (the one place for them): where a node sits, which axes depend on a size,
+what stands in for a shortened node, where attention meets its query, how a rewrite ends, how a pass fails."""
 
 from __future__ import annotations
 
 import logging
+import operator
 
 import sympy
 import torch
@@ -170,6 +172,19 @@ def stand_in(
         raise fail(gm, pass_name, f"{node.name} {shape}: the pass gathers tensors {accepted} along {size}")
     op, args = gather
     return named(gm.graph.call_function(op, (node, *args)), f"gather_{node.name}")
+
+
+def insert_selection(gm: fx.GraphModule, op, args: tuple) -> tuple[fx.Node, fx.Node]:
+    """``graphprune_select = op(*args)`` at the current insertion point and its two outputs,
+    ``graphprune_keep_index`` and ``graphprune_slot_valid``."""
+    selection = named(gm.graph.call_function(op, args), "select")
+    index = named(gm.graph.call_function(operator.getitem, (selection, 0)), "keep_index")
+    return index, named(gm.graph.call_function(operator.getitem, (selection, 1)), "slot_valid")
+
+
+def size_of(gm: fx.GraphModule, node: fx.Node, dim: int, name: str) -> fx.Node:
+    """``graphprune_{name}``: the length of ``node``'s axis ``dim``, read at the current insertion point."""
+    return named(gm.graph.call_function(torch.ops.aten.sym_size.int, (node, dim)), name)
 
 
 def crossing_nodes(gm: fx.GraphModule, boundary: fx.Node) -> dict[fx.Node, list[fx.Node]]:

@@ -15,10 +15,7 @@ count in the batch). New outputs, after the cache: ``graphprune_keep_index`` and
 
 from __future__ import annotations
 
-import operator
-
 import sympy
-import torch
 from torch import fx
 
 from .. import ops
@@ -53,14 +50,9 @@ def cross_attention_trim(gm: fx.GraphModule, method: CrossAttentionTrim) -> fx.G
         valid_features = _graph.named(
             graph.call_function(ops.valid_features, (*masks, attention_mask)), "valid_features"
         )
-        selection = _graph.named(
-            graph.call_function(
-                ops.cross_attention_select, (scores, valid_features, method.keep, method.select, slots)
-            ),
-            "select",
+        index, valid = _graph.insert_selection(
+            gm, ops.cross_attention_select, (scores, valid_features, method.keep, method.select, slots)
         )
-        index = _graph.named(graph.call_function(operator.getitem, (selection, 0)), "keep_index")
-        valid = _graph.named(graph.call_function(operator.getitem, (selection, 1)), "slot_valid")
         gathered = trim_feature_inputs(gm, PASS, later, features, index, valid)
     _graph.append_outputs(gm, [index, valid, scores])
     return _graph.finish(
@@ -79,7 +71,7 @@ def trim_feature_inputs(
     left alone: the runtime passes them at their trimmed length.
     """
     layout = _graph.layout_of(gm, pass_name)
-    length = _graph.named(gm.graph.call_function(torch.ops.aten.sym_size.int, (index, 1)), "pruned_length")
+    length = _graph.size_of(gm, index, 1, "pruned_length")
     gathers = {
         (3, (1,)): (ops.gather_sequence, (index, 1)),  # [B, F, d] features
         (4, (3,)): (ops.gather_cross_attention_mask, (index, valid)),  # [B, 1, T, F] masks
@@ -89,9 +81,8 @@ def trim_feature_inputs(
         if _graph.layer_index(node, layout) not in layers:
             continue
         for source in node.all_input_nodes:
-            if _graph.layer_index(source, layout) == _graph.layer_index(node, layout) or source.name.startswith(
-                "past_"
-            ):
+            own_layer = _graph.layer_index(source, layout) == _graph.layer_index(node, layout)
+            if own_layer or source.name.startswith("past_"):
                 continue
             if source not in pruned:
                 pruned[source] = _graph.stand_in(gm, pass_name, source, features, length, gathers)

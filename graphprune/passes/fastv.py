@@ -12,9 +12,6 @@ and ``graphprune_slot_valid`` (``[B, S]``, see ``ops.fastv_select``) and ``graph
 
 from __future__ import annotations
 
-import operator
-
-import torch
 from torch import fx
 
 from .. import ops
@@ -48,12 +45,10 @@ def fastv(gm: fx.GraphModule, method: FastV) -> fx.GraphModule:
             ),
             "scores",
         )
-        selection = _graph.named(
-            graph.call_function(ops.fastv_select, (scores, visual_mask, attention_mask, slots, method.keep)), "select"
+        index, valid = _graph.insert_selection(
+            gm, ops.fastv_select, (scores, visual_mask, attention_mask, slots, method.keep)
         )
-        index = _graph.named(graph.call_function(operator.getitem, (selection, 0)), "keep_index")
-        valid = _graph.named(graph.call_function(operator.getitem, (selection, 1)), "slot_valid")
-        pruned_length = _graph.named(graph.call_function(torch.ops.aten.sym_size.int, (index, 1)), "pruned_length")
+        pruned_length = _graph.size_of(gm, index, 1, "pruned_length")
         gathers = {
             (None, (1,)): (ops.gather_sequence, (index, 1)),  # [B, N, ...]: residual stream, RoPE cos/sin
             (4, (2, 3)): (ops.gather_attention_mask, (index, valid)),  # [B, h, N, N] masks

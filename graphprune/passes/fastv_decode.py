@@ -57,10 +57,8 @@ def fastv_decode(gm: fx.GraphModule, method: FastV) -> fx.GraphModule:
         if len(masks) != 1:
             raise _graph.fail(gm, PASS, f"expected one attention mask read by layers >= {method.k}, found {len(masks)}")
         pruned_lengths = {
-            past: _graph.named(graph.call_function(torch.ops.aten.sym_size.int, (cache_index, 1)), "past_length"),
-            past + new_tokens: _graph.named(
-                graph.call_function(torch.ops.aten.sym_size.int, (masks[0], 3)), "key_length"
-            ),
+            past: _graph.size_of(gm, cache_index, 1, "past_length"),
+            past + new_tokens: _graph.size_of(gm, masks[0], 3, "key_length"),
         }
         for node, users, expr in lengths:
             if expr not in pruned_lengths:
