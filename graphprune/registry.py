@@ -21,7 +21,7 @@ class MethodHandler:
     budget_pass: Callable  # (pruned prefill GraphModule, budget) -> the same with a constant top-k size (export)
     check_layout: Callable  # (method, DecoderLayout) -> None; ValueError when the decoder does not fit the method
     report: Callable  # (model, state, record, bytes per element) -> explain.Report
-    flops: Callable  # (text config, method, n_tokens, n_visual) -> (before, after), the paper's count
+    flops: Callable  # (model config, method, n_tokens, n_visual) -> (before, after), the paper's count
     unit: str  # what the method prunes, as reports name it ("visual tokens", "features")
 
 
