@@ -417,7 +417,7 @@ def run(args, preset_name: str) -> dict:
             }
             try:
                 times, first, outputs = _measure(callables, sync, args.repeats, label)
-                graphprune_kept = gp.runtime.optimized_state(model_b).decoder.last_prefill.keep_index[0].tolist()
+                graphprune_kept = gp.last_record(model_b).keep_index[0].tolist()
                 checks[label] = dict(
                     kept_positions=len(graphprune_kept),
                     kept_positions_only_in_b=len(set(graphprune_kept) - set(outputs["c"][2].tolist())),

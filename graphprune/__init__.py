@@ -7,6 +7,9 @@ Usage::
     ids = model.generate(**inputs, max_new_tokens=32)
     print(gp.explain(model, **inputs))
     gp.restore(model)
+
+    with gp.optimized(model, gp.FastV(k=2, keep=0.5)):  # restored after the block
+        ids = model.generate(**inputs, max_new_tokens=32)
 """
 
 from .explain import Report, explain
@@ -14,7 +17,7 @@ from .flops import flops
 from .methods import CrossAttentionTrim, FastV
 from .models import UnsupportedModelError, supported_classes
 from .passes import PassError
-from .runtime import optimize, restore
+from .runtime import last_record, optimize, optimized, restore
 
 __version__ = "0.1.0"
 
@@ -29,7 +32,9 @@ __all__ = [
     "explain",
     "export",
     "flops",
+    "last_record",
     "optimize",
+    "optimized",
     "restore",
     "supported_classes",
 ]

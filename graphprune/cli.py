@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 
-FASTV_OPTIONS, TRIM_OPTIONS = ("k", "query"), ("select",)
+METHOD_OPTIONS = ("k", "keep", "query", "select")  # the method options that the commands may take
 
 
 class _Parser(argparse.ArgumentParser):
@@ -56,9 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         from .demo import LLAVA, run, run_mllama
 
         method = _method(demo, args, LLAVA["num_layers"])
-        if args.model == "mllama":
-            return 0 if run_mllama(keep=method.keep, select=method.select) else 1
-        return 0 if run(k=method.k, keep=method.keep, query=method.query) else 1
+        return 0 if {"llava": run, "mllama": run_mllama}[args.model](method) else 1
     from .export.demo import FASTV_LAYERS
     from .export.demo import demo as export_demo
     from .export.staging import writable_folder
@@ -79,18 +78,18 @@ def _method(parser: argparse.ArgumentParser, args: argparse.Namespace, fastv_lay
     model's ``fastv_layers``); else ``parser.error``, also for one method's options given to the other."""
     from .methods import CrossAttentionTrim, FastV
 
-    trim = args.model == "mllama"
-    method, own, other = (
-        (CrossAttentionTrim, TRIM_OPTIONS, FASTV_OPTIONS) if trim else (FastV, FASTV_OPTIONS, TRIM_OPTIONS)
-    )
-    wrong = [name for name in other if getattr(args, name, None) is not None]
+    method_type = CrossAttentionTrim if args.model == "mllama" else FastV
+    own = [field.name for field in dataclasses.fields(method_type)]
+    wrong = [name for name in METHOD_OPTIONS if name not in own and getattr(args, name, None) is not None]
     if wrong:
-        options = ", ".join(f"--{name}" for name in ("keep", *own) if hasattr(args, name))
-        parser.error(f"--{wrong[0]} is not an option of {method.__name__}, which --model {args.model} runs ({options})")
-    given = {name: getattr(args, name) for name in ("keep", *own) if getattr(args, name, None) is not None}
+        options = ", ".join(f"--{name}" for name in own if hasattr(args, name))
+        parser.error(
+            f"--{wrong[0]} is not an option of {method_type.__name__}, which --model {args.model} runs ({options})"
+        )
+    given = {name: getattr(args, name) for name in own if getattr(args, name, None) is not None}
     try:
-        method = method(**given, **(trim_fixed if trim else {}))
-        if not trim:
+        method = method_type(**given, **(trim_fixed if method_type is CrossAttentionTrim else {}))
+        if method_type is FastV:
             method.check_layers(fastv_layers)
     except ValueError as error:
         parser.error(str(error))

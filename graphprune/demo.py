@@ -46,8 +46,8 @@ def _prefill_ms(model, inputs, repeats: int) -> float:
     return 1e3 * statistics.median(times[1:])
 
 
-def run(k: int = 2, keep: float = 0.5, query: str = "last", new_tokens: int = 12, repeats: int = 5) -> bool:
-    """Print the demo; True if the pruned model's greedy tokens equal the eager reference's."""
+def run(method: FastV, new_tokens: int = 12, repeats: int = 5) -> bool:
+    """The demo on a small LLaVA with FastV; True if the greedy tokens equal the eager reference's."""
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     model = tiny_llava(**LLAVA)
     inputs = llava_inputs(model, [(20, 1, 40), (8, 1, 16)])
@@ -57,12 +57,11 @@ def run(k: int = 2, keep: float = 0.5, query: str = "last", new_tokens: int = 12
         f"hidden {text.hidden_size}; {image_tokens_per_image(model)} visual tokens per image; "
         f"batch of {inputs['input_ids'].shape[0]}, left-padded to {inputs['input_ids'].shape[1]} tokens"
     )
-    method = FastV(k=k, keep=keep, query=query)
     expected = fastv_reference_generate(model, method, **inputs, max_new_tokens=new_tokens)
     return _optimize_and_compare(model, method, inputs, expected, new_tokens, repeats, "eager FastV reference")
 
 
-def run_mllama(keep: float = 0.5, select: str = "head_union", new_tokens: int = 12, repeats: int = 5) -> bool:
+def run_mllama(method: CrossAttentionTrim, new_tokens: int = 12, repeats: int = 5) -> bool:
     """The demo on a small Mllama with CrossAttentionTrim; True if the greedy tokens equal the reference's."""
     model = tiny_mllama(**MLLAMA)
     inputs = mllama_inputs(model, [(1, [4], 40), (3, [2], 24)])
@@ -72,8 +71,7 @@ def run_mllama(keep: float = 0.5, select: str = "head_union", new_tokens: int = 
         f"cross-attention at {text.cross_attention_layers}, hidden {text.hidden_size}; {features_per_tile(model)} "
         f"features per tile; images of 4 and 2 tiles, left-padded to {inputs['input_ids'].shape[1]} tokens"
     )
-    method = CrossAttentionTrim(keep=keep, select=select)
-    if select == "head_union":
+    if method.select == "head_union":
         print(
             "note: the heads of a random model disagree, so head_union (the union of per-head top-k) keeps nearly "
             "every feature; trained checkpoints keep about half (arXiv 2504.00557). --select topk keeps ceil(keep*N)."

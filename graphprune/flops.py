@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .methods import CrossAttentionTrim, FastV, n_keep
+from .registry import handler_for
 
 FORMULAS = ("paper",)
 
@@ -21,9 +22,7 @@ def _text_config(config):
     return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
 
 
-def flops(
-    config, method: FastV | CrossAttentionTrim, n_tokens: int, n_visual: int, formula: str = "paper"
-) -> tuple[int, int]:
+def flops(config, method, n_tokens: int, n_visual: int, formula: str = "paper") -> tuple[int, int]:
     """``(before, after)`` decoder FLOPs for one prefill of one sample.
 
     ``formula="paper"`` is FastV's count (arXiv 2403.06764, Sec. 4.2): per layer ``4nd² + 2n²d + 2ndm``;
@@ -33,15 +32,23 @@ def flops(
     """
     if formula not in FORMULAS:
         raise ValueError(f"formula must be one of {FORMULAS}; got {formula!r}")
-    if not 0 <= n_visual <= n_tokens and isinstance(method, FastV):
+    return handler_for(method).flops(config, method, n_tokens, n_visual)
+
+
+def fastv_flops(config, method: FastV, n_tokens: int, n_visual: int) -> tuple[int, int]:
+    """``flops``' paper count for FastV."""
+    if not 0 <= n_visual <= n_tokens:
         raise ValueError(f"n_visual must be in [0, n_tokens]; got n_visual={n_visual}, n_tokens={n_tokens}")
     text = _text_config(config)
     d, m, num_layers = text.hidden_size, text.intermediate_size, text.num_hidden_layers
-    if isinstance(method, FastV):
-        method.check_layers(num_layers)
-        kept = n_tokens - (n_visual - n_keep(method.keep, n_visual))
-        before = num_layers * _layer_flops(n_tokens, d, m)
-        return before, method.k * _layer_flops(n_tokens, d, m) + (num_layers - method.k) * _layer_flops(kept, d, m)
+    method.check_layers(num_layers)
+    kept = n_tokens - (n_visual - n_keep(method.keep, n_visual))
+    before = num_layers * _layer_flops(n_tokens, d, m)
+    return before, method.k * _layer_flops(n_tokens, d, m) + (num_layers - method.k) * _layer_flops(kept, d, m)
+
+
+def cross_attention_trim_flops(config, method: CrossAttentionTrim, n_tokens: int, n_visual: int) -> tuple[int, int]:
+    """``flops``' paper count for CrossAttentionTrim: ``ceil(keep·n_visual)`` features after the first layer."""
     return cross_attention_flops(config, n_tokens, n_visual, n_keep(method.keep, n_visual))
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 
@@ -44,15 +42,6 @@ def mllama_batch(mllama):
     return mllama_inputs(mllama, MLLAMA_BATCH)
 
 
-@contextlib.contextmanager
-def optimized(model, method, **kwargs):
-    gp.optimize(model, method, **kwargs)
-    try:
-        yield model
-    finally:
-        gp.restore(model)
-
-
 @torch.no_grad()
 def unmodified_generate(model, method, inputs: dict, max_new_tokens: int) -> torch.Tensor:
     """Greedy tokens of ``model`` (optimised with ``method``) as it was before ``optimize``; optimised again after."""
@@ -69,5 +58,5 @@ def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 def slot_positions(model):
     """Per sample, the original position of each valid slot of the last pruned prefill."""
-    record = model._graphprune.decoder.last_prefill
+    record = gp.last_record(model)
     return [record.keep_index[b][record.slot_valid[b]] for b in range(record.keep_index.shape[0])]

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import graphprune as gp
+from graphprune import optimized
 from graphprune.reference import (
     cross_attention_trim_reference,
     fastv_reference,
@@ -12,7 +13,7 @@ from graphprune.reference import (
 )
 from graphprune.tiny import qwen2_vl_inputs, tiny_qwen2_vl
 
-from .conftest import LOGITS_RTOL, optimized, rel_error
+from .conftest import LOGITS_RTOL, rel_error
 
 
 def _qwen2_vl():

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import graphprune as gp
-from graphprune import ops
+from graphprune import ops, optimized
 from graphprune.capture import capture_decode, capture_prefill
 from graphprune.methods import n_keep
 from graphprune.models import adapter_for
@@ -14,14 +14,14 @@ from graphprune.passes._graph import layer_index, module_path, symbol
 from graphprune.reference import cross_attention_trim_reference, trimmed_mask_mode
 from graphprune.tiny import features_per_tile, mllama_inputs, tiny_mllama
 
-from .conftest import LOGITS_RTOL, MLLAMA_BATCH, optimized, rel_error
+from .conftest import LOGITS_RTOL, MLLAMA_BATCH, rel_error
 
 METHODS = [gp.CrossAttentionTrim(keep, select) for select in ("head_union", "topk") for keep in (0.25, 0.5)]
 NEW_TOKENS = 5
 
 
 def _kept(model):
-    record = model._graphprune.decoder.last_prefill
+    record = gp.last_record(model)
     return [record.keep_index[b][record.slot_valid[b]] for b in range(record.keep_index.shape[0])]
 
 

@@ -5,8 +5,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import graphprune as gp
-
-from .conftest import optimized
+from graphprune import optimized
 
 
 def _untouched(model):

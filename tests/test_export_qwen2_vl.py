@@ -11,6 +11,7 @@ pytest.importorskip("onnxruntime", reason="the ONNX extra is not installed: pip 
 import onnx  # noqa: E402
 
 import graphprune as gp  # noqa: E402
+from graphprune import optimized  # noqa: E402
 from graphprune.export.qwen2_vl import (  # noqa: E402
     mrope_positions,
     token_types,
@@ -22,7 +23,7 @@ from graphprune.export.qwen2_vl import (  # noqa: E402
 from graphprune.export.trt_profiles import trt_profiles  # noqa: E402
 from graphprune.tiny import qwen2_vl_inputs, tiny_qwen2_vl  # noqa: E402
 
-from .conftest import LOGITS_RTOL, optimized, rel_error, unmodified_generate  # noqa: E402
+from .conftest import LOGITS_RTOL, rel_error, unmodified_generate  # noqa: E402
 from .onnx_graph import assert_profiles_ordered, top_k_constants  # noqa: E402
 
 METHOD = gp.FastV(k=1, keep=0.5)

@@ -4,12 +4,11 @@ import pytest
 import torch
 
 import graphprune as gp
+from graphprune import optimized
 from graphprune.capture import capture_decode, capture_prefill
 from graphprune.models import adapter_for
 from graphprune.passes import fastv, fastv_decode
 from graphprune.passes._graph import layer_index
-
-from .conftest import optimized
 
 
 def _captured(model):

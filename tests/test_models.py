@@ -18,6 +18,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import graphprune as gp
+from graphprune import optimized
 from graphprune.models import ADAPTERS, adapter_for, supported_classes
 from graphprune.reference import fastv_reference, fastv_reference_generate
 from graphprune.tiny import (
@@ -29,7 +30,7 @@ from graphprune.tiny import (
     video_llava_inputs,
 )
 
-from .conftest import LOGITS_RTOL, optimized, rel_error, slot_positions
+from .conftest import LOGITS_RTOL, rel_error, slot_positions
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,11 @@ import pytest
 import torch
 
 import graphprune as gp
+from graphprune import optimized
 from graphprune.reference import fastv_reference, fastv_reference_generate
 from graphprune.tiny import llava_inputs
 
-from .conftest import BATCH, LOGITS_RTOL, optimized, rel_error, slot_positions
+from .conftest import BATCH, LOGITS_RTOL, rel_error, slot_positions
 
 
 @torch.no_grad()

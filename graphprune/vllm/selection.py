@@ -82,7 +82,7 @@ def kept_mask(
     index, valid = fastv_select(scores, visual[None], real, torch.arange(n, device=visual.device), method.keep)
     kept = torch.zeros(n, dtype=torch.bool, device=visual.device)
     kept[index[valid]] = True
-    kept[-1] = True  # SPEC: the last prompt position always reaches the last layer (its row is sampled)
+    kept[-1] = True  # the last prompt position always reaches the last layer: its row is sampled
     return kept
 
 

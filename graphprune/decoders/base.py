@@ -1,0 +1,143 @@
+"""What the decoder stand-ins share: the method's graphs per placement, the checked call, the pruned cache."""
+
+from __future__ import annotations
+
+import contextvars
+import copy
+import weakref
+from dataclasses import dataclass
+
+import torch
+from torch import fx, nn
+from transformers import DynamicCache
+from transformers.modeling_outputs import BaseModelOutputWithPast
+
+from ..capture import capture_decode, capture_prefill
+from ..graph_cache import GraphCache, capturing
+from ..model_copy import refuse_part_copy
+from ..models import DecoderLayout
+from ..registry import handler_for
+
+# [B, N] bool, True at visual positions: set by the optimized model's forward around the decoder call
+current_visual_mask: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar(
+    "graphprune_visual_mask", default=None
+)
+
+
+def full_mask(attention_mask: torch.Tensor | None, batch: int, length: int, device) -> torch.Tensor:
+    """``attention_mask``, or the one that means "every position is real" when it is None."""
+    if attention_mask is not None:
+        return attention_mask
+    return torch.ones(batch, length, dtype=torch.long, device=device)
+
+
+def _check_call(attention_mask: torch.Tensor | None, kwargs: dict) -> None:
+    requested = [name for name in ("output_attentions", "output_hidden_states") if kwargs.get(name)]
+    if requested:
+        raise ValueError(
+            f"graphprune's pruned decoder does not return {', '.join(requested)}; call graphprune.restore(model) first"
+        )
+    if attention_mask is not None and attention_mask.dim() != 2:
+        raise ValueError(
+            f"graphprune needs a 2-D attention_mask [batch, length]; got shape {tuple(attention_mask.shape)}"
+        )
+
+
+def checked_decode_mask(attention_mask: torch.Tensor | None, batch: int, past: int, new_tokens: int, device):
+    """A decode step's mask over the past and new positions; a ``ValueError`` if it covers another length."""
+    if attention_mask is not None and attention_mask.shape[1] != past + new_tokens:
+        raise ValueError(
+            f"attention_mask covers {attention_mask.shape[1]} positions; the cache holds {past} and "
+            f"{new_tokens} are new, so it must cover {past + new_tokens}"
+        )
+    return full_mask(attention_mask, batch, past + new_tokens, device)
+
+
+@dataclass
+class PrunedCache:
+    index: torch.Tensor  # [B, P']: original position (or feature) of each slot of the pruned layers
+    valid: torch.Tensor  # [B, P']
+
+
+class GraphDecoder:
+    """Stands in for a decoder's ``forward``: the method's pruned prefill and decode graphs per dtype and
+    device of the decoder (under ``torch.compile`` on request), the original forward, and the state of each
+    cache it filled. ``graphs`` (placement -> graphs) is given for a deep copy, captured now otherwise.
+    ``optimize`` sets ``state`` (the model's optimized state), which records each prefill."""
+
+    def __init__(self, decoder: nn.Module, method, layout: DecoderLayout, compile: bool, graphs: dict | None = None):
+        self.decoder = decoder
+        self.method = method
+        self.layout = layout
+        self.graphs = GraphCache(decoder, self._capture, compile, graphs)
+        self.graphs.graphs()
+        self._original = decoder.forward  # before optimize replaces it (keeps e.g. accelerate hooks)
+        self._cache_states: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self.state = None
+
+    def _capture(self) -> tuple[fx.GraphModule, fx.GraphModule]:
+        """The decoder's prefill and decode graphs, rewritten by the method's passes."""
+        handler = handler_for(self.method)
+        prefill = handler.prefill_pass(capture_prefill(self.decoder, self.layout), self.method)
+        return prefill, handler.decode_pass(capture_decode(self.decoder, self.layout), self.method)
+
+    def __deepcopy__(self, memo):
+        refuse_part_copy()
+
+    def __reduce_ex__(self, protocol):
+        refuse_part_copy()
+
+    def __call__(self, *args, **kwargs):
+        if capturing(self.decoder):  # a capture at a new dtype or device traces the decoder's own forward
+            return self._original(*args, **kwargs)
+        return self._run(*args, **kwargs)
+
+    def _run(self, *args, **kwargs):
+        raise NotImplementedError
+
+    @property
+    def prefill_graph(self) -> fx.GraphModule:
+        return self.graphs.graphs()[0]
+
+    @property
+    def decode_graph(self) -> fx.GraphModule:
+        return self.graphs.graphs()[1]
+
+    def rebound(self, decoder: nn.Module, memo: dict) -> GraphDecoder:
+        """This stand-in for ``decoder``, a deep copy of this one's decoder made with ``memo``."""
+        layout, graphs = copy.deepcopy(self.layout, memo), self.graphs.copied_graphs(memo)
+        return type(self)(decoder, self.method, layout, self.graphs.compile, graphs)
+
+    def _embeddings(self, input_ids, inputs_embeds, attention_mask, use_cache, kwargs) -> tuple[torch.Tensor, bool]:
+        """The checked call's input embeddings and whether it caches."""
+        if self.decoder.training:
+            raise RuntimeError(
+                "graphprune: the optimized model is in training mode; call model.eval() to run it, "
+                "or graphprune.restore(model) to train it"
+            )
+        _check_call(attention_mask, kwargs)
+        if inputs_embeds is None:
+            inputs_embeds = self.decoder.get_input_embeddings()(input_ids)
+        return inputs_embeds, self.decoder.config.use_cache if use_cache is None else use_cache
+
+    def _prefill(self, inputs: list, cache, use_cache: bool) -> tuple[BaseModelOutputWithPast, tuple]:
+        """Run the prefill graph on ``inputs``: the model output (with ``use_cache``, ``cache``, a new one if
+        None, holding the keys and values and this stand-in its slots) and the graph's
+        ``(keep_index, slot_valid, scores)``."""
+        outputs = self.graphs.runners()[0](*inputs)
+        hidden, selection = outputs[0], tuple(outputs[-3:])
+        if not use_cache:
+            return BaseModelOutputWithPast(last_hidden_state=hidden), selection
+        cache = cache if cache is not None else DynamicCache(config=self.decoder.config)
+        for layer_idx in range(self.layout.num_layers):
+            cache.update(outputs[1 + 2 * layer_idx], outputs[2 + 2 * layer_idx], layer_idx)
+        self._cache_states[cache] = PrunedCache(selection[0], selection[1])
+        return BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=cache), selection
+
+    def _decode(self, inputs: list, cache, state: PrunedCache) -> BaseModelOutputWithPast:
+        """Run the decode graph on ``inputs``, then ``cache``'s keys, values and slots; ``cache`` takes the new ones."""
+        flat_cache = [t for layer in cache.layers for t in (layer.keys, layer.values)]
+        outputs = self.graphs.runners()[1](*inputs, *flat_cache, state.index, state.valid)
+        for layer_idx, layer in enumerate(cache.layers):
+            layer.keys, layer.values = outputs[1 + 2 * layer_idx], outputs[2 + 2 * layer_idx]
+        return BaseModelOutputWithPast(last_hidden_state=outputs[0], past_key_values=cache)

@@ -1,0 +1,154 @@
+"""FastV's decoder stand-in, its per-call record and report, and its registration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .. import ops
+from ..flops import fastv_flops, kv_bytes
+from ..methods import FastV
+from ..models import DecoderLayout
+from ..padding import normalized_attention_mask, refuse_right_padding
+from ..passes import fastv, fastv_budget, fastv_decode
+from ..registry import MethodHandler, register_method
+from ..report import Report
+from .base import GraphDecoder, PrunedCache, checked_decode_mask, current_visual_mask, full_mask
+
+
+@dataclass
+class PrefillRecord:
+    """What a FastV prefill (pruned or not) saw and chose; ``explain`` reads it."""
+
+    visual_mask: torch.Tensor  # [B, N]
+    attention_mask: torch.Tensor  # [B, N]
+    keep_index: torch.Tensor  # [B, S]: original position per slot
+    slot_valid: torch.Tensor  # [B, S]
+    scores: torch.Tensor | None  # [B, N]; None when nothing was pruned
+
+
+class FastVDecoder(GraphDecoder):
+    """Stands in for the decoder's ``forward``: pruned prefill graph on a fresh cache, pruned-cache decode
+    graph on a cache it filled, the original forward otherwise (nothing to prune, a cache it did not fill)."""
+
+    def _run(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        past_key_values=None,
+        inputs_embeds=None,
+        use_cache=None,
+        **kwargs,
+    ):
+        attention_mask = normalized_attention_mask(attention_mask)
+        inputs_embeds, use_cache = self._embeddings(input_ids, inputs_embeds, attention_mask, use_cache, kwargs)
+        args = dict(attention_mask=attention_mask, position_ids=position_ids, past_key_values=past_key_values)
+        if past_key_values is not None and past_key_values.get_seq_length() > 0:
+            state = self._cache_states.get(past_key_values)
+            if state is None:
+                return self._original(inputs_embeds=inputs_embeds, use_cache=use_cache, **args, **kwargs)
+            return self._decode_step(inputs_embeds, attention_mask, position_ids, past_key_values, state)
+        return self._prefill_step(inputs_embeds, attention_mask, position_ids, past_key_values, use_cache, kwargs)
+
+    def _prefill_step(self, inputs_embeds, attention_mask, position_ids, cache, use_cache, kwargs):
+        batch, seq_len = inputs_embeds.shape[:2]
+        device = inputs_embeds.device
+        mask = full_mask(attention_mask, batch, seq_len, device)
+        visual = current_visual_mask.get()
+        if visual is None or visual.shape != (batch, seq_len):
+            visual = torch.zeros(batch, seq_len, dtype=torch.bool, device=device)
+        visual = visual.to(device) & mask.bool()  # padding is not visual: an all-padding sample is empty
+        dropped = visual.sum(dim=-1) - ops.keep_counts(visual, self.method.keep)
+        if int(dropped.max()) == 0:  # keep=1.0 or no visual token: the unmodified model, exactly
+            out = self._original(
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=cache,
+                use_cache=use_cache,
+                **kwargs,
+            )
+            every = torch.arange(seq_len, device=device).expand(batch, seq_len)
+            self.state.record(PrefillRecord(visual, mask, every, torch.ones_like(visual), None))
+            return out
+        refuse_right_padding(mask)
+        position_ids = self._graph_positions(position_ids, batch, 0, seq_len, device)
+        slots = torch.arange(int((mask.sum(dim=-1) - dropped).max()), device=device)
+        out, (index, valid, scores) = self._prefill(
+            [inputs_embeds, mask, position_ids, visual, slots], cache, use_cache
+        )
+        self.state.record(PrefillRecord(visual, mask, index, valid, scores))
+        return out
+
+    def _graph_positions(self, position_ids, batch, start, length, device):
+        """Position ids in the captured graphs' form: ``[B, T]``, or ``[R, B, T]`` for R RoPE rows (M-RoPE).
+
+        ``None`` means ``start .. start + length - 1``, as the decoder itself would count. For an
+        M-RoPE decoder, 2-D ids are the same in every row, and one row more than R is HF generate's
+        leading text row: the decoder reads it only to detect packed sequences when it has no
+        attention mask, and the graphs always get one, so it is dropped.
+        """
+        if position_ids is None:
+            position_ids = torch.arange(start, start + length, device=device)[None]
+        rows = self.layout.position_rows
+        if not rows:
+            return position_ids.expand(batch, length)
+        if position_ids.dim() == 2:
+            position_ids = position_ids[None]
+        elif position_ids.shape[0] == rows + 1:
+            position_ids = position_ids[1:]
+        return position_ids.expand(rows, batch, length)
+
+    def _decode_step(self, inputs_embeds, attention_mask, position_ids, cache, state: PrunedCache):
+        batch, new_tokens = inputs_embeds.shape[:2]
+        device = inputs_embeds.device
+        past = cache.get_seq_length()  # layer 0 is never pruned: the unpruned length
+        attention_mask = checked_decode_mask(attention_mask, batch, past, new_tokens, device)
+        position_ids = self._graph_positions(position_ids, batch, past, new_tokens, device)
+        out = self._decode([inputs_embeds, attention_mask, position_ids], cache, state)
+        new_positions = torch.arange(past, past + new_tokens, device=device).expand(batch, new_tokens)
+        state.index = torch.cat([state.index, new_positions], dim=1)
+        state.valid = torch.cat([state.valid, torch.ones_like(new_positions, dtype=torch.bool)], dim=1)
+        return out
+
+
+def _check_layout(method: FastV, layout: DecoderLayout) -> None:
+    method.check_layers(layout.num_layers)
+
+
+def _report(model, state, record: PrefillRecord, element: int) -> Report:
+    """``explain``'s report of a FastV prefill: kept visual positions per sample, FLOPs, KV bytes."""
+    method, config = state.method, model.config
+    kept, n_visual, n_tokens = [], [], []
+    before = after = 0
+    for b in range(record.visual_mask.shape[0]):
+        slots = record.keep_index[b][record.slot_valid[b]]
+        kept.append(slots[record.visual_mask[b, slots]].cpu())
+        n_visual.append(int(record.visual_mask[b].sum()))
+        n_tokens.append(int(record.attention_mask[b].sum()))
+        sample_before, sample_after = fastv_flops(config, method, n_tokens[b], n_visual[b])
+        before, after = before + sample_before, after + sample_after
+    batch, seq_len = record.visual_mask.shape
+    num_layers = state.layout.num_layers
+    pruned_layers = num_layers - method.k if record.scores is not None else 0
+    kv_before = kv_bytes(config, [seq_len] * num_layers, element, batch)
+    cached = [seq_len] * (num_layers - pruned_layers) + [record.keep_index.shape[1]] * pruned_layers
+    kv_after = kv_bytes(config, cached, element, batch)
+    return Report(method, kept, n_visual, n_tokens, record.scores, before, after, kv_before, kv_after)
+
+
+HANDLER = register_method(
+    MethodHandler(
+        method=FastV,
+        decoder=FastVDecoder,
+        prefill_pass=fastv,
+        decode_pass=fastv_decode,
+        budget_pass=fastv_budget,
+        check_layout=_check_layout,
+        report=_report,
+        flops=fastv_flops,
+        unit="visual tokens",
+    )
+)
