@@ -98,11 +98,14 @@ def model_details(model: nn.Module, state, **family: object) -> dict:
 
 
 def fastv_details(model: nn.Module, state, prune: bool, budget: dict, **model_entries: object) -> dict:
-    """What a FastV family's manifest records: the family, ``model_details``, the visual ``budget`` and the
-    first pruned layer (None unpruned)."""
+    """What a FastV family's manifest records: the family, ``model_details`` with the placeholder ids, the
+    visual ``budget`` and the first pruned layer (None unpruned)."""
+    placeholders = {name: getattr(model.config, name, None) for name in ("image_token_id", "video_token_id")}
     return {
         "family": state.adapter.name,
-        "model": model_details(model, state, image_token_id=model.config.image_token_id, **model_entries),
+        "model": model_details(
+            model, state, **{name: value for name, value in placeholders.items() if value is not None}, **model_entries
+        ),
         "visual_budget": budget,
         "first_pruned_layer": state.method.k if prune else None,
     }

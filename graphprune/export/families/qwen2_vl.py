@@ -163,7 +163,6 @@ class Qwen2VLExport(FastVFamily):
             state,
             prune,
             {"max_visual": max_visual, "top_k": top_k},
-            video_token_id=config.video_token_id,
             **layout,
             pixel_features=math.prod(example_inputs[pixels].shape[1:]),
         )

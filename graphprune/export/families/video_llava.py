@@ -113,7 +113,6 @@ class VideoLlavaExport(FastVFamily):
             state,
             prune,
             {"max_visual": max_visual, "top_k": top_k},
-            video_token_id=config.video_token_id,
             image_size=side,
             frames=videos.shape[1],
             tokens_per_image=image_features.shape[1],
