@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from .export.demo import FASTV_LAYERS
     from .export.demo import demo as export_demo
     from .export.staging import writable_folder
-    from .export.tensorrt import require_tensorrt
+    from .export.tensorrt_export import require_tensorrt
 
     method = _method(export, args, FASTV_LAYERS, select="topk")
     try:

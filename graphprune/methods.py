@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 
@@ -125,3 +125,26 @@ class CrossAttentionTrim:
 
 
 Method = FastV | CrossAttentionTrim
+
+
+METHODS = (FastV, CrossAttentionTrim)  # what method_from_dict rebuilds, by class name
+
+
+def method_to_dict(method: Method) -> dict:
+    """``{"name": the class name, **parameters}``: how an export's manifest records ``method``."""
+    return {"name": type(method).__name__, **asdict(method)}
+
+
+def method_from_dict(entry: dict) -> Method:
+    """The method that a ``method_to_dict`` entry records; else a ``ValueError`` naming what is accepted."""
+    kinds = {kind.__name__: kind for kind in METHODS}
+    name = entry.get("name")
+    kind = kinds.get(name) if isinstance(name, str) else None
+    if kind is None:
+        raise ValueError(f"graphprune method name must be one of {sorted(kinds)}; got {name!r:.60}")
+    parameters = {key: value for key, value in entry.items() if key != "name"}
+    unknown = sorted(set(parameters) - {field.name for field in fields(kind)})
+    if unknown:
+        accepted = ", ".join(field.name for field in fields(kind))
+        raise ValueError(f"graphprune's {kind.__name__} takes {accepted}; got also {unknown}")
+    return kind(**parameters)

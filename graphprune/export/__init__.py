@@ -5,11 +5,12 @@ gather nodes) lives inside the exported decoder graph. The ONNX extra is optiona
 ``pip install graphprune[onnx]``.
 """
 
+from . import families  # noqa: F401  (registers every export family)
 from .manifest import Manifest
-from .onnx import onnx
+from .onnx_export import onnx
 from .ort_generator import OrtGenerator
-from .tensorrt import tensorrt
-from .tensorrt_support import tensorrt_support
+from .tensorrt_export import tensorrt
+from .trt_parser import tensorrt_support
 from .validate import ExportValidationError
 
 __all__ = ["ExportValidationError", "Manifest", "OrtGenerator", "onnx", "tensorrt", "tensorrt_support"]

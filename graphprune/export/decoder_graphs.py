@@ -80,8 +80,8 @@ def embed_graph(embed: FeatureEmbedding, input_ids: torch.Tensor, features: dict
 
 
 def model_details(model: nn.Module, state, **family: object) -> dict:
-    """What a FastV family's manifest records about the model: the decoder's shape, vocabulary and
-    special tokens, the placeholder ids, plus the ``family`` entries."""
+    """What a manifest records about the model: the decoder's shape, vocabulary and special tokens, plus
+    the ``family`` entries."""
     layout, text = state.adapter.layout(model), model.config.text_config
     return {
         "class": type(model).__name__,
@@ -90,11 +90,55 @@ def model_details(model: nn.Module, state, **family: object) -> dict:
         "head_dim": layout.head_dim,
         "hidden_size": text.hidden_size,
         "vocab_size": text.vocab_size,
-        "image_token_id": model.config.image_token_id,
         **family,
         "pad_token_id": model.generation_config.pad_token_id,
         "eos_token_id": model.generation_config.eos_token_id,
     }
+
+
+def fastv_details(model: nn.Module, state, prune: bool, budget: dict, **model_entries: object) -> dict:
+    """What a FastV family's manifest records: the family, ``model_details`` with the placeholder ids, the
+    visual ``budget`` and the first pruned layer (None unpruned)."""
+    placeholders = {name: getattr(model.config, name, None) for name in ("image_token_id", "video_token_id")}
+    return {
+        "family": state.adapter.name,
+        "model": model_details(
+            model, state, **{name: value for name, value in placeholders.items() if value is not None}, **model_entries
+        ),
+        "visual_budget": budget,
+        "first_pruned_layer": state.method.k if prune else None,
+    }
+
+
+def example_decoders(
+    model: nn.Module,
+    state,
+    embed: FeatureEmbedding,
+    example: tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]],
+    max_visual: int,
+    prune: bool,
+    positions: torch.Tensor | None = None,
+) -> tuple[list[GraphExport], int | None]:
+    """``decoder_graphs`` on an example prompt and ``NEW_TOKENS`` text tokens after it.
+
+    ``example`` is ``(input_ids, attention_mask, features)``, one ``[n, hidden]`` per placeholder id of
+    ``embed``. Positions are HF ``generate``'s unless ``positions`` (M-RoPE, ``[3, B, N]``) are given;
+    then the new tokens continue each row from the last prompt position.
+    """
+    input_ids, attention_mask, features = example
+    new_token = (max(embed.token_ids) + 1) % model.config.text_config.vocab_size
+    new_ids = torch.full((input_ids.shape[0], NEW_TOKENS), new_token, device=input_ids.device)
+    with torch.no_grad():
+        embeds, visual = embed(input_ids, *features)
+        new_embeds, _ = embed(new_ids, *(rows[:0] for rows in features))
+    if positions is None:
+        decode_mask = torch.cat([attention_mask, torch.ones_like(new_ids)], dim=1)
+        positions, new_positions = generation_positions(attention_mask), generation_positions(decode_mask)
+        new_positions = new_positions[:, -NEW_TOKENS:]
+    else:
+        new_positions = positions[..., -1:] + torch.arange(1, NEW_TOKENS + 1, device=input_ids.device)
+    prompt, step = (embeds, attention_mask, positions, visual), (new_embeds, new_positions)
+    return decoder_graphs(model, state, prompt, step, max_visual, prune)
 
 
 def token_budget(input_ids: torch.Tensor, visual_ids: tuple[int, ...], max_visual_tokens: int | None) -> int:

@@ -6,43 +6,23 @@ from pathlib import Path
 
 import torch
 
-from ..methods import CrossAttentionTrim, FastV
-from ..runtime import optimize
-from ..tiny import (
-    llava_inputs,
-    mllama_inputs,
-    qwen2_vl_inputs,
-    tiny_llava,
-    tiny_mllama,
-    tiny_qwen2_vl,
-    tiny_video_llava,
-    video_llava_inputs,
-)
+from ..methods import Method
+from .families.llava import DEMO_LAYERS as FASTV_LAYERS
+from .family import FAMILIES
 
-QWEN_VERSIONS = {"qwen2-vl": "2", "qwen2.5-vl": "2.5"}
-FASTV_LAYERS = 4  # the decoder layers of the FastV families' demo models (FastV's k must be below)
+__all__ = ["FASTV_LAYERS", "demo"]
 
 
-def demo(
-    out: str | Path, format: str, method: FastV | CrossAttentionTrim, family: str = "llava", overwrite: bool = False
-) -> bool:
-    """Export a tiny random-weight model optimised with ``method`` to ``out``: ``family`` (LLaVA, Video-LLaVA,
-    Qwen2-VL or Qwen2.5-VL) for FastV, Mllama for CrossAttentionTrim (arXiv 2504.00557); for ONNX, True
-    if ONNX Runtime's greedy tokens equal PyTorch's."""
+def demo(out: str | Path, format: str, method: Method, family: str = "llava", overwrite: bool = False) -> bool:
+    """Export a tiny random-weight model of ``family`` (a registered family's demo name: LLaVA, Video-LLaVA,
+    Qwen2-VL or Qwen2.5-VL for FastV, Mllama for CrossAttentionTrim (arXiv 2504.00557)) optimised with
+    ``method`` to ``out``; for ONNX, True if ONNX Runtime's greedy tokens equal PyTorch's."""
     from . import OrtGenerator, onnx, tensorrt
 
-    if isinstance(method, CrossAttentionTrim):
-        model = optimize(tiny_mllama(), method)
-        inputs = mllama_inputs(model, [(1, [4, 2], 3), (2, [2], 4)])
-    elif family == "video-llava":
-        model = optimize(tiny_video_llava(num_layers=FASTV_LAYERS), method)
-        inputs = video_llava_inputs(model, [(3, 1, 1, 4), (2, 0, 1, 3)])
-    elif family in QWEN_VERSIONS:
-        model = optimize(tiny_qwen2_vl(version=QWEN_VERSIONS[family], num_layers=FASTV_LAYERS), method)
-        inputs = qwen2_vl_inputs(model, [(3, [(8, 8)], [], 4), (2, [(4, 8)], [(4, 4, 4)], 3)])
-    else:
-        model = optimize(tiny_llava(num_layers=FASTV_LAYERS), method)
-        inputs = llava_inputs(model, [(5, 1, 4), (2, 1, 3)])
+    names = {name: kind for kind in FAMILIES.values() for name in kind.demo_names}
+    if family not in names:
+        raise ValueError(f"graphprune has no demo model {family!r}; demo models: {', '.join(sorted(names))}")
+    model, inputs = names[family].demo(method, family)
     if format == "tensorrt":
         folder = tensorrt(model, out, example_inputs=inputs, overwrite=overwrite)
         print(f"wrote {folder}: {', '.join(sorted(path.name for path in folder.iterdir()))}")

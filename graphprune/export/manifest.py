@@ -6,6 +6,9 @@ import json
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
+from ..methods import method_from_dict
+from .family import FAMILIES
+
 FILE = "manifest.json"
 FORMATS = ("onnx", "torch_tensorrt")
 PRODUCER = "graphprune"  # the "producer" entry: how graphprune recognises its own exports (overwrite=True)
@@ -26,20 +29,6 @@ TYPES = {  # every entry's JSON type
 JSON_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an int", NONE: "null"}
 GRAPH_TYPES = {"file": str, "inputs": list, "outputs": list, "dynamic_axes": dict}
 DTYPES = ("float32", "float16", "bfloat16")
-_DECODER = ("num_layers", "num_kv_heads", "head_dim", "hidden_size", "vocab_size", "pad_token_id", "eos_token_id")
-_VIDEO = (*_DECODER, "image_token_id", "video_token_id")
-MODEL_KEYS = {  # what a runtime reads of each family's "model" entry
-    "llava": (*_DECODER, "image_token_id", "image_size"),
-    "video-llava": (*_VIDEO, "tokens_per_image", "tokens_per_video"),
-    "qwen2-vl": (*_VIDEO, "spatial_merge_size"),
-    "mllama": (*_DECODER, "cross_attention_layers", "image_size"),
-}
-BUDGET_KEYS = {  # ... and of its "visual_budget" entry
-    "llava": ("tokens_per_image", "max_images", "max_visual", "top_k"),
-    "video-llava": ("max_visual", "top_k"),
-    "qwen2-vl": ("max_visual", "top_k"),
-    "mllama": ("max_num_tiles", "features_per_tile", "max_images", "max_features", "top_k"),
-}
 
 
 @dataclass(frozen=True)
@@ -89,12 +78,16 @@ class Manifest:
             raise ValueError("a manifest has both a method and its first pruned layer, or neither (unpruned)")
         if self.dtype not in DTYPES:
             raise ValueError(f"manifest dtype must be one of {DTYPES}; got {self.dtype!r:.60}")
-        for entry, required in (("model", MODEL_KEYS), ("visual_budget", BUDGET_KEYS)):
-            missing = [key for key in required.get(self.family, ()) if key not in getattr(self, entry)]
+        family = FAMILIES.get(self.family)  # an unknown family is refused by what runs the export
+        for entry, required in (("model", "model_keys"), ("visual_budget", "budget_keys")):
+            missing = [key for key in getattr(family, required, ()) if key not in getattr(self, entry)]
             if missing:
                 raise ValueError(f"manifest entry {entry!r} of a {self.family} export lacks {missing}")
         if self.method is not None:
-            _check_method(self.method)
+            try:
+                method_from_dict(self.method)
+            except ValueError as error:
+                raise ValueError(f"manifest method: {error}") from None
 
     def input_names(self, graph: str) -> list[str]:
         return [spec["name"] for spec in self.graphs[graph]["inputs"]]
@@ -126,20 +119,6 @@ class Manifest:
             raise ValueError(
                 f"graphprune cannot read {path}: {error}; write the folder again with graphprune.export.onnx"
             ) from None
-
-
-def _check_method(method: dict) -> None:
-    """The ``method`` entry names a graphprune method whose parameters that method accepts."""
-    from ..methods import CrossAttentionTrim, FastV
-
-    kinds = {kind.__name__: kind for kind in (FastV, CrossAttentionTrim)}
-    kind = kinds.get(method.get("name"))
-    if kind is None:
-        raise ValueError(f"manifest method name must be one of {sorted(kinds)}; got {method.get('name')!r:.60}")
-    try:
-        kind(**{key: value for key, value in method.items() if key != "name"})
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"manifest method: {error}") from None
 
 
 def _names(kind) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .family import export_family
 from .manifest import Manifest
 from .trt_profiles import trt_profiles
 
@@ -39,45 +40,8 @@ def trt_recipe(manifest: Manifest, folder: Path) -> list[Path]:
     script = folder / SCRIPT
     script.write_text("\n".join(lines) + "\n")
     script.chmod(0o755)
-    budget, method = manifest.visual_budget, manifest.method
-    if manifest.family == "mllama":
-        pruning = (
-            f"CrossAttentionTrim keep={method['keep']} select={method['select']}: the ranking (TopK with a constant "
-            f"K={budget['top_k']}, sorted) and gather nodes sit inside prefill.onnx after the first cross-attention "
-            "layer."
-            if method
-            else "none (an unpruned baseline export)."
-        )
-        visual = (
-            f"at most {budget['max_images']} image(s) of {budget['max_num_tiles']} tiles x "
-            f"{budget['features_per_tile']} features per sample"
-        )
-        cache = (
-            f" Cross-attention layers >= {manifest.first_pruned_layer} hold only the kept features;\n"
-            "`graphprune_cache_index` / `graphprune_cache_valid` (the prefill's `graphprune_keep_index` /\n"
-            "`graphprune_slot_valid`, unchanged while decoding) say which."
-            if method
-            else ""
-        )
-    else:
-        pruning = (
-            f"FastV k={method['k']} keep={method['keep']} query={method['query']}: the ranking (TopK with a constant "
-            f"K={budget['top_k']}, sorted) and gather nodes sit inside prefill.onnx after layer {method['k'] - 1}."
-            if method
-            else "none (an unpruned baseline export)."
-        )
-        visual = (
-            f"at most {budget['max_images']} image(s) of {budget['tokens_per_image']} visual tokens per sample"
-            if "max_images" in budget
-            else f"at most {budget['max_visual']} visual tokens (images and video frames) per sample"
-        )
-        cache = (
-            f" Layers >= {manifest.first_pruned_layer} hold the shorter, pruned cache; `graphprune_cache_index` and\n"
-            "`graphprune_cache_valid` (the prefill's `graphprune_keep_index` / `graphprune_slot_valid`, grown by\n"
-            "one position per step) say which original positions it holds."
-            if method
-            else ""
-        )
+    family = export_family(manifest.family, f"graphprune has no TensorRT recipe for {manifest.family!r} exports")
+    pruning, visual, cache = family.recipe_notes(manifest)
     rows = "\n".join(
         f"| {graph} | `{name}` | " + " | ".join(" x ".join(map(str, shape)) for shape in shapes) + " |"
         for graph, inputs in profiles.items()

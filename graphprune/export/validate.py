@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from .graph_export import GraphExport
+from .progress import progress
 
 
 class ExportValidationError(RuntimeError):
@@ -24,7 +25,7 @@ def validate(folder: Path, graphs: list[GraphExport], rtol: float, providers: li
     import onnxruntime
 
     errors = {}
-    for graph in graphs:
+    for graph in progress(graphs, "validation against PyTorch"):
         session = onnxruntime.InferenceSession(str(folder / f"{graph.name}.onnx"), providers=providers)
         feeds = {name: arg.cpu().numpy() for name, arg in zip(graph.inputs, graph.args, strict=True)}
         actual = session.run(list(graph.outputs), feeds)

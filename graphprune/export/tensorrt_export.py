@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .. import __version__
 from ..runtime import optimized_state
-from .manifest import Manifest
-from .onnx import family_graphs
+from .onnx_export import export_manifest, family_graphs
+from .progress import progress
 from .staging import staged_folder, writable_folder
 from .trt_profiles import trt_profiles
 
@@ -59,18 +57,10 @@ def tensorrt(
         }
         for graph in graphs
     }
-    manifest = Manifest(
-        format="torch_tensorrt",
-        method={"name": type(state.method).__name__, **asdict(state.method)},
-        dtype="float16",
-        opset=0,
-        graphprune_version=__version__,
-        graphs=entries,
-        **details,
-    )
+    manifest = export_manifest("torch_tensorrt", state, True, "float16", 0, entries, details)
     profiles = trt_profiles(manifest, max_batch=max_batch, max_text=max_text, max_new_tokens=max_new_tokens)
     with staged_folder(out_dir, overwrite) as staging:
-        for graph in graphs:
+        for graph in progress(graphs, "TensorRT compile"):
             inputs = [
                 torch_tensorrt.Input(min_shape=low, opt_shape=opt, max_shape=high, dtype=arg.dtype, name=name)
                 for (name, (low, opt, high)), arg in zip(profiles[graph.name].items(), graph.args, strict=True)

@@ -5,35 +5,24 @@ from __future__ import annotations
 import inspect
 import logging
 import warnings
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .. import __version__
-from ..models import UnsupportedModelError
+from ..methods import method_to_dict
 from ..runtime import optimized_state
+from .family import export_family
 from .graph_export import GraphExport
-from .llava import llava
 from .manifest import Manifest
-from .mllama import mllama
-from .qwen2_vl import qwen2_vl
+from .progress import progress
 from .staging import staged_folder, writable_folder
 from .trt_recipe import trt_recipe
 from .validate import validate as validate_files
-from .video_llava import video_llava
 
 logger = logging.getLogger(__name__)
 
-# One builder per model family (the adapter's name) and the keyword that sets its visual budget;
-# builder(model, state, example_inputs, budget, prune) -> (graphs, manifest details).
-FAMILIES = {
-    "llava": (llava, "max_images"),
-    "mllama": (mllama, "max_images"),
-    "qwen2-vl": (qwen2_vl, "max_visual_tokens"),  # images differ in token count: the budget is in tokens
-    "video-llava": (video_llava, "max_visual_tokens"),  # images and videos differ in token count
-}
 OPSETS = range(18, 21)  # the torch.onnx dynamo exporter starts at 18; TensorRT 10's parser ends at 20
 EXTERNAL_DATA_BYTES = 1 << 30  # larger graphs keep their weights in a .data file (protobuf's 2 GiB limit)
 VALIDATION_RTOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 3e-2}
@@ -57,17 +46,29 @@ def family_graphs(
 ) -> tuple[list[GraphExport], dict]:
     """The export graphs of an optimised ``model``'s family and what its manifest records about the model."""
     state = optimized_state(model)
-    if state.adapter.name not in FAMILIES:
-        raise UnsupportedModelError(
-            f"graphprune cannot export {type(model).__name__} ({state.adapter.name}) yet; "
-            f"exportable families: {', '.join(FAMILIES)}"
-        )
-    builder, budget = FAMILIES[state.adapter.name]
+    family = export_family(
+        state.adapter.name, f"graphprune cannot export {type(model).__name__} ({state.adapter.name}) yet"
+    )
     budgets = {"max_images": max_images, "max_visual_tokens": max_visual_tokens}
     for name, value in budgets.items():
-        if value is not None and name != budget:
-            raise ValueError(f"{state.adapter.name} exports take {budget} as their visual budget, not {name}")
-    return builder(model, state, example_inputs, budgets[budget], prune)
+        if value is not None and name != family.budget:
+            raise ValueError(f"{family.name} exports take {family.budget} as their visual budget, not {name}")
+    return family.export_graphs(model, state, example_inputs, budgets[family.budget], prune)
+
+
+def export_manifest(format: str, state, prune: bool, dtype: str, opset: int, entries: dict, details: dict) -> Manifest:
+    """The manifest of an export: its ``format``, the method (None unpruned), dtype, graph ``entries`` and the
+    family's ``details``."""
+    method = method_to_dict(state.method) if prune else None
+    return Manifest(
+        format=format,
+        method=method,
+        dtype=dtype,
+        opset=opset,
+        graphprune_version=__version__,
+        graphs=entries,
+        **details,
+    )
 
 
 def _dynamic_shapes(graph: GraphExport):
@@ -165,17 +166,9 @@ def onnx(
     dtype = next(model.parameters()).dtype
     graphs, details = family_graphs(model, example_inputs, prune, max_images, max_visual_tokens)
     with staged_folder(out_dir, overwrite) as staging:
-        entries = {graph.name: _write(graph, staging, opset) for graph in graphs}
-        method = {"name": type(state.method).__name__, **asdict(state.method)} if prune else None
-        manifest = Manifest(
-            format="onnx",
-            method=method,
-            dtype=str(dtype).removeprefix("torch."),
-            opset=opset,
-            graphprune_version=__version__,
-            graphs=entries,
-            **details,
-        )
+        entries = {graph.name: _write(graph, staging, opset) for graph in progress(graphs, "ONNX export")}
+        dtype_name = str(dtype).removeprefix("torch.")
+        manifest = export_manifest("onnx", state, prune, dtype_name, opset, entries, details)
         manifest.write(staging)
         trt_recipe(manifest, staging)
         if validate:

@@ -1,4 +1,4 @@
-"""The files of a Mllama (LLaMA-3.2-Vision) export with CrossAttentionTrim (arXiv 2504.00557).
+"""The Mllama (LLaMA-3.2-Vision) export family with CrossAttentionTrim (arXiv 2504.00557).
 
 ``vision.onnx`` (vision model + projector → ``cross_attention_states [B, F, d]``), ``masks.onnx``
 (the processor's ``cross_attention_mask [B, T, images, tiles]`` → ``decoder_cross_attention_mask``, the
@@ -12,48 +12,29 @@ cross-attention layer's past holds all F features and every later one's the K' k
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
-from .. import ops
-from ..methods import n_keep, n_slots
-from ..passes import cross_attention_budget
-from .decoder_graphs import NEW_TOKENS, LogitsAtLast, copy_graph, generation_positions, kv_names, unpruned_graphs
-from .graph_export import GraphExport
+from ... import ops
+from ...methods import n_keep, n_slots
+from ...passes import cross_attention_budget
+from ...runtime import optimize
+from ..decoder_graphs import (
+    NEW_TOKENS,
+    LogitsAtLast,
+    copy_graph,
+    generation_positions,
+    kv_names,
+    model_details,
+    unpruned_graphs,
+)
+from ..family import DECODER_KEYS, ExportFamily, as_numpy, register_family
+from ..fastv_family import OPT_TEXT
+from ..graph_export import GraphExport
+from ..mllama_vision import MllamaMasks, MllamaVision
 
-
-class _Vision(nn.Module):
-    """Mllama's vision model and projector: ``(pixel_values, aspect_ratio_ids, aspect_ratio_mask) -> [B, F, d]``."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model.model
-
-    def forward(self, pixel_values, aspect_ratio_ids, aspect_ratio_mask):
-        states = self.model.vision_model(
-            pixel_values=pixel_values, aspect_ratio_ids=aspect_ratio_ids, aspect_ratio_mask=aspect_ratio_mask
-        ).last_hidden_state
-        states = self.model.multi_modal_projector(states)
-        return states.reshape(pixel_values.shape[0], -1, states.shape[-1])
-
-
-class _Masks(nn.Module):
-    """The processor's ``cross_attention_mask [B, T, images, tiles]`` as the decoder takes it: HF's
-    ``_prepare_cross_attention_mask`` (additive ``[B, 1, T, F]``, rows that see no tile all 0, and
-    ``full_text_row_masked_out_mask [B, 1, T, 1]``), written without ``1.0 - tensor``, which the ONNX
-    exporter cannot translate."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.patches = model.model.vision_model.num_patches
-        self.dtype = model.dtype
-
-    def forward(self, cross_attention_mask):
-        batch, length = cross_attention_mask.shape[:2]
-        seen = (cross_attention_mask == 1).repeat_interleave(self.patches, dim=3).view(batch, length, -1)[:, None]
-        rows = seen.any(dim=-1, keepdim=True).to(self.dtype)
-        hidden = torch.zeros_like(seen, dtype=self.dtype).masked_fill(~seen, torch.finfo(self.dtype).min)
-        return hidden * rows, rows
+IMAGE_INPUTS = ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask", "cross_attention_mask")
 
 
 def _refuse_head_union(method) -> None:
@@ -65,7 +46,7 @@ def _refuse_head_union(method) -> None:
         )
 
 
-def mllama(model: nn.Module, state, example_inputs: dict, max_images: int | None, prune: bool):
+def _export_graphs(model: nn.Module, state, example_inputs: dict, max_images: int | None, prune: bool):
     """The graphs of a Mllama export and what the manifest records about the model; see ``export.onnx``."""
     method = state.method
     if prune:
@@ -88,7 +69,7 @@ def mllama(model: nn.Module, state, example_inputs: dict, max_images: int | None
     num_layers, cross_layers = layout.num_layers, layout.cross_attention_layers
     tiles, patches = state.adapter.feature_grid(model)
     max_features = max_images * tiles * patches
-    vision, masks, embed = _Vision(model).eval(), _Masks(model).eval(), model.get_input_embeddings()
+    vision, masks, embed = MllamaVision(model).eval(), MllamaMasks(model).eval(), model.get_input_embeddings()
     with torch.no_grad():
         states = vision(pixel_values, ratio_ids, ratio_mask)
         cross_mask, row_mask = masks(processor_mask)
@@ -183,21 +164,11 @@ def mllama(model: nn.Module, state, example_inputs: dict, max_images: int | None
         prefill,
         decode,
     ]
-    text = model.config.text_config
     details = {
         "family": "mllama",
-        "model": {
-            "class": type(model).__name__,
-            "num_layers": num_layers,
-            "cross_attention_layers": list(cross_layers),
-            "num_kv_heads": layout.num_kv_heads,
-            "head_dim": layout.head_dim,
-            "hidden_size": text.hidden_size,
-            "vocab_size": text.vocab_size,
-            "pad_token_id": model.generation_config.pad_token_id,
-            "eos_token_id": model.generation_config.eos_token_id,
-            "image_size": model.config.vision_config.image_size,
-        },
+        "model": model_details(
+            model, state, cross_attention_layers=list(cross_layers), image_size=model.config.vision_config.image_size
+        ),
         "visual_budget": {
             "max_num_tiles": tiles,
             "features_per_tile": patches,
@@ -208,3 +179,103 @@ def mllama(model: nn.Module, state, example_inputs: dict, max_images: int | None
         "first_pruned_layer": cross_layers[1] if prune else None,
     }
     return graphs, details
+
+
+@register_family
+class MllamaExport(ExportFamily):
+    """Mllama (CrossAttentionTrim ``topk``): ``vision``, ``masks``, ``embed``, ``prefill``, ``decode``; the
+    budget is ``max_images`` per sample (of ``max_num_tiles`` tiles of ``features_per_tile`` features)."""
+
+    name, demo_names = "mllama", ("mllama",)
+    graphs = ("vision", "masks", "embed", "prefill", "decode")
+    budget = "max_images"
+    model_keys = (*DECODER_KEYS, "cross_attention_layers", "image_size")
+    budget_keys = ("max_num_tiles", "features_per_tile", "max_images", "max_features", "top_k")
+    export_graphs = staticmethod(_export_graphs)
+
+    @classmethod
+    def host_inputs(cls, runner, input_ids, mask, images: dict) -> tuple[dict, dict]:
+        """Embeddings, vision features, the decoder's cross-attention masks, the trimmed slots; fixed decode
+        inputs: the masks of a new token, whose processor mask row repeats the prompt's last one (as HF
+        ``generate`` extends it)."""
+        if any(images.get(name) is None for name in IMAGE_INPUTS):
+            raise ValueError(
+                f"a Mllama export runs prompts with images: pass {', '.join(IMAGE_INPUTS)} as the processor "
+                "makes them (text-only prompts skip the cross-attention layers: run the PyTorch model)"
+            )
+        budget = runner.manifest.visual_budget
+        processor_mask = as_numpy(images["cross_attention_mask"], np.int64)
+        if processor_mask.shape[2] > budget["max_images"]:
+            raise ValueError(
+                f"the inputs hold {processor_mask.shape[2]} image slots per sample; this export takes at most "
+                f"{budget['max_images']}: export again with a larger max_images"
+            )
+        vision = {"pixel_values": as_numpy(images["pixel_values"], runner.dtype)}
+        vision |= {name: as_numpy(images[name], np.int64) for name in ("aspect_ratio_ids", "aspect_ratio_mask")}
+        values = runner.run("embed", {"input_ids": input_ids})
+        values |= runner.run("vision", vision)
+        values |= cls._masks(runner, processor_mask)
+        fixed = cls._masks(runner, processor_mask[:, -1:])
+        method = runner.manifest.method
+        if method is not None:
+            seen = ((processor_mask == 1) & (mask[:, :, None, None] == 1)).any(axis=1)  # [B, images, tiles]
+            valid = seen.sum(axis=(1, 2)) * budget["features_per_tile"]
+            values["graphprune_slots"] = np.arange(max(n_keep(method["keep"], int(n)) for n in valid))
+        return values, fixed
+
+    @staticmethod
+    def _masks(runner, processor_mask: np.ndarray) -> dict:
+        out = runner.run("masks", {"cross_attention_mask": processor_mask})
+        return {
+            "cross_attention_mask": out["decoder_cross_attention_mask"],
+            "full_text_row_masked_out_mask": out["full_text_row_masked_out_mask"],
+        }
+
+    @classmethod
+    def trt_axes(cls, manifest, max_batch: int, max_text: int, max_new_tokens: int) -> dict:
+        """The text axes hold text only; ``features`` is images x tiles x patches (padding tiles included),
+        ``trimmed_features`` at most the top-k K."""
+        budget = manifest.visual_budget
+        per_image = budget["max_num_tiles"] * budget["features_per_tile"]
+        trimmed = n_keep(manifest.method["keep"], per_image) if manifest.method else per_image
+        opt_text = min(OPT_TEXT, max_text)
+        return {
+            "batch": (1, 1, max_batch),
+            "images": (1, 1, budget["max_images"]),
+            "sequence": (1, opt_text, max_text),
+            "features": (per_image, per_image, budget["max_features"]),
+            "trimmed_features": (1, trimmed, budget["top_k"] or budget["max_features"]),
+            "new_tokens": (1, 1, 1),
+            "past": (1, opt_text, max_text + max_new_tokens - 1),
+            "total": (2, opt_text + 1, max_text + max_new_tokens),
+        }
+
+    @classmethod
+    def recipe_notes(cls, manifest) -> tuple[str, str, str]:
+        budget, method = manifest.visual_budget, manifest.method
+        pruning = (
+            f"CrossAttentionTrim keep={method['keep']} select={method['select']}: the ranking (TopK with a constant "
+            f"K={budget['top_k']}, sorted) and gather nodes sit inside prefill.onnx after the first cross-attention "
+            "layer."
+            if method
+            else "none (an unpruned baseline export)."
+        )
+        visual = (
+            f"at most {budget['max_images']} image(s) of {budget['max_num_tiles']} tiles x "
+            f"{budget['features_per_tile']} features per sample"
+        )
+        cache = (
+            f" Cross-attention layers >= {manifest.first_pruned_layer} hold only the kept features;\n"
+            "`graphprune_cache_index` / `graphprune_cache_valid` (the prefill's `graphprune_keep_index` /\n"
+            "`graphprune_slot_valid`, unchanged while decoding) say which."
+            if method
+            else ""
+        )
+        return pruning, visual, cache
+
+    @classmethod
+    def demo(cls, method, name: str):
+        from ...tiny import mllama_inputs, tiny_mllama
+
+        model = optimize(tiny_mllama(), method)
+        return model, mllama_inputs(model, [(1, [4, 2], 3), (2, [2], 4)])

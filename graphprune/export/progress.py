@@ -1,0 +1,18 @@
+"""Progress bars for the long steps of an export (tqdm; shown on a terminal only)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from tqdm import tqdm
+
+from .graph_export import GraphExport
+
+
+def progress(graphs: Iterable[GraphExport], step: str) -> Iterator[GraphExport]:
+    """``graphs``, one at a time, under a bar ``graphprune: {step}`` that names the graph being worked on;
+    ``disable=None``: no bar where stderr is not a terminal (logs, CI, tests)."""
+    bar = tqdm(graphs, desc=f"graphprune: {step}", unit="graph", disable=None)
+    for graph in bar:
+        bar.set_postfix_str(graph.name)
+        yield graph
