@@ -203,6 +203,10 @@ def sdpa_kernels(fn, device: torch.device, heads: int, head_dim: int, layers: in
     return dict(decoder_layers=dict(kinds), other_sdpa_calls=dict(other_shapes), cuda_attention_kernels=dict(kernels))
 
 
+def _seconds(value: float | None) -> str:
+    return "failed" if value is None else f"{value:.1f} s"
+
+
 def _optional(label: str, fn, *args):
     """``fn(*args)``, or None after printing the traceback: a check that fails does not end the case."""
     try:
@@ -246,7 +250,7 @@ def time_batch(models: dict, inputs: dict, original, args, sync, label: str) -> 
                 if out.shape[1] != prompt + args.new_tokens:
                     raise RuntimeError(f"{VARIANTS[key]}: generate gave {out.shape[1] - prompt} new tokens")
             except Exception:
-                if key != "c":
+                if key == "a":
                     raise
                 traceback.print_exc()
                 print(f"  {label}: {VARIANTS[key]} failed (traceback above); timing the others", flush=True)
@@ -302,20 +306,21 @@ def run_case(name: str, args, device, dtype, deadline: float) -> dict:
         batches=[],
     )
     pruned = shared_copy(model)
-    result["optimize_s"], _ = timed(lambda: gp.optimize(pruned, method), sync)
-    print(f"  gp.optimize: {result['optimize_s']:.1f} s", flush=True)
-    models = {"a": model, "b": pruned}
+    start = time.perf_counter()
+    optimized = _optional(f"{name} gp.optimize", lambda: gp.optimize(pruned, method)) is not None
+    result["optimize_s"] = time.perf_counter() - start if optimized else None
+    print(f"  gp.optimize: {_seconds(result['optimize_s'])}", flush=True)
+    models = {"a": model, "b": pruned} if optimized else {"a": model}
     original = None
     if model_class is LlavaForConditionalGeneration:  # the original code: LLaVA, batch 1, one image span
         original = OriginalFastV(model, method.k, method.keep, int(visual[0]), n_visual, compile=False)
     try:
         with torch.no_grad():
-            calls = {"a": lambda: model(**inputs, use_cache=True, logits_to_keep=1)}
-            calls["b"] = lambda: pruned(**inputs, use_cache=True, logits_to_keep=1)
+            calls = {key: lambda m=m: m(**inputs, use_cache=True, logits_to_keep=1) for key, m in models.items()}
             if original is not None:
                 calls["c"] = lambda: original(inputs["input_ids"], inputs["pixel_values"])
             for key, fn in list(calls.items()):
-                if _optional(f"{name} first prefill of {VARIANTS[key]}", fn) is None and key == "c":
+                if _optional(f"{name} first prefill of {VARIANTS[key]}", fn) is None and key != "a":
                     del calls[key]  # the others go on
             result["sdpa_kernels"] = {
                 key: _optional(
@@ -323,7 +328,8 @@ def run_case(name: str, args, device, dtype, deadline: float) -> dict:
                 )
                 for key, fn in calls.items()
             }
-            result["kept_visual"] = _optional(f"{name} explain", lambda: len(gp.explain(pruned, **inputs).kept[0]))
+            if optimized:
+                result["kept_visual"] = _optional(f"{name} explain", lambda: len(gp.explain(pruned, **inputs).kept[0]))
         batch1_s, batch1 = timed(lambda: time_batch(models, inputs, original, args, sync, f"{name} batch 1"), sync)
         result["batches"].append(batch1)
         # batch 8 (a, b) if twice batch 1's time still fits in this case's share of the budget
@@ -333,7 +339,8 @@ def run_case(name: str, args, device, dtype, deadline: float) -> dict:
         elif args.batch8:
             print(f"  {name}: batch 8 skipped (time budget)", flush=True)
     finally:
-        gp.restore(pruned)
+        if optimized:
+            gp.restore(pruned)
     result["wall_s"] = time.perf_counter() - started
     return result
 
@@ -345,7 +352,8 @@ def report(result: dict, new_tokens: int) -> str:
         f"{result['case']} ({result['model_class']}, {result['parameters'] / 1e9:.2f} B parameters): "
         f"{result['tokens']} tokens ({result['visual']} visual, {result.get('kept_visual')} kept), "
         f"FastV k=2 keep=0.5; FLOPs {flops['before'] / 1e9:.1f} -> {flops['after'] / 1e9:.1f} GFLOP, "
-        f"fraction {flops['fraction']:.3f}; gp.optimize {result['optimize_s']:.1f} s, build {result['build_s']:.1f} s",
+        f"fraction {flops['fraction']:.3f}; gp.optimize {_seconds(result['optimize_s'])}, "
+        f"build {result['build_s']:.1f} s",
     ]
     rows = []
     for batch in result["batches"]:
@@ -367,7 +375,7 @@ def report(result: dict, new_tokens: int) -> str:
     header = ["measure", "batch", "variant", "median ms", "min ms", "vs (a)", "speedup"]
     lines.append(table(header, rows))
     lines.append(f"(decode per token = (generate {new_tokens} tokens - TTFT) / {new_tokens - 1}, per round)")
-    if result["batches"]:
+    if result["batches"] and "b" in result["batches"][0]["prefill"]:
         prefill = result["batches"][0]["prefill"]
         speedup = prefill["a"]["median_ms"] / prefill["b"]["median_ms"]
         bound = 1 / (1.1 * flops["fraction"])

@@ -52,3 +52,27 @@ def test_original_fastv_inside_generate_gives_graphprunes_tokens_and_puts_the_de
     assert torch.equal(tokens, expected)
     assert not torch.equal(tokens, unmodified)  # the tokens above came from pruned prefills
     assert "forward" not in model.model.language_model.__dict__
+
+
+def test_a_variant_that_fails_on_the_device_leaves_the_others_timed(monkeypatch, capsys):
+    def broken_optimize(model, method):
+        raise RuntimeError("graphprune: injected capture failure")
+
+    monkeypatch.delenv("OUT", raising=False)
+    monkeypatch.setattr(gpu_suite.gp, "optimize", broken_optimize)
+    argv = [
+        "--smoke",
+        "--device",
+        "cpu",
+        "--case",
+        "llava-1.5-7b",
+        "--repeats",
+        "1",
+        "--new-tokens",
+        "2",
+        "--no-batch8",
+    ]
+    (case,) = gpu_suite.main(argv)["results"]
+    assert "error" not in case and case["optimize_s"] is None
+    assert set(case["batches"][0]["prefill"]) == set(case["sdpa_kernels"]) == {"a", "c"}
+    assert "injected capture failure" in capsys.readouterr().err
