@@ -30,10 +30,7 @@ and the cross-attention KV bytes of the trimmed layers fall by exactly the kept 
 from __future__ import annotations
 
 import argparse
-import copy
-import itertools
 import json
-import platform
 import statistics
 import sys
 import time
@@ -44,8 +41,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 import graphprune as gp  # noqa: E402
+from benchmarks.harness import IMAGE_TOKEN_ID, device_name, rounds, shared_copy, sync_for, tiny_mllama  # noqa: E402
 from graphprune.flops import cross_attention_flops  # noqa: E402
-from graphprune.tiny import IMAGE_TOKEN_ID, tiny_mllama  # noqa: E402
 
 TIME_FACTOR = 1.1
 TILES = 4
@@ -104,12 +101,6 @@ def _inputs(model, text_tokens: int, device) -> dict:
     }
 
 
-def _shared_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A second module tree over the same parameter and buffer tensors (and its own configs)."""
-    memo = {id(tensor): tensor for tensor in itertools.chain(model.parameters(), model.buffers())}
-    return copy.deepcopy(model, memo)
-
-
 def _cross_kv_bytes(cache, layers) -> list[int]:
     return [cache.layers[i].keys.nbytes + cache.layers[i].values.nbytes for i in layers]
 
@@ -118,7 +109,7 @@ def run(args) -> dict:
     preset = PRESETS[args.preset]
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or preset["dtype"])
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = sync_for(device)
     print(f"building {args.preset} on {device} ({dtype}) ...", flush=True)
     model = tiny_mllama(**preset["model"], **VISION, dtype=dtype, device=device)
     inputs = _inputs(model, preset["text_tokens"], device)
@@ -130,7 +121,7 @@ def run(args) -> dict:
     models = {"a": model}
     for key, (_, method) in variants.items():
         if method is not None:
-            models[key] = gp.optimize(_shared_copy(model), method)
+            models[key] = gp.optimize(shared_copy(model), method)
     return _time_and_count(args, models, variants, inputs, n_features, cross_layers, sync, dtype, device)
 
 
@@ -141,16 +132,7 @@ def _time_and_count(args, models, variants, inputs, n_features, cross_layers, sy
 
     outputs = {key: prefill(key) for key in models}  # warm-up, and the outputs we count
     prefill("a")
-    times = {key: [] for key in models}
-    for round_ in range(args.repeats):
-        for key in models:
-            sync()
-            start = time.perf_counter()
-            prefill(key)
-            sync()
-            times[key].append(time.perf_counter() - start)
-        timings = ", ".join(f"{key} {t[-1] * 1e3:.0f} ms" for key, t in times.items())
-        print(f"  round {round_ + 1}/{args.repeats}: {timings}", flush=True)
+    times = rounds({key: lambda key=key: prefill(key) for key in models}, sync, args.repeats, "prefill")
     text_tokens = inputs["input_ids"].shape[1]
     rows = []
     for key, (name, method) in variants.items():
@@ -179,7 +161,7 @@ def _time_and_count(args, models, variants, inputs, n_features, cross_layers, sy
     return dict(
         preset=args.preset,
         device=str(device),
-        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        device_name=device_name(device),
         threads=torch.get_num_threads(),
         dtype=str(dtype).removeprefix("torch."),
         keep=args.keep,

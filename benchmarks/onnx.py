@@ -37,15 +37,16 @@ sys.path[:] = [str(Path(__file__).resolve().parent.parent)] + [
 ]
 
 import graphprune as gp  # noqa: E402
-from graphprune.models import adapter_for  # noqa: E402
-from graphprune.tiny import (  # noqa: E402
+from benchmarks.harness import (  # noqa: E402
     llava_inputs,
     qwen2_vl_inputs,
+    rounds,
     tiny_llava,
     tiny_qwen2_vl,
     tiny_video_llava,
     video_llava_inputs,
 )
+from graphprune.models import adapter_for  # noqa: E402
 
 _DECODER = dict(hidden_size=768, intermediate_size=2048, num_layers=6, num_heads=12, vocab_size=1024)
 # Each: the tiny builder and its arguments, the inputs builder and one sample in its format; 24 text
@@ -120,14 +121,12 @@ def run(args, preset_name: str) -> dict:
     values = gp.export.OrtGenerator(folders["pruned"]).prefill_inputs(**inputs)
     kept = len(values["graphprune_slots"])
     feeds = {name: {i.name: values[i.name] for i in session.get_inputs()} for name, session in sessions.items()}
-    times = {name: [] for name in sessions}
     logits = {name: session.run(["logits"], feeds[name])[0] for name, session in sessions.items()}  # warm-up
-    for round_ in range(args.repeats):
-        order = list(sessions) if round_ % 2 == 0 else list(reversed(sessions))
-        for name in order:
-            start = time.perf_counter()
-            sessions[name].run(["logits"], feeds[name])
-            times[name].append(1e3 * (time.perf_counter() - start))
+    runs = {name: lambda name=name: sessions[name].run(["logits"], feeds[name]) for name in sessions}
+    times = {
+        name: [1e3 * t for t in seconds]
+        for name, seconds in rounds(runs, lambda: None, args.repeats, "prefill", alternate=True).items()
+    }
 
     np.savez(work / "feeds.npz", **values)
     baseline = _peak_mib("-", "-", args.threads)

@@ -51,10 +51,7 @@ preset of that kind (LLaVA-1.5's included), and a summary table closes the run.
 from __future__ import annotations
 
 import argparse
-import copy
-import itertools
 import json
-import platform
 import statistics
 import sys
 import time
@@ -62,72 +59,58 @@ from pathlib import Path
 
 import torch
 from torch import fx
-from transformers import DynamicCache
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 import graphprune as gp  # noqa: E402
-from graphprune import ops  # noqa: E402
-from graphprune.flops import kv_bytes  # noqa: E402
-from graphprune.methods import n_keep  # noqa: E402
-from graphprune.models import adapter_for  # noqa: E402
-from graphprune.passes import INSERTED_PREFIX  # noqa: E402
-from graphprune.reference.fastv import decoder_inputs, eager_attention, input_embeddings  # noqa: E402
-from graphprune.tiny import (  # noqa: E402
+from benchmarks.harness import (  # noqa: E402
+    CPU_DECODER,
+    LLAMA_7B,
+    MROPE,
+    QWEN_7B,
+    QWEN_CPU,
+    cache_bytes,
+    device_name,
     llava_inputs,
     llava_next_inputs,
+    measure,
     qwen2_vl_inputs,
+    shared_copy,
+    sync_for,
     tiny_llava,
     tiny_llava_next,
     tiny_qwen2_vl,
     tiny_video_llava,
     video_llava_inputs,
 )
+from benchmarks.original_fastv import OriginalFastV  # noqa: E402
+from graphprune import ops  # noqa: E402
+from graphprune.flops import kv_bytes  # noqa: E402
+from graphprune.methods import n_keep  # noqa: E402
+from graphprune.models import adapter_for  # noqa: E402
+from graphprune.passes import INSERTED_PREFIX  # noqa: E402
+from graphprune.reference.fastv import decoder_inputs, input_embeddings  # noqa: E402
 
 PRESETS = {
     # LLaVA-1.5 proportions (head_dim 128, MHA, intermediate / hidden = 2.69) scaled to 2 CPU cores.
     "cpu-small": dict(
-        model=dict(
-            hidden_size=1024,
-            intermediate_size=2752,
-            num_layers=8,
-            num_heads=8,
-            num_kv_heads=8,
-            vocab_size=32064,
-            image_size=336,
-            patch_size=14,
-        ),
+        model=dict(**CPU_DECODER, vocab_size=32064, image_size=336, patch_size=14),
         text=(35, 29),  # 576 visual + 64 text tokens
         dtype="float32",
     ),
     "llava-1.5-7b": dict(
-        model=dict(
-            hidden_size=4096,
-            intermediate_size=11008,
-            num_layers=32,
-            num_heads=32,
-            num_kv_heads=32,
-            vocab_size=32064,
-            image_size=336,
-            patch_size=14,
-        ),
+        model=dict(**LLAMA_7B, vocab_size=32064, image_size=336, patch_size=14),
         text=(22, 14),  # 576 visual + 36 text tokens
         dtype="float16",
     ),
 }
-_CPU_DECODER = dict(hidden_size=1024, intermediate_size=2752, num_layers=8, num_heads=8, num_kv_heads=8)
-_LLAMA_7B = dict(hidden_size=4096, intermediate_size=11008, num_layers=32, num_heads=32, num_kv_heads=32)
-# Qwen2-VL-7B's decoder (GQA 28/4, head_dim 128) and its CPU scaling; Qwen2.5-VL-7B has the same one.
-_QWEN_CPU = dict(hidden_size=1024, intermediate_size=5504, num_layers=8, num_heads=8, num_kv_heads=2)
-_QWEN_7B = dict(hidden_size=3584, intermediate_size=18944, num_layers=28, num_heads=28, num_kv_heads=4)
-_MROPE = dict(mrope_section=(16, 24, 24), patch_size=14)
 # Each: the tiny builder and its arguments, the inputs builder and one sample in its format. Vision
 # towers are tiny in every preset; the visual token counts are the real models'.
 FAMILY_PRESETS = {
     # one 336x336 image on 168-pixel crops: base 144 + 2x2 grid 576 + 24 newlines = 744 visual tokens
     "llava-next-cpu": dict(
         build=tiny_llava_next,
-        model=dict(**_CPU_DECODER, vocab_size=32064, image_size=168, patch_size=14),
+        model=dict(**CPU_DECODER, vocab_size=32064, image_size=168, patch_size=14),
         inputs=llava_next_inputs,
         sample=(35, [(336, 336)], 29),
         dtype="float32",
@@ -135,7 +118,7 @@ FAMILY_PRESETS = {
     # LLaVA-NeXT-7B (Vicuna), one 672x672 image: 576 + 2304 + 48 newlines = 2928 visual tokens
     "llava-next-7b": dict(
         build=tiny_llava_next,
-        model=dict(**_LLAMA_7B, vocab_size=32064, image_size=336, patch_size=14),
+        model=dict(**LLAMA_7B, vocab_size=32064, image_size=336, patch_size=14),
         inputs=llava_next_inputs,
         sample=(22, [(672, 672)], 14),
         dtype="float16",
@@ -143,7 +126,7 @@ FAMILY_PRESETS = {
     # one 8-frame video of 112-pixel frames: 8 x (64 + 1) = 520 visual tokens
     "video-llava-cpu": dict(
         build=tiny_video_llava,
-        model=dict(**_CPU_DECODER, vocab_size=32064, image_size=112, patch_size=14),
+        model=dict(**CPU_DECODER, vocab_size=32064, image_size=112, patch_size=14),
         inputs=video_llava_inputs,
         sample=(35, 0, 1, 29),
         dtype="float32",
@@ -151,7 +134,7 @@ FAMILY_PRESETS = {
     # Video-LLaVA-7B, one 8-frame video of 224-pixel frames: 8 x (256 + 1) = 2056 visual tokens
     "video-llava-7b": dict(
         build=tiny_video_llava,
-        model=dict(**_LLAMA_7B, vocab_size=32064, image_size=224, patch_size=14),
+        model=dict(**LLAMA_7B, vocab_size=32064, image_size=224, patch_size=14),
         inputs=video_llava_inputs,
         sample=(22, 0, 1, 14),
         dtype="float16",
@@ -159,7 +142,7 @@ FAMILY_PRESETS = {
     # one 672x672 image: 48x48 patches, merged 2x2 = 576 visual tokens
     "qwen2-vl-cpu": dict(
         build=tiny_qwen2_vl,
-        model=dict(**_QWEN_CPU, **_MROPE, version="2", vocab_size=32064),
+        model=dict(**QWEN_CPU, **MROPE, version="2", vocab_size=32064),
         inputs=qwen2_vl_inputs,
         sample=(35, [(48, 48)], [], 29),
         dtype="float32",
@@ -167,21 +150,21 @@ FAMILY_PRESETS = {
     # Qwen2-VL-7B, one 896x896 image: 64x64 patches, merged 2x2 = 1024 visual tokens
     "qwen2-vl-7b": dict(
         build=tiny_qwen2_vl,
-        model=dict(**_QWEN_7B, **_MROPE, version="2", vocab_size=152064),
+        model=dict(**QWEN_7B, **MROPE, version="2", vocab_size=152064),
         inputs=qwen2_vl_inputs,
         sample=(22, [(64, 64)], [], 14),
         dtype="bfloat16",
     ),
     "qwen2.5-vl-cpu": dict(
         build=tiny_qwen2_vl,
-        model=dict(**_QWEN_CPU, **_MROPE, version="2.5", vocab_size=32064),
+        model=dict(**QWEN_CPU, **MROPE, version="2.5", vocab_size=32064),
         inputs=qwen2_vl_inputs,
         sample=(35, [(48, 48)], [], 29),
         dtype="float32",
     ),
     "qwen2.5-vl-7b": dict(
         build=tiny_qwen2_vl,
-        model=dict(**_QWEN_7B, **_MROPE, version="2.5", vocab_size=152064),
+        model=dict(**QWEN_7B, **MROPE, version="2.5", vocab_size=152064),
         inputs=qwen2_vl_inputs,
         sample=(22, [(64, 64)], [], 14),
         dtype="bfloat16",
@@ -197,81 +180,6 @@ VARIANTS = {
     "c": "(c) original FastV code",
 }
 TIME_FACTOR, OVERHEAD_SHARE = 1.1, 0.02
-
-
-def _sync(device: torch.device):
-    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-
-def _shared_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A second module tree over the same parameter and buffer tensors (and its own configs)."""
-    memo = {id(tensor): tensor for tensor in itertools.chain(model.parameters(), model.buffers())}
-    return copy.deepcopy(model, memo)
-
-
-def _cache_bytes(cache: DynamicCache) -> int:
-    return sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
-
-
-class OriginalFastV:
-    """FastV the way the original repository runs it (batch 1, one image span at a known place).
-
-    Calling it returns ``(logits of the last position, cache, kept positions)``.
-    """
-
-    def __init__(self, model, k: int, keep: float, image_start: int, n_visual: int, compile: bool):
-        self.model, self.lm = model, model.model.language_model
-        self.k, self.kept_visual = k, n_keep(keep, n_visual)
-        self.image_start, self.image_end = image_start, image_start + n_visual
-        wrap = (lambda fn: torch.compile(fn, dynamic=False)) if compile else (lambda fn: fn)
-        self._head, self._prune, self._tail = wrap(self.head), wrap(self.prune), wrap(self.tail)
-
-    def __call__(self, input_ids, pixel_values):
-        cache = DynamicCache(config=self.lm.config)
-        hidden = input_embeddings(self.model, input_ids, pixel_values)
-        hidden, cos, sin = self._head(hidden, cache)
-        with eager_attention(self.lm.config):  # output_attentions at layer k-1 needs eager attention
-            hidden, cos, sin, keep_index = self._prune(hidden, cos, sin, cache)
-        return self._tail(hidden, cos, sin, cache), cache, keep_index
-
-    def head(self, hidden, cache):
-        """RoPE for every position and layers ``0 .. k-2`` on the full sequence."""
-        positions = torch.arange(hidden.shape[1], device=hidden.device)[None]
-        cos, sin = self.lm.rotary_emb(hidden, position_ids=positions)
-        for layer in self.lm.layers[: self.k - 1]:
-            hidden = layer(hidden, attention_mask=None, position_embeddings=(cos, sin), past_key_values=cache)
-        return hidden, cos, sin
-
-    def prune(self, hidden, cos, sin, cache):
-        """Layer ``k - 1`` with its attention weights, then FastV's ranking and the gather."""
-        layer, length = self.lm.layers[self.k - 1], hidden.shape[1]
-        dtype, device = hidden.dtype, hidden.device
-        causal = torch.full((length, length), torch.finfo(dtype).min, dtype=dtype, device=device).triu(1)[None, None]
-        attended, weights = layer.self_attn(
-            hidden_states=layer.input_layernorm(hidden),
-            position_embeddings=(cos, sin),
-            attention_mask=causal,
-            past_key_values=cache,
-        )
-        hidden = hidden + attended
-        hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-        last_row = weights.mean(dim=1)[0, -1]  # head mean, last token's row
-        top = last_row[self.image_start : self.image_end].topk(self.kept_visual).indices + self.image_start
-        before = torch.arange(self.image_start, device=device)
-        after = torch.arange(self.image_end, length, device=device)
-        keep_index = torch.cat([before, top, after]).sort().values
-        return (
-            hidden.index_select(1, keep_index),
-            cos.index_select(1, keep_index),
-            sin.index_select(1, keep_index),
-            keep_index,
-        )
-
-    def tail(self, hidden, cos, sin, cache):
-        """Layers ``k ..`` on the kept positions (causal among them), final norm, LM head on the last one."""
-        for layer in self.lm.layers[self.k :]:
-            hidden = layer(hidden, attention_mask=None, position_embeddings=(cos, sin), past_key_values=cache)
-        return self.model.lm_head(self.lm.norm(hidden[:, -1:]))
 
 
 class _NodeTimer(fx.Interpreter):
@@ -319,34 +227,8 @@ def ranking_gather_share(model, inputs, method, sync, repeats: int) -> dict:
     )
 
 
-def _measure(callables: dict, sync, repeats: int, label: str) -> tuple[dict, dict, dict]:
-    """First call (compile/warm-up), one more warm-up, then ``repeats`` round-robin rounds."""
-    first, outputs = {}, {}
-    for key, fn in callables.items():
-        print(f"  {label}: first call of {VARIANTS[key]} ...", flush=True)
-        sync()
-        start = time.perf_counter()
-        outputs[key] = fn()
-        sync()
-        first[key] = time.perf_counter() - start
-        fn()  # second warm-up (autotuning, allocator)
-    times = {key: [] for key in callables}
-    for round_ in range(repeats):
-        for key, fn in callables.items():
-            sync()
-            start = time.perf_counter()
-            fn()
-            sync()
-            times[key].append(time.perf_counter() - start)
-        print(
-            f"  {label}: round {round_ + 1}/{repeats}: "
-            + ", ".join(f"{k} {t[-1] * 1e3:.0f} ms" for k, t in times.items())
-        )
-    return times, first, outputs
-
-
 def _kv_of(key: str, output):
-    return _cache_bytes(output[1] if key == "c" else output.past_key_values)
+    return cache_bytes(output[1] if key == "c" else output.past_key_values)
 
 
 def _logits_of(key: str, output) -> torch.Tensor:
@@ -358,13 +240,13 @@ def run(args, preset_name: str) -> dict:
     preset = PRESETS[preset_name]
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or preset["dtype"])
-    sync = _sync(device)
+    sync = sync_for(device)
     method = gp.FastV(k=args.k, keep=args.keep)
     torch.manual_seed(0)
 
     start = time.perf_counter()
     model_a = tiny_llava(**preset["model"], dtype=dtype, attn_implementation="sdpa").to(device)
-    model_b = _shared_copy(model_a)
+    model_b = shared_copy(model_a)
     before_text, after_text = preset["text"]
     inputs = {k: v.to(device) for k, v in llava_inputs(model_a, [(before_text, 1, after_text)]).items()}
     call_args = dict(**inputs, use_cache=True, logits_to_keep=1)
@@ -416,7 +298,7 @@ def run(args, preset_name: str) -> dict:
                 "c": lambda original=original: original(inputs["input_ids"], inputs.get("pixel_values")),
             }
             try:
-                times, first, outputs = _measure(callables, sync, args.repeats, label)
+                times, first, outputs = measure(callables, sync, args.repeats, label, VARIANTS)
                 graphprune_kept = gp.last_record(model_b).keep_index[0].tolist()
                 checks[label] = dict(
                     kept_positions=len(graphprune_kept),
@@ -450,7 +332,7 @@ def run(args, preset_name: str) -> dict:
     return dict(
         preset=preset_name,
         device=str(device),
-        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        device_name=device_name(device),
         threads=torch.get_num_threads(),
         dtype=str(dtype),
         method=dict(k=method.k, keep=method.keep),
@@ -540,13 +422,13 @@ def run_family(args, preset_name: str) -> dict:
     preset = FAMILY_PRESETS[preset_name]
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or preset["dtype"])
-    sync = _sync(device)
+    sync = sync_for(device)
     method = gp.FastV(k=args.k, keep=args.keep)
     torch.manual_seed(0)
 
     start = time.perf_counter()
     model_a = preset["build"](**preset["model"], dtype=dtype, attn_implementation="sdpa").to(device)
-    model_b = _shared_copy(model_a)
+    model_b = shared_copy(model_a)
     inputs = {k: v.to(device) for k, v in preset["inputs"](model_a, [preset["sample"]]).items()}
     call_args = dict(**inputs, use_cache=True, logits_to_keep=1)
     n_tokens = inputs["input_ids"].shape[1]
@@ -584,7 +466,7 @@ def run_family(args, preset_name: str) -> dict:
                 lm_a.forward = torch.compile(lm_a.forward)
             callables = {"a": lambda: model_a(**call_args), "b": lambda: model_b(**call_args)}
             try:
-                times, first, outputs = _measure(callables, sync, args.repeats, label)
+                times, first, outputs = measure(callables, sync, args.repeats, label, VARIANTS)
             finally:
                 gp.restore(model_b)
                 lm_a.__dict__.pop("forward", None)
@@ -608,7 +490,7 @@ def run_family(args, preset_name: str) -> dict:
         preset=preset_name,
         model_class=type(model_a).__name__,
         device=str(device),
-        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        device_name=device_name(device),
         threads=torch.get_num_threads(),
         dtype=str(dtype),
         method=dict(k=method.k, keep=method.keep),

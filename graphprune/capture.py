@@ -20,6 +20,7 @@ once per model and share its parameters.
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import torch
@@ -157,6 +158,39 @@ def capture_prefill(decoder: nn.Module, layout: DecoderLayout) -> fx.GraphModule
         exported = torch.export.export(_DecoderStep(decoder, extra_names), args, dynamic_shapes=shapes, strict=False)
     logger.info("captured the prefill graph of %s (%d layers)", type(decoder).__name__, layout.num_layers)
     return _plain_graph_module(exported, layout, extra_names)
+
+
+_SDPA = torch.ops.aten.scaled_dot_product_attention.default
+
+
+def causal_prefill(gm: fx.GraphModule, decoder: nn.Module) -> fx.GraphModule | None:
+    """The prefill graph for a batch with no padding, in the form HF gives SDPA then: every SDPA call masks
+    causally by itself (``attn_mask=None, is_causal=True``, which keeps the flash kernel on), and the 4-D
+    mask it no longer reads is gone. Shares ``gm``'s parameters. None when that form would not be exact:
+    no SDPA call, a sliding window or cross-attention layers (their masks are not plain causal).
+
+    Valid only where every query row sees every earlier position of its sample: no zero in the 2-D
+    attention mask and, after FastV, every sample keeping the same number of positions.
+    """
+    layout = gm.meta[LAYOUT_KEY]
+    if layout.cross_attention_layers or getattr(decoder.config, "sliding_window", None) is not None:
+        return None
+    graph = copy.deepcopy(gm.graph)
+    calls = [node for node in graph.nodes if node.target is _SDPA]
+    if not calls:
+        return None
+    for node in calls:
+        query, key, value = node.args[:3]
+        dropout = node.args[4] if len(node.args) > 4 else node.kwargs.get("dropout_p", 0.0)
+        node.args = (query, key, value, None, dropout, True)
+        node.kwargs = {
+            name: arg for name, arg in node.kwargs.items() if name not in ("attn_mask", "dropout_p", "is_causal")
+        }
+    graph.eliminate_dead_code()
+    graph.lint()
+    causal = fx.GraphModule(gm, graph)
+    causal.meta.update(gm.meta)
+    return causal
 
 
 def capture_decode(decoder: nn.Module, layout: DecoderLayout) -> fx.GraphModule:

@@ -1,0 +1,490 @@
+"""GPU suite: 7B-shaped LLaVA-1.5 and Qwen2-VL, unmodified vs graphprune FastV vs the original FastV code.
+
+One command for a machine with one CUDA GPU, under 8 minutes on an H100 (no network, no hub):
+
+    PYTHONUNBUFFERED=1 OUT=/some/folder python benchmarks/gpu_suite.py
+
+Per case, fp16 random weights made on the GPU directly (``torch.device`` and the default dtype set while
+the model is built, never fp32 on the CPU first):
+
+- ``llava-1.5-7b``: ``LlavaForConditionalGeneration``, Llama-2-7B decoder (32 layers, hidden 4096, 32
+  heads, MLP 11008, vocab 32064), CLIP ViT-L/14-336 tower (24 layers, hidden 1024, 576 patches);
+  prompt 36 text + 576 visual + 28 text tokens;
+- ``qwen2-vl-7b``: ``Qwen2VLForConditionalGeneration``, Qwen2-VL-7B decoder (28 layers, hidden 3584,
+  28/4 heads, MLP 18944, vocab 152064) and vision tower (32 blocks, width 1280); one 672x672 image
+  (48x48 patches merged 2x2 = 576 visual tokens) between 36 and 28 text tokens (vision start/end included).
+
+Variants: (a) the unmodified model (SDPA); (b) graphprune, ``gp.optimize(FastV(k=2, keep=0.5))`` on a
+second module tree over (a)'s weights; (c) the original FastV code (``OriginalFastV``: eager attention
+at layer k-1; LLaVA at batch 1 only, as the original). Timed side by side in interleaved rounds (the
+order reversed every other round), min and median: the prefill forward (``use_cache=True``,
+``logits_to_keep=1``), TTFT through ``generate(max_new_tokens=1)``, and decode per new token
+(``generate`` of N tokens minus TTFT, over N - 1, per round); at batch 1, then batch 8 (a, b) if the
+case is within its share of the time budget. Also: ``gp.optimize``'s own time, the FLOPs fraction
+(``gp.flops``), and which SDPA kernel runs in how many decoder layers of one profiled prefill per
+variant (``torch.profiler``; decoder calls told from the vision tower's by heads and head size).
+
+Every case runs in a try/except that prints the traceback and goes on; results are written after each
+case to ``$OUT/gpu_suite.json`` (if ``OUT`` is set) and ``--json``. ``--smoke`` runs tiny fp32 shapes
+(CPU allowed: ``--smoke --device cpu``) through the same code, the profiler with CPU activities.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import gc
+import json
+import os
+import platform
+import re
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import LlavaConfig, LlavaForConditionalGeneration, Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+# run from a checkout without installing; this file's folder off the path (its onnx.py and vllm.py would shadow those)
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [str(HERE.parent)] + [entry for entry in sys.path if Path(entry or ".").resolve() != HERE]
+
+import graphprune as gp  # noqa: E402
+from benchmarks.harness import (  # noqa: E402
+    IMAGE_TOKEN_ID,
+    LLAMA_7B,
+    PAD_TOKEN_ID,
+    QWEN_7B,
+    VIDEO_TOKEN_ID,
+    VISION_END_TOKEN_ID,
+    VISION_START_TOKEN_ID,
+    device_name,
+    llava_inputs,
+    qwen2_vl_inputs,
+    rounds,
+    shared_copy,
+    spread_ms,
+    sync_for,
+    table,
+    timed,
+)
+from benchmarks.original_fastv import OriginalFastV  # noqa: E402
+
+VARIANTS = {"a": "(a) unmodified", "b": "(b) graphprune", "c": "(c) FastV eager"}
+SDPA_KINDS = {
+    "aten::_scaled_dot_product_flash_attention": "flash",
+    "aten::_scaled_dot_product_efficient_attention": "efficient",
+    "aten::_scaled_dot_product_cudnn_attention": "cudnn",
+    "aten::_scaled_dot_product_attention_math": "math",
+    "aten::_scaled_dot_product_flash_attention_for_cpu": "flash (cpu)",
+}
+PREFILL_TARGET = 1.7  # speedup of (b) over (a), LLaVA-1.5-7B, keep=0.5 (issue 15)
+
+
+def _llama(shape: dict, vocab: int) -> dict:
+    return dict(
+        model_type="llama",
+        hidden_size=shape["hidden_size"],
+        intermediate_size=shape["intermediate_size"],
+        num_hidden_layers=shape["num_layers"],
+        num_attention_heads=shape["num_heads"],
+        num_key_value_heads=shape["num_kv_heads"],
+        vocab_size=vocab,
+        max_position_embeddings=4096,
+        pad_token_id=PAD_TOKEN_ID,
+    )
+
+
+def llava_config(smoke: bool) -> LlavaConfig:
+    text = dict(hidden_size=64, intermediate_size=128, num_layers=4, num_heads=4, num_kv_heads=4) if smoke else LLAMA_7B
+    clip = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    if not smoke:  # CLIP ViT-L/14-336
+        clip = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16)
+    return LlavaConfig(
+        text_config=_llama(text, 256 if smoke else 32064),
+        vision_config=dict(model_type="clip_vision_model", image_size=336, patch_size=14, projection_dim=768, **clip),
+        image_token_id=IMAGE_TOKEN_ID,
+        pad_token_id=PAD_TOKEN_ID,
+        vocab_size=256 if smoke else 32064,
+    )
+
+
+def qwen2_vl_config(smoke: bool) -> Qwen2VLConfig:
+    shape = dict(hidden_size=64, intermediate_size=128, num_layers=4, num_heads=4, num_kv_heads=2) if smoke else QWEN_7B
+    text = dict(
+        hidden_size=shape["hidden_size"],
+        intermediate_size=shape["intermediate_size"],
+        num_hidden_layers=shape["num_layers"],
+        num_attention_heads=shape["num_heads"],
+        num_key_value_heads=shape["num_kv_heads"],
+        vocab_size=256 if smoke else 152064,
+        max_position_embeddings=32768,
+        rope_parameters=dict(rope_type="default", rope_theta=1e6, mrope_section=[2, 3, 3] if smoke else [16, 24, 24]),
+        pad_token_id=PAD_TOKEN_ID,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
+    vision = dict(depth=2, embed_dim=32, num_heads=2) if smoke else dict(depth=32, embed_dim=1280, num_heads=16)
+    vision.update(mlp_ratio=4, hidden_size=shape["hidden_size"], patch_size=14, spatial_merge_size=2)
+    vision.update(temporal_patch_size=2, in_channels=3)
+    return Qwen2VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=IMAGE_TOKEN_ID,
+        video_token_id=VIDEO_TOKEN_ID,
+        vision_start_token_id=VISION_START_TOKEN_ID,
+        vision_end_token_id=VISION_END_TOKEN_ID,
+    )
+
+
+CASES = {
+    # name: config, model class, inputs builder and one sample in its format (36 text + 576 visual + 28 text)
+    "llava-1.5-7b": (llava_config, LlavaForConditionalGeneration, llava_inputs, (36, 1, 28)),
+    "qwen2-vl-7b": (qwen2_vl_config, Qwen2VLForConditionalGeneration, qwen2_vl_inputs, (35, [(48, 48)], [], 27)),
+}
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype):
+    saved = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(saved)
+
+
+def build(config, model_class, device: torch.device, dtype: torch.dtype):
+    """Random weights made where they run, in their dtype; greedy generation of exactly the asked length."""
+    with torch.device(device), _default_dtype(dtype):
+        model = model_class(config)
+    model.set_attn_implementation("sdpa")
+    model.generation_config.pad_token_id = PAD_TOKEN_ID
+    model.generation_config.eos_token_id = None
+    model.generation_config.do_sample = False
+    return model.eval()
+
+
+def _inputs(model, make, sample, batch: int, device) -> dict:
+    return {k: v.to(device) for k, v in make(model, [sample] * batch).items()}
+
+
+def sdpa_kernels(fn, device: torch.device, heads: int, head_dim: int, layers: int) -> dict:
+    """One profiled call: per SDPA kernel kind, in how many decoder layers it ran (calls whose query is
+    ``[B, heads, T, head_dim]``); layers with no SDPA call count as ``none (eager)``; and the CUDA kernels
+    whose names look like attention."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities, record_shapes=True) as prof:
+        fn()
+        sync_for(device)()
+    kinds, other_shapes = collections.Counter(), collections.Counter()
+    for event in prof.events():
+        if event.name != "aten::scaled_dot_product_attention":
+            continue
+        query = list(event.input_shapes[0]) if event.input_shapes else []
+        if len(query) != 4 or query[1] != heads or query[3] != head_dim:
+            other_shapes[str(query)] += 1  # the vision tower's
+            continue
+        names = [child.name for child in event.cpu_children if child.name.startswith("aten::_scaled_dot_product")]
+        kinds[SDPA_KINDS.get(names[0], names[0]) if names else "sdpa (no child op)"] += 1
+    if sum(kinds.values()) < layers:
+        kinds["none (eager)"] = layers - sum(kinds.values())
+    kernels = collections.Counter()
+    for entry in prof.key_averages():
+        if getattr(entry, "device_type", None) == torch.autograd.DeviceType.CUDA and re.search(
+            r"flash|fmha|attention|attn|cudnn|softmax", entry.key, re.IGNORECASE
+        ):
+            kernels[entry.key[:90]] += entry.count
+    return dict(decoder_layers=dict(kinds), other_sdpa_calls=dict(other_shapes), cuda_attention_kernels=dict(kernels))
+
+
+def _seconds(value: float | None) -> str:
+    return "failed" if value is None else f"{value:.1f} s"
+
+
+def _optional(label: str, fn, *args):
+    """``fn(*args)``, or None after printing the traceback: a check that fails does not end the case."""
+    try:
+        return fn(*args)
+    except Exception:
+        traceback.print_exc()
+        print(f"  {label}: failed (traceback above); going on", flush=True)
+        return None
+
+
+def _generate(model, inputs, new_tokens: int):
+    return model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+
+
+def time_batch(models: dict, inputs: dict, original, args, sync, label: str) -> dict:
+    """Prefill, TTFT and decode per token of each variant at one batch size, interleaved rounds."""
+
+    def prefill(key):
+        if key == "c":
+            return lambda: original(inputs["input_ids"], inputs["pixel_values"])
+        return lambda: models[key](**inputs, use_cache=True, logits_to_keep=1)
+
+    def generate(key, new_tokens):
+        if key != "c":
+            return lambda: _generate(models[key], inputs, new_tokens)
+
+        def run():
+            with original.installed():
+                return _generate(models["a"], inputs, new_tokens)
+
+        return run
+
+    keys = [*models, *(["c"] if original is not None else [])]
+    prompt = inputs["input_ids"].shape[1]
+    result = dict(batch=inputs["input_ids"].shape[0], tokens=prompt)
+    with torch.no_grad():
+        for key in list(keys):  # warm-up; and every variant's generate gives the asked length
+            try:
+                prefill(key)()
+                out = generate(key, args.new_tokens)()
+                if out.shape[1] != prompt + args.new_tokens:
+                    raise RuntimeError(f"{VARIANTS[key]}: generate gave {out.shape[1] - prompt} new tokens")
+            except Exception:
+                if key == "a":
+                    raise
+                traceback.print_exc()
+                print(f"  {label}: {VARIANTS[key]} failed (traceback above); timing the others", flush=True)
+                keys.remove(key)
+        calls = {key: prefill(key) for key in keys}
+        result["prefill"] = rounds(calls, sync, args.repeats, f"{label} prefill", alternate=True)
+        calls = {
+            f"{kind}:{key}": generate(key, n) for key in keys for kind, n in (("ttft", 1), ("gen", args.new_tokens))
+        }
+        times = rounds(calls, sync, args.repeats, f"{label} generate", alternate=True)
+    result["ttft"] = {key: times[f"ttft:{key}"] for key in keys}
+    result["decode"] = {
+        key: [(g - t) / (args.new_tokens - 1) for g, t in zip(times[f"gen:{key}"], times[f"ttft:{key}"], strict=True)]
+        for key in keys
+    }
+    for metric in ("prefill", "ttft", "decode"):
+        result[metric] = {key: spread_ms(seconds) | dict(seconds=seconds) for key, seconds in result[metric].items()}
+    return result
+
+
+def run_case(name: str, args, device, dtype, deadline: float) -> dict:
+    make_config, model_class, make_inputs, sample = CASES[name]
+    method = gp.FastV(k=2, keep=0.5)
+    sync = sync_for(device)
+    started = time.perf_counter()
+    build_s, model = timed(lambda: build(make_config(args.smoke), model_class, device, dtype), sync)
+    text = model.config.get_text_config(decoder=True)
+    heads, head_dim, layers = (
+        text.num_attention_heads,
+        text.hidden_size // text.num_attention_heads,
+        text.num_hidden_layers,
+    )
+    params = sum(p.numel() for p in model.parameters())
+    print(
+        f"{name}: {model_class.__name__}, {params / 1e9:.2f} B parameters, {dtype}, built in {build_s:.1f} s",
+        flush=True,
+    )
+    if device.type == "cuda":
+        print(f"  GPU memory allocated: {torch.cuda.memory_allocated(device) / 2**30:.1f} GiB", flush=True)
+    inputs = _inputs(model, make_inputs, sample, 1, device)
+    visual = (inputs["input_ids"][0] == IMAGE_TOKEN_ID).nonzero().flatten()
+    n_tokens, n_visual = inputs["input_ids"].shape[1], len(visual)
+    before, after = gp.flops(model.config, method, n_tokens, n_visual)
+    result = dict(
+        case=name,
+        model_class=model_class.__name__,
+        parameters=params,
+        build_s=build_s,
+        layers=layers,
+        tokens=n_tokens,
+        visual=n_visual,
+        flops=dict(before=before, after=after, fraction=after / before),
+        batches=[],
+    )
+    pruned = shared_copy(model)
+    start = time.perf_counter()
+    optimized = _optional(f"{name} gp.optimize", lambda: gp.optimize(pruned, method)) is not None
+    result["optimize_s"] = time.perf_counter() - start if optimized else None
+    print(f"  gp.optimize: {_seconds(result['optimize_s'])}", flush=True)
+    models = {"a": model, "b": pruned} if optimized else {"a": model}
+    original = None
+    if model_class is LlavaForConditionalGeneration:  # the original code: LLaVA, batch 1, one image span
+        original = OriginalFastV(model, method.k, method.keep, int(visual[0]), n_visual, compile=False)
+    try:
+        with torch.no_grad():
+            calls = {key: lambda m=m: m(**inputs, use_cache=True, logits_to_keep=1) for key, m in models.items()}
+            if original is not None:
+                calls["c"] = lambda: original(inputs["input_ids"], inputs["pixel_values"])
+            for key, fn in list(calls.items()):
+                if _optional(f"{name} first prefill of {VARIANTS[key]}", fn) is None and key != "a":
+                    del calls[key]  # the others go on
+            result["sdpa_kernels"] = {
+                key: _optional(
+                    f"{name} SDPA kernels of {VARIANTS[key]}", sdpa_kernels, fn, device, heads, head_dim, layers
+                )
+                for key, fn in calls.items()
+            }
+            if optimized:
+                result["kept_visual"] = _optional(f"{name} explain", lambda: len(gp.explain(pruned, **inputs).kept[0]))
+        batch1_s, batch1 = timed(lambda: time_batch(models, inputs, original, args, sync, f"{name} batch 1"), sync)
+        result["batches"].append(batch1)
+        # batch 8 (a, b) if twice batch 1's time still fits in this case's share of the budget
+        if args.batch8 and time.perf_counter() + 2 * batch1_s < deadline:
+            inputs8 = _inputs(model, make_inputs, sample, 8, device)
+            result["batches"].append(time_batch(models, inputs8, None, args, sync, f"{name} batch 8"))
+        elif args.batch8:
+            print(f"  {name}: batch 8 skipped (time budget)", flush=True)
+    finally:
+        if optimized:
+            gp.restore(pruned)
+    result["wall_s"] = time.perf_counter() - started
+    return result
+
+
+def report(result: dict, new_tokens: int) -> str:
+    flops = result["flops"]
+    lines = [
+        "",
+        f"{result['case']} ({result['model_class']}, {result['parameters'] / 1e9:.2f} B parameters): "
+        f"{result['tokens']} tokens ({result['visual']} visual, {result.get('kept_visual')} kept), "
+        f"FastV k=2 keep=0.5; FLOPs {flops['before'] / 1e9:.1f} -> {flops['after'] / 1e9:.1f} GFLOP, "
+        f"fraction {flops['fraction']:.3f}; gp.optimize {_seconds(result['optimize_s'])}, "
+        f"build {result['build_s']:.1f} s",
+    ]
+    rows = []
+    for batch in result["batches"]:
+        for metric in ("prefill", "ttft", "decode"):
+            base = batch[metric]["a"]["median_ms"]
+            for key, figures in batch[metric].items():
+                ratio = figures["median_ms"] / base
+                rows.append(
+                    [
+                        f"{metric}{' per token' if metric == 'decode' else ''}",
+                        batch["batch"],
+                        VARIANTS[key],
+                        figures["median_ms"],
+                        figures["min_ms"],
+                        ratio,
+                        1 / ratio,
+                    ]
+                )
+    header = ["measure", "batch", "variant", "median ms", "min ms", "vs (a)", "speedup"]
+    lines.append(table(header, rows))
+    lines.append(f"(decode per token = (generate {new_tokens} tokens - TTFT) / {new_tokens - 1}, per round)")
+    if result["batches"] and "b" in result["batches"][0]["prefill"]:
+        prefill = result["batches"][0]["prefill"]
+        speedup = prefill["a"]["median_ms"] / prefill["b"]["median_ms"]
+        bound = 1 / (1.1 * flops["fraction"])
+        verdicts = [f"1.1 x FLOPs fraction: {'PASS' if speedup >= bound else 'MISS'}"]
+        if result["case"] == "llava-1.5-7b":
+            verdicts.append(f"issue target >= {PREFILL_TARGET} x: {'PASS' if speedup >= PREFILL_TARGET else 'MISS'}")
+        lines.append(
+            f"prefill speedup (b) at batch 1: {speedup:.2f} x (1 / FLOPs fraction = {1 / flops['fraction']:.2f} x; "
+            + "; ".join(verdicts)
+            + ")"
+        )
+    for key, kernels in result.get("sdpa_kernels", {}).items():
+        if kernels is None:
+            lines.append(f"SDPA kernel per decoder layer, {VARIANTS[key]}: the check failed (traceback above)")
+            continue
+        kinds = ", ".join(f"{kind}: {count}" for kind, count in kernels["decoder_layers"].items())
+        lines.append(f"SDPA kernel per decoder layer, {VARIANTS[key]}: {kinds} (of {result['layers']} layers)")
+        if kernels["cuda_attention_kernels"]:
+            names = "; ".join(f"{n} x{c}" for n, c in kernels["cuda_attention_kernels"].items())
+            lines.append(f"  CUDA attention kernels: {names}")
+    return "\n".join(lines)
+
+
+def summary(results: list[dict]) -> str:
+    """One line per case, batch and measure: the median of (a) and each variant's ratio to it."""
+    rows = []
+    for result in results:
+        if "error" in result:
+            rows.append([result["case"], "-", "FAILED", None, None, None, None])
+            continue
+        for batch in result["batches"]:
+            for metric in ("prefill", "ttft", "decode"):
+                figures = batch[metric]
+                a = figures["a"]["median_ms"]
+                ratio = {key: figures[key]["median_ms"] / a if key in figures else None for key in "bc"}
+                rows.append(
+                    [result["case"], batch["batch"], metric, a, ratio["b"], ratio["c"], result["flops"]["fraction"]]
+                )
+    header = ["case", "batch", "measure", "(a) median ms", "(b)/(a)", "(c)/(a)", "FLOPs fraction"]
+    return "\nsummary (medians; decode is per new token)\n" + table(header, rows)
+
+
+def _write(results: list, header: dict, args) -> None:
+    paths = [Path(os.environ["OUT"]) / "gpu_suite.json"] if os.environ.get("OUT") else []
+    paths += [args.json] if args.json else []
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(dict(header, results=results), indent=2, default=str))
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny fp32 shapes, to check the script end to end")
+    parser.add_argument("--device", default=None, help="default: cuda (cpu only with --smoke)")
+    parser.add_argument("--case", nargs="+", choices=sorted(CASES), default=list(CASES), help="default: both")
+    parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 7; smoke 2)")
+    parser.add_argument("--new-tokens", type=int, default=None, help="decode length (default 32; smoke 4)")
+    parser.add_argument("--no-batch8", dest="batch8", action="store_false", help="batch 1 only")
+    parser.add_argument("--budget-s", type=float, default=420.0, help="time budget for all cases (default 420)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device or "cuda")
+    if device.type != "cuda" and not args.smoke:
+        parser.error("the full shapes need a CUDA GPU; use --smoke for a CPU run")
+    args.repeats = args.repeats or (2 if args.smoke else 7)
+    args.new_tokens = args.new_tokens or (4 if args.smoke else 32)
+    if args.repeats < 1 or args.new_tokens < 2:
+        parser.error("--repeats must be >= 1 and --new-tokens >= 2")
+    dtype = torch.float32 if args.smoke else torch.float16
+    header = dict(
+        date=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        device=device_name(device),
+        torch=torch.__version__,
+        cuda=torch.version.cuda,
+        transformers=transformers.__version__,
+        graphprune=gp.__version__,
+        python=platform.python_version(),
+        smoke=args.smoke,
+        dtype=str(dtype),
+        repeats=args.repeats,
+        new_tokens=args.new_tokens,
+    )
+    print("gpu_suite: " + ", ".join(f"{k} {v}" for k, v in header.items()), flush=True)
+    start, results, failed = time.perf_counter(), [], []
+    for index, name in enumerate(args.case):
+        # each case may use the time left, split evenly among the cases left
+        deadline = time.perf_counter() + (start + args.budget_s - time.perf_counter()) / (len(args.case) - index)
+        try:
+            results.append(run_case(name, args, device, dtype, deadline))
+            print(report(results[-1], args.new_tokens), flush=True)
+        except Exception:
+            traceback.print_exc()
+            failed.append(name)
+            results.append(dict(case=name, error=traceback.format_exc()))
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        _write(results, header, args)
+    header["wall_s"] = time.perf_counter() - start
+    print(summary(results), flush=True)
+    _write(results, header, args)
+    print(
+        f"\ngpu_suite: {len(results) - len(failed)} of {len(results)} cases done in {header['wall_s']:.0f} s",
+        flush=True,
+    )
+    if failed:
+        print(f"gpu_suite: FAILED cases: {', '.join(failed)}", flush=True)
+    return dict(header, results=results)
+
+
+if __name__ == "__main__":
+    main()

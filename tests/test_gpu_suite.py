@@ -1,0 +1,78 @@
+"""benchmarks/gpu_suite.py end to end at tiny shapes on the CPU: the one GPU run must not be its first run."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+import graphprune as gp
+from benchmarks import gpu_suite
+from benchmarks.harness import llava_inputs, shared_copy, tiny_llava
+from benchmarks.original_fastv import OriginalFastV
+
+
+def test_smoke_run_times_every_variant_and_counts_the_sdpa_kernel_of_each_decoder_layer(tmp_path, monkeypatch):
+    monkeypatch.setenv("OUT", str(tmp_path))
+    returned = gpu_suite.main(["--smoke", "--device", "cpu", "--repeats", "1", "--new-tokens", "2", "--no-batch8"])
+    written = json.loads((tmp_path / "gpu_suite.json").read_text())
+    assert written["smoke"] is True and written["results"] == json.loads(json.dumps(returned["results"], default=str))
+    assert [case["case"] for case in written["results"]] == ["llava-1.5-7b", "qwen2-vl-7b"]
+    for case in written["results"]:
+        assert "error" not in case, case.get("error")
+        variants = {"a", "b", "c"} if case["case"] == "llava-1.5-7b" else {"a", "b"}
+        assert (case["tokens"], case["visual"], case["kept_visual"]) == (640, 576, 288)
+        assert 0 < case["flops"]["fraction"] < 1 and case["optimize_s"] > 0
+        (batch,) = case["batches"]
+        for metric in ("prefill", "ttft", "decode"):
+            assert set(batch[metric]) == variants
+        assert all(batch[m][key]["median_ms"] > 0 for m in ("prefill", "ttft") for key in variants)
+        kernels = case["sdpa_kernels"]
+        assert set(kernels) == variants
+        for key in variants:
+            assert sum(kernels[key]["decoder_layers"].values()) == case["layers"]
+            assert sum(kernels[key]["other_sdpa_calls"].values()) > 0  # the vision tower's, told apart by shape
+        assert "none (eager)" not in kernels["a"]["decoder_layers"]
+        if "c" in variants:  # the original code runs layer k-1 = 1 with eager attention
+            assert kernels["c"]["decoder_layers"]["none (eager)"] == 1
+
+
+def test_original_fastv_inside_generate_gives_graphprunes_tokens_and_puts_the_decoder_back():
+    model = tiny_llava(num_layers=4)
+    inputs = llava_inputs(model, [(5, 1, 4)])
+    visual = (inputs["input_ids"][0] == model.config.image_token_id).nonzero().flatten()
+    original = OriginalFastV(model, 2, 0.5, int(visual[0]), len(visual), compile=False)
+    pruned = gp.optimize(shared_copy(model), gp.FastV(k=2, keep=0.5))
+    options = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    with torch.no_grad():
+        with original.installed():
+            tokens = model.generate(**inputs, **options)
+        expected = pruned.generate(**inputs, **options)
+        unmodified = model.generate(**inputs, **options)
+    assert torch.equal(tokens, expected)
+    assert not torch.equal(tokens, unmodified)  # the tokens above came from pruned prefills
+    assert "forward" not in model.model.language_model.__dict__
+
+
+def test_a_variant_that_fails_on_the_device_leaves_the_others_timed(monkeypatch, capsys):
+    def broken_optimize(model, method):
+        raise RuntimeError("graphprune: injected capture failure")
+
+    monkeypatch.delenv("OUT", raising=False)
+    monkeypatch.setattr(gpu_suite.gp, "optimize", broken_optimize)
+    argv = [
+        "--smoke",
+        "--device",
+        "cpu",
+        "--case",
+        "llava-1.5-7b",
+        "--repeats",
+        "1",
+        "--new-tokens",
+        "2",
+        "--no-batch8",
+    ]
+    (case,) = gpu_suite.main(argv)["results"]
+    assert "error" not in case and case["optimize_s"] is None
+    assert set(case["batches"][0]["prefill"]) == set(case["sdpa_kernels"]) == {"a", "c"}
+    assert "injected capture failure" in capsys.readouterr().err
