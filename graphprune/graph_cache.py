@@ -32,14 +32,14 @@ def placement(decoder: nn.Module) -> tuple:
 
 
 class GraphCache:
-    """``(prefill, decode)`` graphs per placement of the decoder's weights, under ``torch.compile`` on request."""
+    """``(prefill, decode, unpadded prefill or None)`` graphs per placement of the decoder's weights, under ``torch.compile`` on request."""
 
     def __init__(self, decoder: nn.Module, capture: Capture, compile: bool, graphs: dict | None = None):
         self.decoder = decoder
         self.compile = compile
         self._capture = capture
-        self._graphs = dict(graphs or {})  # placement -> (prefill, decode) GraphModules
-        self._runners: dict = {}  # placement -> (prefill, decode) callables (compiled or not)
+        self._graphs = dict(graphs or {})  # placement -> (prefill, decode, unpadded prefill or None) GraphModules
+        self._runners: dict = {}  # placement -> the same, callables (compiled or not)
         self._lock = threading.Lock()
 
     def graphs(self) -> tuple[fx.GraphModule, fx.GraphModule]:
@@ -60,10 +60,10 @@ class GraphCache:
                         self._graphs[key] = self._capture()
                     finally:
                         _capturing.reset(token)
-                prefill, decode = self._graphs[key]
+                graphs = self._graphs[key]
                 if self.compile:
-                    prefill, decode = torch.compile(prefill, dynamic=True), torch.compile(decode, dynamic=True)
-                runners = self._runners.setdefault(key, (prefill, decode))
+                    graphs = tuple(None if graph is None else torch.compile(graph, dynamic=True) for graph in graphs)
+                runners = self._runners.setdefault(key, tuple(graphs))
         return self._graphs[key], runners
 
     def copied_graphs(self, memo: dict) -> dict:

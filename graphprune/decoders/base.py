@@ -12,7 +12,7 @@ from torch import fx, nn
 from transformers import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
-from ..capture import capture_decode, capture_prefill
+from ..capture import capture_decode, capture_prefill, causal_prefill
 from ..graph_cache import GraphCache, capturing
 from ..model_copy import refuse_part_copy
 from ..models import DecoderLayout
@@ -75,11 +75,16 @@ class GraphDecoder:
         self._cache_states: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.state = None
 
-    def _capture(self) -> tuple[fx.GraphModule, fx.GraphModule]:
-        """The decoder's prefill and decode graphs, rewritten by the method's passes."""
+    def _capture(self) -> tuple[fx.GraphModule, fx.GraphModule, fx.GraphModule | None]:
+        """The decoder's prefill and decode graphs, rewritten by the method's passes, and the prefill graph
+        for batches without padding (SDPA masking causally by itself, as HF runs it; None where not exact)."""
         handler = handler_for(self.method)
-        prefill = handler.prefill_pass(capture_prefill(self.decoder, self.layout), self.method)
-        return prefill, handler.decode_pass(capture_decode(self.decoder, self.layout), self.method)
+        captured = capture_prefill(self.decoder, self.layout)
+        unpadded = causal_prefill(captured, self.decoder)  # a copy, made before the pass rewrites `captured`
+        decode = handler.decode_pass(capture_decode(self.decoder, self.layout), self.method)
+        if unpadded is not None:
+            unpadded = handler.prefill_pass(unpadded, self.method)
+        return handler.prefill_pass(captured, self.method), decode, unpadded
 
     def __deepcopy__(self, memo):
         refuse_part_copy()
@@ -120,11 +125,14 @@ class GraphDecoder:
             inputs_embeds = self.decoder.get_input_embeddings()(input_ids)
         return inputs_embeds, self.decoder.config.use_cache if use_cache is None else use_cache
 
-    def _prefill(self, inputs: list, cache, use_cache: bool) -> tuple[BaseModelOutputWithPast, tuple]:
-        """Run the prefill graph on ``inputs``: the model output (with ``use_cache``, ``cache``, a new one if
-        None, holding the keys and values and this stand-in its slots) and the graph's
-        ``(keep_index, slot_valid, scores)``."""
-        outputs = self.graphs.runners()[0](*inputs)
+    def _prefill(
+        self, inputs: list, cache, use_cache: bool, unpadded: bool = False
+    ) -> tuple[BaseModelOutputWithPast, tuple]:
+        """Run the prefill graph on ``inputs`` (its unpadded form if ``unpadded`` and there is one): the model
+        output (with ``use_cache``, ``cache``, a new one if None, holding the keys and values and this
+        stand-in its slots) and the graph's ``(keep_index, slot_valid, scores)``."""
+        runners = self.graphs.runners()
+        outputs = runners[2 if unpadded and runners[2] is not None else 0](*inputs)
         hidden, selection = outputs[0], tuple(outputs[-3:])
         if not use_cache:
             return BaseModelOutputWithPast(last_hidden_state=hidden), selection

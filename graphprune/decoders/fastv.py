@@ -75,9 +75,12 @@ class FastVDecoder(GraphDecoder):
             return out
         refuse_right_padding(mask)
         position_ids = self._graph_positions(position_ids, batch, 0, seq_len, device)
-        slots = torch.arange(int((mask.sum(dim=-1) - dropped).max()), device=device)
+        kept = mask.sum(dim=-1) - dropped
+        slots = torch.arange(int(kept.max()), device=device)
+        # no padding before or after pruning: SDPA can mask causally by itself (the flash kernel on GPU)
+        unpadded = bool(mask.all()) and int(kept.min()) == len(slots)
         out, (index, valid, scores) = self._prefill(
-            [inputs_embeds, mask, position_ids, visual, slots], cache, use_cache
+            [inputs_embeds, mask, position_ids, visual, slots], cache, use_cache, unpadded
         )
         self.state.record(PrefillRecord(visual, mask, index, valid, scores))
         return out
