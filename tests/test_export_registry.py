@@ -10,10 +10,12 @@ import sys
 import pytest
 
 import graphprune as gp
+from graphprune.export.demo import demo
 from graphprune.export.family import BUDGETS, FAMILIES, ExportFamily, export_family, register_family
 from graphprune.export.progress import progress
 from graphprune.methods import method_from_dict, method_to_dict
 from graphprune.models import ADAPTERS
+from graphprune.runtime import optimized_state
 from graphprune.tiny import llava_inputs, tiny_llava
 
 from .conftest import BATCH, optimized
@@ -142,3 +144,22 @@ def test_ort_generator_refuses_an_export_of_an_unregistered_family(exported_on_a
         f"graphprune's OrtGenerator cannot run {folder}: it holds 'llava-next'; "
         "exportable families: llava, mllama, qwen2-vl, video-llava"
     )
+
+
+@pytest.mark.parametrize(("name", "family"), [("llava", "llava"), ("qwen2.5-vl", "qwen2-vl"), ("mllama", "mllama")])
+def test_a_demo_name_builds_its_family_s_model_optimised_with_inputs(name, family):
+    method = gp.CrossAttentionTrim(keep=0.5, select="topk") if family == "mllama" else gp.FastV(k=2, keep=0.5)
+    model, inputs = FAMILIES[family].demo(method, name)
+    state = optimized_state(model)
+    assert state.adapter.name == family and state.method == method
+    assert name != "qwen2.5-vl" or type(model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    assert inputs["input_ids"].shape[0] == 2 and inputs["attention_mask"].shape == inputs["input_ids"].shape
+
+
+def test_an_unknown_demo_name_lists_the_demo_models(tmp_path):
+    with pytest.raises(ValueError) as raised:
+        demo(tmp_path / "out", "onnx", gp.FastV(), "llava-next")
+    assert str(raised.value) == (
+        "graphprune has no demo model 'llava-next'; demo models: llava, mllama, qwen2-vl, qwen2.5-vl, video-llava"
+    )
+    assert list(tmp_path.iterdir()) == []

@@ -2,7 +2,9 @@
 
 ``onnx`` and ``tensorrt`` take a model that ``graphprune.optimize`` changed; the pruning (ranking and
 gather nodes) lives inside the exported decoder graph. The ONNX extra is optional:
-``pip install graphprune[onnx]``.
+``pip install graphprune[onnx]``. The functions live in ``onnx_export``, ``tensorrt_export`` and
+``trt_parser`` (no module here is named like a function it exports); each exportable family is a registered
+class in ``families/`` (``family.ExportFamily``).
 """
 
 from . import families  # noqa: F401  (registers every export family)
