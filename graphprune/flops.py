@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .methods import CrossAttentionTrim, FastV, n_keep
+from .methods import CrossAttentionTrim, FastV, n_keep, n_slots
 from .registry import handler_for
 
 FORMULAS = ("paper",)
@@ -42,7 +42,7 @@ def fastv_flops(config, method: FastV, n_tokens: int, n_visual: int) -> tuple[in
     text = _text_config(config)
     d, m, num_layers = text.hidden_size, text.intermediate_size, text.num_hidden_layers
     method.check_layers(num_layers)
-    kept = n_tokens - (n_visual - n_keep(method.keep, n_visual))
+    kept = n_slots(method.keep, [n_tokens], [n_visual])
     before = num_layers * _layer_flops(n_tokens, d, m)
     return before, method.k * _layer_flops(n_tokens, d, m) + (num_layers - method.k) * _layer_flops(kept, d, m)
 

@@ -32,7 +32,8 @@ def placement(decoder: nn.Module) -> tuple:
 
 
 class GraphCache:
-    """``(prefill, decode, unpadded prefill or None)`` graphs per placement of the decoder's weights, under ``torch.compile`` on request."""
+    """``(prefill, decode, unpadded prefill or None)`` graphs per placement of the decoder's weights, under
+    ``torch.compile`` on request."""
 
     def __init__(self, decoder: nn.Module, capture: Capture, compile: bool, graphs: dict | None = None):
         self.decoder = decoder

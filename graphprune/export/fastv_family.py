@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..methods import n_keep
+from ..methods import n_keep, n_slots
 from .family import ExportFamily, as_numpy
 from .manifest import Manifest
 
@@ -80,9 +80,8 @@ class FastVFamily(ExportFamily):
         method = runner.manifest.method
         if method is not None:
             visual_counts = cls.visual_counts(runner.manifest, input_ids)
-            keep = np.array([n_keep(method["keep"], int(count)) for count in visual_counts])
             values["graphprune_visual_mask"] = values.pop("visual_mask")
-            values["graphprune_slots"] = np.arange((mask.sum(-1) - (visual_counts - keep)).max())
+            values["graphprune_slots"] = np.arange(n_slots(method["keep"], mask.sum(-1), visual_counts))
         return values
 
     @classmethod

@@ -220,7 +220,7 @@ class MllamaExport(ExportFamily):
         if method is not None:
             seen = ((processor_mask == 1) & (mask[:, :, None, None] == 1)).any(axis=1)  # [B, images, tiles]
             valid = seen.sum(axis=(1, 2)) * budget["features_per_tile"]
-            values["graphprune_slots"] = np.arange(max(n_keep(method["keep"], int(n)) for n in valid))
+            values["graphprune_slots"] = np.arange(n_slots(method["keep"], valid, valid))
         return values, fixed
 
     @staticmethod
