@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 import graphprune as gp  # noqa: E402
 from graphprune.flops import cross_attention_flops  # noqa: E402
-from graphprune.tiny import IMAGE_TOKEN_ID, tiny_mllama  # noqa: E402
+from graphprune.testing import IMAGE_TOKEN_ID, tiny_mllama  # noqa: E402
 
 TIME_FACTOR = 1.1
 TILES = 4

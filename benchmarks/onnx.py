@@ -38,7 +38,7 @@ sys.path[:] = [str(Path(__file__).resolve().parent.parent)] + [
 
 import graphprune as gp  # noqa: E402
 from graphprune.models import adapter_for  # noqa: E402
-from graphprune.tiny import (  # noqa: E402
+from graphprune.testing import (  # noqa: E402
     llava_inputs,
     qwen2_vl_inputs,
     tiny_llava,

@@ -73,7 +73,7 @@ from graphprune.methods import n_keep  # noqa: E402
 from graphprune.models import adapter_for  # noqa: E402
 from graphprune.passes import INSERTED_PREFIX  # noqa: E402
 from graphprune.reference.fastv import decoder_inputs, eager_attention, input_embeddings  # noqa: E402
-from graphprune.tiny import (  # noqa: E402
+from graphprune.testing import (  # noqa: E402
     llava_inputs,
     llava_next_inputs,
     qwen2_vl_inputs,

@@ -65,7 +65,7 @@ def write_checkpoint(preset: dict, path: Path):
     """config.json and the processor of a LLaVA-1.5-shaped model (no weights: the engines load dummy ones)."""
     from transformers import LlavaConfig
 
-    from graphprune.tiny import IMAGE_TOKEN_ID, PAD_TOKEN_ID
+    from graphprune.testing import IMAGE_TOKEN_ID, PAD_TOKEN_ID
     from graphprune.tiny_checkpoints import save_llava_processor
 
     text = dict(model_type="llama", vocab_size=32064, max_position_embeddings=4096, pad_token_id=PAD_TOKEN_ID)

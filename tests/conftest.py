@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import graphprune as gp
-from graphprune.tiny import llava_inputs, mllama_inputs, tiny_llava, tiny_mllama
+from graphprune.testing import llava_inputs, mllama_inputs, tiny_llava, tiny_mllama
 
 # (text_before, n_images, text_after): 16 visual tokens per image; left-padded to the longest.
 BATCH = [(5, 1, 4), (2, 2, 3), (6, 0, 3)]

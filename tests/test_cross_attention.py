@@ -12,7 +12,7 @@ from graphprune.models import adapter_for
 from graphprune.passes import cross_attention_trim, cross_attention_trim_decode
 from graphprune.passes._graph import layer_index, module_path, symbol
 from graphprune.reference import cross_attention_trim_reference, trimmed_mask_mode
-from graphprune.tiny import features_per_tile, mllama_inputs, tiny_mllama
+from graphprune.testing import features_per_tile, mllama_inputs, tiny_mllama
 
 from .conftest import LOGITS_RTOL, MLLAMA_BATCH, optimized, rel_error
 

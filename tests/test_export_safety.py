@@ -16,7 +16,7 @@ pytest.importorskip("onnxruntime", reason="the ONNX extra is not installed: pip 
 
 import graphprune as gp  # noqa: E402
 from graphprune.export.staging import staged_folder, writable_folder  # noqa: E402
-from graphprune.tiny import llava_inputs, tiny_llava  # noqa: E402
+from graphprune.testing import llava_inputs, tiny_llava  # noqa: E402
 
 from .conftest import BATCH, optimized  # noqa: E402
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import graphprune as gp
-from graphprune.tiny import llava_inputs, mllama_inputs, qwen2_vl_inputs, tiny_llava, tiny_qwen2_vl
+from graphprune.testing import llava_inputs, mllama_inputs, qwen2_vl_inputs, tiny_llava, tiny_qwen2_vl
 
 from .conftest import BATCH, MLLAMA_BATCH, optimized
 

@@ -20,7 +20,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import graphprune as gp
 from graphprune.models import ADAPTERS, adapter_for, supported_classes
 from graphprune.reference import fastv_reference, fastv_reference_generate
-from graphprune.tiny import (
+from graphprune.testing import (
     llava_next_inputs,
     qwen2_vl_inputs,
     tiny_llava_next,

@@ -5,7 +5,7 @@ import torch
 
 import graphprune as gp
 from graphprune.reference import fastv_reference, fastv_reference_generate
-from graphprune.tiny import llava_inputs
+from graphprune.testing import llava_inputs
 
 from .conftest import BATCH, LOGITS_RTOL, optimized, rel_error, slot_positions
 

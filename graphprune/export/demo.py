@@ -8,7 +8,7 @@ import torch
 
 from ..methods import CrossAttentionTrim, FastV
 from ..runtime import optimize
-from ..tiny import (
+from ..testing import (
     llava_inputs,
     mllama_inputs,
     qwen2_vl_inputs,
