@@ -12,7 +12,7 @@ from graphprune.reference import (
 )
 from graphprune.testing import qwen2_vl_inputs, tiny_qwen2_vl
 
-from .conftest import LOGITS_RTOL, optimized, rel_error
+from .helpers import LOGITS_RTOL, optimized, rel_error
 
 
 def _qwen2_vl():

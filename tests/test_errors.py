@@ -6,7 +6,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import graphprune as gp
 
-from .conftest import optimized
+from .helpers import optimized
 
 
 def _untouched(model):

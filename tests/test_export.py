@@ -15,7 +15,7 @@ import graphprune as gp  # noqa: E402
 from graphprune.export.trt_profiles import trt_profiles  # noqa: E402
 from graphprune.testing import llava_inputs, mllama_inputs, tiny_llava, tiny_mllama  # noqa: E402
 
-from .conftest import BATCH, LOGITS_RTOL, optimized, rel_error, unmodified_generate  # noqa: E402
+from .helpers import BATCH, LOGITS_RTOL, optimized, rel_error, unmodified_generate  # noqa: E402
 from .onnx_graph import assert_profiles_ordered, node_types, top_k_constants  # noqa: E402
 
 export_onnx = importlib.import_module("graphprune.export.onnx")  # the module; gp.export.onnx is its function

@@ -22,7 +22,7 @@ from graphprune.export.qwen2_vl import (  # noqa: E402
 from graphprune.export.trt_profiles import trt_profiles  # noqa: E402
 from graphprune.testing import qwen2_vl_inputs, tiny_qwen2_vl  # noqa: E402
 
-from .conftest import LOGITS_RTOL, optimized, rel_error, unmodified_generate  # noqa: E402
+from .helpers import LOGITS_RTOL, optimized, rel_error, unmodified_generate  # noqa: E402
 from .onnx_graph import assert_profiles_ordered, top_k_constants  # noqa: E402
 
 METHOD = gp.FastV(k=1, keep=0.5)

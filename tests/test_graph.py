@@ -9,7 +9,7 @@ from graphprune.models import adapter_for
 from graphprune.passes import fastv, fastv_decode
 from graphprune.passes._graph import layer_index
 
-from .conftest import optimized
+from .helpers import optimized
 
 
 def _captured(model):

@@ -12,7 +12,7 @@ from transformers import GenerationConfig
 import graphprune as gp
 from graphprune.models import adapter_for
 
-from .conftest import optimized
+from .helpers import optimized
 
 ADDED = {"forward", "generate", "__deepcopy__", "__reduce_ex__", "_graphprune"}
 REFUSED_MODE = r"^graphprune does not support .*; use greedy or sampling, or graphprune.restore\(model\) first$"
