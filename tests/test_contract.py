@@ -1,6 +1,7 @@
 """The behaviour contract (SPEC) once, for every family x method in ``helpers.FAMILIES``: keep=1 and text-only
-inputs exact, the pass equals the independent reference, a batch gives each sample what it gives alone, cache
-lengths per layer, restore exact, sampling and eos as the reference.
+inputs exact, the pass equals the independent reference, cache lengths per layer, a batch gives each sample what
+it gives alone, restore exact, sampling and eos as the reference. Checks that can share one ``optimize`` (one
+capture, the slow part) share one test.
 
 Each family is a tiny random-weight model of the real transformers class and a left-padded batch whose samples
 have different visual counts: LLaVA, LLaVA-NeXT (any-resolution crops and newlines, several images and spans),
@@ -61,31 +62,21 @@ def test_keep_one_equals_the_unmodified_model_exactly(model_and_batch, name, met
     assert report.flops_after == report.flops_before and report.kv_bytes_after == report.kv_bytes_before
 
 
-@pytest.mark.parametrize(("name", "method"), VARIANTS, ids=case_id)
-@torch.no_grad()
-def test_inputs_without_visual_tokens_equal_the_unmodified_model_exactly(family_models, name, method):
-    model = family_models(name)
-    text_only = FAMILIES[name].inputs(model, FAMILIES[name].text_only)
-    expected = model(**text_only).logits
-    expected_ids = model.generate(**text_only, max_new_tokens=NEW_TOKENS, do_sample=False)
-    with optimized(model, method):
-        assert torch.equal(model(**text_only).logits, expected)
-        assert torch.equal(model.generate(**text_only, max_new_tokens=NEW_TOKENS, do_sample=False), expected_ids)
-
-
 @pytest.mark.parametrize(("name", "method"), CASES, ids=case_id)
 @torch.no_grad()
-def test_pass_equals_reference(model_and_batch, name, method):
-    """Kept sets, logits (1e-4 relative; FastV at every kept position) and greedy tokens."""
+def test_pass_equals_reference_and_caches_fewer_positions(model_and_batch, name, method):
+    """Kept sets, logits (1e-4 relative; FastV at every kept position) and greedy tokens equal the reference's;
+    the cache holds, per layer, the positions the method keeps, after the prefill and after decode steps."""
     model, batch = model_and_batch
     expected = reference_run(model, method, batch, NEW_TOKENS)
     reference = expected.reference
     assert_clear_cut(reference, method)
     with optimized(model, method):
-        logits = model(**batch).logits
+        out = model(**batch, use_cache=True)
         slots = slot_positions(model)
         report = gp.explain(model, **batch)
-        ids = model.generate(**batch, max_new_tokens=NEW_TOKENS, do_sample=False)
+        generated = model.generate(**batch, max_new_tokens=NEW_TOKENS, do_sample=False, return_dict_in_generate=True)
+    logits, cache = out.logits, out.past_key_values
     assert report.n_visual == [len(units) for units in visual_units(model, batch)]
     for b in range(batch["input_ids"].shape[0]):
         assert torch.equal(report.kept[b], reference.kept[b]), f"sample {b}"
@@ -94,17 +85,38 @@ def test_pass_equals_reference(model_and_batch, name, method):
         else:
             assert torch.equal(slots[b], reference.kept[b]), f"sample {b}"
     assert rel_error(logits[:, -1], expected.logits[:, -1]) <= LOGITS_RTOL
-    assert torch.equal(ids, expected.ids)
+    assert torch.equal(generated.sequences, expected.ids)
+
+    kept = report.kept if positional(method) else slots
+    lengths = expected_cache_lengths(model, method, batch, kept)
+    assert [layer.keys.shape[2] for layer in cache.layers] == lengths
+    assert [layer.values.shape[2] for layer in cache.layers] == lengths
+    if positional(method) or method.select == "topk":
+        counts = [gp.methods.n_keep(method.keep, len(units)) for units in visual_units(model, batch)]
+        assert [len(k) for k in kept] == counts
+    actual_bytes = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+    assert report.kv_bytes_after == actual_bytes < report.kv_bytes_before
+    decoded = [layer.keys.shape[2] for layer in generated.past_key_values.layers]
+    assert decoded == expected_cache_lengths(model, method, batch, kept, NEW_TOKENS - 1)  # the last is not fed back
 
 
 @pytest.mark.parametrize(("name", "method"), VARIANTS, ids=case_id)
 @torch.no_grad()
-def test_a_padded_batch_gives_each_sample_what_it_gives_alone(model_and_batch, name, method):
-    """Samples of different lengths (left padding) and visual counts; nothing but visual units is kept."""
+def test_batch_equals_each_sample_alone_text_only_is_exact_and_restore_is_exact(model_and_batch, name, method):
+    """A left-padded batch (different lengths and visual counts) gives each sample what it gives alone, and
+    only visual units are kept; a text-only batch equals the unmodified model exactly; ``restore`` gives back
+    the unmodified model exactly (weights, attributes, logits)."""
     model, batch = model_and_batch
     family = FAMILIES[name]
     units = visual_units(model, batch)
+    text_only = family.inputs(model, family.text_only)
+    unmodified = model(**batch).logits
+    text_logits = model(**text_only).logits
+    text_ids = model.generate(**text_only, max_new_tokens=NEW_TOKENS, do_sample=False)
+    state = {key: tensor.clone() for key, tensor in model.state_dict().items()}
     with optimized(model, method):
+        assert torch.equal(model(**text_only).logits, text_logits)
+        assert torch.equal(model.generate(**text_only, max_new_tokens=NEW_TOKENS, do_sample=False), text_ids)
         logits = model(**batch).logits[:, -1]
         slots = slot_positions(model)
         kept = gp.explain(model, **batch).kept
@@ -120,64 +132,26 @@ def test_a_padded_batch_gives_each_sample_what_it_gives_alone(model_and_batch, n
             alone_ids = model.generate(**alone, max_new_tokens=NEW_TOKENS, do_sample=False)[0]
             assert torch.equal(alone_ids, ids[b, -len(alone_ids) :]), f"sample {b}"
             assert set(kept[b].tolist()) <= set(units[b].tolist()), f"sample {b}"
-
-
-@pytest.mark.parametrize(("name", "method"), CASES, ids=case_id)
-@torch.no_grad()
-def test_cache_lengths_per_layer(model_and_batch, name, method):
-    model, batch = model_and_batch
-    with optimized(model, method):
-        cache = model(**batch, use_cache=True).past_key_values
-        slots = slot_positions(model)
-        report = gp.explain(model, **batch)
-        out = model.generate(**batch, max_new_tokens=4, do_sample=False, return_dict_in_generate=True)
-    kept = report.kept if positional(method) else slots
-    assert [layer.keys.shape[2] for layer in cache.layers] == expected_cache_lengths(model, method, batch, kept)
-    assert [layer.values.shape[2] for layer in cache.layers] == expected_cache_lengths(model, method, batch, kept)
-    if positional(method) or method.select == "topk":
-        counts = [gp.methods.n_keep(method.keep, len(units)) for units in visual_units(model, batch)]
-        assert [len(k) for k in kept] == counts
-    actual_bytes = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
-    assert report.kv_bytes_after == actual_bytes < report.kv_bytes_before
-    lengths = [layer.keys.shape[2] for layer in out.past_key_values.layers]
-    assert lengths == expected_cache_lengths(model, method, batch, kept, new_tokens=3)  # the last is not fed back
-
-
-@pytest.mark.parametrize("name", FAMILIES, ids=case_id)
-@torch.no_grad()
-def test_restore_is_exact(model_and_batch, name):
-    model, batch = model_and_batch
-    state = {key: tensor.clone() for key, tensor in model.state_dict().items()}
-    expected = model(**batch).logits
-    gp.optimize(model, FAMILIES[name].methods[0])
-    assert not torch.equal(model(**batch).logits[:, -1], expected[:, -1])
-    gp.restore(model)
+    assert not torch.equal(logits, unmodified[:, -1])
     assert not {"forward", "generate"} & set(vars(model)) and "forward" not in vars(model.model.language_model)
     assert not hasattr(model, "_graphprune")
-    assert torch.equal(model(**batch).logits, expected)
+    assert torch.equal(model(**batch).logits, unmodified)
     assert all(torch.equal(tensor, state[key]) for key, tensor in model.state_dict().items())
 
 
 @pytest.mark.parametrize(("name", "method"), FIRST_VARIANTS, ids=case_id)
 @torch.no_grad()
-def test_sampling_equals_reference_sampling(model_and_batch, name, method):
+def test_sampling_and_eos_equal_the_reference(model_and_batch, name, method):
+    """Sampling with the same seed gives the reference's tokens; greedy generation stops a sample at eos."""
     model, batch = model_and_batch
     torch.manual_seed(123)
-    expected = reference_run(model, method, batch, 6, **SAMPLING).ids
-    with optimized(model, method):
-        torch.manual_seed(123)
-        ids = model.generate(**batch, max_new_tokens=6, **SAMPLING)
-    assert torch.equal(ids, expected)
-
-
-@pytest.mark.parametrize(("name", "method"), FIRST_VARIANTS, ids=case_id)
-@torch.no_grad()
-def test_generation_stops_at_eos(model_and_batch, name, method):
-    model, batch = model_and_batch
+    sampled = reference_run(model, method, batch, 6, **SAMPLING).ids
     greedy = reference_run(model, method, batch, 6).ids
     prompt = batch["input_ids"].shape[1]
     eos = int(greedy[0, prompt + 1])  # sample 0 ends after its second new token
     with optimized(model, method):
+        torch.manual_seed(123)
+        assert torch.equal(model.generate(**batch, max_new_tokens=6, **SAMPLING), sampled)
         ids = model.generate(**batch, max_new_tokens=6, do_sample=False, eos_token_id=eos)
     new = ids[0, prompt:]
     assert new[1] == eos and (new[2:] == model.generation_config.pad_token_id).all()
