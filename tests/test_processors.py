@@ -1,13 +1,14 @@
 """The contract on inputs made by each family's real HF processor, as users call it: a WordLevel tokenizer built
 with ``tokenizers`` (``graphprune.tiny_checkpoints.tokenizer``), the family's image processor (the PIL backend:
-no torchvision), saved with ``save_pretrained`` and loaded back with ``AutoProcessor``; left padding, images of
-different sizes and a text-only prompt in one batch. keep=1 equals the unmodified model exactly; the pass equals
-the reference on kept sets, last logits and greedy tokens.
+no torchvision), saved with ``save_pretrained`` and loaded back with ``AutoProcessor``; left padding and images of
+different sizes in one batch (and a text-only prompt, except for Mllama). keep=1 equals the unmodified model
+exactly; the pass equals the reference on kept sets, last logits and greedy tokens.
 
 Qwen2-VL and Qwen2.5-VL: transformers (5.23) cannot build their processor without torchvision (its video
 processor is checked even when none is given), so where torchvision is missing their inputs come from the same
 image processor and tokenizer, saved and loaded with ``AutoImageProcessor`` / ``AutoTokenizer``, with each
-``<|image_pad|>`` repeated as the processor repeats it. Video-LLaVA's processor needs its video processor too.
+``<|image_pad|>`` repeated and ``mm_token_type_ids`` made as the processor makes them. Video-LLaVA is not
+here: its processor needs a video processor, which needs torchvision.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def _mllama(model, path):
     MllamaProcessor(image_processor, words, chat_template=CHAT_TEMPLATE).save_pretrained(path)
     side = vision.image_size
     prompts = ["w9 <|image|> w11 w12", "<|image|> w30 w31 w40 w41 w50", "w60 <|image|> w61"]
-    images = [[random_image(0, side, 4 * side)], [random_image(1, side, 2 * side)], [random_image(2, side)]]
+    images = [[random_image(10, side, 4 * side)], [random_image(11, side, 2 * side)], [random_image(12, side)]]
     return AutoProcessor.from_pretrained(path)(text=prompts, images=images, **_CALL)
 
 
@@ -85,7 +86,10 @@ def _qwen2_vl(model, path):
     pixels = AutoImageProcessor.from_pretrained(path)(images=images, return_tensors="pt")
     counts = iter(math.prod(grid) // vision.spatial_merge_size**2 for grid in pixels["image_grid_thw"].tolist())
     prompts = [_expand(prompt, counts) for prompt in prompts]
-    return {**AutoTokenizer.from_pretrained(path)(prompts, **_CALL), **pixels}
+    words = AutoTokenizer.from_pretrained(path)
+    text = words(prompts, **_CALL)
+    mm_token_type_ids = (text["input_ids"] == words.convert_tokens_to_ids("<|image_pad|>")).long()  # 1: image
+    return {**text, "mm_token_type_ids": mm_token_type_ids, **pixels}
 
 
 def _expand(prompt: str, counts) -> str:
