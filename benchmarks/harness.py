@@ -17,8 +17,8 @@ from collections.abc import Callable
 
 import torch
 
-# The tiny builders and token ids, imported here only (graphprune.tiny may move; fix this one line).
-from graphprune.tiny import (  # noqa: F401  (re-exported for the benchmarks)
+# The tiny builders and token ids, imported here only (graphprune.testing).
+from graphprune.testing import (  # noqa: F401  (re-exported for the benchmarks)
     IMAGE_TOKEN_ID,
     PAD_TOKEN_ID,
     VIDEO_TOKEN_ID,

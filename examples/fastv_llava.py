@@ -8,7 +8,7 @@ and inputs from its ``AutoProcessor``; the graphprune calls are the same.
 import torch
 
 import graphprune as gp
-from graphprune.tiny import llava_inputs, tiny_llava
+from graphprune.testing import llava_inputs, tiny_llava
 
 model = tiny_llava()
 inputs = llava_inputs(model, [(6, 1, 4), (3, 2, 2)])  # two left-padded samples, 16 and 32 visual tokens

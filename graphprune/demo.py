@@ -10,7 +10,7 @@ import torch
 
 from . import CrossAttentionTrim, FastV, explain, optimize, restore
 from .reference import cross_attention_trim_reference, fastv_reference_generate, trimmed_mask_mode
-from .tiny import features_per_tile, image_tokens_per_image, llava_inputs, mllama_inputs, tiny_llava, tiny_mllama
+from .testing import features_per_tile, image_tokens_per_image, llava_inputs, mllama_inputs, tiny_llava, tiny_mllama
 
 # the demo models' sizes (the command line checks its arguments against them before building a model)
 LLAVA = dict(

@@ -16,7 +16,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from torch import nn
 from transformers import PreTrainedTokenizerFast
 
-from .tiny import (
+from .testing import (
     FIRST_TEXT_ID,
     IMAGE_TOKEN_ID,
     PAD_TOKEN_ID,

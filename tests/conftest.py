@@ -1,24 +1,32 @@
-"""Shared tiny models (built once per session) and helpers."""
+"""Shared tiny models, built once per session (helpers live in tests/helpers.py)."""
 
 from __future__ import annotations
 
 import pytest
-import torch
 
-import graphprune as gp
-from graphprune.tiny import llava_inputs, mllama_inputs, tiny_llava, tiny_mllama
+from graphprune.testing import llava_inputs, mllama_inputs, tiny_llava
 
-# (text_before, n_images, text_after): 16 visual tokens per image; left-padded to the longest.
-BATCH = [(5, 1, 4), (2, 2, 3), (6, 0, 3)]
-# (text_before, tiles per image, text_after): 17 features per tile, 4 tile slots per image.
-MLLAMA_BATCH = [(1, [4], 5), (2, [2], 3), (0, [1], 6)]
-LOGITS_RTOL = 1e-4
+from .helpers import BATCH, FAMILIES, MLLAMA_BATCH
 
 
 @pytest.fixture(scope="session")
-def llava():
+def family_models():
+    """One tiny model per family of ``helpers.FAMILIES``, built on first use."""
+    models = {}
+
+    def model(name):
+        if name not in models:
+            models[name] = FAMILIES[name].build()
+            assert type(models[name]).__name__ == name
+        return models[name]
+
+    return model
+
+
+@pytest.fixture(scope="session")
+def llava(family_models):
     """Tiny LLaVA, SDPA attention, GQA (4 query heads, 2 key/value heads), 4 layers."""
-    return tiny_llava()
+    return family_models("LlavaForConditionalGeneration")
 
 
 @pytest.fixture(scope="session")
@@ -32,31 +40,11 @@ def batch(llava):
 
 
 @pytest.fixture(scope="session")
-def mllama():
+def mllama(family_models):
     """Tiny Mllama: 5 layers, cross-attention at 1, 3 and 4, GQA (4 query heads, 2 key/value heads)."""
-    return tiny_mllama()
+    return family_models("MllamaForConditionalGeneration")
 
 
 @pytest.fixture(scope="session")
 def mllama_batch(mllama):
     return mllama_inputs(mllama, MLLAMA_BATCH)
-
-
-@torch.no_grad()
-def unmodified_generate(model, method, inputs: dict, max_new_tokens: int) -> torch.Tensor:
-    """Greedy tokens of ``model`` (optimised with ``method``) as it was before ``optimize``; optimised again after."""
-    gp.restore(model)
-    try:
-        return model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    finally:
-        gp.optimize(model, method)
-
-
-def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return float((actual - expected).abs().max() / expected.abs().max())
-
-
-def slot_positions(model):
-    """Per sample, the original position of each valid slot of the last pruned prefill."""
-    record = gp.last_record(model)
-    return [record.keep_index[b][record.slot_valid[b]] for b in range(record.keep_index.shape[0])]

@@ -11,9 +11,9 @@ from graphprune.reference import (
     fastv_reference_generate,
     trimmed_mask_mode,
 )
-from graphprune.tiny import qwen2_vl_inputs, tiny_qwen2_vl
+from graphprune.testing import qwen2_vl_inputs, tiny_qwen2_vl
 
-from .conftest import LOGITS_RTOL, rel_error
+from .helpers import LOGITS_RTOL, rel_error
 
 
 def _qwen2_vl():

@@ -1,5 +1,5 @@
-"""CrossAttentionTrim (Trimmed Llama, arXiv 2504.00557) on tiny Mllama: graph structure, numbers
-against the independent mask-mode reference, cache, explain, restore."""
+"""CrossAttentionTrim (Trimmed Llama, arXiv 2504.00557) on tiny Mllama: graph structure, the sort-free
+selection, explain's report (the behaviour contract is in tests/test_contract.py)."""
 
 import pytest
 import torch
@@ -12,17 +12,9 @@ from graphprune.models import adapter_for
 from graphprune.passes import cross_attention_trim, cross_attention_trim_decode
 from graphprune.passes._graph import layer_index, module_path, symbol
 from graphprune.reference import cross_attention_trim_reference, trimmed_mask_mode
-from graphprune.tiny import features_per_tile, mllama_inputs, tiny_mllama
+from graphprune.testing import features_per_tile, mllama_inputs, tiny_mllama
 
-from .conftest import LOGITS_RTOL, MLLAMA_BATCH, rel_error
-
-METHODS = [gp.CrossAttentionTrim(keep, select) for select in ("head_union", "topk") for keep in (0.25, 0.5)]
-NEW_TOKENS = 5
-
-
-def _kept(model):
-    record = gp.last_record(model)
-    return [record.keep_index[b][record.slot_valid[b]] for b in range(record.keep_index.shape[0])]
+from .helpers import MLLAMA_BATCH
 
 
 def _readers(gm, node):
@@ -118,118 +110,6 @@ def test_decode_reads_the_feature_count_off_the_first_cross_layer():
         expected = model.generate(**inputs, max_new_tokens=3, do_sample=False)
     with optimized(model, gp.CrossAttentionTrim()):
         assert torch.equal(model.generate(**inputs, max_new_tokens=3, do_sample=False), expected)
-
-
-@pytest.mark.parametrize("select", ["head_union", "topk"])
-@torch.no_grad()
-def test_keep_one_equals_the_unmodified_model_exactly(mllama, mllama_batch, select):
-    expected = mllama(**mllama_batch).logits
-    expected_ids = mllama.generate(**mllama_batch, max_new_tokens=NEW_TOKENS, do_sample=False)
-    with optimized(mllama, gp.CrossAttentionTrim(keep=1.0, select=select)):
-        assert torch.equal(mllama(**mllama_batch).logits, expected)
-        assert torch.equal(mllama.generate(**mllama_batch, max_new_tokens=NEW_TOKENS, do_sample=False), expected_ids)
-        report = gp.explain(mllama, **mllama_batch)
-    valid = [torch.arange(tiles[0] * features_per_tile(mllama)) for _, tiles, _ in MLLAMA_BATCH]
-    assert all(torch.equal(kept, every) for kept, every in zip(report.kept, valid, strict=True))
-    assert report.flops_after == report.flops_before and report.kv_bytes_after == report.kv_bytes_before
-
-
-@torch.no_grad()
-def test_text_only_input_equals_the_unmodified_model_exactly(mllama):
-    inputs = mllama_inputs(mllama, [(4, [], 3), (6, [], 2)])
-    expected = mllama.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)
-    with optimized(mllama, gp.CrossAttentionTrim()):
-        assert torch.equal(mllama.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False), expected)
-
-
-@pytest.mark.parametrize("method", METHODS, ids=str)
-@torch.no_grad()
-def test_pass_equals_reference(mllama, mllama_batch, method):
-    reference = cross_attention_trim_reference(mllama, method, **mllama_batch)
-    _assert_clear_cut(reference, method)
-    with trimmed_mask_mode(mllama, reference.kept):
-        expected = mllama(**mllama_batch).logits
-        expected_ids = mllama.generate(**mllama_batch, max_new_tokens=NEW_TOKENS, do_sample=False)
-    with optimized(mllama, method):
-        logits = mllama(**mllama_batch).logits
-        kept = _kept(mllama)
-        ids = mllama.generate(**mllama_batch, max_new_tokens=NEW_TOKENS, do_sample=False)
-    assert [k.tolist() for k in kept] == [k.tolist() for k in reference.kept]
-    assert rel_error(logits[:, -1], expected[:, -1]) <= LOGITS_RTOL
-    assert torch.equal(ids, expected_ids)
-
-
-def _assert_clear_cut(reference, method, margin=1e-5):
-    """The score gap at each top-k cut is far above float error, so the kept sets are not rounding noise."""
-    for b, valid in enumerate(reference.valid):
-        count = gp.methods.n_keep(method.keep, int(valid.sum()))
-        rows = reference.scores[b] if method.select == "head_union" else reference.scores[b].mean(dim=0, keepdim=True)
-        ranked = rows[:, valid].sort(dim=-1, descending=True).values
-        assert (ranked[:, count - 1] - ranked[:, count]).min() > margin
-
-
-def _sample(inputs, b):
-    """Sample ``b`` of a batch on its own, without its left padding."""
-    real = inputs["attention_mask"][b].bool()
-    alone = {name: value[b : b + 1] for name, value in inputs.items()}
-    for name in ("input_ids", "attention_mask", "cross_attention_mask"):
-        alone[name] = alone[name][:, real]
-    return alone
-
-
-@pytest.mark.parametrize("select", ["head_union", "topk"])
-@torch.no_grad()
-def test_a_batch_gives_each_sample_what_it_gives_alone(mllama, mllama_batch, select):
-    """Samples of different lengths (left padding) and tile counts; padding tiles are never kept."""
-    with optimized(mllama, gp.CrossAttentionTrim(keep=0.5, select=select)):
-        logits = mllama(**mllama_batch).logits[:, -1]
-        kept = _kept(mllama)
-        ids = mllama.generate(**mllama_batch, max_new_tokens=NEW_TOKENS, do_sample=False)
-        for b, (_, tiles, _) in enumerate(MLLAMA_BATCH):
-            alone = _sample(mllama_batch, b)
-            alone_logits = mllama(**alone).logits[0, -1]
-            assert torch.equal(_kept(mllama)[0], kept[b])
-            assert rel_error(alone_logits, logits[b]) <= LOGITS_RTOL
-            alone_ids = mllama.generate(**alone, max_new_tokens=NEW_TOKENS, do_sample=False)[0]
-            assert torch.equal(alone_ids, ids[b, -len(alone_ids) :])
-            assert int(kept[b].max()) < tiles[0] * features_per_tile(mllama)
-
-
-@torch.no_grad()
-def test_cache_lengths_per_layer(mllama, mllama_batch):
-    with optimized(mllama, gp.CrossAttentionTrim(keep=0.25, select="topk")):
-        out = mllama(**mllama_batch, use_cache=True)
-        kept = _kept(mllama)
-    lengths = [layer.keys.shape[2] for layer in out.past_key_values.layers]
-    per_tile = features_per_tile(mllama)
-    text, features = mllama_batch["input_ids"].shape[1], 4 * per_tile
-    slots = max(len(k) for k in kept)
-    assert lengths == [text, features, text, slots, slots]  # cross-attention at 1 (ranks), 3 and 4 (trimmed)
-    assert [len(k) for k in kept] == [gp.methods.n_keep(0.25, tiles[0] * per_tile) for _, tiles, _ in MLLAMA_BATCH]
-    assert [layer.values.shape[2] for layer in out.past_key_values.layers] == lengths
-
-
-@torch.no_grad()
-def test_restore_is_exact(mllama, mllama_batch):
-    expected = mllama(**mllama_batch).logits
-    gp.optimize(mllama, gp.CrossAttentionTrim(keep=0.25))
-    assert not torch.equal(mllama(**mllama_batch).logits[:, -1], expected[:, -1])
-    gp.restore(mllama)
-    assert not {"forward", "generate"} & set(vars(mllama)) and "forward" not in vars(mllama.model.language_model)
-    assert torch.equal(mllama(**mllama_batch).logits, expected)
-
-
-@torch.no_grad()
-def test_sampling_equals_reference_sampling(mllama, mllama_batch):
-    method = gp.CrossAttentionTrim(keep=0.5)
-    reference = cross_attention_trim_reference(mllama, method, **mllama_batch)
-    torch.manual_seed(7)
-    with trimmed_mask_mode(mllama, reference.kept):
-        expected = mllama.generate(**mllama_batch, max_new_tokens=NEW_TOKENS, do_sample=True, top_k=0)
-    torch.manual_seed(7)
-    with optimized(mllama, method):
-        ids = mllama.generate(**mllama_batch, max_new_tokens=NEW_TOKENS, do_sample=True, top_k=0)
-    assert torch.equal(ids, expected)
 
 
 @torch.no_grad()

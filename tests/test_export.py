@@ -14,12 +14,12 @@ import onnx  # noqa: E402
 import graphprune as gp  # noqa: E402
 from graphprune import optimized  # noqa: E402
 from graphprune.export.trt_profiles import trt_profiles  # noqa: E402
-from graphprune.tiny import llava_inputs, mllama_inputs, tiny_llava, tiny_mllama  # noqa: E402
+from graphprune.testing import llava_inputs, mllama_inputs, tiny_llava, tiny_mllama  # noqa: E402
 
-from .conftest import BATCH, LOGITS_RTOL, rel_error, unmodified_generate  # noqa: E402
+from .helpers import BATCH, LOGITS_RTOL, rel_error, unmodified_generate  # noqa: E402
 from .onnx_graph import assert_profiles_ordered, node_types, top_k_constants  # noqa: E402
 
-export_onnx = importlib.import_module("graphprune.export.onnx_export")  # the module of gp.export.onnx
+export_onnx = importlib.import_module("graphprune.export.onnx")  # the module; gp.export.onnx is its function
 
 METHOD = gp.FastV(k=1, keep=0.5)
 GRAPHS = ("vision", "embed", "prefill", "decode")

@@ -10,15 +10,16 @@ import sys
 import pytest
 
 import graphprune as gp
+from graphprune import optimized  # noqa: E402
 from graphprune.export.demo import demo
 from graphprune.export.family import BUDGETS, FAMILIES, ExportFamily, export_family, register_family
 from graphprune.export.progress import progress
 from graphprune.methods import method_from_dict, method_to_dict
 from graphprune.models import ADAPTERS
 from graphprune.runtime import optimized_state
-from graphprune.tiny import llava_inputs, tiny_llava
+from graphprune.testing import llava_inputs, tiny_llava
 
-from .conftest import BATCH, optimized
+from .helpers import BATCH
 
 GRAPHS = ("vision", "embed", "prefill", "decode")
 

@@ -17,9 +17,9 @@ pytest.importorskip("onnxruntime", reason="the ONNX extra is not installed: pip 
 import graphprune as gp  # noqa: E402
 from graphprune import optimized  # noqa: E402
 from graphprune.export.staging import staged_folder, writable_folder  # noqa: E402
-from graphprune.tiny import llava_inputs, tiny_llava  # noqa: E402
+from graphprune.testing import llava_inputs, tiny_llava  # noqa: E402
 
-from .conftest import BATCH  # noqa: E402
+from .helpers import BATCH  # noqa: E402
 
 METHOD = gp.FastV(k=1, keep=0.5)
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,9 +10,9 @@ import onnx  # noqa: E402
 import graphprune as gp  # noqa: E402
 from graphprune import optimized  # noqa: E402
 from graphprune.export.trt_profiles import trt_profiles  # noqa: E402
-from graphprune.tiny import tiny_video_llava, video_llava_inputs  # noqa: E402
+from graphprune.testing import tiny_video_llava, video_llava_inputs  # noqa: E402
 
-from .conftest import LOGITS_RTOL, rel_error  # noqa: E402
+from .helpers import LOGITS_RTOL, rel_error  # noqa: E402
 from .onnx_graph import assert_profiles_ordered, top_k_constants  # noqa: E402
 
 METHOD = gp.FastV(k=1, keep=0.5)

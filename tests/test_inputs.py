@@ -13,9 +13,9 @@ import torch
 
 import graphprune as gp
 from graphprune import optimized
-from graphprune.tiny import llava_inputs, mllama_inputs, qwen2_vl_inputs, tiny_llava, tiny_qwen2_vl
+from graphprune.testing import llava_inputs, mllama_inputs, qwen2_vl_inputs, tiny_llava, tiny_qwen2_vl
 
-from .conftest import BATCH, MLLAMA_BATCH
+from .helpers import BATCH, MLLAMA_BATCH
 
 FASTV = gp.FastV(k=2, keep=0.5)
 TRIMS = [gp.CrossAttentionTrim(keep=0.5, select=select) for select in ("head_union", "topk")]

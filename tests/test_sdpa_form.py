@@ -8,7 +8,7 @@ from graphprune import FastV, ops
 from graphprune.capture import capture_prefill, causal_prefill
 from graphprune.models import adapter_for
 from graphprune.passes import fastv
-from graphprune.tiny import llava_inputs, qwen2_vl_inputs, tiny_llava, tiny_qwen2_vl
+from graphprune.testing import llava_inputs, qwen2_vl_inputs, tiny_llava, tiny_qwen2_vl
 
 SDPA = torch.ops.aten.scaled_dot_product_attention.default
 METHOD = FastV(k=2, keep=0.5)

@@ -3,7 +3,7 @@
 import torch
 
 import graphprune as gp
-from graphprune.tiny import llava_inputs, tiny_llava
+from graphprune.testing import llava_inputs, tiny_llava
 
 
 def _decoder_sdpa_masks(fn, heads: int) -> list[list[int]]:

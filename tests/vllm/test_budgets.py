@@ -13,7 +13,7 @@ pytest.importorskip("vllm", reason="vLLM is not installed: the vLLM plugin tests
 from transformers import LlavaForConditionalGeneration
 
 import graphprune as gp
-from graphprune.tiny import tiny_llava
+from graphprune.testing import tiny_llava
 from graphprune.tiny_checkpoints import save_llava
 
 from .conftest import close, hf_tokens, make_llm, vllm_tokens

@@ -8,7 +8,7 @@ pytest.importorskip("vllm", reason="vLLM is not installed: the vLLM plugin tests
 from transformers import LlavaNextForConditionalGeneration
 
 import graphprune as gp
-from graphprune.tiny import tiny_llava_next
+from graphprune.testing import tiny_llava_next
 from graphprune.tiny_checkpoints import random_image, save_llava_next
 
 from .conftest import close, hf_tokens, make_llm, vllm_tokens

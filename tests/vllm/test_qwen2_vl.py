@@ -8,7 +8,7 @@ pytest.importorskip("vllm", reason="vLLM is not installed: the vLLM plugin tests
 from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
 
 import graphprune as gp
-from graphprune.tiny import tiny_qwen2_vl
+from graphprune.testing import tiny_qwen2_vl
 from graphprune.tiny_checkpoints import random_image, save_qwen2_vl
 
 from .conftest import close, hf_tokens, make_llm, vllm_tokens

@@ -23,7 +23,7 @@ import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 import graphprune as gp
-from graphprune.tiny import tiny_llava
+from graphprune.testing import tiny_llava
 from graphprune.tiny_checkpoints import random_image, save_llava
 
 from .conftest import MAX_NEW_TOKENS

@@ -100,7 +100,7 @@ class LlavaExport(FastVFamily):
 
     @classmethod
     def demo(cls, method, name: str):
-        from ...tiny import llava_inputs, tiny_llava
+        from ...testing import llava_inputs, tiny_llava
 
         model = optimize(tiny_llava(num_layers=DEMO_LAYERS), method)
         return model, llava_inputs(model, [(5, 1, 4), (2, 1, 3)])

@@ -275,7 +275,7 @@ class MllamaExport(ExportFamily):
 
     @classmethod
     def demo(cls, method, name: str):
-        from ...tiny import mllama_inputs, tiny_mllama
+        from ...testing import mllama_inputs, tiny_mllama
 
         model = optimize(tiny_mllama(), method)
         return model, mllama_inputs(model, [(1, [4, 2], 3), (2, [2], 4)])

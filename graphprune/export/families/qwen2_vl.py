@@ -221,7 +221,7 @@ class Qwen2VLExport(FastVFamily):
 
     @classmethod
     def demo(cls, method, name: str):
-        from ...tiny import qwen2_vl_inputs, tiny_qwen2_vl
+        from ...testing import qwen2_vl_inputs, tiny_qwen2_vl
 
         model = optimize(tiny_qwen2_vl(version=VERSIONS[name], num_layers=DEMO_LAYERS), method)
         return model, qwen2_vl_inputs(model, [(3, [(8, 8)], [], 4), (2, [(4, 8)], [(4, 4, 4)], 3)])

@@ -135,7 +135,7 @@ class VideoLlavaExport(FastVFamily):
 
     @classmethod
     def demo(cls, method, name: str):
-        from ...tiny import tiny_video_llava, video_llava_inputs
+        from ...testing import tiny_video_llava, video_llava_inputs
 
         model = optimize(tiny_video_llava(num_layers=DEMO_LAYERS), method)
         return model, video_llava_inputs(model, [(3, 1, 1, 4), (2, 0, 1, 3)])

@@ -1,0 +1,73 @@
+"""Tiny LLaVA-1.5 (``LlavaForConditionalGeneration``) and its inputs."""
+
+from __future__ import annotations
+
+import torch
+from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+from .common import (
+    IMAGE_TOKEN_ID,
+    PAD_TOKEN_ID,
+    build,
+    clip_config,
+    finish,
+    left_padded,
+    llama_text_config,
+    sample_generators,
+    text_ids,
+)
+
+
+def tiny_llava(
+    *,
+    hidden_size: int = 64,
+    intermediate_size: int = 128,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    vocab_size: int = 128,
+    image_size: int = 32,
+    patch_size: int = 8,
+    attn_implementation: str = "sdpa",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    qk_gain: float = 2.0,
+) -> LlavaForConditionalGeneration:
+    """A ``LlavaForConditionalGeneration`` with a Llama decoder (GQA when ``num_kv_heads < num_heads``)
+    and a CLIP vision tower giving ``(image_size / patch_size)²`` visual tokens per image; in eval mode."""
+    config = LlavaConfig(
+        text_config=llama_text_config(hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads, vocab_size),
+        vision_config=clip_config(image_size, patch_size),
+        image_token_id=IMAGE_TOKEN_ID,
+        pad_token_id=PAD_TOKEN_ID,
+        vocab_size=vocab_size,
+    )
+    return finish(build(LlavaForConditionalGeneration, config, seed), seed, qk_gain, attn_implementation, dtype)
+
+
+def image_tokens_per_image(model: LlavaForConditionalGeneration) -> int:
+    vision = model.config.vision_config
+    return (vision.image_size // vision.patch_size) ** 2
+
+
+def llava_inputs(
+    model: LlavaForConditionalGeneration, samples: list[tuple[int, int, int]], seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """Left-padded inputs; each sample is ``(text_before, n_images, text_after)`` token counts.
+
+    Every image contributes ``image_tokens_per_image`` image tokens (one contiguous span per image,
+    separated by a text token) and one ``pixel_values`` entry, in sample order as LLaVA expects.
+    """
+    vocab, side = model.config.text_config.vocab_size, model.config.vision_config.image_size
+    per_image = image_tokens_per_image(model)
+    rows, images = [], []
+    for (before, n_images, after), generator in sample_generators(samples, seed):
+        row = text_ids(generator, vocab, before)
+        for image in range(n_images):
+            row += [IMAGE_TOKEN_ID] * per_image + text_ids(generator, vocab, int(image < n_images - 1))
+        rows.append(row + text_ids(generator, vocab, after))
+        images += [torch.randn((3, side, side), generator=generator) for _ in range(n_images)]
+    inputs = left_padded(rows)
+    if images:
+        inputs["pixel_values"] = torch.stack(images).to(model.dtype)
+    return inputs

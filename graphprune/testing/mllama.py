@@ -1,0 +1,128 @@
+"""Tiny Mllama (LLaMA-3.2-Vision, ``MllamaForConditionalGeneration``) and its inputs."""
+
+from __future__ import annotations
+
+import torch
+from transformers import MllamaConfig, MllamaForConditionalGeneration
+
+from .common import IMAGE_TOKEN_ID, PAD_TOKEN_ID, build, finish, sample_generators, text_ids
+
+
+def tiny_mllama(
+    *,
+    hidden_size: int = 64,
+    intermediate_size: int = 128,
+    num_layers: int = 5,
+    cross_attention_layers: tuple[int, ...] = (1, 3, 4),
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    vocab_size: int = 128,
+    image_size: int = 56,
+    patch_size: int = 14,
+    attn_implementation: str = "sdpa",
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    qk_gain: float = 2.0,
+) -> MllamaForConditionalGeneration:
+    """A ``MllamaForConditionalGeneration`` (LLaMA-3.2-Vision layout) with cross-attention at
+    ``cross_attention_layers``, up to 4 tiles per image and ``(image_size / patch_size)² + 1``
+    features per tile; in eval mode.
+
+    The cross-attention gates (zero at init, which would make cross-attention a no-op) are set to 1,
+    and the cross-attention q/k norms are scaled by ``qk_gain`` so that rankings are not flat. The
+    weights are made on ``device`` (benchmarks build full-size models on the GPU).
+    """
+    config = MllamaConfig(
+        text_config=dict(
+            hidden_size=hidden_size,
+            intermediate_size=intermediate_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=num_heads,
+            num_key_value_heads=num_kv_heads,
+            vocab_size=vocab_size,
+            cross_attention_layers=list(cross_attention_layers),
+            pad_token_id=PAD_TOKEN_ID,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_global_layers=1,
+            num_attention_heads=2,
+            image_size=image_size,
+            patch_size=patch_size,
+            vision_output_dim=64,
+            intermediate_layers_indices=[0],
+        ),
+        image_token_index=IMAGE_TOKEN_ID,
+    )
+    model = build(MllamaForConditionalGeneration, config, seed, device)
+    model = finish(model, seed, qk_gain, attn_implementation, dtype, device)
+    with torch.no_grad():
+        for layer in model.model.language_model.layers:
+            if hasattr(layer, "cross_attn"):
+                layer.cross_attn_attn_gate.fill_(1.0)
+                layer.cross_attn_mlp_gate.fill_(1.0)
+                layer.cross_attn.q_norm.weight.fill_(qk_gain)
+                layer.cross_attn.k_norm.weight.fill_(qk_gain)
+    return model
+
+
+def features_per_tile(model: MllamaForConditionalGeneration) -> int:
+    return model.model.vision_model.num_patches
+
+
+def mllama_inputs(
+    model: MllamaForConditionalGeneration, samples: list[tuple[int, list[int], int]], seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """Left-padded inputs as ``MllamaProcessor`` lays them out; each sample is
+    ``(text_before, tiles_per_image, text_after)``, e.g. ``(3, [4, 2], 5)``: two images of 4 and 2 tiles.
+
+    Each image is one image token; the text from it up to the next image (the last: to the end)
+    attends to that image's real tiles. Padding tiles and missing images have zero pixels, aspect
+    ratio id 0 and a zero mask, as the processor makes them.
+    """
+    vocab = model.config.text_config.vocab_size
+    vision = model.config.vision_config
+    max_tiles, side = vision.max_num_tiles, vision.image_size
+    ratio_ids = {tiles: vision.supported_aspect_ratios.index([1, tiles]) + 1 for tiles in range(1, max_tiles + 1)}
+    rows, image_starts, tile_pixels = [], [], []
+    for (before, tiles, after), generator in sample_generators(samples, seed):
+        row, starts = text_ids(generator, vocab, before), []
+        for image in range(len(tiles)):
+            starts.append(len(row))
+            row += [IMAGE_TOKEN_ID] + text_ids(generator, vocab, int(image < len(tiles) - 1))
+        rows.append(row + text_ids(generator, vocab, after))
+        image_starts.append(starts)
+        tile_pixels.append([torch.randn((n, 3, side, side), generator=generator) for n in tiles])
+    length = max(len(row) for row in rows)
+    max_images = max(1, max(len(tiles) for _, tiles, _ in samples))
+    batch = len(rows)
+    input_ids = torch.full((batch, length), PAD_TOKEN_ID, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    cross_attention_mask = torch.zeros(batch, length, max_images, max_tiles, dtype=torch.long)
+    pixel_values = torch.zeros(batch, max_images, max_tiles, 3, side, side)
+    aspect_ratio_ids = torch.zeros(batch, max_images, dtype=torch.long)
+    aspect_ratio_mask = torch.zeros(batch, max_images, max_tiles, dtype=torch.long)
+    for b, ((_, tiles, _), row, starts) in enumerate(zip(samples, rows, image_starts, strict=True)):
+        offset = length - len(row)
+        input_ids[b, offset:] = torch.tensor(row)
+        attention_mask[b, offset:] = 1
+        ends = [*starts[1:], len(row)][: len(starts)]
+        for image, (n_tiles, start, end) in enumerate(zip(tiles, starts, ends, strict=True)):
+            cross_attention_mask[b, offset + start : offset + end, image, :n_tiles] = 1
+            pixel_values[b, image, :n_tiles] = tile_pixels[b][image]
+            aspect_ratio_ids[b, image] = ratio_ids[n_tiles]
+            aspect_ratio_mask[b, image, :n_tiles] = 1
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if any(tiles for _, tiles, _ in samples):
+        inputs |= {
+            "pixel_values": pixel_values.to(model.dtype),
+            "aspect_ratio_ids": aspect_ratio_ids,
+            "aspect_ratio_mask": aspect_ratio_mask,
+            "cross_attention_mask": cross_attention_mask,
+        }
+    return inputs

@@ -1,0 +1,125 @@
+"""Tiny Qwen2-VL and Qwen2.5-VL (M-RoPE; images and videos as patch rows) and their inputs."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from transformers import (
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+)
+
+from .common import (
+    IMAGE_TOKEN_ID,
+    PAD_TOKEN_ID,
+    VIDEO_TOKEN_ID,
+    VISION_END_TOKEN_ID,
+    VISION_START_TOKEN_ID,
+    build,
+    finish,
+    left_padded,
+    sample_generators,
+    text_ids,
+)
+
+
+def tiny_qwen2_vl(
+    *,
+    version: str = "2",
+    hidden_size: int = 64,
+    intermediate_size: int = 128,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    vocab_size: int = 128,
+    mrope_section: tuple[int, int, int] = (2, 3, 3),
+    patch_size: int = 2,
+    attn_implementation: str = "sdpa",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    qk_gain: float = 2.0,
+) -> Qwen2VLForConditionalGeneration | Qwen2_5_VLForConditionalGeneration:
+    """A ``Qwen2VLForConditionalGeneration`` (``version="2"``) or ``Qwen2_5_VLForConditionalGeneration``
+    (``"2.5"``: windowed vision attention) with M-RoPE; ``sum(mrope_section)`` must be half the head
+    dim. Spatial merge 2, temporal patch 2: a ``(t, h, w)`` patch grid gives ``t·h·w / 4`` tokens."""
+    if version not in ("2", "2.5"):
+        raise ValueError(f"version must be '2' or '2.5'; got {version!r}")
+    if 2 * sum(mrope_section) != hidden_size // num_heads:
+        raise ValueError(
+            f"2 * sum(mrope_section) must equal the head dim {hidden_size // num_heads}; got {mrope_section}"
+        )
+    text = dict(
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        vocab_size=vocab_size,
+        max_position_embeddings=4096,
+        rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=list(mrope_section)),
+        pad_token_id=PAD_TOKEN_ID,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
+    vision = dict(depth=2, num_heads=2, patch_size=patch_size, spatial_merge_size=2, temporal_patch_size=2)
+    if version == "2":
+        config_class, model_class = Qwen2VLConfig, Qwen2VLForConditionalGeneration
+        vision.update(embed_dim=32, mlp_ratio=2, hidden_size=hidden_size)
+    else:
+        config_class, model_class = Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+        # windows of 2x2 merged tokens; block 1 attends globally
+        vision.update(hidden_size=32, intermediate_size=64, out_hidden_size=hidden_size)
+        vision.update(window_size=4 * patch_size, fullatt_block_indexes=[1])
+    config = config_class(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=IMAGE_TOKEN_ID,
+        video_token_id=VIDEO_TOKEN_ID,
+        vision_start_token_id=VISION_START_TOKEN_ID,
+        vision_end_token_id=VISION_END_TOKEN_ID,
+    )
+    return finish(build(model_class, config, seed), seed, qk_gain, attn_implementation, dtype)
+
+
+def qwen2_vl_inputs(
+    model: Qwen2VLForConditionalGeneration | Qwen2_5_VLForConditionalGeneration,
+    samples: list[tuple[int, list[tuple[int, int]], list[tuple[int, int, int]], int]],
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Left-padded inputs; each sample is ``(text_before, images, videos, text_after)``.
+
+    An image is its ``(h, w)`` patch grid, a video its ``(t, h, w)`` grid (``2t`` frames), h and w
+    even; each sits between vision start and end tokens, images first. Also returns the patch rows
+    (``pixel_values``, ``pixel_values_videos``), ``image_grid_thw``/``video_grid_thw`` and
+    ``mm_token_type_ids`` (0 text, 1 image, 2 video), as Qwen2-VL's processor does.
+    """
+    vision = model.config.vision_config
+    vocab, merge = model.config.text_config.vocab_size, vision.spatial_merge_size**2
+    patch_features = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
+    rows, token_types = [], []
+    visuals = {"image": ([], []), "video": ([], [])}  # per kind: grids, patch rows
+    for (before, images, videos, after), generator in sample_generators(samples, seed):
+        row, types = text_ids(generator, vocab, before), [0] * before
+        for kind, grid, token, type_id in [("image", (1, *g), IMAGE_TOKEN_ID, 1) for g in images] + [
+            ("video", g, VIDEO_TOKEN_ID, 2) for g in videos
+        ]:
+            count = math.prod(grid) // merge
+            row += [VISION_START_TOKEN_ID] + [token] * count + [VISION_END_TOKEN_ID]
+            types += [0] + [type_id] * count + [0]
+            visuals[kind][0].append(grid)
+            visuals[kind][1].append(torch.randn((math.prod(grid), patch_features), generator=generator))
+        rows.append(row + text_ids(generator, vocab, after))
+        token_types.append(types + [0] * after)
+    inputs = left_padded(rows)
+    inputs["mm_token_type_ids"] = torch.zeros_like(inputs["input_ids"])
+    for b, types in enumerate(token_types):
+        inputs["mm_token_type_ids"][b, inputs["input_ids"].shape[1] - len(types) :] = torch.tensor(types)
+    for kind, pixels in [("image", "pixel_values"), ("video", "pixel_values_videos")]:
+        grids, patch_rows = visuals[kind]
+        if grids:
+            inputs[pixels] = torch.cat(patch_rows).to(model.dtype)
+            inputs[f"{kind}_grid_thw"] = torch.tensor(grids)
+    return inputs

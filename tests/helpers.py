@@ -1,0 +1,220 @@
+"""Helpers and the one list of families x methods that the contract suite (tests/test_contract.py) runs over.
+
+Every read of graphprune's per-call prefill record goes through :func:`prefill_record`.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+import graphprune as gp
+from graphprune.methods import n_keep
+from graphprune.models import adapter_for
+from graphprune.reference import (
+    cross_attention_trim_reference,
+    fastv_reference,
+    fastv_reference_generate,
+    trimmed_mask_mode,
+)
+from graphprune.testing import (
+    features_per_tile,
+    llava_inputs,
+    llava_next_inputs,
+    mllama_inputs,
+    qwen2_vl_inputs,
+    tiny_llava,
+    tiny_llava_next,
+    tiny_mllama,
+    tiny_qwen2_vl,
+    tiny_video_llava,
+    video_llava_inputs,
+)
+
+# (text_before, n_images, text_after): 16 visual tokens per image; left-padded to the longest.
+BATCH = [(5, 1, 4), (2, 2, 3), (6, 0, 3)]
+# (text_before, tiles per image, text_after): 17 features per tile, 4 tile slots per image.
+MLLAMA_BATCH = [(1, [4], 5), (2, [2], 3), (0, [1], 6)]
+QWEN_SAMPLES = [(3, [(8, 8)], [], 4), (2, [(4, 8)], [(4, 4, 4)], 3), (5, [], [], 2)]  # 16 | 8 + 16 video | 0 visual
+LOGITS_RTOL = 1e-4
+
+
+@dataclass(frozen=True)
+class Family:
+    """A registered model class, its tiny model and batches, and the methods the contract suite runs on it."""
+
+    build: Callable  # () -> model
+    inputs: Callable  # (model, samples, seed=0) -> inputs; sample i alone is inputs(model, [samples[i]], seed=i)
+    samples: list  # the batch: samples with different visual counts, in the inputs builder's format
+    text_only: list  # a batch without visual input
+    methods: tuple  # pass == reference for each (the first is also the one restore runs)
+    variants: tuple  # keep=1 (at keep 1.0), text-only, batch == alone, sampling, eos
+
+
+FASTV_VARIANT = (gp.FastV(k=2, keep=0.5),)
+FAMILIES = {
+    "LlavaForConditionalGeneration": Family(
+        tiny_llava,
+        llava_inputs,
+        BATCH,
+        [(7, 0, 3), (4, 0, 2)],
+        tuple(itertools.starmap(gp.FastV, itertools.product((1, 2, 3), (0.25, 0.5, 0.75), ("last", "mean")))),
+        (gp.FastV(k=2, keep=0.5), gp.FastV(k=2, keep=0.5, query="mean")),
+    ),
+    # 52 | 88 + 46 (two images, two spans) | 0 visual tokens
+    "LlavaNextForConditionalGeneration": Family(
+        tiny_llava_next,
+        llava_next_inputs,
+        [(3, [(16, 32)], 4), (2, [(32, 32), (20, 12)], 3), (5, [], 2)],
+        [(4, [], 3), (6, [], 2)],
+        (gp.FastV(k=2, keep=0.5), gp.FastV(k=1, keep=0.25, query="mean")),
+        FASTV_VARIANT,
+    ),
+    # 16 + 136 | 136 (video only) | 16 (image only)
+    "VideoLlavaForConditionalGeneration": Family(
+        tiny_video_llava,
+        video_llava_inputs,
+        [(3, 1, 1, 4), (2, 0, 1, 3), (5, 1, 0, 2)],
+        [(4, 0, 0, 3), (6, 0, 0, 2)],
+        (gp.FastV(k=2, keep=0.5), gp.FastV(k=1, keep=0.25, query="mean")),
+        FASTV_VARIANT,
+    ),
+    "Qwen2VLForConditionalGeneration": Family(
+        functools.partial(tiny_qwen2_vl, version="2"),
+        qwen2_vl_inputs,
+        QWEN_SAMPLES,
+        [(4, [], [], 3), (6, [], [], 2)],
+        (gp.FastV(k=2, keep=0.5), gp.FastV(k=1, keep=0.25, query="mean")),
+        FASTV_VARIANT,
+    ),
+    "Qwen2_5_VLForConditionalGeneration": Family(
+        functools.partial(tiny_qwen2_vl, version="2.5"),
+        qwen2_vl_inputs,
+        QWEN_SAMPLES,
+        [(4, [], [], 3), (6, [], [], 2)],
+        (gp.FastV(k=2, keep=0.5), gp.FastV(k=1, keep=0.25, query="mean")),
+        FASTV_VARIANT,
+    ),
+    "MllamaForConditionalGeneration": Family(
+        tiny_mllama,
+        mllama_inputs,
+        MLLAMA_BATCH,
+        [(4, [], 3), (6, [], 2)],
+        tuple(gp.CrossAttentionTrim(keep, select) for select in ("head_union", "topk") for keep in (0.25, 0.5)),
+        (gp.CrossAttentionTrim(0.5, "head_union"), gp.CrossAttentionTrim(0.5, "topk")),
+    ),
+}
+# The contract suite's cases: every family with each of its methods.
+CASES = [(name, method) for name, family in FAMILIES.items() for method in family.methods]
+VARIANTS = [(name, method) for name, family in FAMILIES.items() for method in family.variants]
+
+
+@torch.no_grad()
+def unmodified_generate(model, method, inputs: dict, max_new_tokens: int) -> torch.Tensor:
+    """Greedy tokens of ``model`` (optimised with ``method``) as it was before ``optimize``; optimised again after."""
+    gp.restore(model)
+    try:
+        return model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    finally:
+        gp.optimize(model, method)
+
+
+def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((actual - expected).abs().max() / expected.abs().max())
+
+
+def prefill_record(model):
+    """The record of the optimised model's last pruned prefill (``keep_index``, ``slot_valid``, ...)."""
+    return gp.last_record(model)
+
+
+def slot_positions(model) -> list[torch.Tensor]:
+    """Per sample, what each valid slot of the last pruned prefill holds: FastV its original position,
+    CrossAttentionTrim its feature index (the kept features)."""
+    record = prefill_record(model)
+    return [record.keep_index[b][record.slot_valid[b]] for b in range(record.keep_index.shape[0])]
+
+
+@dataclass
+class Expected:
+    """The reference's answer for one method on one batch: ``kept`` per sample, all logits, greedy or sampled ids."""
+
+    reference: object
+    logits: torch.Tensor
+    ids: torch.Tensor | None
+
+
+@torch.no_grad()
+def reference_run(model, method, inputs: dict, new_tokens: int | None = None, **sampling) -> Expected:
+    """The independent reference (``graphprune.reference``) for ``method``; ids when ``new_tokens`` is given
+    (``sampling``: ``do_sample=True`` and its settings; draws from torch's global generator)."""
+    if isinstance(method, gp.FastV):
+        reference = fastv_reference(model, method, **inputs)
+        ids = None
+        if new_tokens is not None:
+            sample = sampling.get("do_sample", False)
+            ids = fastv_reference_generate(model, method, **inputs, max_new_tokens=new_tokens, sample=sample)
+        return Expected(reference, reference.logits, ids)
+    reference = cross_attention_trim_reference(model, method, **inputs)
+    with trimmed_mask_mode(model, reference.kept):
+        logits = model(**inputs).logits
+        ids = None
+        if new_tokens is not None:
+            ids = model.generate(**inputs, max_new_tokens=new_tokens, **({"do_sample": False} | sampling))
+    return Expected(reference, logits, ids)
+
+
+def assert_clear_cut(reference, method, margin: float = 1e-5) -> None:
+    """Only a top-k cut far from a tie makes the comparison meaningful: check the score gap there."""
+    if isinstance(method, gp.FastV):
+        for b in range(reference.visual.shape[0]):
+            scores = reference.scores[b][reference.visual[b]].sort(descending=True).values
+            n = len(reference.kept[b])
+            if 0 < n < len(scores):
+                assert scores[n - 1] - scores[n] > margin * scores[0], f"sample {b}: near-tie at the cut"
+        return
+    for b, valid in enumerate(reference.valid):
+        count = n_keep(method.keep, int(valid.sum()))
+        rows = reference.scores[b] if method.select == "head_union" else reference.scores[b].mean(dim=0, keepdim=True)
+        ranked = rows[:, valid].sort(dim=-1, descending=True).values
+        assert (ranked[:, count - 1] - ranked[:, count]).min() > margin, f"sample {b}: near-tie at the cut"
+
+
+def visual_units(model, inputs: dict) -> list[torch.Tensor]:
+    """Per sample, what a method may keep, ascending: FastV the visual positions; CrossAttentionTrim the
+    features of the tiles some text row may attend (images x tiles x patches, flattened)."""
+    visual = adapter_for(model).visual_mask(model, inputs["input_ids"], None)
+    if visual is not None:
+        return [row.nonzero().flatten() for row in visual]
+    if "cross_attention_mask" not in inputs:
+        return [torch.zeros(0, dtype=torch.long) for _ in inputs["input_ids"]]
+    tiles = inputs["cross_attention_mask"].bool().any(dim=1).flatten(1)  # [B, images * tiles]
+    return [row.repeat_interleave(features_per_tile(model)).nonzero().flatten() for row in tiles]
+
+
+def positional(method) -> bool:
+    """Whether the method's kept indices are sequence positions (so shift with left padding)."""
+    return isinstance(method, gp.FastV)
+
+
+def expected_cache_lengths(model, method, inputs: dict, kept: list[torch.Tensor], new_tokens: int = 0) -> list[int]:
+    """Per decoder layer, the positions its cache holds after the prefill and ``new_tokens`` decode steps."""
+    seq_len = inputs["input_ids"].shape[1] + new_tokens
+    if isinstance(method, gp.FastV):
+        real = inputs["attention_mask"].sum(dim=1)
+        visual = [len(units) for units in visual_units(model, inputs)]
+        pruned = max(int(r) - v + len(k) for r, v, k in zip(real, visual, kept, strict=True)) + new_tokens
+        layers = model.config.text_config.num_hidden_layers
+        return [seq_len] * method.k + [pruned] * (layers - method.k)
+    text = model.config.text_config
+    first, *later = text.cross_attention_layers
+    vision = model.config.vision_config
+    images = inputs["cross_attention_mask"].shape[2]
+    features = images * vision.max_num_tiles * features_per_tile(model)
+    slots = max(len(k) for k in kept)
+    lengths = {first: features} | {layer: slots for layer in later}
+    return [lengths.get(layer, seq_len) for layer in range(text.num_hidden_layers)]
