@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import graphprune as gp
+from graphprune import optimized
 
 from .helpers import (
     CASES,
@@ -23,7 +24,6 @@ from .helpers import (
     VARIANTS,
     assert_clear_cut,
     expected_cache_lengths,
-    optimized,
     positional,
     reference_run,
     rel_error,
