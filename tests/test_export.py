@@ -19,7 +19,7 @@ from graphprune.testing import llava_inputs, mllama_inputs, tiny_llava, tiny_mll
 from .helpers import BATCH, LOGITS_RTOL, rel_error, unmodified_generate  # noqa: E402
 from .onnx_graph import assert_profiles_ordered, node_types, top_k_constants  # noqa: E402
 
-export_onnx = importlib.import_module("graphprune.export.onnx")  # the module; gp.export.onnx is its function
+export_onnx = importlib.import_module("graphprune.export.onnx_export")  # the module of gp.export.onnx
 
 METHOD = gp.FastV(k=1, keep=0.5)
 GRAPHS = ("vision", "embed", "prefill", "decode")
