@@ -32,13 +32,10 @@ case to ``$OUT/gpu_suite.json`` (if ``OUT`` is set) and ``--json``. ``--smoke`` 
 from __future__ import annotations
 
 import argparse
-import collections
-import contextlib
 import gc
 import json
 import os
 import platform
-import re
 import sys
 import time
 import traceback
@@ -46,21 +43,18 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import LlavaConfig, LlavaForConditionalGeneration, Qwen2VLConfig, Qwen2VLForConditionalGeneration
+from transformers import LlavaForConditionalGeneration, Qwen2VLForConditionalGeneration
 
 # run from a checkout without installing; this file's folder off the path (its onnx.py and vllm.py would shadow those)
 HERE = Path(__file__).resolve().parent
 sys.path[:] = [str(HERE.parent)] + [entry for entry in sys.path if Path(entry or ".").resolve() != HERE]
 
+
 import graphprune as gp  # noqa: E402
+from benchmarks.gpu_models import build, llava_config, qwen2_vl_config  # noqa: E402
+from benchmarks.gpu_report import VARIANTS, report, seconds_text, summary  # noqa: E402
 from benchmarks.harness import (  # noqa: E402
     IMAGE_TOKEN_ID,
-    LLAMA_7B,
-    PAD_TOKEN_ID,
-    QWEN_7B,
-    VIDEO_TOKEN_ID,
-    VISION_END_TOKEN_ID,
-    VISION_START_TOKEN_ID,
     device_name,
     llava_inputs,
     qwen2_vl_inputs,
@@ -68,77 +62,10 @@ from benchmarks.harness import (  # noqa: E402
     shared_copy,
     spread_ms,
     sync_for,
-    table,
     timed,
 )
 from benchmarks.original_fastv import OriginalFastV  # noqa: E402
-
-VARIANTS = {"a": "(a) unmodified", "b": "(b) graphprune", "c": "(c) FastV eager"}
-SDPA_KINDS = {
-    "aten::_scaled_dot_product_flash_attention": "flash",
-    "aten::_scaled_dot_product_efficient_attention": "efficient",
-    "aten::_scaled_dot_product_cudnn_attention": "cudnn",
-    "aten::_scaled_dot_product_attention_math": "math",
-    "aten::_scaled_dot_product_flash_attention_for_cpu": "flash (cpu)",
-}
-PREFILL_TARGET = 1.7  # speedup of (b) over (a), LLaVA-1.5-7B, keep=0.5 (issue 15)
-
-
-def _llama(shape: dict, vocab: int) -> dict:
-    return dict(
-        model_type="llama",
-        hidden_size=shape["hidden_size"],
-        intermediate_size=shape["intermediate_size"],
-        num_hidden_layers=shape["num_layers"],
-        num_attention_heads=shape["num_heads"],
-        num_key_value_heads=shape["num_kv_heads"],
-        vocab_size=vocab,
-        max_position_embeddings=4096,
-        pad_token_id=PAD_TOKEN_ID,
-    )
-
-
-def llava_config(smoke: bool) -> LlavaConfig:
-    text = dict(hidden_size=64, intermediate_size=128, num_layers=4, num_heads=4, num_kv_heads=4) if smoke else LLAMA_7B
-    clip = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
-    if not smoke:  # CLIP ViT-L/14-336
-        clip = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16)
-    return LlavaConfig(
-        text_config=_llama(text, 256 if smoke else 32064),
-        vision_config=dict(model_type="clip_vision_model", image_size=336, patch_size=14, projection_dim=768, **clip),
-        image_token_id=IMAGE_TOKEN_ID,
-        pad_token_id=PAD_TOKEN_ID,
-        vocab_size=256 if smoke else 32064,
-    )
-
-
-def qwen2_vl_config(smoke: bool) -> Qwen2VLConfig:
-    shape = dict(hidden_size=64, intermediate_size=128, num_layers=4, num_heads=4, num_kv_heads=2) if smoke else QWEN_7B
-    text = dict(
-        hidden_size=shape["hidden_size"],
-        intermediate_size=shape["intermediate_size"],
-        num_hidden_layers=shape["num_layers"],
-        num_attention_heads=shape["num_heads"],
-        num_key_value_heads=shape["num_kv_heads"],
-        vocab_size=256 if smoke else 152064,
-        max_position_embeddings=32768,
-        rope_parameters=dict(rope_type="default", rope_theta=1e6, mrope_section=[2, 3, 3] if smoke else [16, 24, 24]),
-        pad_token_id=PAD_TOKEN_ID,
-        bos_token_id=None,
-        eos_token_id=None,
-    )
-    vision = dict(depth=2, embed_dim=32, num_heads=2) if smoke else dict(depth=32, embed_dim=1280, num_heads=16)
-    vision.update(mlp_ratio=4, hidden_size=shape["hidden_size"], patch_size=14, spatial_merge_size=2)
-    vision.update(temporal_patch_size=2, in_channels=3)
-    return Qwen2VLConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=IMAGE_TOKEN_ID,
-        video_token_id=VIDEO_TOKEN_ID,
-        vision_start_token_id=VISION_START_TOKEN_ID,
-        vision_end_token_id=VISION_END_TOKEN_ID,
-    )
-
+from benchmarks.sdpa_kernels import sdpa_kernels  # noqa: E402
 
 CASES = {
     # name: config, model class, inputs builder and one sample in its format (36 text + 576 visual + 28 text)
@@ -147,64 +74,8 @@ CASES = {
 }
 
 
-@contextlib.contextmanager
-def _default_dtype(dtype: torch.dtype):
-    saved = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(saved)
-
-
-def build(config, model_class, device: torch.device, dtype: torch.dtype):
-    """Random weights made where they run, in their dtype; greedy generation of exactly the asked length."""
-    with torch.device(device), _default_dtype(dtype):
-        model = model_class(config)
-    model.set_attn_implementation("sdpa")
-    model.generation_config.pad_token_id = PAD_TOKEN_ID
-    model.generation_config.eos_token_id = None
-    model.generation_config.do_sample = False
-    return model.eval()
-
-
 def _inputs(model, make, sample, batch: int, device) -> dict:
     return {k: v.to(device) for k, v in make(model, [sample] * batch).items()}
-
-
-def sdpa_kernels(fn, device: torch.device, heads: int, head_dim: int, layers: int) -> dict:
-    """One profiled call: per SDPA kernel kind, in how many decoder layers it ran (calls whose query is
-    ``[B, heads, T, head_dim]``); layers with no SDPA call count as ``none (eager)``; and the CUDA kernels
-    whose names look like attention."""
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    if device.type == "cuda":
-        activities.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.profiler.profile(activities=activities, record_shapes=True) as prof:
-        fn()
-        sync_for(device)()
-    kinds, other_shapes = collections.Counter(), collections.Counter()
-    for event in prof.events():
-        if event.name != "aten::scaled_dot_product_attention":
-            continue
-        query = list(event.input_shapes[0]) if event.input_shapes else []
-        if len(query) != 4 or query[1] != heads or query[3] != head_dim:
-            other_shapes[str(query)] += 1  # the vision tower's
-            continue
-        names = [child.name for child in event.cpu_children if child.name.startswith("aten::_scaled_dot_product")]
-        kinds[SDPA_KINDS.get(names[0], names[0]) if names else "sdpa (no child op)"] += 1
-    if sum(kinds.values()) < layers:
-        kinds["none (eager)"] = layers - sum(kinds.values())
-    kernels = collections.Counter()
-    for entry in prof.key_averages():
-        if getattr(entry, "device_type", None) == torch.autograd.DeviceType.CUDA and re.search(
-            r"flash|fmha|attention|attn|cudnn|softmax", entry.key, re.IGNORECASE
-        ):
-            kernels[entry.key[:90]] += entry.count
-    return dict(decoder_layers=dict(kinds), other_sdpa_calls=dict(other_shapes), cuda_attention_kernels=dict(kernels))
-
-
-def _seconds(value: float | None) -> str:
-    return "failed" if value is None else f"{value:.1f} s"
 
 
 def _optional(label: str, fn, *args):
@@ -309,7 +180,7 @@ def run_case(name: str, args, device, dtype, deadline: float) -> dict:
     start = time.perf_counter()
     optimized = _optional(f"{name} gp.optimize", lambda: gp.optimize(pruned, method)) is not None
     result["optimize_s"] = time.perf_counter() - start if optimized else None
-    print(f"  gp.optimize: {_seconds(result['optimize_s'])}", flush=True)
+    print(f"  gp.optimize: {seconds_text(result['optimize_s'])}", flush=True)
     models = {"a": model, "b": pruned} if optimized else {"a": model}
     original = None
     if model_class is LlavaForConditionalGeneration:  # the original code: LLaVA, batch 1, one image span
@@ -343,79 +214,6 @@ def run_case(name: str, args, device, dtype, deadline: float) -> dict:
             gp.restore(pruned)
     result["wall_s"] = time.perf_counter() - started
     return result
-
-
-def report(result: dict, new_tokens: int) -> str:
-    flops = result["flops"]
-    lines = [
-        "",
-        f"{result['case']} ({result['model_class']}, {result['parameters'] / 1e9:.2f} B parameters): "
-        f"{result['tokens']} tokens ({result['visual']} visual, {result.get('kept_visual')} kept), "
-        f"FastV k=2 keep=0.5; FLOPs {flops['before'] / 1e9:.1f} -> {flops['after'] / 1e9:.1f} GFLOP, "
-        f"fraction {flops['fraction']:.3f}; gp.optimize {_seconds(result['optimize_s'])}, "
-        f"build {result['build_s']:.1f} s",
-    ]
-    rows = []
-    for batch in result["batches"]:
-        for metric in ("prefill", "ttft", "decode"):
-            base = batch[metric]["a"]["median_ms"]
-            for key, figures in batch[metric].items():
-                ratio = figures["median_ms"] / base
-                rows.append(
-                    [
-                        f"{metric}{' per token' if metric == 'decode' else ''}",
-                        batch["batch"],
-                        VARIANTS[key],
-                        figures["median_ms"],
-                        figures["min_ms"],
-                        ratio,
-                        1 / ratio,
-                    ]
-                )
-    header = ["measure", "batch", "variant", "median ms", "min ms", "vs (a)", "speedup"]
-    lines.append(table(header, rows))
-    lines.append(f"(decode per token = (generate {new_tokens} tokens - TTFT) / {new_tokens - 1}, per round)")
-    if result["batches"] and "b" in result["batches"][0]["prefill"]:
-        prefill = result["batches"][0]["prefill"]
-        speedup = prefill["a"]["median_ms"] / prefill["b"]["median_ms"]
-        bound = 1 / (1.1 * flops["fraction"])
-        verdicts = [f"1.1 x FLOPs fraction: {'PASS' if speedup >= bound else 'MISS'}"]
-        if result["case"] == "llava-1.5-7b":
-            verdicts.append(f"issue target >= {PREFILL_TARGET} x: {'PASS' if speedup >= PREFILL_TARGET else 'MISS'}")
-        lines.append(
-            f"prefill speedup (b) at batch 1: {speedup:.2f} x (1 / FLOPs fraction = {1 / flops['fraction']:.2f} x; "
-            + "; ".join(verdicts)
-            + ")"
-        )
-    for key, kernels in result.get("sdpa_kernels", {}).items():
-        if kernels is None:
-            lines.append(f"SDPA kernel per decoder layer, {VARIANTS[key]}: the check failed (traceback above)")
-            continue
-        kinds = ", ".join(f"{kind}: {count}" for kind, count in kernels["decoder_layers"].items())
-        lines.append(f"SDPA kernel per decoder layer, {VARIANTS[key]}: {kinds} (of {result['layers']} layers)")
-        if kernels["cuda_attention_kernels"]:
-            names = "; ".join(f"{n} x{c}" for n, c in kernels["cuda_attention_kernels"].items())
-            lines.append(f"  CUDA attention kernels: {names}")
-    return "\n".join(lines)
-
-
-def summary(results: list[dict]) -> str:
-    """One line per case, batch and measure: the median of (a) and each variant's ratio to it."""
-    rows = []
-    for result in results:
-        if "error" in result:
-            rows.append([result["case"], "-", "FAILED", None, None, None, None])
-            continue
-        for batch in result["batches"]:
-            for metric in ("prefill", "ttft", "decode"):
-                figures = batch[metric]
-                a = figures["a"]["median_ms"]
-                ratio = {key: figures[key]["median_ms"] / a if key in figures else None for key in "bc"}
-                rows.append(
-                    [result["case"], batch["batch"], metric, a, ratio["b"], ratio["c"], result["flops"]["fraction"]]
-                )
-    header = ["case", "batch", "measure", "(a) median ms", "(b)/(a)", "(c)/(a)", "FLOPs fraction"]
-    return "\nsummary (medians; decode is per new token)\n" + table(header, rows)
 
 
 def _write(results: list, header: dict, args) -> None:

@@ -66,30 +66,21 @@ import graphprune as gp  # noqa: E402
 from benchmarks.harness import (  # noqa: E402
     CPU_DECODER,
     LLAMA_7B,
-    MROPE,
-    QWEN_7B,
-    QWEN_CPU,
-    cache_bytes,
     device_name,
     llava_inputs,
-    llava_next_inputs,
     measure,
-    qwen2_vl_inputs,
     shared_copy,
     sync_for,
     tiny_llava,
-    tiny_llava_next,
-    tiny_qwen2_vl,
-    tiny_video_llava,
-    video_llava_inputs,
 )
 from benchmarks.original_fastv import OriginalFastV  # noqa: E402
+from benchmarks.prefill_families import FAMILY_PRESETS, kv_of, run_family  # noqa: E402
+from benchmarks.prefill_report import VARIANTS, family_report, report, summary  # noqa: E402
 from graphprune import ops  # noqa: E402
 from graphprune.flops import kv_bytes  # noqa: E402
 from graphprune.methods import n_keep  # noqa: E402
-from graphprune.models import adapter_for  # noqa: E402
 from graphprune.passes import INSERTED_PREFIX  # noqa: E402
-from graphprune.reference.fastv import decoder_inputs, input_embeddings  # noqa: E402
+from graphprune.reference.fastv import input_embeddings  # noqa: E402
 
 PRESETS = {
     # LLaVA-1.5 proportions (head_dim 128, MHA, intermediate / hidden = 2.69) scaled to 2 CPU cores.
@@ -104,82 +95,10 @@ PRESETS = {
         dtype="float16",
     ),
 }
-# Each: the tiny builder and its arguments, the inputs builder and one sample in its format. Vision
-# towers are tiny in every preset; the visual token counts are the real models'.
-FAMILY_PRESETS = {
-    # one 336x336 image on 168-pixel crops: base 144 + 2x2 grid 576 + 24 newlines = 744 visual tokens
-    "llava-next-cpu": dict(
-        build=tiny_llava_next,
-        model=dict(**CPU_DECODER, vocab_size=32064, image_size=168, patch_size=14),
-        inputs=llava_next_inputs,
-        sample=(35, [(336, 336)], 29),
-        dtype="float32",
-    ),
-    # LLaVA-NeXT-7B (Vicuna), one 672x672 image: 576 + 2304 + 48 newlines = 2928 visual tokens
-    "llava-next-7b": dict(
-        build=tiny_llava_next,
-        model=dict(**LLAMA_7B, vocab_size=32064, image_size=336, patch_size=14),
-        inputs=llava_next_inputs,
-        sample=(22, [(672, 672)], 14),
-        dtype="float16",
-    ),
-    # one 8-frame video of 112-pixel frames: 8 x (64 + 1) = 520 visual tokens
-    "video-llava-cpu": dict(
-        build=tiny_video_llava,
-        model=dict(**CPU_DECODER, vocab_size=32064, image_size=112, patch_size=14),
-        inputs=video_llava_inputs,
-        sample=(35, 0, 1, 29),
-        dtype="float32",
-    ),
-    # Video-LLaVA-7B, one 8-frame video of 224-pixel frames: 8 x (256 + 1) = 2056 visual tokens
-    "video-llava-7b": dict(
-        build=tiny_video_llava,
-        model=dict(**LLAMA_7B, vocab_size=32064, image_size=224, patch_size=14),
-        inputs=video_llava_inputs,
-        sample=(22, 0, 1, 14),
-        dtype="float16",
-    ),
-    # one 672x672 image: 48x48 patches, merged 2x2 = 576 visual tokens
-    "qwen2-vl-cpu": dict(
-        build=tiny_qwen2_vl,
-        model=dict(**QWEN_CPU, **MROPE, version="2", vocab_size=32064),
-        inputs=qwen2_vl_inputs,
-        sample=(35, [(48, 48)], [], 29),
-        dtype="float32",
-    ),
-    # Qwen2-VL-7B, one 896x896 image: 64x64 patches, merged 2x2 = 1024 visual tokens
-    "qwen2-vl-7b": dict(
-        build=tiny_qwen2_vl,
-        model=dict(**QWEN_7B, **MROPE, version="2", vocab_size=152064),
-        inputs=qwen2_vl_inputs,
-        sample=(22, [(64, 64)], [], 14),
-        dtype="bfloat16",
-    ),
-    "qwen2.5-vl-cpu": dict(
-        build=tiny_qwen2_vl,
-        model=dict(**QWEN_CPU, **MROPE, version="2.5", vocab_size=32064),
-        inputs=qwen2_vl_inputs,
-        sample=(35, [(48, 48)], [], 29),
-        dtype="float32",
-    ),
-    "qwen2.5-vl-7b": dict(
-        build=tiny_qwen2_vl,
-        model=dict(**QWEN_7B, **MROPE, version="2.5", vocab_size=152064),
-        inputs=qwen2_vl_inputs,
-        sample=(22, [(64, 64)], [], 14),
-        dtype="bfloat16",
-    ),
-}
 PRESET_GROUPS = {
     "all-cpu": ["cpu-small", *(name for name in FAMILY_PRESETS if name.endswith("-cpu"))],
     "all-gpu": ["llava-1.5-7b", *(name for name in FAMILY_PRESETS if name.endswith("-7b"))],
 }
-VARIANTS = {
-    "a": "(a) unmodified (SDPA)",
-    "b": "(b) graphprune FastV",
-    "c": "(c) original FastV code",
-}
-TIME_FACTOR, OVERHEAD_SHARE = 1.1, 0.02
 
 
 class _NodeTimer(fx.Interpreter):
@@ -225,10 +144,6 @@ def ranking_gather_share(model, inputs, method, sync, repeats: int) -> dict:
         interpreted_total_ms=statistics.median(total_ms[1:]),
         nodes=nodes,
     )
-
-
-def _kv_of(key: str, output):
-    return cache_bytes(output[1] if key == "c" else output.past_key_values)
 
 
 def _logits_of(key: str, output) -> torch.Tensor:
@@ -324,7 +239,7 @@ def run(args, preset_name: str) -> dict:
                         max_ms=max(times[key]) * 1e3,
                         first_call_s=first[key],
                         compile_s=max(first[key] - median, 0.0) if compiled else None,
-                        kv_bytes=_kv_of(key, outputs[key]),
+                        kv_bytes=kv_of(key, outputs[key]),
                         expected_kv_bytes=expected_kv[key],
                         times_ms=[t * 1e3 for t in times[key]],
                     )
@@ -348,222 +263,6 @@ def run(args, preset_name: str) -> dict:
         ranking_gather=overhead,
         versions=dict(torch=torch.__version__, graphprune=gp.__version__),
     )
-
-
-def report(result: dict) -> str:
-    rows = result["rows"]
-    base = {(r["compiled"]): r for r in rows if r["variant"] == "a"}
-    header = (
-        f"{'variant':<26} {'compile':<8} {'prefill ms':>10} {'(min-max)':>15} {'vs (a)':>7} "
-        f"{'KV MiB':>8} {'vs (a)':>7} {'compile s':>9}"
-    )
-    lines = [
-        "",
-        f"prefill, {result['preset']} on {result['device']} ({result['device_name']}, {result['threads']} threads), "
-        f"{result['dtype']}, FastV k={result['method']['k']} keep={result['method']['keep']}: "
-        f"{result['n_tokens']} tokens ({result['n_visual']} visual) -> {result['kept_tokens']} after layer "
-        f"{result['method']['k'] - 1}; median of {result['repeats']}",
-        header,
-        "-" * len(header),
-    ]
-    for r in rows:
-        a = base[r["compiled"]]
-        spread = f"({r['min_ms']:.0f}-{r['max_ms']:.0f})"
-        compile_s = f"{r['compile_s']:.1f}" if r["compile_s"] is not None else "-"
-        lines.append(
-            f"{r['name']:<26} {'yes' if r['compiled'] else 'no':<8} {r['median_ms']:>10.1f} {spread:>15} "
-            f"{r['median_ms'] / a['median_ms']:>7.3f} {r['kv_bytes'] / 2**20:>8.1f} "
-            f"{r['kv_bytes'] / a['kv_bytes']:>7.3f} {compile_s:>9}"
-        )
-    flops = result["flops"]
-    fraction = flops["fraction"]
-    lines += [
-        "",
-        f"vision tower + embedding (eager, in every variant above): {result['vision_and_embedding_ms']:.1f} ms",
-        f"theoretical FLOPs (FastV paper count): {flops['before'] / 1e9:.1f} -> {flops['after'] / 1e9:.1f} GFLOP, "
-        f"fraction {fraction:.3f}",
-    ]
-    for r in rows:
-        if r["variant"] != "b":
-            continue
-        a = base[r["compiled"]]
-        ratio, bound = r["median_ms"] / a["median_ms"], TIME_FACTOR * fraction
-        verdict = "PASS" if ratio <= bound else "MISS"
-        mode = "compiled" if r["compiled"] else "eager"
-        lines.append(
-            f"target 1 ({mode}): graphprune / unmodified = {ratio:.3f} <= {TIME_FACTOR} x {fraction:.3f} "
-            f"= {bound:.3f}: {verdict}"
-        )
-    overhead = result["ranking_gather"]
-    if overhead is not None:
-        verdict = "PASS" if overhead["share"] <= OVERHEAD_SHARE else "MISS"
-        lines.append(
-            f"target 2 (eager, fx.Interpreter): ranking + gather = {overhead['share'] * 100:.2f} % of the pruned "
-            f"prefill ({overhead['inserted_ms']:.2f} of {overhead['interpreted_total_ms']:.1f} ms) <= "
-            f"{OVERHEAD_SHARE * 100:.0f} %: {verdict}"
-        )
-    for mode, check in result["checks"].items():
-        lines.append(
-            f"check ({mode}): kept positions that (b) and (c) do not share: {check['kept_positions_only_in_b']} of "
-            f"{check['kept_positions']}; last-token logits max |b - c| = {check['logits_max_abs_diff_b_c']:.2e}"
-        )
-    wrong_kv = [
-        f"{r['name']} ({'compiled' if r['compiled'] else 'eager'})"
-        for r in rows
-        if r["kv_bytes"] != r["expected_kv_bytes"]
-    ]
-    if wrong_kv:
-        lines.append("WARNING: KV bytes differ from graphprune.flops.kv_bytes for " + ", ".join(wrong_kv))
-    return "\n".join(lines)
-
-
-def run_family(args, preset_name: str) -> dict:
-    """Another family: (a) unmodified and (b) graphprune FastV, eager and (unless --no-compile) compiled."""
-    preset = FAMILY_PRESETS[preset_name]
-    device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype or preset["dtype"])
-    sync = sync_for(device)
-    method = gp.FastV(k=args.k, keep=args.keep)
-    torch.manual_seed(0)
-
-    start = time.perf_counter()
-    model_a = preset["build"](**preset["model"], dtype=dtype, attn_implementation="sdpa").to(device)
-    model_b = shared_copy(model_a)
-    inputs = {k: v.to(device) for k, v in preset["inputs"](model_a, [preset["sample"]]).items()}
-    call_args = dict(**inputs, use_cache=True, logits_to_keep=1)
-    n_tokens = inputs["input_ids"].shape[1]
-    n_visual = int(adapter_for(model_a).visual_mask(model_a, inputs["input_ids"], None).sum())
-    kept_tokens = n_tokens - n_visual + n_keep(method.keep, n_visual)
-    text = model_a.config.get_text_config(decoder=True)
-    print(
-        f"model: {preset_name} ({type(model_a).__name__}), {text.num_hidden_layers} layers, hidden "
-        f"{text.hidden_size}, intermediate {text.intermediate_size}, heads {text.num_attention_heads}/"
-        f"{text.num_key_value_heads}, {dtype}, {device}; {n_tokens} tokens ({n_visual} visual); "
-        f"built in {time.perf_counter() - start:.1f} s",
-        flush=True,
-    )
-    flops_before, flops_after = gp.flops(model_a.config, method, n_tokens, n_visual)
-    elem = torch.finfo(dtype).bits // 8
-    layers = text.num_hidden_layers
-    expected_kv = {
-        "a": kv_bytes(model_a.config, [n_tokens] * layers, elem),
-        "b": kv_bytes(model_a.config, [n_tokens] * method.k + [kept_tokens] * (layers - method.k), elem),
-    }
-    vision_ms = []
-    for _ in range(args.repeats + 1):  # the model's forward up to its decoder: vision, projector, embedding, positions
-        sync()
-        start = time.perf_counter()
-        decoder_inputs(model_a, False, **inputs)
-        sync()
-        vision_ms.append((time.perf_counter() - start) * 1e3)
-    rows = []
-    lm_a = model_a.model.language_model
-    with torch.no_grad():
-        for compiled in [False] if args.no_compile else [False, True]:
-            label = f"{preset_name} {'compiled' if compiled else 'eager'}"
-            gp.optimize(model_b, method, compile=compiled)
-            if compiled:
-                lm_a.forward = torch.compile(lm_a.forward)
-            callables = {"a": lambda: model_a(**call_args), "b": lambda: model_b(**call_args)}
-            try:
-                times, first, outputs = measure(callables, sync, args.repeats, label, VARIANTS)
-            finally:
-                gp.restore(model_b)
-                lm_a.__dict__.pop("forward", None)
-            for key in callables:
-                median = statistics.median(times[key])
-                rows.append(
-                    dict(
-                        variant=key,
-                        name=VARIANTS[key],
-                        compiled=compiled,
-                        median_ms=median * 1e3,
-                        min_ms=min(times[key]) * 1e3,
-                        max_ms=max(times[key]) * 1e3,
-                        compile_s=max(first[key] - median, 0.0) if compiled else None,
-                        kv_bytes=_kv_of(key, outputs[key]),
-                        expected_kv_bytes=expected_kv[key],
-                        times_ms=[t * 1e3 for t in times[key]],
-                    )
-                )
-    return dict(
-        preset=preset_name,
-        model_class=type(model_a).__name__,
-        device=str(device),
-        device_name=device_name(device),
-        threads=torch.get_num_threads(),
-        dtype=str(dtype),
-        method=dict(k=method.k, keep=method.keep),
-        model=dict(preset["model"]),
-        n_tokens=n_tokens,
-        n_visual=n_visual,
-        kept_tokens=kept_tokens,
-        repeats=args.repeats,
-        flops=dict(before=flops_before, after=flops_after, fraction=flops_after / flops_before),
-        vision_and_embedding_ms=statistics.median(vision_ms[1:]),
-        rows=rows,
-        versions=dict(torch=torch.__version__, graphprune=gp.__version__),
-    )
-
-
-def family_report(result: dict) -> str:
-    header = (
-        f"{'variant':<26} {'compile':<8} {'prefill ms':>10} {'(min-max)':>15} {'vs (a)':>7} {'KV MiB':>8} {'vs (a)':>7}"
-    )
-    lines = [
-        "",
-        f"prefill, {result['preset']} ({result['model_class']}) on {result['device']}, {result['dtype']}, FastV "
-        f"k={result['method']['k']} keep={result['method']['keep']}: {result['n_tokens']} tokens "
-        f"({result['n_visual']} visual) -> {result['kept_tokens']}; median of {result['repeats']}",
-        header,
-        "-" * len(header),
-    ]
-    base = {r["compiled"]: r for r in result["rows"] if r["variant"] == "a"}
-    for r in result["rows"]:
-        a = base[r["compiled"]]
-        spread = f"({r['min_ms']:.0f}-{r['max_ms']:.0f})"
-        lines.append(
-            f"{r['name']:<26} {'yes' if r['compiled'] else 'no':<8} {r['median_ms']:>10.1f} {spread:>15} "
-            f"{r['median_ms'] / a['median_ms']:>7.3f} "
-            f"{r['kv_bytes'] / 2**20:>8.1f} {r['kv_bytes'] / a['kv_bytes']:>7.3f}"
-        )
-    flops = result["flops"]
-    lines += [
-        f"vision tower + embedding + positions (eager, in both variants): {result['vision_and_embedding_ms']:.1f} ms",
-        f"theoretical FLOPs (FastV paper count): {flops['before'] / 1e9:.1f} -> {flops['after'] / 1e9:.1f} GFLOP, "
-        f"fraction {flops['fraction']:.3f}",
-    ]
-    wrong_kv = [r["name"] for r in result["rows"] if r["kv_bytes"] != r["expected_kv_bytes"]]
-    if wrong_kv:
-        lines.append("WARNING: KV bytes differ from graphprune.flops.kv_bytes for " + ", ".join(wrong_kv))
-    return "\n".join(lines)
-
-
-def summary(results: list[dict]) -> str:
-    """One line per preset and mode: graphprune's prefill time over the unmodified one, and the FLOPs fraction."""
-    header = (
-        f"{'preset':<16} {'tokens (visual)':>16} {'compile':<8} {'(a) ms':>9} {'(b) ms':>9} {'(b)/(a)':>8} "
-        f"{'FLOPs':>6} {'target':>7} {'vision ms':>10}"
-    )
-    lines = [
-        "",
-        f"summary: FastV prefill vs the unmodified model, target (b)/(a) <= {TIME_FACTOR} x FLOPs fraction; "
-        "vision ms: vision tower and embedding, eager, included in (a) and (b)",
-    ]
-    lines += [header, "-" * len(header)]
-    for result in results:
-        fraction = result["flops"]["fraction"]
-        for compiled in sorted({r["compiled"] for r in result["rows"]}):
-            a, b = (next(r for r in result["rows"] if r["variant"] == v and r["compiled"] == compiled) for v in "ab")
-            ratio = b["median_ms"] / a["median_ms"]
-            tokens = f"{result['n_tokens']} ({result['n_visual']})"
-            lines.append(
-                f"{result['preset']:<16} {tokens:>16} "
-                f"{'yes' if compiled else 'no':<8} {a['median_ms']:>9.1f} {b['median_ms']:>9.1f} {ratio:>8.3f} "
-                f"{fraction:>6.3f} {'PASS' if ratio <= TIME_FACTOR * fraction else 'MISS':>7} "
-                f"{result['vision_and_embedding_ms']:>10.1f}"
-            )
-    return "\n".join(lines)
 
 
 def main(argv=None) -> list[dict]:

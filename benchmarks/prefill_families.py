@@ -1,0 +1,193 @@
+"""``benchmarks/prefill.py``'s other families (LLaVA-NeXT, Video-LLaVA, Qwen2-VL, Qwen2.5-VL): presets and run."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+import graphprune as gp
+from benchmarks.harness import (
+    CPU_DECODER,
+    LLAMA_7B,
+    MROPE,
+    QWEN_7B,
+    QWEN_CPU,
+    cache_bytes,
+    device_name,
+    llava_next_inputs,
+    measure,
+    qwen2_vl_inputs,
+    shared_copy,
+    sync_for,
+    tiny_llava_next,
+    tiny_qwen2_vl,
+    tiny_video_llava,
+    video_llava_inputs,
+)
+from benchmarks.prefill_report import VARIANTS
+from graphprune.flops import kv_bytes
+from graphprune.methods import n_keep
+from graphprune.models import adapter_for
+from graphprune.reference.fastv import decoder_inputs
+
+# Each: the tiny builder and its arguments, the inputs builder and one sample in its format. Vision
+# towers are tiny in every preset; the visual token counts are the real models'.
+FAMILY_PRESETS = {
+    # one 336x336 image on 168-pixel crops: base 144 + 2x2 grid 576 + 24 newlines = 744 visual tokens
+    "llava-next-cpu": dict(
+        build=tiny_llava_next,
+        model=dict(**CPU_DECODER, vocab_size=32064, image_size=168, patch_size=14),
+        inputs=llava_next_inputs,
+        sample=(35, [(336, 336)], 29),
+        dtype="float32",
+    ),
+    # LLaVA-NeXT-7B (Vicuna), one 672x672 image: 576 + 2304 + 48 newlines = 2928 visual tokens
+    "llava-next-7b": dict(
+        build=tiny_llava_next,
+        model=dict(**LLAMA_7B, vocab_size=32064, image_size=336, patch_size=14),
+        inputs=llava_next_inputs,
+        sample=(22, [(672, 672)], 14),
+        dtype="float16",
+    ),
+    # one 8-frame video of 112-pixel frames: 8 x (64 + 1) = 520 visual tokens
+    "video-llava-cpu": dict(
+        build=tiny_video_llava,
+        model=dict(**CPU_DECODER, vocab_size=32064, image_size=112, patch_size=14),
+        inputs=video_llava_inputs,
+        sample=(35, 0, 1, 29),
+        dtype="float32",
+    ),
+    # Video-LLaVA-7B, one 8-frame video of 224-pixel frames: 8 x (256 + 1) = 2056 visual tokens
+    "video-llava-7b": dict(
+        build=tiny_video_llava,
+        model=dict(**LLAMA_7B, vocab_size=32064, image_size=224, patch_size=14),
+        inputs=video_llava_inputs,
+        sample=(22, 0, 1, 14),
+        dtype="float16",
+    ),
+    # one 672x672 image: 48x48 patches, merged 2x2 = 576 visual tokens
+    "qwen2-vl-cpu": dict(
+        build=tiny_qwen2_vl,
+        model=dict(**QWEN_CPU, **MROPE, version="2", vocab_size=32064),
+        inputs=qwen2_vl_inputs,
+        sample=(35, [(48, 48)], [], 29),
+        dtype="float32",
+    ),
+    # Qwen2-VL-7B, one 896x896 image: 64x64 patches, merged 2x2 = 1024 visual tokens
+    "qwen2-vl-7b": dict(
+        build=tiny_qwen2_vl,
+        model=dict(**QWEN_7B, **MROPE, version="2", vocab_size=152064),
+        inputs=qwen2_vl_inputs,
+        sample=(22, [(64, 64)], [], 14),
+        dtype="bfloat16",
+    ),
+    "qwen2.5-vl-cpu": dict(
+        build=tiny_qwen2_vl,
+        model=dict(**QWEN_CPU, **MROPE, version="2.5", vocab_size=32064),
+        inputs=qwen2_vl_inputs,
+        sample=(35, [(48, 48)], [], 29),
+        dtype="float32",
+    ),
+    "qwen2.5-vl-7b": dict(
+        build=tiny_qwen2_vl,
+        model=dict(**QWEN_7B, **MROPE, version="2.5", vocab_size=152064),
+        inputs=qwen2_vl_inputs,
+        sample=(22, [(64, 64)], [], 14),
+        dtype="bfloat16",
+    ),
+}
+
+
+def kv_of(key: str, output):
+    return cache_bytes(output[1] if key == "c" else output.past_key_values)
+
+
+def run_family(args, preset_name: str) -> dict:
+    """Another family: (a) unmodified and (b) graphprune FastV, eager and (unless --no-compile) compiled."""
+    preset = FAMILY_PRESETS[preset_name]
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype or preset["dtype"])
+    sync = sync_for(device)
+    method = gp.FastV(k=args.k, keep=args.keep)
+    torch.manual_seed(0)
+
+    start = time.perf_counter()
+    model_a = preset["build"](**preset["model"], dtype=dtype, attn_implementation="sdpa").to(device)
+    model_b = shared_copy(model_a)
+    inputs = {k: v.to(device) for k, v in preset["inputs"](model_a, [preset["sample"]]).items()}
+    call_args = dict(**inputs, use_cache=True, logits_to_keep=1)
+    n_tokens = inputs["input_ids"].shape[1]
+    n_visual = int(adapter_for(model_a).visual_mask(model_a, inputs["input_ids"], None).sum())
+    kept_tokens = n_tokens - n_visual + n_keep(method.keep, n_visual)
+    text = model_a.config.get_text_config(decoder=True)
+    print(
+        f"model: {preset_name} ({type(model_a).__name__}), {text.num_hidden_layers} layers, hidden "
+        f"{text.hidden_size}, intermediate {text.intermediate_size}, heads {text.num_attention_heads}/"
+        f"{text.num_key_value_heads}, {dtype}, {device}; {n_tokens} tokens ({n_visual} visual); "
+        f"built in {time.perf_counter() - start:.1f} s",
+        flush=True,
+    )
+    flops_before, flops_after = gp.flops(model_a.config, method, n_tokens, n_visual)
+    elem = torch.finfo(dtype).bits // 8
+    layers = text.num_hidden_layers
+    expected_kv = {
+        "a": kv_bytes(model_a.config, [n_tokens] * layers, elem),
+        "b": kv_bytes(model_a.config, [n_tokens] * method.k + [kept_tokens] * (layers - method.k), elem),
+    }
+    vision_ms = []
+    for _ in range(args.repeats + 1):  # the model's forward up to its decoder: vision, projector, embedding, positions
+        sync()
+        start = time.perf_counter()
+        decoder_inputs(model_a, False, **inputs)
+        sync()
+        vision_ms.append((time.perf_counter() - start) * 1e3)
+    rows = []
+    lm_a = model_a.model.language_model
+    with torch.no_grad():
+        for compiled in [False] if args.no_compile else [False, True]:
+            label = f"{preset_name} {'compiled' if compiled else 'eager'}"
+            gp.optimize(model_b, method, compile=compiled)
+            if compiled:
+                lm_a.forward = torch.compile(lm_a.forward)
+            callables = {"a": lambda: model_a(**call_args), "b": lambda: model_b(**call_args)}
+            try:
+                times, first, outputs = measure(callables, sync, args.repeats, label, VARIANTS)
+            finally:
+                gp.restore(model_b)
+                lm_a.__dict__.pop("forward", None)
+            for key in callables:
+                median = statistics.median(times[key])
+                rows.append(
+                    dict(
+                        variant=key,
+                        name=VARIANTS[key],
+                        compiled=compiled,
+                        median_ms=median * 1e3,
+                        min_ms=min(times[key]) * 1e3,
+                        max_ms=max(times[key]) * 1e3,
+                        compile_s=max(first[key] - median, 0.0) if compiled else None,
+                        kv_bytes=kv_of(key, outputs[key]),
+                        expected_kv_bytes=expected_kv[key],
+                        times_ms=[t * 1e3 for t in times[key]],
+                    )
+                )
+    return dict(
+        preset=preset_name,
+        model_class=type(model_a).__name__,
+        device=str(device),
+        device_name=device_name(device),
+        threads=torch.get_num_threads(),
+        dtype=str(dtype),
+        method=dict(k=method.k, keep=method.keep),
+        model=dict(preset["model"]),
+        n_tokens=n_tokens,
+        n_visual=n_visual,
+        kept_tokens=kept_tokens,
+        repeats=args.repeats,
+        flops=dict(before=flops_before, after=flops_after, fraction=flops_after / flops_before),
+        vision_and_embedding_ms=statistics.median(vision_ms[1:]),
+        rows=rows,
+        versions=dict(torch=torch.__version__, graphprune=gp.__version__),
+    )
