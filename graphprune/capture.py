@@ -79,6 +79,20 @@ def _fold_empty_concatenations(graph: fx.Graph) -> None:
             graph.erase_node(node)
 
 
+def _drop_per_call_checks(graph: fx.Graph) -> None:
+    """Nodes that would run at every call and compute nothing read: the dtype and device asserts of intermediate
+    values (fixed by the inputs', which keep theirs, and the weights', whose placement has its own graphs), and
+    the in-place ``detach_`` of a value nothing else reads (a fresh cache layer's empty tensor)."""
+    for node in list(graph.nodes):
+        if node.op != "call_function" or not node.args or not isinstance(node.args[0], fx.Node):
+            continue
+        subject = node.args[0]
+        unread_check = node.target is torch.ops.aten._assert_tensor_metadata.default and subject.op != "placeholder"
+        unread_detach = node.target is torch.ops.aten.detach_.default and not node.users and len(subject.users) == 1
+        if unread_check or unread_detach:
+            graph.erase_node(node)
+
+
 def _is_empty_along(node: fx.Node, dim: int) -> bool:
     """Whether ``cat`` along ``dim`` takes nothing from ``node``: it is empty along ``dim``, or is the 1-D empty
     tensor that ``cat`` skips whatever ``dim`` is."""
@@ -104,6 +118,7 @@ def _plain_graph_module(
             node.target = extra_names[int(node.name.removeprefix("extra_"))]
             node._rename(node.target)
     _fold_empty_concatenations(graph)
+    _drop_per_call_checks(graph)
     graph.eliminate_dead_code()
     graph.lint()
     gm.recompile()
@@ -181,8 +196,8 @@ def _export_dynamic(step: nn.Module, args: tuple, shapes: tuple) -> torch.export
         except AssertionError as error:
             raise RuntimeError(
                 f"graphprune could not capture {type(step.decoder).__name__} for every batch size and sequence "
-                f"length: torch.export restricted its shapes ({str(error).splitlines()[0]}); graphprune needs a decoder "
-                "whose shape guards hold for every length"
+                f"length: torch.export restricted its shapes ({str(error).splitlines()[0]}); graphprune needs a "
+                "decoder whose shape guards hold for every length"
             ) from None
     return exported
 
