@@ -27,6 +27,7 @@ import torch
 from torch import fx, nn
 from torch._dynamo.exc import UserError
 from torch.export import Dim
+from torch.fx.experimental.symbolic_shapes import ConstraintViolationError
 from torch.utils._pytree import tree_flatten
 from transformers import DynamicCache
 
@@ -184,7 +185,7 @@ def _export_dynamic(step: nn.Module, args: tuple, shapes: tuple) -> torch.export
     with torch.no_grad():
         try:
             return torch.export.export(step, args, dynamic_shapes=shapes, strict=False)
-        except UserError as error:
+        except (ConstraintViolationError, UserError) as error:  # torch 2.11 raises the first, 2.13 wraps it
             if "Constraints violated" not in str(error):
                 raise
         hinted = _hinted(shapes)
