@@ -18,6 +18,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import graphprune as gp
+from graphprune.reference import fastv_reference_generate
 from graphprune.runtime import optimized_state
 from graphprune.tiny import llava_inputs, mllama_inputs, tiny_llava, tiny_mllama
 
@@ -152,3 +153,27 @@ def test_graphs_run_no_per_call_checks(llava):
         assert not [node for node in nodes if node.target is torch.ops.aten.detach_.default]
         checked = [node.args[0] for node in nodes if node.target is torch.ops.aten._assert_tensor_metadata.default]
         assert checked and all(node.op == "placeholder" for node in checked)
+
+
+@torch.no_grad()
+def test_decode_past_the_room_laid_out_ahead_equals_reference(llava):
+    """40 steps outgrow the slots laid out at the first step (as many as the prefill kept, fewer than 40): the
+    room doubles while generating, and the tokens are the independent reference's."""
+    method = gp.FastV(k=2, keep=0.5)
+    inputs = llava_inputs(llava, LLAVA_BATCHES["left-padded"])
+    out = llava.generate(**inputs, max_new_tokens=40, do_sample=False, return_dict_in_generate=True)
+    ids, cache, record = out.sequences, out.past_key_values, gp.last_record(llava)
+    prefill_slots, prompt = record.keep_index.shape[1], inputs["input_ids"].shape[1]
+    assert prefill_slots < 40
+    # the slots of the generated tokens hold their positions (what a decode mask hiding one of them reads)
+    state = optimized_state(llava).decoder._cache_states[cache]
+    length = cache.layers[-1].keys.shape[2]
+    generated = torch.arange(prompt, prompt + length - prefill_slots).expand(len(ids), -1)
+    assert torch.equal(state.index[:, :length], torch.cat([record.keep_index, generated], dim=1))
+    assert torch.equal(state.valid[:, :length], torch.cat([record.slot_valid, torch.ones_like(generated)], dim=1))
+    gp.restore(llava)
+    try:
+        expected = fastv_reference_generate(llava, method, **inputs, max_new_tokens=40)
+    finally:
+        gp.optimize(llava, method)
+    assert torch.equal(ids, expected)
