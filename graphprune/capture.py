@@ -25,7 +25,10 @@ import logging
 
 import torch
 from torch import fx, nn
+from torch._dynamo.exc import UserError
 from torch.export import Dim
+from torch.fx.experimental.symbolic_shapes import ConstraintViolationError
+from torch.utils._pytree import tree_flatten
 from transformers import DynamicCache
 
 from .models import DecoderLayout
@@ -77,6 +80,20 @@ def _fold_empty_concatenations(graph: fx.Graph) -> None:
             graph.erase_node(node)
 
 
+def _drop_per_call_checks(graph: fx.Graph) -> None:
+    """Nodes that would run at every call and compute nothing read: the dtype and device asserts of intermediate
+    values (fixed by the inputs', which keep theirs, and the weights', whose placement has its own graphs), and
+    the in-place ``detach_`` of a value nothing else reads (a fresh cache layer's empty tensor)."""
+    for node in list(graph.nodes):
+        if node.op != "call_function" or not node.args or not isinstance(node.args[0], fx.Node):
+            continue
+        subject = node.args[0]
+        unread_check = node.target is torch.ops.aten._assert_tensor_metadata.default and subject.op != "placeholder"
+        unread_detach = node.target is torch.ops.aten.detach_.default and not node.users and len(subject.users) == 1
+        if unread_check or unread_detach:
+            graph.erase_node(node)
+
+
 def _is_empty_along(node: fx.Node, dim: int) -> bool:
     """Whether ``cat`` along ``dim`` takes nothing from ``node``: it is empty along ``dim``, or is the 1-D empty
     tensor that ``cat`` skips whatever ``dim`` is."""
@@ -102,6 +119,7 @@ def _plain_graph_module(
             node.target = extra_names[int(node.name.removeprefix("extra_"))]
             node._rename(node.target)
     _fold_empty_concatenations(graph)
+    _drop_per_call_checks(graph)
     graph.eliminate_dead_code()
     graph.lint()
     gm.recompile()
@@ -154,10 +172,58 @@ def capture_prefill(decoder: nn.Module, layout: DecoderLayout) -> fx.GraphModule
         args = (*args, (states, *_example_cross_masks(args[0], 12)))
         shapes = (*shapes, ({0: batch, 1: features}, {0: batch, 2: seq, 3: features}, {0: batch, 2: seq}))
         extra_names = CROSS_PREFILL_INPUTS
-    with torch.no_grad():
-        exported = torch.export.export(_DecoderStep(decoder, extra_names), args, dynamic_shapes=shapes, strict=False)
+    exported = _export_dynamic(_DecoderStep(decoder, extra_names), args, shapes)
     logger.info("captured the prefill graph of %s (%d layers)", type(decoder).__name__, layout.num_layers)
     return _plain_graph_module(exported, layout, extra_names)
+
+
+def _export_dynamic(step: nn.Module, args: tuple, shapes: tuple) -> torch.export.ExportedProgram:
+    """``step`` exported with the named dynamic axes of ``shapes``. Where export cannot prove one of its shape
+    guards for every length (e.g. ``min(128*seq, 896*seq) == 128*seq``, a stride guard of CUDA's SDPA on grouped
+    keys), it exports again with ``Dim.DYNAMIC`` hints of the same minimum, which accept such guards; every guard
+    must then hold at the lengths of ``_probe_inputs``, or the capture fails with a one-line error."""
+    with torch.no_grad():
+        try:
+            return torch.export.export(step, args, dynamic_shapes=shapes, strict=False)
+        except (ConstraintViolationError, UserError) as error:  # torch 2.11 raises the first, 2.13 wraps it
+            if "Constraints violated" not in str(error):
+                raise
+        hinted = _hinted(shapes)
+        exported = torch.export.export(step, args, dynamic_shapes=hinted, strict=False)
+    guards = exported.module()._guards_fn
+    for probe in _probe_inputs(args, shapes):
+        try:
+            guards(*probe)
+        except AssertionError as error:
+            raise RuntimeError(
+                f"graphprune could not capture {type(step.decoder).__name__} for every batch size and sequence "
+                f"length: torch.export restricted its shapes ({str(error).splitlines()[0]}); graphprune needs a "
+                "decoder whose shape guards hold for every length"
+            ) from None
+    return exported
+
+
+def _hinted(shapes):
+    """``shapes`` with a ``Dim.DYNAMIC`` hint of the same minimum in place of each named ``Dim``."""
+    if isinstance(shapes, dict):
+        return {axis: Dim.DYNAMIC(min=dim.min) if isinstance(dim, Dim) else dim for axis, dim in shapes.items()}
+    return type(shapes)(_hinted(shape) for shape in shapes)
+
+
+def _probe_inputs(args, shapes):
+    """Empty inputs like ``args`` with each named dynamic axis at every length from its minimum to 64 and at a
+    few up to 4097, the other axes as in ``args``."""
+    names = {dim.__name__: dim.min for dim in tree_flatten(shapes)[0] if isinstance(dim, Dim)}
+    for name, least in names.items():
+        for length in [*range(least, 65), 127, 128, 129, 1000, 4097]:
+            yield _resized(args, shapes, name, length)
+
+
+def _resized(args, shapes, name: str, length: int):
+    if isinstance(shapes, dict):
+        named = {axis for axis, dim in shapes.items() if isinstance(dim, Dim) and dim.__name__ == name}
+        return args.new_empty([length if axis in named else n for axis, n in enumerate(args.shape)])
+    return type(shapes)(_resized(arg, shape, name, length) for arg, shape in zip(args, shapes, strict=True))
 
 
 _SDPA = torch.ops.aten.scaled_dot_product_attention.default

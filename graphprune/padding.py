@@ -13,13 +13,17 @@ def normalized_attention_mask(attention_mask: torch.Tensor | None) -> torch.Tens
     return attention_mask.bool().long()
 
 
+def right_padded(attention_mask):
+    """Per sample (torch or numpy ``[B, N]`` mask), whether it has real tokens and ends with padding; no host read."""
+    real = attention_mask != 0
+    return real.any(-1) & ~real[:, -1]
+
+
 def refuse_right_padding(attention_mask) -> None:
     """A one-line error for a batch (torch or numpy ``[B, N]`` mask) in which a sample with real tokens ends
     with padding: the pruned prefill puts every sample's last real token last, so such a batch would not
     give what the unmodified model gives. An all-padding sample is empty, not right-padded."""
-    real = attention_mask != 0
-    right_padded = real.any(-1) & ~real[:, -1]
-    samples = [b for b, padded in enumerate(right_padded.tolist()) if padded]
+    samples = [b for b, padded in enumerate(right_padded(attention_mask).tolist()) if padded]
     if samples:
         raise ValueError(
             f"graphprune does not prune right-padded batches (sample {', '.join(map(str, samples))} ends with "

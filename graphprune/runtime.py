@@ -161,7 +161,7 @@ def _install(model: nn.Module, adapter: ModelAdapter, pruned: GraphDecoder) -> N
             raise ValueError(
                 "graphprune prunes the prefill and returns no loss; call graphprune.restore(model) to train"
             )
-        visual = adapter.visual_mask(model, bound.get("input_ids"), bound.get("inputs_embeds"))
+        visual = functools.partial(adapter.visual_mask, model, bound.get("input_ids"), bound.get("inputs_embeds"))
         token = current_visual_mask.set(visual)
         try:
             return forward(*args, **kwargs)

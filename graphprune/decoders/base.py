@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import copy
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -18,8 +19,9 @@ from ..model_copy import refuse_part_copy
 from ..models import DecoderLayout
 from ..registry import handler_for
 
-# [B, N] bool, True at visual positions: set by the optimized model's forward around the decoder call
-current_visual_mask: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar(
+# what gives the [B, N] bool mask, True at visual positions (or None): set by the optimized model's forward around
+# the decoder call, called only by a prefill (a decode step does no work for it)
+current_visual_mask: contextvars.ContextVar[Callable[[], torch.Tensor | None] | None] = contextvars.ContextVar(
     "graphprune_visual_mask", default=None
 )
 
@@ -55,8 +57,10 @@ def checked_decode_mask(attention_mask: torch.Tensor | None, batch: int, past: i
 
 @dataclass
 class PrunedCache:
-    index: torch.Tensor  # [B, P']: original position (or feature) of each slot of the pruned layers
-    valid: torch.Tensor  # [B, P']
+    """The slots of a pruned cache's pruned layers; a FastV decode step appends its new positions to them."""
+
+    index: torch.Tensor  # [B, P' + room]: original position (or feature) of each slot; room for later steps after
+    valid: torch.Tensor  # [B, P' + room]: False for padding slots
 
 
 class GraphDecoder:
@@ -142,10 +146,11 @@ class GraphDecoder:
         self._cache_states[cache] = PrunedCache(selection[0], selection[1])
         return BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=cache), selection
 
-    def _decode(self, inputs: list, cache, state: PrunedCache) -> BaseModelOutputWithPast:
-        """Run the decode graph on ``inputs``, then ``cache``'s keys, values and slots; ``cache`` takes the new ones."""
+    def _decode(self, inputs: list, cache, index: torch.Tensor, valid: torch.Tensor) -> BaseModelOutputWithPast:
+        """Run the decode graph on ``inputs``, then ``cache``'s keys, values and the slots ``index`` and ``valid``
+        of its pruned layers; ``cache`` takes the new keys and values."""
         flat_cache = [t for layer in cache.layers for t in (layer.keys, layer.values)]
-        outputs = self.graphs.runners()[1](*inputs, *flat_cache, state.index, state.valid)
+        outputs = self.graphs.runners()[1](*inputs, *flat_cache, index, valid)
         for layer_idx, layer in enumerate(cache.layers):
             layer.keys, layer.values = outputs[1 + 2 * layer_idx], outputs[2 + 2 * layer_idx]
         return BaseModelOutputWithPast(last_hidden_state=outputs[0], past_key_values=cache)

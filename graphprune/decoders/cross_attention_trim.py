@@ -11,7 +11,7 @@ from .. import ops
 from ..flops import cross_attention_flops, cross_attention_trim_flops, kv_bytes
 from ..methods import CrossAttentionTrim
 from ..models import DecoderLayout
-from ..padding import normalized_attention_mask, refuse_right_padding
+from ..padding import normalized_attention_mask, refuse_right_padding, right_padded
 from ..passes import cross_attention_budget, cross_attention_trim, cross_attention_trim_decode
 from ..registry import MethodHandler, register_method
 from ..report import Report
@@ -98,17 +98,22 @@ class CrossAttentionTrimDecoder(GraphDecoder):
             args["cross_attention_mask"], args["full_text_row_masked_out_mask"], batch, seq_len, states.shape[1], states
         )
         valid = ops.valid_features(cross_mask, row_mask, mask)
-        if self.method.keep == 1.0 or not valid.any():  # nothing is trimmed: the unmodified model, exactly
+        # the one host read of the prefill: whether to trim, the slots of topk, right padding
+        any_valid, most_kept, right = torch.stack(
+            [valid.any(), ops.keep_counts(valid, self.method.keep).max(), right_padded(mask).any()]
+        ).tolist()
+        if self.method.keep == 1.0 or not any_valid:  # nothing is trimmed: the unmodified model, exactly
             every = torch.arange(states.shape[1], device=device).expand(batch, -1)
             self.state.record(TrimRecord(mask, valid, every, valid, None))
             return self._original(**args, **kwargs)
-        refuse_right_padding(mask)
+        if right:
+            refuse_right_padding(mask)
         position_ids = args["position_ids"]
         if position_ids is None:
             position_ids = torch.arange(seq_len, device=device)[None]
         inputs = [inputs_embeds, mask, position_ids.expand(batch, seq_len), states, cross_mask, row_mask]
         if self.method.select == "topk":
-            inputs.append(torch.arange(int(ops.keep_counts(valid, self.method.keep).max()), device=device))
+            inputs.append(torch.arange(most_kept, device=device))
         out, (index, slot_valid, scores) = self._prefill(inputs, args["past_key_values"], args["use_cache"])
         self.state.record(TrimRecord(mask, valid, index, slot_valid, scores))
         return out
@@ -124,7 +129,7 @@ class CrossAttentionTrimDecoder(GraphDecoder):
         masks = args["cross_attention_mask"], args["full_text_row_masked_out_mask"]
         cross_mask, row_mask = self._cross_masks(*masks, batch, new_tokens, features, inputs_embeds)
         inputs = [inputs_embeds, attention_mask, position_ids.expand(batch, new_tokens), cross_mask, row_mask]
-        return self._decode(inputs, cache, state)
+        return self._decode(inputs, cache, state.index, state.valid)
 
 
 def _check_layout(method: CrossAttentionTrim, layout: DecoderLayout) -> None:

@@ -10,7 +10,7 @@ from .. import ops
 from ..flops import fastv_flops, kv_bytes
 from ..methods import FastV
 from ..models import DecoderLayout
-from ..padding import normalized_attention_mask, refuse_right_padding
+from ..padding import normalized_attention_mask, refuse_right_padding, right_padded
 from ..passes import fastv, fastv_budget, fastv_decode
 from ..registry import MethodHandler, register_method
 from ..report import Report
@@ -56,12 +56,14 @@ class FastVDecoder(GraphDecoder):
         batch, seq_len = inputs_embeds.shape[:2]
         device = inputs_embeds.device
         mask = full_mask(attention_mask, batch, seq_len, device)
-        visual = current_visual_mask.get()
-        if visual is None or visual.shape != (batch, seq_len):
-            visual = torch.zeros(batch, seq_len, dtype=torch.bool, device=device)
-        visual = visual.to(device) & mask.bool()  # padding is not visual: an all-padding sample is empty
+        visual = self._visual_mask(batch, seq_len, device) & mask.bool()  # padding is not visual
         dropped = visual.sum(dim=-1) - ops.keep_counts(visual, self.method.keep)
-        if int(dropped.max()) == 0:  # keep=1.0 or no visual token: the unmodified model, exactly
+        kept = mask.sum(dim=-1) - dropped
+        # the one host read of the prefill: what sizes the slots, and every data-dependent choice with it
+        most_dropped, most_kept, fewest_kept, padded, right = torch.stack(
+            [dropped.max(), kept.max(), kept.min(), (mask == 0).any(), right_padded(mask).any()]
+        ).tolist()
+        if most_dropped == 0:  # keep=1.0 or no visual token: the unmodified model, exactly
             out = self._original(
                 inputs_embeds=inputs_embeds,
                 attention_mask=attention_mask,
@@ -73,17 +75,25 @@ class FastVDecoder(GraphDecoder):
             every = torch.arange(seq_len, device=device).expand(batch, seq_len)
             self.state.record(PrefillRecord(visual, mask, every, torch.ones_like(visual), None))
             return out
-        refuse_right_padding(mask)
+        if right:
+            refuse_right_padding(mask)
         position_ids = self._graph_positions(position_ids, batch, 0, seq_len, device)
-        kept = mask.sum(dim=-1) - dropped
-        slots = torch.arange(int(kept.max()), device=device)
+        slots = torch.arange(most_kept, device=device)
         # no padding before or after pruning: SDPA can mask causally by itself (the flash kernel on GPU)
-        unpadded = bool(mask.all()) and int(kept.min()) == len(slots)
+        unpadded = not padded and fewest_kept == most_kept
         out, (index, valid, scores) = self._prefill(
             [inputs_embeds, mask, position_ids, visual, slots], cache, use_cache, unpadded
         )
         self.state.record(PrefillRecord(visual, mask, index, valid, scores))
         return out
+
+    def _visual_mask(self, batch: int, seq_len: int, device) -> torch.Tensor:
+        """The call's visual mask (computed now, at prefill only), or none visual where it does not fit."""
+        visual = current_visual_mask.get()
+        visual = visual() if visual is not None else None
+        if visual is None or visual.shape != (batch, seq_len):
+            return torch.zeros(batch, seq_len, dtype=torch.bool, device=device)
+        return visual.to(device)
 
     def _graph_positions(self, position_ids, batch, start, length, device):
         """Position ids in the captured graphs' form: ``[B, T]``, or ``[R, B, T]`` for R RoPE rows (M-RoPE).
@@ -110,11 +120,25 @@ class FastVDecoder(GraphDecoder):
         past = cache.get_seq_length()  # layer 0 is never pruned: the unpruned length
         attention_mask = checked_decode_mask(attention_mask, batch, past, new_tokens, device)
         position_ids = self._graph_positions(position_ids, batch, past, new_tokens, device)
-        out = self._decode([inputs_embeds, attention_mask, position_ids], cache, state)
-        new_positions = torch.arange(past, past + new_tokens, device=device).expand(batch, new_tokens)
-        state.index = torch.cat([state.index, new_positions], dim=1)
-        state.valid = torch.cat([state.valid, torch.ones_like(new_positions, dtype=torch.bool)], dim=1)
-        return out
+        length = cache.layers[-1].keys.shape[2]  # the last layer is pruned (k < num_layers): P'
+        index, valid = _decode_slots(state, length, past, new_tokens)
+        return self._decode([inputs_embeds, attention_mask, position_ids], cache, index, valid)
+
+
+def _decode_slots(state: PrunedCache, length: int, past: int, new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``length`` slots of the pruned layers' cache, with room for the step's ``new_tokens`` after them.
+
+    A slot after the cache holds the position that a later step caches there (slot ``length`` the step's first
+    new position ``past``), so a step copies nothing; the room doubles when it runs out.
+    """
+    batch, room = state.index.shape
+    if room < length + new_tokens:
+        more = max(room, new_tokens)
+        first = past + room - length
+        positions = torch.arange(first, first + more, device=state.index.device).expand(batch, more)
+        state.index = torch.cat([state.index, positions], dim=1)
+        state.valid = torch.cat([state.valid, torch.ones_like(positions, dtype=torch.bool)], dim=1)
+    return state.index[:, :length], state.valid[:, :length]
 
 
 def _check_layout(method: FastV, layout: DecoderLayout) -> None:

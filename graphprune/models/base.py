@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -78,10 +80,10 @@ class ModelAdapter:
 
         From ``input_ids`` when given; otherwise the positions whose embedding is a placeholder's.
         """
-        token_ids = torch.tensor(self.visual_token_ids(model))
-        if input_ids is not None:
-            return torch.isin(input_ids, token_ids.to(input_ids.device))
+        if input_ids is not None:  # compared with each id: no tensor of ids to copy to the device
+            return functools.reduce(operator.or_, (input_ids == i for i in self.visual_token_ids(model)))
         if inputs_embeds is None:
             return None
+        token_ids = torch.tensor(self.visual_token_ids(model))
         placeholders = model.get_input_embeddings()(token_ids.to(inputs_embeds.device))
         return (inputs_embeds[:, :, None, :] == placeholders).all(dim=-1).any(dim=-1)
