@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import graphprune as gp
-from graphprune.tiny import qwen2_vl_inputs, tiny_qwen2_vl
+from graphprune.testing import qwen2_vl_inputs, tiny_qwen2_vl
 
 SAMPLES = [(3, [(4, 4)], [], 4), (1, [(4, 8)], [], 2)]
 

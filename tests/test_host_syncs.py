@@ -20,7 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import graphprune as gp
 from graphprune.reference import fastv_reference_generate
 from graphprune.runtime import optimized_state
-from graphprune.tiny import llava_inputs, mllama_inputs, tiny_llava, tiny_mllama
+from graphprune.testing import llava_inputs, mllama_inputs, tiny_llava, tiny_mllama
 
 PACKAGE = str(Path(gp.__file__).parent)
 OPS = str(Path(gp.__file__).parent / "ops.py")
