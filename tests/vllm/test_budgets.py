@@ -16,7 +16,7 @@ import graphprune as gp
 from graphprune.testing import tiny_llava
 from graphprune.tiny_checkpoints import save_llava
 
-from .conftest import close, hf_tokens, make_llm, vllm_tokens
+from .helpers import close, hf_tokens, make_llm, vllm_tokens
 from .test_llava import REQUESTS, TEXT_ONLY
 
 

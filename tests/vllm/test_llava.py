@@ -11,7 +11,7 @@ import graphprune as gp
 from graphprune.testing import tiny_llava
 from graphprune.tiny_checkpoints import random_image, save_llava
 
-from .conftest import MAX_NEW_TOKENS, close, hf_tokens, make_llm, vllm_tokens
+from .helpers import MAX_NEW_TOKENS, close, hf_tokens, make_llm, vllm_tokens
 
 N_VISUAL = 16  # (32 / 8)² patches per image
 # different prompt lengths and images; one request holds two images

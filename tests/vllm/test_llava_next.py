@@ -11,7 +11,7 @@ import graphprune as gp
 from graphprune.testing import tiny_llava_next
 from graphprune.tiny_checkpoints import random_image, save_llava_next
 
-from .conftest import close, hf_tokens, make_llm, vllm_tokens
+from .helpers import close, hf_tokens, make_llm, vllm_tokens
 
 # images of different aspect ratios give different grids and token counts; different prompt lengths; text only
 REQUESTS = [

@@ -9,7 +9,7 @@ from transformers import LlavaForConditionalGeneration
 
 import graphprune as gp
 
-from .conftest import close, hf_tokens, make_llm, vllm_tokens
+from .helpers import close, hf_tokens, make_llm, vllm_tokens
 from .test_llava import REQUESTS, TEXT_ONLY, checkpoint  # noqa: F401  (module-scoped checkpoint fixture)
 
 ALL = [*REQUESTS, TEXT_ONLY]

@@ -11,7 +11,7 @@ import graphprune as gp
 from graphprune.testing import tiny_qwen2_vl
 from graphprune.tiny_checkpoints import random_image, save_qwen2_vl
 
-from .conftest import close, hf_tokens, make_llm, vllm_tokens
+from .helpers import close, hf_tokens, make_llm, vllm_tokens
 
 IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
 # images of 16, 36 and 16 tokens (16 and 24 pixels square, 2-pixel patches merged 2x2); different prompt lengths

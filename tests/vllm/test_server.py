@@ -26,7 +26,7 @@ import graphprune as gp
 from graphprune.testing import tiny_llava
 from graphprune.tiny_checkpoints import random_image, save_llava
 
-from .conftest import MAX_NEW_TOKENS
+from .helpers import MAX_NEW_TOKENS
 
 CONFIG = {"method": "fastv", "k": 2, "keep": 0.5}
 
