@@ -81,19 +81,24 @@ def left_padded(rows: list[list[int]]) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
-def llama_text_config(hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads, vocab_size) -> dict:
-    """The Llama decoder of the LLaVA families."""
+def text_config(hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads, vocab_size, **extra) -> dict:
+    """The decoder config every family shares, from the builders' keyword names; plus ``extra``."""
     return dict(
-        model_type="llama",
         hidden_size=hidden_size,
         intermediate_size=intermediate_size,
         num_hidden_layers=num_layers,
         num_attention_heads=num_heads,
         num_key_value_heads=num_kv_heads,
         vocab_size=vocab_size,
-        max_position_embeddings=4096,
         pad_token_id=PAD_TOKEN_ID,
+        **extra,
     )
+
+
+def llama_text_config(hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads, vocab_size) -> dict:
+    """The Llama decoder of the LLaVA families."""
+    shape = (hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads, vocab_size)
+    return text_config(*shape, model_type="llama", max_position_embeddings=4096)
 
 
 def clip_config(image_size: int, patch_size: int) -> dict:

@@ -14,7 +14,6 @@ from transformers import (
 
 from .common import (
     IMAGE_TOKEN_ID,
-    PAD_TOKEN_ID,
     VIDEO_TOKEN_ID,
     VISION_END_TOKEN_ID,
     VISION_START_TOKEN_ID,
@@ -22,6 +21,7 @@ from .common import (
     finish,
     left_padded,
     sample_generators,
+    text_config,
     text_ids,
 )
 
@@ -51,16 +51,15 @@ def tiny_qwen2_vl(
         raise ValueError(
             f"2 * sum(mrope_section) must equal the head dim {hidden_size // num_heads}; got {mrope_section}"
         )
-    text = dict(
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_kv_heads,
-        vocab_size=vocab_size,
+    text = text_config(
+        hidden_size,
+        intermediate_size,
+        num_layers,
+        num_heads,
+        num_kv_heads,
+        vocab_size,
         max_position_embeddings=4096,
         rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=list(mrope_section)),
-        pad_token_id=PAD_TOKEN_ID,
         bos_token_id=None,
         eos_token_id=None,
     )
