@@ -24,6 +24,13 @@ VIDEO_TOKEN_ID = 4
 VISION_START_TOKEN_ID = 5  # Qwen2-VL's <|vision_start|> and <|vision_end|>: text tokens around each image or video
 VISION_END_TOKEN_ID = 6
 FIRST_TEXT_ID = 8  # ids below are special tokens; random text is drawn from [FIRST_TEXT_ID, vocab)
+# the special token ids of a Qwen2-VL / Qwen2.5-VL config
+QWEN2_VL_TOKEN_IDS = dict(
+    image_token_id=IMAGE_TOKEN_ID,
+    video_token_id=VIDEO_TOKEN_ID,
+    vision_start_token_id=VISION_START_TOKEN_ID,
+    vision_end_token_id=VISION_END_TOKEN_ID,
+)
 
 
 def build(model_class: type[nn.Module], config, seed: int, device: str | torch.device = "cpu") -> nn.Module:

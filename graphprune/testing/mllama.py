@@ -33,14 +33,10 @@ def tiny_mllama(
     and the cross-attention q/k norms are scaled by ``qk_gain`` so that rankings are not flat. The
     weights are made on ``device`` (benchmarks build full-size models on the GPU).
     """
+    shape = (hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads, vocab_size)
     config = MllamaConfig(
         text_config=text_config(
-            hidden_size,
-            intermediate_size,
-            num_layers,
-            num_heads,
-            num_kv_heads,
-            vocab_size,
+            *shape,
             cross_attention_layers=list(cross_attention_layers),
             bos_token_id=1,
             eos_token_id=2,

@@ -14,6 +14,7 @@ from transformers import (
 
 from .common import (
     IMAGE_TOKEN_ID,
+    QWEN2_VL_TOKEN_IDS,
     VIDEO_TOKEN_ID,
     VISION_END_TOKEN_ID,
     VISION_START_TOKEN_ID,
@@ -51,13 +52,9 @@ def tiny_qwen2_vl(
         raise ValueError(
             f"2 * sum(mrope_section) must equal the head dim {hidden_size // num_heads}; got {mrope_section}"
         )
+    shape = (hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads, vocab_size)
     text = text_config(
-        hidden_size,
-        intermediate_size,
-        num_layers,
-        num_heads,
-        num_kv_heads,
-        vocab_size,
+        *shape,
         max_position_embeddings=4096,
         rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=list(mrope_section)),
         bos_token_id=None,
@@ -75,10 +72,7 @@ def tiny_qwen2_vl(
     config = config_class(
         text_config=text,
         vision_config=vision,
-        image_token_id=IMAGE_TOKEN_ID,
-        video_token_id=VIDEO_TOKEN_ID,
-        vision_start_token_id=VISION_START_TOKEN_ID,
-        vision_end_token_id=VISION_END_TOKEN_ID,
+        **QWEN2_VL_TOKEN_IDS,
     )
     return finish(build(model_class, config, seed), seed, qk_gain, attn_implementation, dtype)
 
