@@ -69,8 +69,6 @@ from benchmarks.harness import (  # noqa: E402
     device_name,
     llava_inputs,
     measure,
-    shared_copy,
-    sync_for,
     tiny_llava,
 )
 from benchmarks.original_fastv import OriginalFastV  # noqa: E402
@@ -79,6 +77,7 @@ from benchmarks.prefill_families import (  # noqa: E402
     expected_kv,
     median_ms,
     run_family,
+    setup,
     variant_rows,
 )
 from benchmarks.prefill_report import VARIANTS, family_report, report, summary  # noqa: E402
@@ -158,15 +157,8 @@ def _logits_of(key: str, output) -> torch.Tensor:
 def run(args, preset_name: str) -> dict:
     """LLaVA-1.5: variants (a), (b) and (c), the ranking + gather share, and checks between (b) and (c)."""
     preset = PRESETS[preset_name]
-    device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype or preset["dtype"])
-    sync = sync_for(device)
-    method = gp.FastV(k=args.k, keep=args.keep)
-    torch.manual_seed(0)
-
     start = time.perf_counter()
-    model_a = tiny_llava(**preset["model"], dtype=dtype, attn_implementation="sdpa").to(device)
-    model_b = shared_copy(model_a)
+    device, dtype, sync, method, model_a, model_b = setup(args, preset, tiny_llava)
     before_text, after_text = preset["text"]
     inputs = {k: v.to(device) for k, v in llava_inputs(model_a, [(before_text, 1, after_text)]).items()}
     call_args = dict(**inputs, use_cache=True, logits_to_keep=1)

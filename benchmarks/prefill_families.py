@@ -107,6 +107,16 @@ def kv_of(key: str, output):
     return cache_bytes(output[1] if key == "c" else output.past_key_values)
 
 
+def setup(args, preset: dict, build) -> tuple:
+    """The run's device, dtype, sync and FastV method, (a) the preset's model built on the device and (b) a
+    second module tree over its weights."""
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype or preset["dtype"])
+    torch.manual_seed(0)
+    model_a = build(**preset["model"], dtype=dtype, attn_implementation="sdpa").to(device)
+    return device, dtype, sync_for(device), gp.FastV(k=args.k, keep=args.keep), model_a, shared_copy(model_a)
+
+
 def expected_kv(config, dtype: torch.dtype, k: int, n_tokens: int, kept_tokens: int) -> dict[str, int]:
     """KV-cache bytes of (a) the unmodified model and (b) FastV (``kept_tokens`` from layer ``k`` on)."""
     elem = torch.finfo(dtype).bits // 8
@@ -147,15 +157,8 @@ def variant_rows(times: dict, first: dict, outputs: dict, compiled: bool, expect
 def run_family(args, preset_name: str) -> dict:
     """Another family: (a) unmodified and (b) graphprune FastV, eager and (unless --no-compile) compiled."""
     preset = FAMILY_PRESETS[preset_name]
-    device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype or preset["dtype"])
-    sync = sync_for(device)
-    method = gp.FastV(k=args.k, keep=args.keep)
-    torch.manual_seed(0)
-
     start = time.perf_counter()
-    model_a = preset["build"](**preset["model"], dtype=dtype, attn_implementation="sdpa").to(device)
-    model_b = shared_copy(model_a)
+    device, dtype, sync, method, model_a, model_b = setup(args, preset, preset["build"])
     inputs = {k: v.to(device) for k, v in preset["inputs"](model_a, [preset["sample"]]).items()}
     call_args = dict(**inputs, use_cache=True, logits_to_keep=1)
     n_tokens = inputs["input_ids"].shape[1]
