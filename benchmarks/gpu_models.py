@@ -11,25 +11,11 @@ from benchmarks.harness import (
     IMAGE_TOKEN_ID,
     LLAMA_7B,
     PAD_TOKEN_ID,
+    QWEN2_VL_TOKEN_IDS,
     QWEN_7B,
-    VIDEO_TOKEN_ID,
-    VISION_END_TOKEN_ID,
-    VISION_START_TOKEN_ID,
+    llama_text_config,
+    text_config,
 )
-
-
-def _llama(shape: dict, vocab: int) -> dict:
-    return dict(
-        model_type="llama",
-        hidden_size=shape["hidden_size"],
-        intermediate_size=shape["intermediate_size"],
-        num_hidden_layers=shape["num_layers"],
-        num_attention_heads=shape["num_heads"],
-        num_key_value_heads=shape["num_kv_heads"],
-        vocab_size=vocab,
-        max_position_embeddings=4096,
-        pad_token_id=PAD_TOKEN_ID,
-    )
 
 
 def llava_config(smoke: bool) -> LlavaConfig:
@@ -38,7 +24,7 @@ def llava_config(smoke: bool) -> LlavaConfig:
     if not smoke:  # CLIP ViT-L/14-336
         clip = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16)
     return LlavaConfig(
-        text_config=_llama(text, 256 if smoke else 32064),
+        text_config=llama_text_config(**text, vocab_size=256 if smoke else 32064),
         vision_config=dict(model_type="clip_vision_model", image_size=336, patch_size=14, projection_dim=768, **clip),
         image_token_id=IMAGE_TOKEN_ID,
         pad_token_id=PAD_TOKEN_ID,
@@ -48,16 +34,11 @@ def llava_config(smoke: bool) -> LlavaConfig:
 
 def qwen2_vl_config(smoke: bool) -> Qwen2VLConfig:
     shape = dict(hidden_size=64, intermediate_size=128, num_layers=4, num_heads=4, num_kv_heads=2) if smoke else QWEN_7B
-    text = dict(
-        hidden_size=shape["hidden_size"],
-        intermediate_size=shape["intermediate_size"],
-        num_hidden_layers=shape["num_layers"],
-        num_attention_heads=shape["num_heads"],
-        num_key_value_heads=shape["num_kv_heads"],
+    text = text_config(
+        **shape,
         vocab_size=256 if smoke else 152064,
         max_position_embeddings=32768,
         rope_parameters=dict(rope_type="default", rope_theta=1e6, mrope_section=[2, 3, 3] if smoke else [16, 24, 24]),
-        pad_token_id=PAD_TOKEN_ID,
         bos_token_id=None,
         eos_token_id=None,
     )
@@ -67,10 +48,7 @@ def qwen2_vl_config(smoke: bool) -> Qwen2VLConfig:
     return Qwen2VLConfig(
         text_config=text,
         vision_config=vision,
-        image_token_id=IMAGE_TOKEN_ID,
-        video_token_id=VIDEO_TOKEN_ID,
-        vision_start_token_id=VISION_START_TOKEN_ID,
-        vision_end_token_id=VISION_END_TOKEN_ID,
+        **QWEN2_VL_TOKEN_IDS,
     )
 
 

@@ -69,15 +69,19 @@ from benchmarks.harness import (  # noqa: E402
     device_name,
     llava_inputs,
     measure,
-    shared_copy,
-    sync_for,
     tiny_llava,
 )
 from benchmarks.original_fastv import OriginalFastV  # noqa: E402
-from benchmarks.prefill_families import FAMILY_PRESETS, kv_of, run_family  # noqa: E402
+from benchmarks.prefill_families import (  # noqa: E402
+    FAMILY_PRESETS,
+    expected_kv,
+    median_ms,
+    run_family,
+    setup,
+    variant_rows,
+)
 from benchmarks.prefill_report import VARIANTS, family_report, report, summary  # noqa: E402
 from graphprune import ops  # noqa: E402
-from graphprune.flops import kv_bytes  # noqa: E402
 from graphprune.methods import n_keep  # noqa: E402
 from graphprune.passes import INSERTED_PREFIX  # noqa: E402
 from graphprune.reference.fastv import input_embeddings  # noqa: E402
@@ -153,15 +157,8 @@ def _logits_of(key: str, output) -> torch.Tensor:
 def run(args, preset_name: str) -> dict:
     """LLaVA-1.5: variants (a), (b) and (c), the ranking + gather share, and checks between (b) and (c)."""
     preset = PRESETS[preset_name]
-    device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype or preset["dtype"])
-    sync = sync_for(device)
-    method = gp.FastV(k=args.k, keep=args.keep)
-    torch.manual_seed(0)
-
     start = time.perf_counter()
-    model_a = tiny_llava(**preset["model"], dtype=dtype, attn_implementation="sdpa").to(device)
-    model_b = shared_copy(model_a)
+    device, dtype, sync, method, model_a, model_b = setup(args, preset, tiny_llava)
     before_text, after_text = preset["text"]
     inputs = {k: v.to(device) for k, v in llava_inputs(model_a, [(before_text, 1, after_text)]).items()}
     call_args = dict(**inputs, use_cache=True, logits_to_keep=1)
@@ -177,22 +174,12 @@ def run(args, preset_name: str) -> dict:
     )
     flops_before, flops_after = gp.flops(model_a.config, method, n_tokens, n_visual)
     flops_fraction = flops_after / flops_before
-    elem = torch.finfo(dtype).bits // 8
-    layers = text.num_hidden_layers
-    expected_kv = {
-        "a": kv_bytes(model_a.config, [n_tokens] * layers, elem),
-        "b": kv_bytes(model_a.config, [n_tokens] * method.k + [kept_tokens] * (layers - method.k), elem),
-    }
-    expected_kv["c"] = expected_kv["b"]
-
-    embed_ms = []
+    expected = expected_kv(model_a.config, dtype, method.k, n_tokens, kept_tokens)
+    expected["c"] = expected["b"]
     with torch.no_grad():
-        for _ in range(args.repeats + 1):
-            sync()
-            start = time.perf_counter()
-            input_embeddings(model_a, inputs["input_ids"], inputs.get("pixel_values"))
-            sync()
-            embed_ms.append((time.perf_counter() - start) * 1e3)
+        embed_ms = median_ms(
+            lambda: input_embeddings(model_a, inputs["input_ids"], inputs.get("pixel_values")), sync, args.repeats
+        )
 
     modes = [False] if args.no_compile else [False, True]
     rows, checks, overhead = [], {}, None
@@ -227,23 +214,7 @@ def run(args, preset_name: str) -> dict:
             finally:
                 gp.restore(model_b)
                 lm_a.__dict__.pop("forward", None)
-            for key in callables:
-                median = statistics.median(times[key])
-                rows.append(
-                    dict(
-                        variant=key,
-                        name=VARIANTS[key],
-                        compiled=compiled,
-                        median_ms=median * 1e3,
-                        min_ms=min(times[key]) * 1e3,
-                        max_ms=max(times[key]) * 1e3,
-                        first_call_s=first[key],
-                        compile_s=max(first[key] - median, 0.0) if compiled else None,
-                        kv_bytes=kv_of(key, outputs[key]),
-                        expected_kv_bytes=expected_kv[key],
-                        times_ms=[t * 1e3 for t in times[key]],
-                    )
-                )
+            rows += variant_rows(times, first, outputs, compiled, expected)
     return dict(
         preset=preset_name,
         device=str(device),
@@ -257,7 +228,7 @@ def run(args, preset_name: str) -> dict:
         kept_tokens=kept_tokens,
         repeats=args.repeats,
         flops=dict(before=flops_before, after=flops_after, fraction=flops_fraction),
-        vision_and_embedding_ms=statistics.median(embed_ms[1:]),
+        vision_and_embedding_ms=embed_ms,
         rows=rows,
         checks=checks,
         ranking_gather=overhead,

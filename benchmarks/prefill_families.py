@@ -1,4 +1,5 @@
-"""``benchmarks/prefill.py``'s other families (LLaVA-NeXT, Video-LLaVA, Qwen2-VL, Qwen2.5-VL): presets and run."""
+"""``benchmarks/prefill.py``'s other families (LLaVA-NeXT, Video-LLaVA, Qwen2-VL, Qwen2.5-VL): presets and run; and the
+KV-cache, timing and row helpers that both runs use."""
 
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ from benchmarks.harness import (
     measure,
     qwen2_vl_inputs,
     shared_copy,
+    spread_ms,
     sync_for,
+    timed,
     tiny_llava_next,
     tiny_qwen2_vl,
     tiny_video_llava,
@@ -104,18 +107,58 @@ def kv_of(key: str, output):
     return cache_bytes(output[1] if key == "c" else output.past_key_values)
 
 
+def setup(args, preset: dict, build) -> tuple:
+    """The run's device, dtype, sync and FastV method, (a) the preset's model built on the device and (b) a
+    second module tree over its weights."""
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype or preset["dtype"])
+    torch.manual_seed(0)
+    model_a = build(**preset["model"], dtype=dtype, attn_implementation="sdpa").to(device)
+    return device, dtype, sync_for(device), gp.FastV(k=args.k, keep=args.keep), model_a, shared_copy(model_a)
+
+
+def expected_kv(config, dtype: torch.dtype, k: int, n_tokens: int, kept_tokens: int) -> dict[str, int]:
+    """KV-cache bytes of (a) the unmodified model and (b) FastV (``kept_tokens`` from layer ``k`` on)."""
+    elem = torch.finfo(dtype).bits // 8
+    layers = config.get_text_config(decoder=True).num_hidden_layers
+    return {
+        "a": kv_bytes(config, [n_tokens] * layers, elem),
+        "b": kv_bytes(config, [n_tokens] * k + [kept_tokens] * (layers - k), elem),
+    }
+
+
+def median_ms(fn, sync, repeats: int) -> float:
+    """Median wall time of ``fn()`` in ms over ``repeats`` runs after one warm-up run."""
+    runs_ms = [timed(fn, sync)[0] * 1e3 for _ in range(repeats + 1)]
+    return statistics.median(runs_ms[1:])
+
+
+def variant_rows(times: dict, first: dict, outputs: dict, compiled: bool, expected: dict) -> list[dict]:
+    """One row per variant of ``measure``'s results: spread, first call and compile time, KV-cache bytes."""
+    rows = []
+    for key, seconds in times.items():
+        median = statistics.median(seconds)
+        rows.append(
+            dict(
+                variant=key,
+                name=VARIANTS[key],
+                compiled=compiled,
+                **spread_ms(seconds),
+                first_call_s=first[key],
+                compile_s=max(first[key] - median, 0.0) if compiled else None,
+                kv_bytes=kv_of(key, outputs[key]),
+                expected_kv_bytes=expected[key],
+                times_ms=[t * 1e3 for t in seconds],
+            )
+        )
+    return rows
+
+
 def run_family(args, preset_name: str) -> dict:
     """Another family: (a) unmodified and (b) graphprune FastV, eager and (unless --no-compile) compiled."""
     preset = FAMILY_PRESETS[preset_name]
-    device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype or preset["dtype"])
-    sync = sync_for(device)
-    method = gp.FastV(k=args.k, keep=args.keep)
-    torch.manual_seed(0)
-
     start = time.perf_counter()
-    model_a = preset["build"](**preset["model"], dtype=dtype, attn_implementation="sdpa").to(device)
-    model_b = shared_copy(model_a)
+    device, dtype, sync, method, model_a, model_b = setup(args, preset, preset["build"])
     inputs = {k: v.to(device) for k, v in preset["inputs"](model_a, [preset["sample"]]).items()}
     call_args = dict(**inputs, use_cache=True, logits_to_keep=1)
     n_tokens = inputs["input_ids"].shape[1]
@@ -130,19 +173,9 @@ def run_family(args, preset_name: str) -> dict:
         flush=True,
     )
     flops_before, flops_after = gp.flops(model_a.config, method, n_tokens, n_visual)
-    elem = torch.finfo(dtype).bits // 8
-    layers = text.num_hidden_layers
-    expected_kv = {
-        "a": kv_bytes(model_a.config, [n_tokens] * layers, elem),
-        "b": kv_bytes(model_a.config, [n_tokens] * method.k + [kept_tokens] * (layers - method.k), elem),
-    }
-    vision_ms = []
-    for _ in range(args.repeats + 1):  # the model's forward up to its decoder: vision, projector, embedding, positions
-        sync()
-        start = time.perf_counter()
-        decoder_inputs(model_a, False, **inputs)
-        sync()
-        vision_ms.append((time.perf_counter() - start) * 1e3)
+    expected = expected_kv(model_a.config, dtype, method.k, n_tokens, kept_tokens)
+    # the model's forward up to its decoder: vision, projector, embedding, positions
+    vision_ms = median_ms(lambda: decoder_inputs(model_a, False, **inputs), sync, args.repeats)
     rows = []
     lm_a = model_a.model.language_model
     with torch.no_grad():
@@ -157,22 +190,7 @@ def run_family(args, preset_name: str) -> dict:
             finally:
                 gp.restore(model_b)
                 lm_a.__dict__.pop("forward", None)
-            for key in callables:
-                median = statistics.median(times[key])
-                rows.append(
-                    dict(
-                        variant=key,
-                        name=VARIANTS[key],
-                        compiled=compiled,
-                        median_ms=median * 1e3,
-                        min_ms=min(times[key]) * 1e3,
-                        max_ms=max(times[key]) * 1e3,
-                        compile_s=max(first[key] - median, 0.0) if compiled else None,
-                        kv_bytes=kv_of(key, outputs[key]),
-                        expected_kv_bytes=expected_kv[key],
-                        times_ms=[t * 1e3 for t in times[key]],
-                    )
-                )
+            rows += variant_rows(times, first, outputs, compiled, expected)
     return dict(
         preset=preset_name,
         model_class=type(model_a).__name__,
@@ -187,7 +205,7 @@ def run_family(args, preset_name: str) -> dict:
         kept_tokens=kept_tokens,
         repeats=args.repeats,
         flops=dict(before=flops_before, after=flops_after, fraction=flops_after / flops_before),
-        vision_and_embedding_ms=statistics.median(vision_ms[1:]),
+        vision_and_embedding_ms=vision_ms,
         rows=rows,
         versions=dict(torch=torch.__version__, graphprune=gp.__version__),
     )

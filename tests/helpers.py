@@ -10,6 +10,7 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import pytest
 import torch
 
 import graphprune as gp
@@ -218,3 +219,27 @@ def expected_cache_lengths(model, method, inputs: dict, kept: list[torch.Tensor]
     slots = max(len(k) for k in kept)
     lengths = {first: features} | {layer: slots for layer in later}
     return [lengths.get(layer, seq_len) for layer in range(text.num_hidden_layers)]
+
+
+def export_fixtures(build: Callable, method, make_inputs: Callable, folder: str, names=("model", "inputs", "exported")):
+    """Module-scoped fixtures, named ``names``: the model ``build()`` optimised with ``method`` while the module
+    runs, ``make_inputs(model)``, and its ONNX export into a fresh ``folder`` (which ``export.onnx`` validates
+    against PyTorch on those inputs). Assign them to the same names in the test module."""
+    model_name, inputs_name, exported_name = names
+
+    @pytest.fixture(scope="module", name=model_name)
+    def model():
+        model = build()
+        with gp.optimized(model, method):
+            yield model
+
+    @pytest.fixture(scope="module", name=inputs_name)
+    def inputs(request):
+        return make_inputs(request.getfixturevalue(model_name))
+
+    @pytest.fixture(scope="module", name=exported_name)
+    def exported(request, tmp_path_factory):
+        model, inputs = request.getfixturevalue(model_name), request.getfixturevalue(inputs_name)
+        return gp.export.onnx(model, tmp_path_factory.mktemp("export") / folder, example_inputs=inputs)
+
+    return model, inputs, exported

@@ -16,7 +16,7 @@ from graphprune import optimized  # noqa: E402
 from graphprune.export.trt_profiles import trt_profiles  # noqa: E402
 from graphprune.testing import llava_inputs, mllama_inputs, tiny_llava, tiny_mllama  # noqa: E402
 
-from .helpers import BATCH, LOGITS_RTOL, rel_error, unmodified_generate  # noqa: E402
+from .helpers import BATCH, LOGITS_RTOL, export_fixtures, rel_error, unmodified_generate  # noqa: E402
 from .onnx_graph import assert_profiles_ordered, node_types, top_k_constants  # noqa: E402
 
 export_onnx = importlib.import_module("graphprune.export.onnx_export")  # the module of gp.export.onnx
@@ -29,23 +29,10 @@ MLLAMA_GRAPHS = ("vision", "masks", "embed", "prefill", "decode")
 MLLAMA_EXPORT_BATCH = [(1, [4, 2], 3), (2, [2], 4), (0, [1], 6)]
 
 
-@pytest.fixture(scope="module")
-def model():
-    """Tiny LLaVA with 2 layers (16 visual tokens per image; layer 1 pruned); optimised for the whole module."""
-    model = tiny_llava(num_layers=2, seed=2)
-    with optimized(model, METHOD):
-        yield model
-
-
-@pytest.fixture(scope="module")
-def inputs(model):
-    return llava_inputs(model, BATCH)  # samples with 1, 2 and 0 images, left-padded
-
-
-@pytest.fixture(scope="module")
-def exported(model, inputs, tmp_path_factory):
-    """The export under test; ``validate=True``, so it already matched PyTorch on ``inputs``."""
-    return gp.export.onnx(model, tmp_path_factory.mktemp("export") / "llava", example_inputs=inputs)
+# Tiny LLaVA with 2 layers (16 visual tokens per image; layer 1 pruned); BATCH: samples with 1, 2 and 0 images
+model, inputs, exported = export_fixtures(
+    lambda: tiny_llava(num_layers=2, seed=2), METHOD, lambda model: llava_inputs(model, BATCH), "llava"
+)
 
 
 def test_export_writes_the_graphs_and_a_manifest(exported):
@@ -212,23 +199,14 @@ def test_unpruned_export_is_the_baseline_with_the_same_tokens(model, inputs, tmp
         gp.export.OrtGenerator(folder).generate(**right_padded, max_new_tokens=1)
 
 
-@pytest.fixture(scope="module")
-def mllama_model():
-    """Tiny Mllama, 4 layers, cross-attention at 1 (ranks, keeps all features) and 3 (trimmed)."""
-    model = tiny_mllama(num_layers=4, cross_attention_layers=(1, 3))
-    with optimized(model, TRIM):
-        yield model
-
-
-@pytest.fixture(scope="module")
-def mllama_batch(mllama_model):
-    return mllama_inputs(mllama_model, MLLAMA_EXPORT_BATCH)
-
-
-@pytest.fixture(scope="module")
-def mllama_exported(mllama_model, mllama_batch, tmp_path_factory):
-    """Validated against PyTorch on ``mllama_batch`` by ``export.onnx`` itself."""
-    return gp.export.onnx(mllama_model, tmp_path_factory.mktemp("export") / "mllama", example_inputs=mllama_batch)
+# Tiny Mllama, 4 layers, cross-attention at 1 (ranks, keeps all features) and 3 (trimmed)
+mllama_model, mllama_batch, mllama_exported = export_fixtures(
+    lambda: tiny_mllama(num_layers=4, cross_attention_layers=(1, 3)),
+    TRIM,
+    lambda model: mllama_inputs(model, MLLAMA_EXPORT_BATCH),
+    "mllama",
+    names=("mllama_model", "mllama_batch", "mllama_exported"),
+)
 
 
 def test_mllama_export_trims_inside_the_prefill_graph_with_a_constant_k(mllama_exported):

@@ -15,32 +15,19 @@ import torch
 pytest.importorskip("onnxruntime", reason="the ONNX extra is not installed: pip install graphprune[onnx]")
 
 import graphprune as gp  # noqa: E402
-from graphprune import optimized  # noqa: E402
 from graphprune.export.staging import staged_folder, writable_folder  # noqa: E402
 from graphprune.testing import llava_inputs, tiny_llava  # noqa: E402
 
-from .helpers import BATCH  # noqa: E402
+from .helpers import BATCH, export_fixtures  # noqa: E402
 
 METHOD = gp.FastV(k=1, keep=0.5)
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def model():
-    model = tiny_llava(num_layers=2, seed=2)
-    with optimized(model, METHOD):
-        yield model
-
-
-@pytest.fixture(scope="module")
-def inputs(model):
-    return llava_inputs(model, BATCH)
-
-
-@pytest.fixture(scope="module")
-def exported(model, inputs, tmp_path_factory):
-    """The one export of this module; tests copy it."""
-    return gp.export.onnx(model, tmp_path_factory.mktemp("export") / "llava", example_inputs=inputs)
+# the one export of this module; tests copy it
+model, inputs, exported = export_fixtures(
+    lambda: tiny_llava(num_layers=2, seed=2), METHOD, lambda model: llava_inputs(model, BATCH), "llava"
+)
 
 
 @pytest.fixture

@@ -8,11 +8,10 @@ pytest.importorskip("onnxruntime", reason="the ONNX extra is not installed: pip 
 import onnx  # noqa: E402
 
 import graphprune as gp  # noqa: E402
-from graphprune import optimized  # noqa: E402
 from graphprune.export.trt_profiles import trt_profiles  # noqa: E402
 from graphprune.testing import tiny_video_llava, video_llava_inputs  # noqa: E402
 
-from .helpers import LOGITS_RTOL, rel_error  # noqa: E402
+from .helpers import LOGITS_RTOL, export_fixtures, rel_error  # noqa: E402
 from .onnx_graph import assert_profiles_ordered, top_k_constants  # noqa: E402
 
 METHOD = gp.FastV(k=1, keep=0.5)
@@ -21,23 +20,10 @@ GRAPHS = ("vision", "video", "embed", "prefill", "decode")
 SAMPLES = [(3, 1, 1, 4), (2, 0, 1, 3), (5, 1, 0, 2)]
 
 
-@pytest.fixture(scope="module")
-def model():
-    """Tiny Video-LLaVA, 2 layers (layer 1 pruned), 8-frame videos; optimised for the whole module."""
-    model = tiny_video_llava(num_layers=2)
-    with optimized(model, METHOD):
-        yield model
-
-
-@pytest.fixture(scope="module")
-def inputs(model):
-    return video_llava_inputs(model, SAMPLES)
-
-
-@pytest.fixture(scope="module")
-def exported(model, inputs, tmp_path_factory):
-    """Validated against PyTorch on ``inputs`` by ``export.onnx`` itself."""
-    return gp.export.onnx(model, tmp_path_factory.mktemp("export") / "video_llava", example_inputs=inputs)
+# Tiny Video-LLaVA, 2 layers (layer 1 pruned), 8-frame videos
+model, inputs, exported = export_fixtures(
+    lambda: tiny_video_llava(num_layers=2), METHOD, lambda model: video_llava_inputs(model, SAMPLES), "video_llava"
+)
 
 
 def test_export_writes_both_towers_and_a_token_budget(exported):

@@ -24,6 +24,13 @@ VIDEO_TOKEN_ID = 4
 VISION_START_TOKEN_ID = 5  # Qwen2-VL's <|vision_start|> and <|vision_end|>: text tokens around each image or video
 VISION_END_TOKEN_ID = 6
 FIRST_TEXT_ID = 8  # ids below are special tokens; random text is drawn from [FIRST_TEXT_ID, vocab)
+# the special token ids of a Qwen2-VL / Qwen2.5-VL config
+QWEN2_VL_TOKEN_IDS = dict(
+    image_token_id=IMAGE_TOKEN_ID,
+    video_token_id=VIDEO_TOKEN_ID,
+    vision_start_token_id=VISION_START_TOKEN_ID,
+    vision_end_token_id=VISION_END_TOKEN_ID,
+)
 
 
 def build(model_class: type[nn.Module], config, seed: int, device: str | torch.device = "cpu") -> nn.Module:
@@ -81,19 +88,24 @@ def left_padded(rows: list[list[int]]) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
-def llama_text_config(hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads, vocab_size) -> dict:
-    """The Llama decoder of the LLaVA families."""
+def text_config(hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads, vocab_size, **extra) -> dict:
+    """The decoder config every family shares, from the builders' keyword names; plus ``extra``."""
     return dict(
-        model_type="llama",
         hidden_size=hidden_size,
         intermediate_size=intermediate_size,
         num_hidden_layers=num_layers,
         num_attention_heads=num_heads,
         num_key_value_heads=num_kv_heads,
         vocab_size=vocab_size,
-        max_position_embeddings=4096,
         pad_token_id=PAD_TOKEN_ID,
+        **extra,
     )
+
+
+def llama_text_config(hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads, vocab_size) -> dict:
+    """The Llama decoder of the LLaVA families."""
+    shape = (hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads, vocab_size)
+    return text_config(*shape, model_type="llama", max_position_embeddings=4096)
 
 
 def clip_config(image_size: int, patch_size: int) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import MllamaConfig, MllamaForConditionalGeneration
 
-from .common import IMAGE_TOKEN_ID, PAD_TOKEN_ID, build, finish, sample_generators, text_ids
+from .common import IMAGE_TOKEN_ID, PAD_TOKEN_ID, build, finish, sample_generators, text_config, text_ids
 
 
 def tiny_mllama(
@@ -33,16 +33,11 @@ def tiny_mllama(
     and the cross-attention q/k norms are scaled by ``qk_gain`` so that rankings are not flat. The
     weights are made on ``device`` (benchmarks build full-size models on the GPU).
     """
+    shape = (hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads, vocab_size)
     config = MllamaConfig(
-        text_config=dict(
-            hidden_size=hidden_size,
-            intermediate_size=intermediate_size,
-            num_hidden_layers=num_layers,
-            num_attention_heads=num_heads,
-            num_key_value_heads=num_kv_heads,
-            vocab_size=vocab_size,
+        text_config=text_config(
+            *shape,
             cross_attention_layers=list(cross_attention_layers),
-            pad_token_id=PAD_TOKEN_ID,
             bos_token_id=1,
             eos_token_id=2,
         ),

@@ -14,7 +14,7 @@ from transformers import (
 
 from .common import (
     IMAGE_TOKEN_ID,
-    PAD_TOKEN_ID,
+    QWEN2_VL_TOKEN_IDS,
     VIDEO_TOKEN_ID,
     VISION_END_TOKEN_ID,
     VISION_START_TOKEN_ID,
@@ -22,6 +22,7 @@ from .common import (
     finish,
     left_padded,
     sample_generators,
+    text_config,
     text_ids,
 )
 
@@ -51,16 +52,11 @@ def tiny_qwen2_vl(
         raise ValueError(
             f"2 * sum(mrope_section) must equal the head dim {hidden_size // num_heads}; got {mrope_section}"
         )
-    text = dict(
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_kv_heads,
-        vocab_size=vocab_size,
+    shape = (hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads, vocab_size)
+    text = text_config(
+        *shape,
         max_position_embeddings=4096,
         rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=list(mrope_section)),
-        pad_token_id=PAD_TOKEN_ID,
         bos_token_id=None,
         eos_token_id=None,
     )
@@ -76,10 +72,7 @@ def tiny_qwen2_vl(
     config = config_class(
         text_config=text,
         vision_config=vision,
-        image_token_id=IMAGE_TOKEN_ID,
-        video_token_id=VIDEO_TOKEN_ID,
-        vision_start_token_id=VISION_START_TOKEN_ID,
-        vision_end_token_id=VISION_END_TOKEN_ID,
+        **QWEN2_VL_TOKEN_IDS,
     )
     return finish(build(model_class, config, seed), seed, qk_gain, attn_implementation, dtype)
 
