@@ -36,9 +36,10 @@ class DecoderLayout:
         return tuple(i for i in range(self.num_layers) if i not in self.cross_attention_layers)
 
 
-def self_attention_layout(decoder: nn.Module, position_rows: int = 0) -> DecoderLayout:
-    """The layout of a Llama-style decoder: ``layers[i].self_attn`` with ``q_proj`` and ``k_proj``."""
-    attention = decoder.layers[0].self_attn
+def self_attention_layout(decoder: nn.Module, position_rows: int = 0, attention_layer: int = 0) -> DecoderLayout:
+    """The layout of a Llama-style decoder: ``layers[i].self_attn`` with ``q_proj`` and ``k_proj``; head size
+    and scaling read from layer ``attention_layer``."""
+    attention = decoder.layers[attention_layer].self_attn
     return DecoderLayout(
         layers="decoder.layers",
         attention="self_attn",

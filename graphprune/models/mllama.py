@@ -3,10 +3,12 @@ layers that read the vision features (``cross_attention_states``) instead of vis
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from torch import nn
 
 from ..methods import CrossAttentionTrim
-from .base import DecoderLayout, ModelAdapter
+from .base import DecoderLayout, ModelAdapter, self_attention_layout
 
 
 class MllamaAdapter(ModelAdapter):
@@ -19,19 +21,10 @@ class MllamaAdapter(ModelAdapter):
 
     def layout(self, model: nn.Module) -> DecoderLayout:
         decoder = self.decoder(model)
-        text = decoder.config
-        cross_layers = tuple(sorted(text.cross_attention_layers))
+        cross_layers = tuple(sorted(decoder.config.cross_attention_layers))
         first_self = next(i for i in range(len(decoder.layers)) if i not in cross_layers)
-        self_attention = decoder.layers[first_self].self_attn
-        return DecoderLayout(
-            layers="decoder.layers",
-            attention="self_attn",
-            query_proj="q_proj",
-            key_proj="k_proj",
-            num_layers=len(decoder.layers),
-            num_heads=text.num_attention_heads,
-            num_kv_heads=text.num_key_value_heads,
-            head_dim=self_attention.head_dim,
+        return replace(
+            self_attention_layout(decoder, attention_layer=first_self),
             scaling=float(decoder.layers[cross_layers[0]].cross_attn.scaling),
             cross_attention_layers=cross_layers,
             cross_attention="cross_attn",
