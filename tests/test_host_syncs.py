@@ -103,11 +103,12 @@ def _steps(model, inputs, cross=()):
     counted = []
     out, ops = _counted(lambda: model(**inputs, use_cache=True))
     counted.append(ops)
-    mask = inputs["attention_mask"]
+    mask, extra = inputs["attention_mask"], {name: inputs[name] for name in cross}
     for _ in range(3):
         token = out.logits[:, -1:].argmax(-1)
         mask = torch.cat([mask, torch.ones_like(token)], dim=1)
-        extra = {name: inputs[name][:, -1:] for name in cross}
+        # the whole cross-attention mask, one row longer per step: every transformers version slices it itself
+        extra = {name: torch.cat([value, value[:, -1:]], dim=1) for name, value in extra.items()}
         positions = mask.cumsum(dim=-1)[:, -1:] - 1  # as generate gives them (in its own ops)
         call = dict(input_ids=token, attention_mask=mask, position_ids=positions, past_key_values=out.past_key_values)
         out, ops = _counted(lambda call=call, extra=extra: model(**call, **extra, use_cache=True))

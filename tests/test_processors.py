@@ -6,7 +6,7 @@ exactly; the pass equals the reference on kept sets, last logits and greedy toke
 
 Qwen2-VL and Qwen2.5-VL: transformers (5.23) cannot build their processor without torchvision (its video
 processor is checked even when none is given), so where torchvision is missing their inputs come from the same
-image processor and tokenizer, saved and loaded with ``AutoImageProcessor`` / ``AutoTokenizer``, with each
+image processor and tokenizer, saved and loaded with ``Qwen2VLImageProcessorPil`` / ``AutoTokenizer``, with each
 ``<|image_pad|>`` repeated and ``mm_token_type_ids`` made as the processor makes them. Video-LLaVA is not
 here: its processor needs a video processor, which needs torchvision.
 """
@@ -27,7 +27,7 @@ from .helpers import FAMILIES, LOGITS_RTOL, assert_clear_cut, reference_run, rel
 
 pytest.importorskip("PIL", reason="the processor tests need Pillow (in the dev extra)")
 
-from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer  # noqa: E402
+from transformers import AutoProcessor, AutoTokenizer  # noqa: E402
 
 from graphprune.tiny_checkpoints import random_image, save_llava_next, save_llava_processor, tokenizer  # noqa: E402
 
@@ -68,7 +68,7 @@ def _mllama(model, path):
 
 
 def _qwen2_vl(model, path):
-    from transformers import Qwen2VLImageProcessor
+    from transformers import Qwen2VLImageProcessor, Qwen2VLImageProcessorPil
 
     vision = model.config.vision_config
     patch = vision.patch_size * vision.spatial_merge_size
@@ -84,7 +84,8 @@ def _qwen2_vl(model, path):
     images = [random_image(0, 16), random_image(1, 8, 16), random_image(2, 12, 8)]
     if importlib.util.find_spec("torchvision") is not None:
         return AutoProcessor.from_pretrained(path)(text=prompts, images=images, **_CALL)
-    pixels = AutoImageProcessor.from_pretrained(path)(images=images, return_tensors="pt")
+    # the PIL image processor, read from the saved folder (AutoImageProcessor needs torchvision in transformers 5.17)
+    pixels = Qwen2VLImageProcessorPil.from_pretrained(path)(images=images, return_tensors="pt")
     counts = iter(math.prod(grid) // vision.spatial_merge_size**2 for grid in pixels["image_grid_thw"].tolist())
     prompts = [_expand(prompt, counts) for prompt in prompts]
     words = AutoTokenizer.from_pretrained(path)
