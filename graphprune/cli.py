@@ -30,11 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--select", choices=["head_union", "topk"], help="CrossAttentionTrim (default head_union)")
     export = commands.add_parser(
         "export",
-        help="export a tiny random-weight demo model (FastV: LLaVA, Video-LLaVA, Qwen2-VL, Qwen2.5-VL; "
+        help="export a tiny random-weight demo model (FastV: LLaVA, LLaVA-NeXT, Video-LLaVA, Qwen2-VL, Qwen2.5-VL; "
         "CrossAttentionTrim: Mllama) for ONNX Runtime or TensorRT",
         description="Export one of graphprune's tiny random-weight demo models, optimised with FastV (LLaVA, "
-        "Video-LLaVA, Qwen2-VL, Qwen2.5-VL) or CrossAttentionTrim (Mllama, select='topk', the exportable one), and "
-        "check ONNX Runtime's greedy tokens against PyTorch. For your own model, call "
+        "LLaVA-NeXT, Video-LLaVA, Qwen2-VL, Qwen2.5-VL) or CrossAttentionTrim (Mllama, select='topk', the exportable "
+        "one), and check ONNX Runtime's greedy tokens against PyTorch. For your own model, call "
         "graphprune.export.onnx(model, out_dir, example_inputs=...) from Python.",
     )
     export.add_argument("--format", choices=["onnx", "tensorrt"], default="onnx", help="default onnx")
@@ -44,9 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     export.add_argument(
         "--model",
-        choices=["llava", "video-llava", "qwen2-vl", "qwen2.5-vl", "mllama"],
+        choices=["llava", "llava-next", "video-llava", "qwen2-vl", "qwen2.5-vl", "mllama"],
         default="llava",
-        help="llava, video-llava, qwen2-vl, qwen2.5-vl: FastV; mllama: CrossAttentionTrim topk",
+        help="llava, llava-next, video-llava, qwen2-vl, qwen2.5-vl: FastV; mllama: CrossAttentionTrim topk",
     )
     export.add_argument("--k", type=int, help="FastV: first pruned layer (default 2)")
     export.add_argument("--keep", type=float, help="fraction of visual tokens/features kept (default 0.5)")

@@ -69,7 +69,7 @@ def test_no_module_of_the_export_package_is_named_like_a_function_it_exports():
 
 def test_every_exportable_family_is_one_registered_class_of_a_model_adapter():
     adapters = {adapter.name for adapter in ADAPTERS}
-    assert sorted(FAMILIES) == ["llava", "mllama", "qwen2-vl", "video-llava"]
+    assert sorted(FAMILIES) == ["llava", "llava-next", "mllama", "qwen2-vl", "video-llava"]
     for name, family in FAMILIES.items():
         assert issubclass(family, ExportFamily) and family.name == name and name in adapters
         assert family.budget in BUDGETS and {"embed", "prefill", "decode"} <= set(family.graphs)
@@ -91,10 +91,10 @@ def probe_family():
 def test_the_unsupported_family_error_lists_every_registered_family(probe_family):
     assert export_family("probe", "unused") is probe_family
     with pytest.raises(gp.UnsupportedModelError) as raised:
-        export_family("llava-next", "graphprune cannot export LlavaNextForConditionalGeneration (llava-next) yet")
+        export_family("other", "graphprune cannot export OtherForConditionalGeneration (other) yet")
     assert str(raised.value) == (
-        "graphprune cannot export LlavaNextForConditionalGeneration (llava-next) yet; "
-        "exportable families: llava, mllama, probe, qwen2-vl, video-llava"
+        "graphprune cannot export OtherForConditionalGeneration (other) yet; "
+        "exportable families: llava, llava-next, mllama, probe, qwen2-vl, video-llava"
     )
 
 
@@ -138,16 +138,19 @@ def test_an_export_shows_a_bar_per_graph_written_and_validated(exported_on_a_ter
 def test_ort_generator_refuses_an_export_of_an_unregistered_family(exported_on_a_terminal, tmp_path):
     folder = shutil.copytree(exported_on_a_terminal[0], tmp_path / "copy")
     manifest = json.loads((folder / "manifest.json").read_text())
-    (folder / "manifest.json").write_text(json.dumps(manifest | {"family": "llava-next"}))
+    (folder / "manifest.json").write_text(json.dumps(manifest | {"family": "other"}))
     with pytest.raises(gp.UnsupportedModelError) as raised:
         gp.export.OrtGenerator(folder)
     assert str(raised.value) == (
-        f"graphprune's OrtGenerator cannot run {folder}: it holds 'llava-next'; "
-        "exportable families: llava, mllama, qwen2-vl, video-llava"
+        f"graphprune's OrtGenerator cannot run {folder}: it holds 'other'; "
+        "exportable families: llava, llava-next, mllama, qwen2-vl, video-llava"
     )
 
 
-@pytest.mark.parametrize(("name", "family"), [("llava", "llava"), ("qwen2.5-vl", "qwen2-vl"), ("mllama", "mllama")])
+@pytest.mark.parametrize(
+    ("name", "family"),
+    [("llava", "llava"), ("llava-next", "llava-next"), ("qwen2.5-vl", "qwen2-vl"), ("mllama", "mllama")],
+)
 def test_a_demo_name_builds_its_family_s_model_optimised_with_inputs(name, family):
     method = gp.CrossAttentionTrim(keep=0.5, select="topk") if family == "mllama" else gp.FastV(k=2, keep=0.5)
     model, inputs = FAMILIES[family].demo(method, name)
@@ -159,8 +162,9 @@ def test_a_demo_name_builds_its_family_s_model_optimised_with_inputs(name, famil
 
 def test_an_unknown_demo_name_lists_the_demo_models(tmp_path):
     with pytest.raises(ValueError) as raised:
-        demo(tmp_path / "out", "onnx", gp.FastV(), "llava-next")
+        demo(tmp_path / "out", "onnx", gp.FastV(), "llava-9")
     assert str(raised.value) == (
-        "graphprune has no demo model 'llava-next'; demo models: llava, mllama, qwen2-vl, qwen2.5-vl, video-llava"
+        "graphprune has no demo model 'llava-9'; demo models: llava, llava-next, mllama, qwen2-vl, qwen2.5-vl, "
+        "video-llava"
     )
     assert list(tmp_path.iterdir()) == []

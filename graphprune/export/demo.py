@@ -14,7 +14,7 @@ __all__ = ["FASTV_LAYERS", "demo"]
 
 
 def demo(out: str | Path, format: str, method: Method, family: str = "llava", overwrite: bool = False) -> bool:
-    """Export a tiny random-weight model of ``family`` (a registered family's demo name: LLaVA, Video-LLaVA,
+    """Export a tiny random-weight model of ``family`` (a registered family's demo name: LLaVA, LLaVA-NeXT, Video-LLaVA,
     Qwen2-VL or Qwen2.5-VL for FastV, Mllama for CrossAttentionTrim (arXiv 2504.00557)) optimised with
     ``method`` to ``out``; for ONNX, True if ONNX Runtime's greedy tokens equal PyTorch's."""
     from . import OrtGenerator, onnx, tensorrt

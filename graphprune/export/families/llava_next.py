@@ -92,7 +92,9 @@ class LlavaNextExport(FastVFamily):
         args = tuple(arg.to(input_ids.device) for arg in args)
         with torch.no_grad():
             features = vision(*args)
-        decoders, top_k = example_decoders(model, state, embed, (input_ids, attention_mask, (features,)), max_visual, prune)
+        decoders, top_k = example_decoders(
+            model, state, embed, (input_ids, attention_mask, (features,)), max_visual, prune
+        )
         graphs = [
             GraphExport(
                 "vision",
@@ -137,6 +139,16 @@ class LlavaNextExport(FastVFamily):
             "crops": (2, model["most_crops"], most_images * model["most_crops"]),
             "image_tokens": (0, max_visual, max_batch * max_visual),
         }
+
+    @classmethod
+    def recipe_notes(cls, manifest) -> tuple[str, str, str]:
+        pruning, _, cache = super().recipe_notes(manifest)
+        visual = (
+            f"at most {manifest.visual_budget['max_visual']} image tokens per sample (any-resolution images: "
+            "`vision.onnx` takes every crop and a `pack_index` that the host forms from `image_sizes`, as "
+            "`graphprune/export/anyres.py` does)"
+        )
+        return pruning, visual, cache
 
     @classmethod
     def demo(cls, method, name: str):
