@@ -102,7 +102,7 @@ def test_bad_inputs_are_clear_one_line_errors(model, inputs, exported, tmp_path)
         ({**inputs, "image_sizes": None}, "pass pixel_values and image_sizes together"),
         (
             {**inputs, "image_sizes": inputs["image_sizes"].flip(-1)},
-            r"image_sizes gives 124 image features for 186 "
+            r"image_sizes gives 188 image features for 186 "
             "image tokens in input_ids",
         ),
         ({**inputs, "image_sizes": inputs["image_sizes"][:2]}, "pixel_values holds 3 images; image_sizes gives 2"),

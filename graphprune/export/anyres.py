@@ -72,20 +72,19 @@ def pack_index(sizes: np.ndarray, pinpoints: list, side: int, grid: int) -> np.n
     return np.concatenate(index) if index else np.zeros(0, np.int64)
 
 
-def stacked_crops(pixel_values: np.ndarray, counts: list[int]) -> np.ndarray:
-    """``[crops, 3, H, W]``: every image's crops in order, from the processor's ``[images, most crops, 3, H, W]``
-    (zero crops pad images with fewer) or from crops already stacked, as ``get_image_features`` takes both."""
-    if pixel_values.ndim == 5:
-        if len(pixel_values) != len(counts):
-            raise ValueError(f"pixel_values holds {len(pixel_values)} images; image_sizes gives {len(counts)}")
-        if pixel_values.shape[1] < max(counts, default=0):
-            raise ValueError(
-                f"pixel_values holds {pixel_values.shape[1]} crops per image; image_sizes needs {max(counts)}"
-            )
-        return np.concatenate([image[:count] for image, count in zip(pixel_values, counts, strict=True)])
-    if pixel_values.ndim != 4 or len(pixel_values) != sum(counts):
+def crop_index(shape: tuple[int, ...], counts: list[int]) -> np.ndarray:
+    """Which crops of ``pixel_values.reshape(-1, 3, H, W)`` are the images' crops, in order, for ``pixel_values``
+    of ``shape``: the processor's ``[images, most crops, 3, H, W]`` (zero crops pad images with fewer) or crops
+    already stacked, ``[crops, 3, H, W]``, as ``get_image_features`` takes both."""
+    if len(shape) == 5:
+        if shape[0] != len(counts):
+            raise ValueError(f"pixel_values holds {shape[0]} images; image_sizes gives {len(counts)}")
+        if shape[1] < max(counts, default=0):
+            raise ValueError(f"pixel_values holds {shape[1]} crops per image; image_sizes needs {max(counts)}")
+        return np.concatenate([image * shape[1] + np.arange(count) for image, count in enumerate(counts)])
+    if len(shape) != 4 or shape[0] != sum(counts):
         raise ValueError(
             f"pixel_values must be [images, crops, 3, H, W] or [{sum(counts)} crops, 3, H, W] for these image_sizes; "
-            f"got shape {pixel_values.shape}"
+            f"got shape {tuple(shape)}"
         )
-    return pixel_values
+    return np.arange(shape[0])

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ...runtime import optimize
-from ..anyres import crop_counts, pack_index, stacked_crops
+from ..anyres import crop_counts, crop_index, pack_index
 from ..decoder_graphs import FeatureEmbedding, embed_graph, example_decoders, fastv_details, token_budget
 from ..family import DECODER_KEYS, as_numpy, register_family
 from ..fastv_family import FastVFamily
@@ -55,13 +55,15 @@ def anyres_layout(model: nn.Module) -> dict:
     }
 
 
-def packed_inputs(layout: dict, pixel_values: np.ndarray, image_sizes: np.ndarray) -> dict[str, np.ndarray]:
-    """``vision.onnx``'s inputs for the processor's ``pixel_values`` and ``image_sizes`` ``[images, 2]``."""
+def packed_inputs(layout: dict, pixel_values, image_sizes: np.ndarray) -> tuple:
+    """``vision.onnx``'s inputs, ``(pixel_values [crops, 3, H, W], pack_index)``, for the processor's
+    ``pixel_values`` (an array or a tensor) and ``image_sizes [images, 2]``."""
     pinpoints, side = layout["image_grid_pinpoints"], layout["image_size"]
     if image_sizes.ndim != 2 or image_sizes.shape[1] != 2:
         raise ValueError(f"image_sizes must be [images, 2] (height, width); got shape {image_sizes.shape}")
-    crops = stacked_crops(pixel_values, crop_counts(image_sizes, pinpoints, side))
-    return {"pixel_values": crops, "pack_index": pack_index(image_sizes, pinpoints, side, layout["patch_grid"])}
+    crops = crop_index(tuple(pixel_values.shape), crop_counts(image_sizes, pinpoints, side))
+    stacked = pixel_values.reshape(-1, *pixel_values.shape[-3:])[crops]
+    return stacked, pack_index(image_sizes, pinpoints, side, layout["patch_grid"])
 
 
 @register_family
@@ -87,9 +89,8 @@ class LlavaNextExport(FastVFamily):
         layout = anyres_layout(model)
         max_visual = token_budget(input_ids, (token_id,), max_visual_tokens)
         vision, embed = PackedFeatures(model).eval(), FeatureEmbedding(model, (token_id,))
-        feeds = packed_inputs(layout, as_numpy(pixel_values), as_numpy(image_sizes, np.int64))
-        args = (torch.from_numpy(feeds["pixel_values"]), torch.from_numpy(feeds["pack_index"]))
-        args = tuple(arg.to(input_ids.device) for arg in args)
+        crops, index = packed_inputs(layout, pixel_values, as_numpy(image_sizes, np.int64))
+        args = (crops, torch.from_numpy(index).to(input_ids.device))
         with torch.no_grad():
             features = vision(*args)
         decoders, top_k = example_decoders(
@@ -123,8 +124,9 @@ class LlavaNextExport(FastVFamily):
             raise ValueError("pass pixel_values and image_sizes together, as the processor makes them")
         rows = np.zeros((0, runner.manifest.model["hidden_size"]), runner.dtype)
         if pixel_values is not None:
-            feeds = packed_inputs(runner.manifest.model, as_numpy(pixel_values, runner.dtype), as_numpy(image_sizes))
-            rows = runner.run("vision", feeds)["image_features"]
+            pixels, index = packed_inputs(runner.manifest.model, as_numpy(pixel_values), as_numpy(image_sizes))
+            rows = runner.run("vision", {"pixel_values": pixels.astype(runner.dtype), "pack_index": index})
+            rows = rows["image_features"]
         features = {"image_features": cls.placeable(runner.manifest, input_ids, "image", rows, "image_sizes")}
         return cls.fastv_inputs(runner, input_ids, mask, features), {}
 
