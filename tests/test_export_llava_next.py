@@ -92,6 +92,24 @@ def test_other_sizes_and_batches_run_on_the_same_export(model, exported):
     assert torch.equal(generator.generate(**{**inputs, "pixel_values": stacked}, max_new_tokens=4), expected)
 
 
+def test_inputs_from_the_real_processor_run_on_the_same_export(model, exported, tmp_path):
+    """``LlavaNextProcessor`` output (PIL images of three aspect ratios, crops padded per image, left padding)."""
+    pytest.importorskip("PIL", reason="the processor test needs Pillow (in the dev extra)")
+    from transformers import AutoProcessor
+
+    from graphprune.tiny_checkpoints import random_image, save_llava_next
+
+    save_llava_next(model, tmp_path)
+    prompts = ["w9 w10 <image> w11 w12", "w20 <image> w30 <image> w31", "w40 w41 w42"]
+    images = [random_image(0, 12, 30), random_image(1, 30, 20), random_image(2, 9, 40)]
+    inputs = AutoProcessor.from_pretrained(tmp_path)(
+        text=prompts, images=images, padding=True, padding_side="left", return_tensors="pt"
+    )
+    assert inputs["pixel_values"].shape[:2] == (3, 5)  # a 2x2 grid's 5 crops; the others padded
+    expected = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert torch.equal(gp.export.OrtGenerator(exported).generate(**inputs, max_new_tokens=4), expected)
+
+
 def test_bad_inputs_are_clear_one_line_errors(model, inputs, exported, tmp_path):
     generator = gp.export.OrtGenerator(exported)
     wrong = [
