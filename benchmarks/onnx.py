@@ -1,6 +1,6 @@
 """ONNX Runtime prefill: graphprune's pruned export vs the unpruned export of the same model, side by side.
 
-One random-weight model (LLaVA, Qwen2-VL or Video-LLaVA shaped, by preset) is optimised with
+One random-weight model (LLaVA, LLaVA-NeXT, Qwen2-VL or Video-LLaVA shaped, by preset) is optimised with
 ``FastV(k, keep)`` and exported twice with ``graphprune.export.onnx``: pruned (the ranking, top-k and
 gather nodes inside ``prefill.onnx``) and ``prune=False`` (the same decoder captured without the
 pass). Both ``prefill.onnx`` files run in ONNX Runtime on the same inputs (``OrtGenerator.prefill_inputs``
@@ -12,7 +12,7 @@ model drops visual tokens), and the theoretical FLOPs fraction (``gp.flops``, th
 count). Target: pruned <= 1.1 x (FLOPs fraction x unpruned).
 
     python benchmarks/onnx.py                       # CPU preset (LLaVA), about a minute
-    python benchmarks/onnx.py --preset qwen2-vl-cpu video-llava-cpu
+    python benchmarks/onnx.py --preset qwen2-vl-cpu video-llava-cpu llava-next-cpu
     python benchmarks/onnx.py --repeats 15 --threads 2 --json onnx.json
 """
 
@@ -39,9 +39,11 @@ sys.path[:] = [str(Path(__file__).resolve().parent.parent)] + [
 import graphprune as gp  # noqa: E402
 from benchmarks.harness import (  # noqa: E402
     llava_inputs,
+    llava_next_inputs,
     qwen2_vl_inputs,
     rounds,
     tiny_llava,
+    tiny_llava_next,
     tiny_qwen2_vl,
     tiny_video_llava,
     video_llava_inputs,
@@ -65,6 +67,13 @@ PRESETS = {
         model=dict(**_DECODER, num_kv_heads=2, mrope_section=(8, 12, 12), patch_size=14, version="2"),
         inputs=qwen2_vl_inputs,
         sample=(24, [(48, 48)], [], 40),
+    ),
+    # LLaVA-NeXT shaped: one 336x336 image on 168 px crops, a 2x2 grid: 144 + 576 + 24 newlines = 744 visual tokens
+    "llava-next-cpu": dict(
+        build=tiny_llava_next,
+        model=dict(**_DECODER, num_kv_heads=12, image_size=168, patch_size=14),
+        inputs=llava_next_inputs,
+        sample=(24, [(336, 336)], 40),
     ),
     # Video-LLaVA shaped: one 8-frame video of 112 px frames = 8 x (64 + 1) = 520 visual tokens
     "video-llava-cpu": dict(
