@@ -35,13 +35,19 @@ def crop_grid(size: tuple[int, int], pinpoints: list, side: int) -> tuple[int, i
     return height // side, width // side
 
 
+def _crops(height: int, width: int, side: int) -> int:
+    """The crops of a ``height x width`` pinpoint, base crop included (``image_size_to_num_patches``)."""
+    return math.ceil(height / side) * math.ceil(width / side) + 1
+
+
 def crop_counts(sizes: np.ndarray, pinpoints: list, side: int) -> list[int]:
-    """The crops of each image, base crop included (``image_size_to_num_patches``)."""
-    counts = []
-    for size in sizes.tolist():
-        height, width = best_resolution(tuple(size), pinpoints)
-        counts.append(math.ceil(height / side) * math.ceil(width / side) + 1)
-    return counts
+    """The crops of each image of ``sizes``, base crop included."""
+    return [_crops(*best_resolution(tuple(size), pinpoints), side) for size in sizes.tolist()]
+
+
+def most_crops(pinpoints: list, side: int) -> int:
+    """The most crops an image can take (its best pinpoint being the one with the most)."""
+    return max(_crops(height, width, side) for height, width in pinpoints)
 
 
 def _unpadded(size: tuple[int, int], rows: int, columns: int) -> tuple[range, range]:

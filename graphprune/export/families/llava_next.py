@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ...runtime import optimize
-from ..anyres import crop_counts, crop_index, pack_index
+from ..anyres import crop_counts, crop_index, most_crops, pack_index
 from ..decoder_graphs import FeatureEmbedding, embed_graph, example_decoders, fastv_details, token_budget
 from ..family import DECODER_KEYS, as_numpy, register_family
 from ..fastv_family import FastVFamily
@@ -55,10 +55,10 @@ def anyres_layout(model: nn.Module) -> dict:
     }
 
 
-def packed_inputs(layout: dict, pixel_values, image_sizes: np.ndarray) -> tuple:
+def packed_inputs(layout: dict, pixel_values, image_sizes) -> tuple:
     """``vision.onnx``'s inputs, ``(pixel_values [crops, 3, H, W], pack_index)``, for the processor's
     ``pixel_values`` (an array or a tensor) and ``image_sizes [images, 2]``."""
-    pinpoints, side = layout["image_grid_pinpoints"], layout["image_size"]
+    pinpoints, side, image_sizes = layout["image_grid_pinpoints"], layout["image_size"], as_numpy(image_sizes, np.int64)
     if image_sizes.ndim != 2 or image_sizes.shape[1] != 2:
         raise ValueError(f"image_sizes must be [images, 2] (height, width); got shape {image_sizes.shape}")
     crops = crop_index(tuple(pixel_values.shape), crop_counts(image_sizes, pinpoints, side))
@@ -89,7 +89,7 @@ class LlavaNextExport(FastVFamily):
         layout = anyres_layout(model)
         max_visual = token_budget(input_ids, (token_id,), max_visual_tokens)
         vision, embed = PackedFeatures(model).eval(), FeatureEmbedding(model, (token_id,))
-        crops, index = packed_inputs(layout, pixel_values, as_numpy(image_sizes, np.int64))
+        crops, index = packed_inputs(layout, pixel_values, image_sizes)
         args = (crops, torch.from_numpy(index).to(input_ids.device))
         with torch.no_grad():
             features = vision(*args)
@@ -108,10 +108,9 @@ class LlavaNextExport(FastVFamily):
             embed_graph(embed, input_ids, {"image_features": features}),
             *decoders,
         ]
-        side = layout["image_size"]
-        most_crops = max(-(-height // side) * -(-width // side) for height, width in layout["image_grid_pinpoints"]) + 1
         budget = {"max_visual": max_visual, "top_k": top_k}
-        return graphs, fastv_details(model, state, prune, budget, **layout, most_crops=most_crops)
+        crops = most_crops(layout["image_grid_pinpoints"], layout["image_size"])
+        return graphs, fastv_details(model, state, prune, budget, **layout, most_crops=crops)
 
     @classmethod
     def host_inputs(cls, runner, input_ids, mask, images: dict) -> tuple[dict, dict]:
@@ -124,7 +123,7 @@ class LlavaNextExport(FastVFamily):
             raise ValueError("pass pixel_values and image_sizes together, as the processor makes them")
         rows = np.zeros((0, runner.manifest.model["hidden_size"]), runner.dtype)
         if pixel_values is not None:
-            pixels, index = packed_inputs(runner.manifest.model, as_numpy(pixel_values), as_numpy(image_sizes))
+            pixels, index = packed_inputs(runner.manifest.model, as_numpy(pixel_values), image_sizes)
             rows = runner.run("vision", {"pixel_values": pixels.astype(runner.dtype), "pack_index": index})
             rows = rows["image_features"]
         features = {"image_features": cls.placeable(runner.manifest, input_ids, "image", rows, "image_sizes")}
