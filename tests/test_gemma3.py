@@ -6,6 +6,7 @@ import torch
 
 import graphprune as gp
 from graphprune.models import supported_classes
+from graphprune.reference.fastv import decoder_inputs, eager_attention
 from graphprune.reference.fastv_gemma3 import (
     allowed_keys,
     fastv_gemma3_reference,
@@ -80,3 +81,41 @@ def test_pruned_mask_keeps_both_rules_for_kept_tokens(model, inputs):
         last = int(inputs["attention_mask"][b].nonzero().max())
         far = rows[reference.key_visible[b] & (rows <= last - window)]
         assert len(far) and full[b, last, far].all() and not sliding[b, last, far].any()
+
+
+def _physically_pruned_logits(model, inputs, reference, k, original_distance=True):
+    """Layers ``>= k`` run on the kept positions only, with Gemma 3's rules on their ORIGINAL positions (what a
+    gather of HF's 4-D masks on both axes gives), or with ``original_distance=False`` on their new indices."""
+    lm, config = model.model.language_model, model.config.text_config
+    hidden, positions = decoder_inputs(model, False, **inputs)
+    rows, blocks = torch.arange(hidden.shape[1]), image_blocks(inputs["token_type_ids"])
+    kept = reference.key_visible[0].nonzero().flatten()
+    with eager_attention(config):
+        for i, layer in enumerate(lm.layers):
+            window = config.sliding_window if config.layer_types[i] == "sliding_attention" else None
+            cos, sin = lm.rotary_emb(hidden, positions, config.layer_types[i])
+            if i < k:
+                allowed = allowed_keys(inputs["attention_mask"].bool(), blocks, rows, rows, window)
+            else:
+                cos, sin = cos[:, kept], sin[:, kept]
+                if original_distance:  # the rules read by original position
+                    allowed = allowed_keys(reference.key_visible, blocks, kept, kept, window)
+                else:  # the same visibility and images, distances counted on the pruned sequence
+                    slots = torch.arange(len(kept))
+                    allowed = allowed_keys(reference.key_visible[:, kept], blocks[:, kept], slots, slots, window)
+            if i == k:
+                hidden = hidden[:, kept]
+            mask = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(hidden.dtype).min)
+            hidden = layer(hidden, attention_mask=mask, position_embeddings=(cos, sin))
+    return model.lm_head(lm.norm(hidden)), kept
+
+
+def test_gathering_to_kept_positions_is_exact_only_with_original_distances(model):
+    """What a gather-based pass must do on Gemma 3: kept tokens keep both rules with sliding distances measured
+    on their original positions; measured on the pruned indices, the kept tokens' logits change."""
+    inputs = gemma3_inputs(model, [SAMPLES[0]])
+    reference = fastv_gemma3_reference(model, gp.FastV(k=2, keep=0.5), **inputs)
+    logits, kept = _physically_pruned_logits(model, inputs, reference, 2)
+    torch.testing.assert_close(logits, reference.logits[:, kept], rtol=0, atol=1e-5)
+    wrong, _ = _physically_pruned_logits(model, inputs, reference, 2, original_distance=False)
+    assert (wrong - reference.logits[:, kept]).abs().max() > 1e-2
