@@ -5,6 +5,8 @@ from __future__ import annotations
 from torch import nn
 
 from .base import DecoderLayout, ModelAdapter
+from .gemma3 import MODEL_CLASS as GEMMA3_CLASS
+from .gemma3 import REFUSAL as GEMMA3_REFUSAL
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter
 from .mllama import MllamaAdapter
@@ -18,6 +20,8 @@ ADAPTERS: tuple[ModelAdapter, ...] = (
     Qwen2VLAdapter(),
     MllamaAdapter(),
 )
+# classes graphprune knows and refuses, with the reason (models/<family>.py says what is missing)
+REFUSED: dict[str, str] = {GEMMA3_CLASS: GEMMA3_REFUSAL}
 
 
 class UnsupportedModelError(TypeError):
@@ -33,8 +37,10 @@ def adapter_for(model: nn.Module) -> ModelAdapter:
     for adapter in ADAPTERS:
         if adapter.matches(model):
             return adapter
+    name = type(model).__name__
+    reason = f" yet: {REFUSED[name]}" if name in REFUSED else ""
     raise UnsupportedModelError(
-        f"graphprune does not support {type(model).__name__}; supported model classes: {', '.join(supported_classes())}"
+        f"graphprune does not support {name}{reason}; supported model classes: {', '.join(supported_classes())}"
     )
 
 

@@ -15,6 +15,7 @@ from .common import (
     llama_text_config,
     text_config,
 )
+from .gemma3 import gemma3_inputs, tiny_gemma3
 from .llava import image_tokens_per_image, llava_inputs, tiny_llava
 from .llava_next import llava_next_inputs, tiny_llava_next
 from .mllama import features_per_tile, mllama_inputs, tiny_mllama
@@ -30,6 +31,7 @@ __all__ = [
     "VISION_END_TOKEN_ID",
     "VISION_START_TOKEN_ID",
     "features_per_tile",
+    "gemma3_inputs",
     "image_tokens_per_image",
     "llama_text_config",
     "llava_inputs",
@@ -37,6 +39,7 @@ __all__ = [
     "mllama_inputs",
     "qwen2_vl_inputs",
     "text_config",
+    "tiny_gemma3",
     "tiny_llava",
     "tiny_llava_next",
     "tiny_mllama",
