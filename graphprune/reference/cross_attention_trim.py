@@ -1,7 +1,7 @@
 """Trimmed Llama (arXiv 2504.00557), in plain eager PyTorch on an unmodified Mllama model.
 
 Ranking reads the first cross-attention layer's probabilities (a forward hook), computed in float32
-from its own query and key (``ranking_attention``; the other layers run HF's eager attention), and
+from its own query and key (``RANKING_ATTENTION``; the other layers run HF's eager attention), and
 selects in plain Python. *Mask mode* then runs the unmodified model (its own
 ``forward`` and ``generate``) with the later cross-attention layers' mask hiding the dropped
 features. For every text row this equals computing keys and values for the kept features only, and
