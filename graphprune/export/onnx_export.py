@@ -25,7 +25,11 @@ logger = logging.getLogger(__name__)
 
 OPSETS = range(18, 21)  # the torch.onnx dynamo exporter starts at 18; TensorRT 10's parser ends at 20
 EXTERNAL_DATA_BYTES = 1 << 30  # larger graphs keep their weights in a .data file (protobuf's 2 GiB limit)
-VALIDATION_RTOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 3e-2}
+VALIDATION_RTOL = {torch.float32: 1e-4, torch.float16: 1e-2}  # the dtypes exported, with their tolerance
+BFLOAT16_REASON = (  # ONNX Runtime 1.32's errors on a bfloat16 export (README, "ONNX export")
+    " (ONNX Runtime's CPU provider has no bfloat16 Mul or Where kernel, and ONNX's Conv takes bfloat16 only"
+    " from opset 22)"
+)
 
 
 def require_onnx() -> None:
@@ -39,6 +43,16 @@ def require_onnx() -> None:
             f"graphprune's ONNX export needs onnx, onnxscript and onnxruntime ({error.name} is missing): "
             "pip install graphprune[onnx]"
         ) from error
+
+
+def _check_dtype(dtype: torch.dtype) -> None:
+    """A one-line ``ValueError`` unless graphprune exports models of ``dtype`` (float32, float16)."""
+    if dtype not in VALIDATION_RTOL:
+        why = BFLOAT16_REASON if dtype == torch.bfloat16 else ""
+        raise ValueError(
+            f"graphprune exports float32 or float16 models to ONNX, not {str(dtype).removeprefix('torch.')}{why}; "
+            "call model.half() (TensorRT runs float16 natively) or model.float() before exporting"
+        )
 
 
 def family_graphs(
@@ -152,18 +166,20 @@ def onnx(
     A family takes one of the two budget keywords and refuses the other.
 
     ``example_inputs`` (the model's processor output, with at least one image or video) drive the
-    export; with ``validate`` the written files are run in ONNX Runtime on them and must
-    match the PyTorch graphs (1e-4 relative in float32). ``out_dir`` is checked before any work: a
-    new path, or with ``overwrite`` an empty folder or a graphprune export holding only what graphprune
-    wrote (never the current folder, one above it or the home folder); anything else is refused. Files
-    are written to a hidden folder beside ``out_dir`` and swapped into place at the end. Returns ``out_dir``.
+    export; with ``validate`` the written files are run in ONNX Runtime on them and must match the
+    PyTorch graphs (1e-4 relative in float32, 1e-2 in float16; bfloat16 is refused). ``out_dir`` is
+    checked before any work: a new path, or with ``overwrite`` an empty folder or a graphprune export
+    holding only what graphprune wrote (never the current folder, one above it or the home folder);
+    anything else is refused. Files are written to a hidden folder beside ``out_dir`` and swapped into
+    place at the end. Returns ``out_dir``.
     """
     require_onnx()
     state = optimized_state(model)
     if opset not in OPSETS:
         raise ValueError(f"opset must be in [{OPSETS[0]}, {OPSETS[-1]}]; got {opset!r}")
-    out_dir = writable_folder(out_dir, overwrite)
     dtype = next(model.parameters()).dtype
+    _check_dtype(dtype)
+    out_dir = writable_folder(out_dir, overwrite)
     graphs, details = family_graphs(model, example_inputs, prune, max_images, max_visual_tokens)
     with staged_folder(out_dir, overwrite) as staging:
         entries = {graph.name: _write(graph, staging, opset) for graph in progress(graphs, "ONNX export")}
@@ -172,6 +188,6 @@ def onnx(
         manifest.write(staging)
         trt_recipe(manifest, staging)
         if validate:
-            errors = validate_files(staging, graphs, VALIDATION_RTOL.get(dtype, 1e-2))
+            errors = validate_files(staging, graphs, VALIDATION_RTOL[dtype])
             logger.info("validated against PyTorch: %s", errors)
     return out_dir

@@ -13,6 +13,18 @@ from .manifest import Manifest
 from .trt_profiles import trt_profiles
 
 SCRIPT, GUIDE = "build_engines.sh", "TENSORRT.md"
+PRECISION = {  # trtexec's precision flag per export dtype, and what it builds
+    "float16": (
+        "--stronglyTyped",
+        "this export is float16, and `--stronglyTyped` (TensorRT 10) builds each layer in the graph's own "
+        "type: float16, except the visual-token ranking, which the graph computes in float32.",
+    ),
+    "float32": (
+        "--fp16",
+        "this export is float32; `--fp16` lets TensorRT run any layer in float16, the ranking included. "
+        "Export a float16 model (`model.half()`) to keep the ranking in float32 on TensorRT.",
+    ),
+}
 
 
 def _shapes(inputs: dict, which: int) -> str:
@@ -22,6 +34,7 @@ def _shapes(inputs: dict, which: int) -> str:
 def trt_recipe(manifest: Manifest, folder: Path) -> list[Path]:
     """Write ``build_engines.sh`` and ``TENSORRT.md`` for ``manifest``'s graphs into ``folder``; their paths."""
     profiles = trt_profiles(manifest)
+    precision, precision_note = PRECISION[manifest.dtype]
     lines = [
         "#!/usr/bin/env bash",
         "# Build fp16 TensorRT engines from this export, on the device that will run them",
@@ -32,7 +45,7 @@ def trt_recipe(manifest: Manifest, folder: Path) -> list[Path]:
     ]
     for graph, inputs in profiles.items():
         lines += [
-            f'"$TRTEXEC" --onnx={manifest.graphs[graph]["file"]} --saveEngine={graph}.engine --fp16 \\',
+            f'"$TRTEXEC" --onnx={manifest.graphs[graph]["file"]} --saveEngine={graph}.engine {precision} \\',
             f"  --minShapes={_shapes(inputs, 0)} \\",
             f"  --optShapes={_shapes(inputs, 1)} \\",
             f'  --maxShapes={_shapes(inputs, 2)} "$@"',
@@ -56,10 +69,12 @@ TensorRT engines only run on the GPU model and TensorRT version they were built 
 them on the Jetson itself (JetPack 6.x ships TensorRT 10.3 with `trtexec` in `/usr/src/tensorrt/bin`):
 
 ```bash
-./build_engines.sh                       # one fp16 engine per graph: {", ".join(profiles)}
+./build_engines.sh                       # one fp16 engine per graph ({precision}): {", ".join(profiles)}
 ./build_engines.sh --memPoolSize=workspace:2048 --builderOptimizationLevel=3   # extra flags go to every trtexec
 TRTEXEC=/path/to/trtexec ./build_engines.sh
 ```
+
+Precision: {precision_note}
 
 Each engine gets one optimisation profile (batch 1 to {profiles["prefill"]["inputs_embeds"][2][0]}; edit the
 shapes in `build_engines.sh` for other ranges, keeping `total = past + new_tokens` and the pruned lengths

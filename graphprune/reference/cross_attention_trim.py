@@ -1,7 +1,8 @@
 """Trimmed Llama (arXiv 2504.00557), in plain eager PyTorch on an unmodified Mllama model.
 
-Ranking reads HF's own eager cross-attention probabilities of the first cross-attention layer
-(a forward hook) and selects in plain Python. *Mask mode* then runs the unmodified model (its own
+Ranking reads the first cross-attention layer's probabilities (a forward hook), computed in float32
+from its own query and key (``RANKING_ATTENTION``; the other layers run HF's eager attention), and
+selects in plain Python. *Mask mode* then runs the unmodified model (its own
 ``forward`` and ``generate``) with the later cross-attention layers' mask hiding the dropped
 features. For every text row this equals computing keys and values for the kept features only, and
 it shares no code with the gather-based pass.
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ..methods import CrossAttentionTrim, n_keep
-from .fastv import eager_attention
+from .fastv import RANKING_ATTENTION, eager_attention
 
 
 @dataclass
@@ -39,12 +40,18 @@ def cross_attention_trim_reference(model, method: CrossAttentionTrim, **inputs) 
     def read_decoder_inputs(module, args, kwargs):
         seen.update(kwargs)
 
+    def rank_in_float32(module, args):
+        text_model.config._attn_implementation = RANKING_ATTENTION
+
     def read_probabilities(module, args, output):
         seen["probabilities"] = output[1]
+        text_model.config._attn_implementation = "eager"
 
+    cross_attention = text_model.layers[first].cross_attn
     hooks = [
         text_model.register_forward_pre_hook(read_decoder_inputs, with_kwargs=True),
-        text_model.layers[first].cross_attn.register_forward_hook(read_probabilities),
+        cross_attention.register_forward_pre_hook(rank_in_float32),
+        cross_attention.register_forward_hook(read_probabilities),
     ]
     try:
         with eager_attention(text_model.config):
@@ -52,7 +59,7 @@ def cross_attention_trim_reference(model, method: CrossAttentionTrim, **inputs) 
     finally:
         for hook in hooks:
             hook.remove()
-    probabilities = seen["probabilities"].float()  # [B, H, T, F]
+    probabilities = seen["probabilities"]  # [B, H, T, F], float32
     cross_mask = seen["cross_attention_mask"][:, 0]  # [B, T, F]
     attention_mask = inputs.get("attention_mask")
     if attention_mask is None:

@@ -2,7 +2,8 @@
 
 *Mask mode*: every layer runs on all N positions; layers ``>= k`` get a mask that hides the dropped
 visual keys. For the kept positions this equals physical pruning, and it shares no code with the
-gather-based pass. Ranking uses HF's own eager attention probabilities of layer ``k - 1``.
+gather-based pass. Ranking uses layer ``k - 1``'s attention probabilities from its own query and key,
+computed in float32 (``ranking_attention``: HF's eager attention with float32 logits and softmax).
 
 Works for any VLM whose decoder is ``model.model.language_model`` with Llama-style layers (LLaVA,
 LLaVA-NeXT, Video-LLaVA, Qwen2-VL, Qwen2.5-VL): the decoder's input embeddings and position ids
@@ -16,7 +17,7 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
+from transformers import AttentionInterface, DynamicCache
 
 from ..methods import FastV, n_keep
 from ..runtime import STATE_ATTR
@@ -37,6 +38,39 @@ def eager_attention(config):
     """HF attention modules read ``config._attn_implementation`` at call time; eager returns the weights."""
     saved = config._attn_implementation
     config._attn_implementation = "eager"
+    try:
+        yield
+    finally:
+        config._attn_implementation = saved
+
+
+RANKING_ATTENTION = "graphprune_reference_float32"
+
+
+def _float32_probabilities(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """HF's eager attention with the logits and softmax in float32, returning float32 probabilities.
+
+    In float32 it computes what eager computes; in float16/bfloat16 the ranking is not rounded to the
+    model's dtype (whose ties would decide the ranking).
+    """
+    groups = query.shape[1] // key.shape[1]
+    keys, values = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    logits = torch.matmul(query.float(), keys.float().transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        logits = logits + attention_mask.float()
+    probabilities = logits.softmax(dim=-1)
+    output = torch.matmul(probabilities.to(query.dtype), values).transpose(1, 2).contiguous()
+    return output, probabilities
+
+
+AttentionInterface.register(RANKING_ATTENTION, _float32_probabilities)
+
+
+@contextlib.contextmanager
+def ranking_attention(config):
+    """While active, attention modules of ``config`` return float32 probabilities (``_float32_probabilities``)."""
+    saved = config._attn_implementation
+    config._attn_implementation = RANKING_ATTENTION
     try:
         yield
     finally:
@@ -146,11 +180,12 @@ def fastv_reference(
         for layer_idx in range(method.k):
             layer = lm.layers[layer_idx]
             if layer_idx == method.k - 1:
-                _, probs = layer.self_attn(
-                    hidden_states=layer.input_layernorm(hidden), position_embeddings=rope, attention_mask=full_mask
-                )
+                with ranking_attention(lm.config):
+                    _, probs = layer.self_attn(
+                        hidden_states=layer.input_layernorm(hidden), position_embeddings=rope, attention_mask=full_mask
+                    )
             hidden = layer(hidden, attention_mask=full_mask, position_embeddings=rope, past_key_values=cache)
-    probs = probs.float().mean(dim=1)  # [B, N, N], head mean
+    probs = probs.mean(dim=1)  # [B, N, N], head mean, float32
     last = torch.stack([real[b].nonzero().max() for b in range(batch)])
     if method.query == "last":
         scores = probs[torch.arange(batch), last]

@@ -70,7 +70,7 @@ def _video_seconds(model: nn.Module, merge: int, tokens_per_second: int) -> str:
 def _features(vision: nn.Module, pixel_values, grids, layout: dict, hidden: int, device) -> torch.Tensor:
     """The features of every image (or video) in order: one vision run per segment."""
     if pixel_values is None:
-        return torch.zeros(0, hidden, device=device)
+        return torch.zeros(0, hidden, device=device, dtype=next(vision.parameters()).dtype)  # the model's dtype
     segments = vision_segments(pixel_values, grids.cpu().numpy(), layout["spatial_merge_size"], layout["vision_window"])
     with torch.no_grad():
         return torch.cat(
