@@ -7,6 +7,7 @@ from torch import nn
 from .base import DecoderLayout, ModelAdapter
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter
+from .llava_onevision import LlavaOnevisionAdapter
 from .mllama import MllamaAdapter
 from .qwen2_vl import Qwen2VLAdapter
 from .video_llava import VideoLlavaAdapter
@@ -14,6 +15,7 @@ from .video_llava import VideoLlavaAdapter
 ADAPTERS: tuple[ModelAdapter, ...] = (
     LlavaAdapter(),
     LlavaNextAdapter(),
+    LlavaOnevisionAdapter(),
     VideoLlavaAdapter(),
     Qwen2VLAdapter(),
     MllamaAdapter(),

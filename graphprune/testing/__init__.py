@@ -17,6 +17,7 @@ from .common import (
 )
 from .llava import image_tokens_per_image, llava_inputs, tiny_llava
 from .llava_next import llava_next_inputs, tiny_llava_next
+from .llava_onevision import llava_onevision_inputs, tiny_llava_onevision
 from .mllama import features_per_tile, mllama_inputs, tiny_mllama
 from .qwen2_vl import qwen2_vl_inputs, tiny_qwen2_vl
 from .video_llava import tiny_video_llava, video_llava_inputs
@@ -34,11 +35,13 @@ __all__ = [
     "llama_text_config",
     "llava_inputs",
     "llava_next_inputs",
+    "llava_onevision_inputs",
     "mllama_inputs",
     "qwen2_vl_inputs",
     "text_config",
     "tiny_llava",
     "tiny_llava_next",
+    "tiny_llava_onevision",
     "tiny_mllama",
     "tiny_qwen2_vl",
     "tiny_video_llava",
