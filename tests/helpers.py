@@ -24,11 +24,13 @@ from graphprune.reference import (
 )
 from graphprune.testing import (
     features_per_tile,
+    internvl_inputs,
     llava_inputs,
     llava_next_inputs,
     llava_onevision_inputs,
     mllama_inputs,
     qwen2_vl_inputs,
+    tiny_internvl,
     tiny_llava,
     tiny_llava_next,
     tiny_llava_onevision,
@@ -108,6 +110,15 @@ FAMILIES = {
         qwen2_vl_inputs,
         QWEN_SAMPLES,
         [(4, [], [], 3), (6, [], [], 2)],
+        (gp.FastV(k=2, keep=0.5), gp.FastV(k=1, keep=0.25, query="mean")),
+        FASTV_VARIANT,
+    ),
+    # tiles of 4 features: 5 tiles | 3 + 1 (two images, two spans) | 2 tiles; Qwen2 decoder
+    "InternVLForConditionalGeneration": Family(
+        tiny_internvl,
+        internvl_inputs,
+        [(3, [5], 4), (2, [3, 1], 3), (5, [2], 2)],
+        [(4, [], 3), (6, [], 2)],
         (gp.FastV(k=2, keep=0.5), gp.FastV(k=1, keep=0.25, query="mean")),
         FASTV_VARIANT,
     ),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from .base import DecoderLayout, ModelAdapter
+from .internvl import InternVLAdapter
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter
 from .llava_onevision import LlavaOnevisionAdapter
@@ -18,6 +19,7 @@ ADAPTERS: tuple[ModelAdapter, ...] = (
     LlavaOnevisionAdapter(),
     VideoLlavaAdapter(),
     Qwen2VLAdapter(),
+    InternVLAdapter(),
     MllamaAdapter(),
 )
 

@@ -15,6 +15,7 @@ from .common import (
     llama_text_config,
     text_config,
 )
+from .internvl import internvl_inputs, tiny_internvl
 from .llava import image_tokens_per_image, llava_inputs, tiny_llava
 from .llava_next import llava_next_inputs, tiny_llava_next
 from .llava_onevision import llava_onevision_inputs, tiny_llava_onevision
@@ -32,6 +33,7 @@ __all__ = [
     "VISION_START_TOKEN_ID",
     "features_per_tile",
     "image_tokens_per_image",
+    "internvl_inputs",
     "llama_text_config",
     "llava_inputs",
     "llava_next_inputs",
@@ -39,6 +41,7 @@ __all__ = [
     "mllama_inputs",
     "qwen2_vl_inputs",
     "text_config",
+    "tiny_internvl",
     "tiny_llava",
     "tiny_llava_next",
     "tiny_llava_onevision",
