@@ -24,12 +24,14 @@ from graphprune.reference import (
 )
 from graphprune.testing import (
     features_per_tile,
+    idefics3_inputs,
     internvl_inputs,
     llava_inputs,
     llava_next_inputs,
     llava_onevision_inputs,
     mllama_inputs,
     qwen2_vl_inputs,
+    tiny_idefics3,
     tiny_internvl,
     tiny_llava,
     tiny_llava_next,
@@ -122,6 +124,21 @@ FAMILIES = {
         (gp.FastV(k=2, keep=0.5), gp.FastV(k=1, keep=0.25, query="mean")),
         FASTV_VARIANT,
     ),
+    # tiles of 4 features, each block between text tokens: 2x2 grid + global | 1x1, 1x2 + global | 1x1; Llama
+    **{
+        name: Family(
+            functools.partial(tiny_idefics3, version=version),
+            idefics3_inputs,
+            [(3, [(2, 2)], 4), (2, [(1, 1), (1, 2)], 3), (5, [(1, 1)], 2)],
+            [(4, [], 3), (6, [], 2)],
+            (gp.FastV(k=2, keep=0.5), gp.FastV(k=1, keep=0.25, query="mean")),
+            FASTV_VARIANT,
+        )
+        for name, version in [
+            ("Idefics3ForConditionalGeneration", "idefics3"),
+            ("SmolVLMForConditionalGeneration", "smolvlm"),
+        ]
+    },
     "MllamaForConditionalGeneration": Family(
         tiny_mllama,
         mllama_inputs,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from .base import DecoderLayout, ModelAdapter
+from .idefics3 import Idefics3Adapter
 from .internvl import InternVLAdapter
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter
@@ -20,6 +21,7 @@ ADAPTERS: tuple[ModelAdapter, ...] = (
     VideoLlavaAdapter(),
     Qwen2VLAdapter(),
     InternVLAdapter(),
+    Idefics3Adapter(),
     MllamaAdapter(),
 )
 

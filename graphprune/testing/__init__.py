@@ -15,6 +15,7 @@ from .common import (
     llama_text_config,
     text_config,
 )
+from .idefics3 import idefics3_inputs, tiny_idefics3
 from .internvl import internvl_inputs, tiny_internvl
 from .llava import image_tokens_per_image, llava_inputs, tiny_llava
 from .llava_next import llava_next_inputs, tiny_llava_next
@@ -32,6 +33,7 @@ __all__ = [
     "VISION_END_TOKEN_ID",
     "VISION_START_TOKEN_ID",
     "features_per_tile",
+    "idefics3_inputs",
     "image_tokens_per_image",
     "internvl_inputs",
     "llama_text_config",
@@ -41,6 +43,7 @@ __all__ = [
     "mllama_inputs",
     "qwen2_vl_inputs",
     "text_config",
+    "tiny_idefics3",
     "tiny_internvl",
     "tiny_llava",
     "tiny_llava_next",
