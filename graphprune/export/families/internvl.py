@@ -25,6 +25,7 @@ class _Tiles(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model.model
+        self.image_size = model.config.vision_config.image_size[0]
 
     def forward(self, pixel_values):
         config = self.model.config
@@ -50,11 +51,11 @@ class InternVLExport(FastVFamily):
     def export_graphs(cls, model: nn.Module, state, example_inputs: dict, max_visual_tokens: int | None, prune: bool):
         config = model.config
         input_ids, attention_mask = example_inputs["input_ids"], example_inputs["attention_mask"]
-        pixel_values = example_inputs.get("pixel_values")
+        pixel_values = cls.tiles(example_inputs)
         if pixel_values is None or not bool((input_ids == config.image_token_id).any()):
             raise ValueError("example_inputs must hold at least one image (pixel_values and image tokens in input_ids)")
         max_visual = token_budget(input_ids, (config.image_token_id,), max_visual_tokens)
-        tiles = _Tiles(model).eval()
+        tiles = cls.tower(model).eval()
         embed = FeatureEmbedding(model, (config.image_token_id,))
         with torch.no_grad():
             features = tiles(pixel_values)
@@ -68,8 +69,18 @@ class InternVLExport(FastVFamily):
             *decoders,
         ]
         budget = {"max_visual": max_visual, "top_k": top_k}
-        side = config.vision_config.image_size[0]
+        side = tiles.image_size
         return graphs, fastv_details(model, state, prune, budget, image_size=side, tokens_per_tile=features.shape[1])
+
+    @classmethod
+    def tower(cls, model: nn.Module) -> nn.Module:
+        """``pixel_values [tiles, 3, H, W] -> [tiles, tokens_per_tile, hidden]``, with an ``image_size``."""
+        return _Tiles(model)
+
+    @classmethod
+    def tiles(cls, inputs: dict) -> torch.Tensor | None:
+        """The tiles of ``inputs`` as the tower takes them."""
+        return inputs.get("pixel_values")
 
     @classmethod
     def trt_axes(cls, manifest, max_batch: int, max_text: int, max_new_tokens: int) -> dict:
