@@ -69,7 +69,7 @@ def test_no_module_of_the_export_package_is_named_like_a_function_it_exports():
 
 def test_every_exportable_family_is_one_registered_class_of_a_model_adapter():
     adapters = {adapter.name for adapter in ADAPTERS}
-    assert sorted(FAMILIES) == ["llava", "mllama", "qwen2-vl", "video-llava"]
+    assert sorted(FAMILIES) == ["idefics3", "internvl", "llava", "mllama", "qwen2-vl", "video-llava"]
     for name, family in FAMILIES.items():
         assert issubclass(family, ExportFamily) and family.name == name and name in adapters
         assert family.budget in BUDGETS and {"embed", "prefill", "decode"} <= set(family.graphs)
@@ -94,7 +94,7 @@ def test_the_unsupported_family_error_lists_every_registered_family(probe_family
         export_family("llava-next", "graphprune cannot export LlavaNextForConditionalGeneration (llava-next) yet")
     assert str(raised.value) == (
         "graphprune cannot export LlavaNextForConditionalGeneration (llava-next) yet; "
-        "exportable families: llava, mllama, probe, qwen2-vl, video-llava"
+        "exportable families: idefics3, internvl, llava, mllama, probe, qwen2-vl, video-llava"
     )
 
 
@@ -143,17 +143,20 @@ def test_ort_generator_refuses_an_export_of_an_unregistered_family(exported_on_a
         gp.export.OrtGenerator(folder)
     assert str(raised.value) == (
         f"graphprune's OrtGenerator cannot run {folder}: it holds 'llava-next'; "
-        "exportable families: llava, mllama, qwen2-vl, video-llava"
+        "exportable families: idefics3, internvl, llava, mllama, qwen2-vl, video-llava"
     )
 
 
-@pytest.mark.parametrize(("name", "family"), [("llava", "llava"), ("qwen2.5-vl", "qwen2-vl"), ("mllama", "mllama")])
+@pytest.mark.parametrize(
+    ("name", "family"), [("llava", "llava"), ("qwen2.5-vl", "qwen2-vl"), ("mllama", "mllama"), ("smolvlm", "idefics3")]
+)
 def test_a_demo_name_builds_its_family_s_model_optimised_with_inputs(name, family):
     method = gp.CrossAttentionTrim(keep=0.5, select="topk") if family == "mllama" else gp.FastV(k=2, keep=0.5)
     model, inputs = FAMILIES[family].demo(method, name)
     state = optimized_state(model)
     assert state.adapter.name == family and state.method == method
     assert name != "qwen2.5-vl" or type(model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    assert name != "smolvlm" or type(model).__name__ == "SmolVLMForConditionalGeneration"
     assert inputs["input_ids"].shape[0] == 2 and inputs["attention_mask"].shape == inputs["input_ids"].shape
 
 
@@ -161,6 +164,7 @@ def test_an_unknown_demo_name_lists_the_demo_models(tmp_path):
     with pytest.raises(ValueError) as raised:
         demo(tmp_path / "out", "onnx", gp.FastV(), "llava-next")
     assert str(raised.value) == (
-        "graphprune has no demo model 'llava-next'; demo models: llava, mllama, qwen2-vl, qwen2.5-vl, video-llava"
+        "graphprune has no demo model 'llava-next'; demo models: idefics3, internvl, llava, mllama, qwen2-vl, "
+        "qwen2.5-vl, smolvlm, video-llava"
     )
     assert list(tmp_path.iterdir()) == []
