@@ -5,12 +5,14 @@ import pytest
 import torch
 
 pytest.importorskip("onnxruntime", reason="the ONNX extra is not installed: pip install graphprune[onnx]")
+import onnx  # noqa: E402
 
 import graphprune as gp  # noqa: E402
+from graphprune.export.trt_profiles import trt_profiles  # noqa: E402
 from graphprune.testing import idefics3_inputs, tiny_idefics3  # noqa: E402
 
 from .helpers import LOGITS_RTOL, export_fixtures, rel_error  # noqa: E402
-from .onnx_graph import top_k_constants  # noqa: E402
+from .onnx_graph import assert_profiles_ordered, top_k_constants  # noqa: E402
 
 METHOD = gp.FastV(k=1, keep=0.5)
 # (text_before, image grids, text_after), 4 features per tile: 2x2 + global | 1x1 and 1x2 + global | 1x1
@@ -29,6 +31,9 @@ def test_ort_greedy_tokens_and_prefill_logits_equal_pytorch(model, inputs, expor
     manifest = gp.export.Manifest.read(exported)
     assert (manifest.family, manifest.model["tokens_per_tile"]) == ("idefics3", 4)
     assert manifest.visual_budget == {"max_visual": 20, "top_k": 10} and top_k_constants(exported) == [[10]]
+    for graph in ("vision", "embed", "prefill", "decode"):
+        assert gp.export.tensorrt_support(onnx.load(str(exported / f"{graph}.onnx"))) == [], graph
+    assert_profiles_ordered(trt_profiles(manifest, max_text=64, max_new_tokens=16))
     generator = gp.export.OrtGenerator(exported)
     out = model.generate(**inputs, max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True)
     assert torch.equal(generator.generate(**inputs, max_new_tokens=6), out.sequences)

@@ -17,15 +17,16 @@ from .internvl import DEMO_LAYERS, InternVLExport
 
 
 class _Tiles(nn.Module):
-    """``get_image_features`` on real tiles, every pixel attended (the processor's square tiles)."""
+    """The vision transformer and the pixel-shuffle connector, as ``get_image_features`` runs them on real tiles
+    with every pixel attended (the processor's square tiles)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        self.model = model.model
+        self.vision, self.connector = model.model.vision_model, model.model.connector
         self.image_size = model.config.vision_config.image_size
 
     def forward(self, pixel_values):
-        return self.model.get_image_features(pixel_values[None]).pooler_output[0].unflatten(0, (len(pixel_values), -1))
+        return self.connector(self.vision(pixel_values=pixel_values).last_hidden_state)
 
 
 def real_tiles(pixel_values, pixel_attention_mask=None):
