@@ -62,10 +62,9 @@ class Idefics3Export(InternVLExport):
 
     @classmethod
     def host_inputs(cls, runner, input_ids, mask, images: dict) -> tuple[dict, dict]:
-        images = dict(images)
-        tiles = cls.tiles(images)
+        images = {**images, "pixel_values": cls.tiles(images)}
         images.pop("pixel_attention_mask", None)
-        return super().host_inputs(runner, input_ids, mask, {**images, "pixel_values": tiles})
+        return super().host_inputs(runner, input_ids, mask, images)
 
     @classmethod
     def demo(cls, method, name: str):
