@@ -1,7 +1,6 @@
 """What is particular to the tile and any-resolution families (LLaVA-OneVision, InternVL, Idefics3, SmolVLM),
 beyond the contract suite that runs them all (``helpers.FAMILIES``): torch.compile of their one new decoder kind
-(Qwen2, LLaVA-OneVision's and InternVL's; Idefics3's and SmolVLM's Llama is LLaVA's, compiled in test_compile),
-and FastV ranking tiles of one image against each other."""
+(Qwen2, LLaVA-OneVision's and InternVL's; Idefics3's and SmolVLM's Llama is LLaVA's, compiled in test_compile)."""
 
 import pytest
 import torch
