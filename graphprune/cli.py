@@ -44,9 +44,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     export.add_argument(
         "--model",
-        choices=["llava", "llava-next", "video-llava", "qwen2-vl", "qwen2.5-vl", "mllama"],
+        choices=[
+            "llava",
+            "llava-next",
+            "video-llava",
+            "qwen2-vl",
+            "qwen2.5-vl",
+            "internvl",
+            "idefics3",
+            "smolvlm",
+            "mllama",
+        ],
         default="llava",
-        help="llava, llava-next, video-llava, qwen2-vl, qwen2.5-vl: FastV; mllama: CrossAttentionTrim topk",
+        help="mllama: CrossAttentionTrim topk; the others: FastV",
     )
     export.add_argument("--k", type=int, help="FastV: first pruned layer (default 2)")
     export.add_argument("--keep", type=float, help="fraction of visual tokens/features kept (default 0.5)")

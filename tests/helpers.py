@@ -24,12 +24,18 @@ from graphprune.reference import (
 )
 from graphprune.testing import (
     features_per_tile,
+    idefics3_inputs,
+    internvl_inputs,
     llava_inputs,
     llava_next_inputs,
+    llava_onevision_inputs,
     mllama_inputs,
     qwen2_vl_inputs,
+    tiny_idefics3,
+    tiny_internvl,
     tiny_llava,
     tiny_llava_next,
+    tiny_llava_onevision,
     tiny_mllama,
     tiny_qwen2_vl,
     tiny_video_llava,
@@ -75,6 +81,15 @@ FAMILIES = {
         (gp.FastV(k=2, keep=0.5), gp.FastV(k=1, keep=0.25, query="mean")),
         FASTV_VARIANT,
     ),
+    # 52 (any-resolution) | 17 + 17 (two one-crop images) + 17 (video) | 17 (video only): Qwen2 decoder
+    "LlavaOnevisionForConditionalGeneration": Family(
+        tiny_llava_onevision,
+        llava_onevision_inputs,
+        [(3, [(16, 32)], 0, 4), (2, [(32, 32), (20, 12)], 1, 3), (5, [], 1, 2)],
+        [(4, [], 0, 3), (6, [], 0, 2)],
+        (gp.FastV(k=2, keep=0.5), gp.FastV(k=1, keep=0.25, query="mean")),
+        FASTV_VARIANT,
+    ),
     # 16 + 136 | 136 (video only) | 16 (image only)
     "VideoLlavaForConditionalGeneration": Family(
         tiny_video_llava,
@@ -100,6 +115,30 @@ FAMILIES = {
         (gp.FastV(k=2, keep=0.5), gp.FastV(k=1, keep=0.25, query="mean")),
         FASTV_VARIANT,
     ),
+    # tiles of 4 features: 5 tiles | 3 + 1 (two images, two spans) | 2 tiles; Qwen2 decoder
+    "InternVLForConditionalGeneration": Family(
+        tiny_internvl,
+        internvl_inputs,
+        [(3, [5], 4), (2, [3, 1], 3), (5, [2], 2)],
+        [(4, [], 3), (6, [], 2)],
+        (gp.FastV(k=2, keep=0.5), gp.FastV(k=1, keep=0.25, query="mean")),
+        FASTV_VARIANT,
+    ),
+    # tiles of 4 features, each block between text tokens: 2x2 grid + global | 1x1, 1x2 + global | 1x1; Llama
+    **{
+        name: Family(
+            functools.partial(tiny_idefics3, version=version),
+            idefics3_inputs,
+            [(3, [(2, 2)], 4), (2, [(1, 1), (1, 2)], 3), (5, [(1, 1)], 2)],
+            [(4, [], 3), (6, [], 2)],
+            (gp.FastV(k=2, keep=0.5), gp.FastV(k=1, keep=0.25, query="mean")),
+            FASTV_VARIANT,
+        )
+        for name, version in [
+            ("Idefics3ForConditionalGeneration", "idefics3"),
+            ("SmolVLMForConditionalGeneration", "smolvlm"),
+        ]
+    },
     "MllamaForConditionalGeneration": Family(
         tiny_mllama,
         mllama_inputs,

@@ -69,7 +69,7 @@ def test_no_module_of_the_export_package_is_named_like_a_function_it_exports():
 
 def test_every_exportable_family_is_one_registered_class_of_a_model_adapter():
     adapters = {adapter.name for adapter in ADAPTERS}
-    assert sorted(FAMILIES) == ["llava", "llava-next", "mllama", "qwen2-vl", "video-llava"]
+    assert sorted(FAMILIES) == ["idefics3", "internvl", "llava", "llava-next", "mllama", "qwen2-vl", "video-llava"]
     for name, family in FAMILIES.items():
         assert issubclass(family, ExportFamily) and family.name == name and name in adapters
         assert family.budget in BUDGETS and {"embed", "prefill", "decode"} <= set(family.graphs)
@@ -94,7 +94,7 @@ def test_the_unsupported_family_error_lists_every_registered_family(probe_family
         export_family("other", "graphprune cannot export OtherForConditionalGeneration (other) yet")
     assert str(raised.value) == (
         "graphprune cannot export OtherForConditionalGeneration (other) yet; "
-        "exportable families: llava, llava-next, mllama, probe, qwen2-vl, video-llava"
+        "exportable families: idefics3, internvl, llava, llava-next, mllama, probe, qwen2-vl, video-llava"
     )
 
 
@@ -143,13 +143,19 @@ def test_ort_generator_refuses_an_export_of_an_unregistered_family(exported_on_a
         gp.export.OrtGenerator(folder)
     assert str(raised.value) == (
         f"graphprune's OrtGenerator cannot run {folder}: it holds 'other'; "
-        "exportable families: llava, llava-next, mllama, qwen2-vl, video-llava"
+        "exportable families: idefics3, internvl, llava, llava-next, mllama, qwen2-vl, video-llava"
     )
 
 
 @pytest.mark.parametrize(
     ("name", "family"),
-    [("llava", "llava"), ("llava-next", "llava-next"), ("qwen2.5-vl", "qwen2-vl"), ("mllama", "mllama")],
+    [
+        ("llava", "llava"),
+        ("llava-next", "llava-next"),
+        ("qwen2.5-vl", "qwen2-vl"),
+        ("mllama", "mllama"),
+        ("smolvlm", "idefics3"),
+    ],
 )
 def test_a_demo_name_builds_its_family_s_model_optimised_with_inputs(name, family):
     method = gp.CrossAttentionTrim(keep=0.5, select="topk") if family == "mllama" else gp.FastV(k=2, keep=0.5)
@@ -157,6 +163,7 @@ def test_a_demo_name_builds_its_family_s_model_optimised_with_inputs(name, famil
     state = optimized_state(model)
     assert state.adapter.name == family and state.method == method
     assert name != "qwen2.5-vl" or type(model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    assert name != "smolvlm" or type(model).__name__ == "SmolVLMForConditionalGeneration"
     assert inputs["input_ids"].shape[0] == 2 and inputs["attention_mask"].shape == inputs["input_ids"].shape
 
 
@@ -164,7 +171,7 @@ def test_an_unknown_demo_name_lists_the_demo_models(tmp_path):
     with pytest.raises(ValueError) as raised:
         demo(tmp_path / "out", "onnx", gp.FastV(), "llava-9")
     assert str(raised.value) == (
-        "graphprune has no demo model 'llava-9'; demo models: llava, llava-next, mllama, qwen2-vl, qwen2.5-vl, "
-        "video-llava"
+        "graphprune has no demo model 'llava-9'; demo models: idefics3, internvl, llava, llava-next, mllama, qwen2-vl, "
+        "qwen2.5-vl, smolvlm, video-llava"
     )
     assert list(tmp_path.iterdir()) == []

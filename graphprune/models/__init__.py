@@ -7,8 +7,11 @@ from torch import nn
 from .base import DecoderLayout, ModelAdapter
 from .gemma3 import MODEL_CLASS as GEMMA3_CLASS
 from .gemma3 import REFUSAL as GEMMA3_REFUSAL
+from .idefics3 import Idefics3Adapter
+from .internvl import InternVLAdapter
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter
+from .llava_onevision import LlavaOnevisionAdapter
 from .mllama import MllamaAdapter
 from .qwen2_vl import Qwen2VLAdapter
 from .video_llava import VideoLlavaAdapter
@@ -16,8 +19,11 @@ from .video_llava import VideoLlavaAdapter
 ADAPTERS: tuple[ModelAdapter, ...] = (
     LlavaAdapter(),
     LlavaNextAdapter(),
+    LlavaOnevisionAdapter(),
     VideoLlavaAdapter(),
     Qwen2VLAdapter(),
+    InternVLAdapter(),
+    Idefics3Adapter(),
     MllamaAdapter(),
 )
 # classes graphprune knows and refuses, with the reason (models/<family>.py says what is missing)

@@ -5,8 +5,9 @@ visual keys. For the kept positions this equals physical pruning, and it shares 
 gather-based pass. Ranking uses layer ``k - 1``'s attention probabilities from its own query and key,
 computed in float32 (``ranking_attention``: HF's eager attention with float32 logits and softmax).
 
-Works for any VLM whose decoder is ``model.model.language_model`` with Llama-style layers (LLaVA,
-LLaVA-NeXT, Video-LLaVA, Qwen2-VL, Qwen2.5-VL): the decoder's input embeddings and position ids
+Works for any VLM whose decoder (where its adapter says: ``model.model.language_model``, Idefics3's
+``model.model.text_model``) has Llama-style layers (LLaVA, LLaVA-NeXT, LLaVA-OneVision, Video-LLaVA, Qwen2-VL,
+Qwen2.5-VL, InternVL, Idefics3, SmolVLM): the decoder's input embeddings and position ids
 (M-RoPE rows included) are read from one call of the unmodified model, so each family's own code
 forms them; visual positions are those holding the config's image or video token id.
 """
@@ -20,6 +21,7 @@ import torch
 from transformers import AttentionInterface, DynamicCache
 
 from ..methods import FastV, n_keep
+from ..models import adapter_for
 from ..runtime import STATE_ATTR
 
 
@@ -130,7 +132,7 @@ def decoder_inputs(model, generation: bool, **inputs) -> tuple[torch.Tensor, tor
     """
     if hasattr(model, STATE_ATTR):
         raise ValueError("the reference runs on an unmodified model; call graphprune.restore(model) first")
-    hook = model.model.language_model.register_forward_pre_hook(_stop_at_decoder, with_kwargs=True)
+    hook = adapter_for(model).decoder(model).register_forward_pre_hook(_stop_at_decoder, with_kwargs=True)
     try:
         if generation:
             model.generate(**inputs, max_new_tokens=1, do_sample=False)
@@ -164,7 +166,7 @@ def fastv_reference(
     ``inputs`` are the model's other inputs (``pixel_values``, ``image_grid_thw``, ...); positions
     are those of a forward, or with ``generation=True`` of ``generate``'s prefill.
     """
-    lm = model.model.language_model
+    lm = adapter_for(model).decoder(model)
     method.check_layers(len(lm.layers))
     batch, seq_len = input_ids.shape
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
@@ -214,7 +216,7 @@ def fastv_reference_generate(
     softmax (HF's ``do_sample`` with ``top_k=0``, ``top_p=1``, ``temperature=1``), drawing from
     torch's global generator as HF does.
     """
-    lm = model.model.language_model
+    lm = adapter_for(model).decoder(model)
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
     cache = DynamicCache(config=lm.config)
     prefill = fastv_reference(model, method, input_ids, attention_mask, generation=True, cache=cache, **inputs)

@@ -16,8 +16,11 @@ from .common import (
     text_config,
 )
 from .gemma3 import gemma3_inputs, tiny_gemma3
+from .idefics3 import idefics3_inputs, tiny_idefics3
+from .internvl import internvl_inputs, tiny_internvl
 from .llava import image_tokens_per_image, llava_inputs, tiny_llava
 from .llava_next import llava_next_inputs, tiny_llava_next
+from .llava_onevision import llava_onevision_inputs, tiny_llava_onevision
 from .mllama import features_per_tile, mllama_inputs, tiny_mllama
 from .qwen2_vl import qwen2_vl_inputs, tiny_qwen2_vl
 from .video_llava import tiny_video_llava, video_llava_inputs
@@ -32,16 +35,22 @@ __all__ = [
     "VISION_START_TOKEN_ID",
     "features_per_tile",
     "gemma3_inputs",
+    "idefics3_inputs",
     "image_tokens_per_image",
+    "internvl_inputs",
     "llama_text_config",
     "llava_inputs",
     "llava_next_inputs",
+    "llava_onevision_inputs",
     "mllama_inputs",
     "qwen2_vl_inputs",
     "text_config",
     "tiny_gemma3",
+    "tiny_idefics3",
+    "tiny_internvl",
     "tiny_llava",
     "tiny_llava_next",
+    "tiny_llava_onevision",
     "tiny_mllama",
     "tiny_qwen2_vl",
     "tiny_video_llava",

@@ -1,0 +1,99 @@
+"""Tiny Idefics3 and SmolVLM (``Idefics3ForConditionalGeneration``, ``SmolVLMForConditionalGeneration``: image
+splitting into tiles, pixel-shuffle connector) and their inputs."""
+
+from __future__ import annotations
+
+import torch
+from transformers import (
+    Idefics3Config,
+    Idefics3ForConditionalGeneration,
+    SmolVLMConfig,
+    SmolVLMForConditionalGeneration,
+)
+
+from .common import (
+    IMAGE_TOKEN_ID,
+    PAD_TOKEN_ID,
+    build,
+    finish,
+    left_padded,
+    llama_text_config,
+    sample_generators,
+    text_ids,
+)
+
+CLASSES = {
+    "idefics3": (Idefics3Config, Idefics3ForConditionalGeneration),
+    "smolvlm": (SmolVLMConfig, SmolVLMForConditionalGeneration),
+}
+
+
+def tiny_idefics3(
+    *,
+    version: str = "idefics3",
+    hidden_size: int = 64,
+    intermediate_size: int = 128,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    vocab_size: int = 128,
+    image_size: int = 16,
+    patch_size: int = 4,
+    attn_implementation: str = "sdpa",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    qk_gain: float = 2.0,
+) -> Idefics3ForConditionalGeneration | SmolVLMForConditionalGeneration:
+    """An ``Idefics3ForConditionalGeneration`` (``version="idefics3"``) or ``SmolVLMForConditionalGeneration``
+    (``"smolvlm"``): Llama decoder, two-layer vision tower; a tile of ``image_size`` pixels gives
+    ``(image_size / patch_size / 2)²`` features after the pixel shuffle; in eval mode."""
+    config_class, model_class = CLASSES[version]
+    vision = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=patch_size,
+    )
+    config = config_class(
+        text_config=llama_text_config(hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads, vocab_size),
+        vision_config=vision,
+        image_token_id=IMAGE_TOKEN_ID,
+        scale_factor=2,
+        pad_token_id=PAD_TOKEN_ID,
+    )
+    return finish(build(model_class, config, seed), seed, qk_gain, attn_implementation, dtype)
+
+
+def idefics3_inputs(model, samples: list[tuple[int, list[tuple[int, int]], int]], seed: int = 0) -> dict:
+    """Left-padded inputs; each sample is ``(text_before, image grids (rows, cols), text_after)``.
+
+    As Idefics3's processor lays an image out: a 1x1 grid is one global tile between text tokens; a larger
+    grid is each tile after two text tokens (``<fake_token_around_image><row_r_col_c>``), one text token
+    (newline) after each row, then the global tile after three and before one. Every tile gives one block
+    of ``image_seq_len`` features. ``pixel_values`` is ``[B, tiles, 3, H, W]``, zero tiles padding samples
+    with fewer.
+    """
+    vocab, side = model.config.text_config.vocab_size, model.config.vision_config.image_size
+    per_tile = model.model.image_seq_len
+    rows, tiles = [], []
+    for (before, grids, after), generator in sample_generators(samples, seed):
+        row, count = text_ids(generator, vocab, before), 0
+        for grid_rows, grid_cols in grids:
+            for _ in range(grid_rows if grid_rows * grid_cols > 1 else 0):
+                for _ in range(grid_cols):
+                    row += text_ids(generator, vocab, 2) + [IMAGE_TOKEN_ID] * per_tile
+                row += text_ids(generator, vocab, 1)
+            row += text_ids(generator, vocab, 2 + (grid_rows * grid_cols > 1)) + [IMAGE_TOKEN_ID] * per_tile
+            row += text_ids(generator, vocab, 1)
+            count += grid_rows * grid_cols + (grid_rows * grid_cols > 1)
+        rows.append(row + text_ids(generator, vocab, after))
+        tiles.append(torch.randn((count, 3, side, side), generator=generator))
+    inputs = left_padded(rows)
+    if any(len(t) for t in tiles):
+        pixel_values = torch.zeros((len(tiles), max(len(t) for t in tiles), 3, side, side))
+        for b, sample_tiles in enumerate(tiles):
+            pixel_values[b, : len(sample_tiles)] = sample_tiles
+        inputs["pixel_values"] = pixel_values.to(model.dtype)
+    return inputs

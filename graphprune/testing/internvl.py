@@ -1,0 +1,74 @@
+"""Tiny InternVL (``InternVLForConditionalGeneration``, InternVL3: image tiles, pixel shuffle) and its inputs."""
+
+from __future__ import annotations
+
+import torch
+from transformers import InternVLConfig, InternVLForConditionalGeneration
+
+from .common import IMAGE_TOKEN_ID, PAD_TOKEN_ID, build, finish, left_padded, sample_generators, text_config, text_ids
+
+
+def tiny_internvl(
+    *,
+    hidden_size: int = 64,
+    intermediate_size: int = 128,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    vocab_size: int = 128,
+    image_size: int = 16,
+    patch_size: int = 4,
+    attn_implementation: str = "sdpa",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    qk_gain: float = 2.0,
+) -> InternVLForConditionalGeneration:
+    """An ``InternVLForConditionalGeneration`` (Qwen2 decoder, two-layer InternViT): a tile of ``image_size``
+    pixels gives ``(image_size / patch_size / 2)²`` features after the pixel shuffle; in eval mode."""
+    shape = (hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads, vocab_size)
+    vision = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=[image_size, image_size],
+        patch_size=[patch_size, patch_size],
+    )
+    config = InternVLConfig(
+        text_config=text_config(*shape, model_type="qwen2", max_position_embeddings=4096),
+        vision_config=vision,
+        image_token_id=IMAGE_TOKEN_ID,
+        vision_feature_layer=-1,
+        pad_token_id=PAD_TOKEN_ID,
+    )
+    return finish(build(InternVLForConditionalGeneration, config, seed), seed, qk_gain, attn_implementation, dtype)
+
+
+def tile_tokens(model: InternVLForConditionalGeneration) -> int:
+    """Features per tile: the tile's patches, pixel-shuffled by the config's ``downsample_ratio``."""
+    vision = model.config.vision_config
+    return int((vision.image_size[0] // vision.patch_size[0] * model.config.downsample_ratio) ** 2)
+
+
+def internvl_inputs(
+    model: InternVLForConditionalGeneration, samples: list[tuple[int, list[int], int]], seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """Left-padded inputs; each sample is ``(text_before, tiles per image, text_after)``.
+
+    An image is one text token (``<img>``), its tiles' feature blocks back to back, one text token
+    (``</img>``), as InternVL's processor lays them out; ``pixel_values`` is ``[tiles, 3, H, W]``, every
+    tile of every image in sample order.
+    """
+    vocab, side = model.config.text_config.vocab_size, model.config.vision_config.image_size[0]
+    per_tile = tile_tokens(model)
+    rows, tiles = [], []
+    for (before, image_tiles, after), generator in sample_generators(samples, seed):
+        row = text_ids(generator, vocab, before)
+        for count in image_tiles:
+            row += text_ids(generator, vocab, 1) + [IMAGE_TOKEN_ID] * (count * per_tile) + text_ids(generator, vocab, 1)
+            tiles.append(torch.randn((count, 3, side, side), generator=generator))
+        rows.append(row + text_ids(generator, vocab, after))
+    inputs = left_padded(rows)
+    if tiles:
+        inputs["pixel_values"] = torch.cat(tiles).to(model.dtype)
+    return inputs
