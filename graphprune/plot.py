@@ -61,13 +61,12 @@ def _llava_images(model: nn.Module, pixel_values: torch.Tensor | None) -> list[P
     side, cls = _clip_side(model), model.config.vision_feature_select_strategy == "full"
     return [
         ([Panel(f"image {i}", side, side, pixels)], _raster(side, side, cls=cls))
-        for i, pixels in enumerate(pixel_values)
+        for i, pixels in enumerate(pixel_values if pixel_values is not None else [])
     ]
 
 
 def _llava(model: nn.Module, inputs: dict) -> dict[int, list[Picture]]:
-    pixels = inputs.get("pixel_values")
-    return {model.config.image_token_id: _llava_images(model, pixels) if pixels is not None else []}
+    return {model.config.image_token_id: _llava_images(model, inputs.get("pixel_values"))}
 
 
 def _video_llava(model: nn.Module, inputs: dict) -> dict[int, list[Picture]]:
@@ -78,7 +77,7 @@ def _video_llava(model: nn.Module, inputs: dict) -> dict[int, list[Picture]]:
         panels = [Panel(f"video {v} frame {f}", side, side, pixels) for f, pixels in enumerate(frames)]
         pictures.append((panels, torch.cat([_raster(side, side, f, cls=True) for f in range(len(frames))])))
     return {
-        config.image_token_id: _llava_images(model, images) if images is not None else [],
+        config.image_token_id: _llava_images(model, images),
         config.video_token_id: pictures,
     }
 
@@ -92,33 +91,27 @@ def _llava_next(model: nn.Module, inputs: dict) -> dict[int, list[Picture]]:
     pixel_values, sizes = inputs.get("pixel_values"), inputs.get("image_sizes")
     if pixel_values is None:
         return {config.image_token_id: []}
-    coordinates, panels = [], []
-    for crops, size in zip(pixel_values, sizes, strict=True):
+    sizes = sizes.cpu()
+    coordinates, grids = [], []
+    for size in sizes:
         grid_h, grid_w = get_anyres_image_grid_shape(size, config.image_grid_pinpoints, config.vision_config.image_size)
-        count = 1 + grid_h * grid_w
-        cells = [_raster(side, side).float()]
-        for crop in range(grid_h * grid_w):
-            row, col = divmod(crop, grid_w)
-            cells.append(_raster(side, side, 1).float() + torch.tensor([0.0, row * side, col * side]))
-        coordinates.append(torch.stack(cells))
-        stitched = crops[1:count].reshape(grid_h, grid_w, *crops.shape[1:]).permute(2, 0, 3, 1, 4)
-        panels.append(
-            (
-                crops[0],
-                stitched.reshape(crops.shape[1], grid_h * crops.shape[2], grid_w * crops.shape[3]),
-                grid_h,
-                grid_w,
-            )
-        )
+        crops = [
+            _raster(side, side, 1) + torch.tensor([0, r * side, c * side]) for r in range(grid_h) for c in range(grid_w)
+        ]
+        coordinates.append(torch.stack([_raster(side, side), *crops]).float())
+        grids.append((grid_h, grid_w))
     packed, _ = model.model.pack_image_features(
         coordinates, sizes, config.vision_feature_select_strategy, image_newline=torch.full((3,), -1.0)
     )
     pictures = []
-    for i, (cells, (base, stitched, grid_h, grid_w)) in enumerate(zip(packed, panels, strict=True)):
-        image_panels = [Panel(f"image {i} base", side, side, base)]
+    for i, (cells, crops, (grid_h, grid_w)) in enumerate(zip(packed, pixel_values, grids, strict=True)):
+        panels = [Panel(f"image {i} base", side, side, crops[0])]
         if (cells[:, 0] == 1).any():
-            image_panels.append(Panel(f"image {i} crops {grid_h}x{grid_w}", grid_h * side, grid_w * side, stitched))
-        pictures.append((image_panels, cells.round().long()))
+            channels, height, width = crops.shape[1:]
+            grid = crops[1 : 1 + grid_h * grid_w].reshape(grid_h, grid_w, channels, height, width)
+            stitched = grid.permute(2, 0, 3, 1, 4).reshape(channels, grid_h * height, grid_w * width)
+            panels.append(Panel(f"image {i} crops {grid_h}x{grid_w}", grid_h * side, grid_w * side, stitched))
+        pictures.append((panels, cells.round().long()))
     return {config.image_token_id: pictures}
 
 
@@ -194,8 +187,10 @@ def _mllama(model: nn.Module, inputs: dict) -> list[SampleLayout]:
         model.model.vision_model.num_patches,
     )
     pixel_values, real = inputs.get("pixel_values"), inputs.get("aspect_ratio_mask")
+    real = real.cpu() if real is not None else None
     layouts = []
-    for b in range(inputs["input_ids"].shape[0]):
+    batch = next(inputs[name] for name in ("input_ids", "inputs_embeds") if inputs.get(name) is not None).shape[0]
+    for b in range(batch):
         panels, cells = [], []
         for image in range(0 if pixel_values is None else pixel_values.shape[1]):
             for tile in range(tiles):
