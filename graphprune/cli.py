@@ -40,8 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     explain.add_argument(
         "--model", choices=["llava", "mllama"], default="llava", help="llava: FastV; mllama: CrossAttentionTrim"
     )
-    for name in ("k", "keep", "query", "select"):
-        explain._add_action(next(a for a in demo._actions if a.dest == name))
+    explain.add_argument("--k", type=int, help="FastV: first pruned layer (default 2)")
+    explain.add_argument("--keep", type=float, help="fraction of visual tokens/features kept (default 0.5)")
+    explain.add_argument("--query", choices=["last", "mean"], help="FastV: the ranking row(s) (default last)")
+    explain.add_argument("--select", choices=["head_union", "topk"], help="CrossAttentionTrim (default head_union)")
     export = commands.add_parser(
         "export",
         help="export a tiny random-weight demo model (FastV: LLaVA, Video-LLaVA, Qwen2-VL, Qwen2.5-VL; "

@@ -176,3 +176,15 @@ def test_cli_explain_rejects_options_of_the_other_method(tmp_path):
         graphprune("explain", "--image", "x.png", "--model", "mllama", "--k", "3", cwd=tmp_path), "explain"
     )
     assert "--k is not an option of CrossAttentionTrim" in line
+
+
+def test_benchmark_chart_draws_each_series(tmp_path):
+    from matplotlib.image import imread
+
+    from benchmarks.harness import chart
+
+    chart(tmp_path / "chart.png", {"a": [(0.25, 1.0), (0.5, 2.0)], "b": [(0.25, 2.0), (0.5, 1.0)]}, "keep", "ms")
+    png = imread(tmp_path / "chart.png")[..., :3]
+    blue, orange = (0.12, 0.47, 0.71), (1.0, 0.5, 0.05)  # matplotlib's first two line colours
+    for colour in (blue, orange):
+        assert (abs(png - torch.tensor(colour).numpy()).max(axis=-1) < 0.05).sum() > 50
