@@ -106,7 +106,7 @@ def explain_image(image_path: str, model_name: str, method, out: str) -> None:
         side = model.config.vision_config.image_size
         scale = side / min(image.size)
         image = image.resize(
-            (max(side, round(image.width * scale)), max(side, round(image.height * scale))), Image.BICUBIC
+            (max(side, round(image.width * scale)), max(side, round(image.height * scale))), Image.Resampling.BICUBIC
         )
         left, top = (image.width - side) // 2, (image.height - side) // 2
         inputs = llava_inputs(model, [(8, 1, 16)])
@@ -121,10 +121,12 @@ def explain_image(image_path: str, model_name: str, method, out: str) -> None:
 def _tiles(image, vision) -> tuple[list[int], torch.Tensor]:
     """The supported ``[rows, cols]`` tile grid nearest the image's aspect ratio (then: the most tiles), and the
     image resized to it, as ``[rows * cols, 3, side, side]`` tiles, row-major."""
+    from PIL.Image import Resampling
+
     aspect = image.width / image.height
     grid = min(vision.supported_aspect_ratios, key=lambda g: (abs(math.log(g[1] / g[0] / aspect)), -g[0] * g[1]))
     side = vision.image_size
-    pixels = _normalised(image.resize((grid[1] * side, grid[0] * side), image.BICUBIC))
+    pixels = _normalised(image.resize((grid[1] * side, grid[0] * side), Resampling.BICUBIC))
     return grid, pixels.view(3, grid[0], side, grid[1], side).permute(1, 3, 0, 2, 4).reshape(-1, 3, side, side)
 
 

@@ -40,7 +40,7 @@ def capture_progress(decoder: nn.Module) -> Iterator[None]:
     bar = tqdm(total=2 * len(layers), desc="graphprune: capturing", unit="layer", delay=PROGRESS_DELAY_S, disable=None)
 
     def traced(module, args):
-        if capturing(decoder) and bar.n < bar.total:  # an export traced again (shape hints) does not count twice
+        if capturing(decoder) and bar.n < bar.total:  # a prefill exported again (shape hints) fills it early
             bar.update()
 
     hooks = [layer.register_forward_pre_hook(traced) for layer in layers]

@@ -188,3 +188,17 @@ def test_benchmark_chart_draws_each_series(tmp_path):
     blue, orange = (0.12, 0.47, 0.71), (1.0, 0.5, 0.05)  # matplotlib's first two line colours
     for colour in (blue, orange):
         assert (abs(png - torch.tensor(colour).numpy()).max(axis=-1) < 0.05).sum() > 50
+
+
+def test_explain_image_tiles_a_wide_image_for_mllama():
+    from PIL import Image
+
+    from graphprune.demo import _tiles
+
+    image = Image.new("RGB", (200, 100), (255, 0, 0))
+    image.paste((0, 0, 255), (100, 0, 200, 100))  # left half red, right half blue
+    vision = testing.tiny_mllama().config.vision_config  # 56-pixel tiles, up to 4
+    grid, tiles = _tiles(image, vision)
+    assert grid == [1, 2] and tiles.shape == (2, 3, 56, 56)
+    red, blue = tiles[0, :, :, :50], tiles[1, :, :, 6:]  # away from the resampled seam
+    assert (red[0] > 1.5).all() and (red[2] < -1.0).all() and (blue[0] < -1.5).all() and (blue[2] > 1.0).all()
