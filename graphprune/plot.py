@@ -233,22 +233,24 @@ def draw(report, path, dpi: int = 100):
     grid = fig.add_gridspec(len(report.layouts), width)
     for b, (layout, kept) in enumerate(zip(report.layouts, report.kept, strict=True)):
         highlighted = layout.highlighted(kept)
+        shown = [panel.pixels.detach().float() for panel in layout.panels if panel.pixels is not None]
+        scale = (min(float(t.min()) for t in shown), max(float(t.max()) for t in shown)) if shown else None
         for p in range(width):
             ax = fig.add_subplot(grid[b, p])
             ax.set_axis_off()
             if p < len(layout.panels):
-                _draw_panel(ax, layout, p, highlighted, report, b)
+                _draw_panel(ax, layout, p, highlighted, report, b, scale)
             elif p == 0:
                 ax.text(0.5, 0.5, f"sample {b}: no visual input", ha="center", va="center")
     fig.savefig(path, dpi=dpi)
     return fig
 
 
-def _draw_panel(ax, layout: SampleLayout, p: int, highlighted: set, report, b: int) -> None:
+def _draw_panel(ax, layout: SampleLayout, p: int, highlighted: set, report, b: int, scale) -> None:
     panel = layout.panels[p]
     extent = (0, panel.cols, panel.rows, 0)  # one data unit per cell, row 0 at the top
     if panel.pixels is not None:
-        ax.imshow(_displayable(panel.pixels), extent=extent, interpolation="nearest")
+        ax.imshow(_displayable(panel.pixels, *scale), extent=extent, interpolation="nearest")
     else:
         ax.imshow(torch.full((1, 1, 3), 0.5).numpy(), extent=extent)
     overlay = torch.tensor(NO_UNIT).repeat(panel.rows, panel.cols, 1)
@@ -262,13 +264,13 @@ def _draw_panel(ax, layout: SampleLayout, p: int, highlighted: set, report, b: i
         share = f"{float(report.kept_per_tile[b][panel.tile]):.0%} of tile"
     else:
         share = f"{len(kept)}/{len(own)}"
-    ax.set_title(f"sample {b} {panel.title}: kept {share}", fontsize=8)
+    ax.set_title(f"{f'sample {b}: ' if p == 0 else ''}{panel.title}: kept {share}", fontsize=8)
 
 
-def _displayable(pixels: torch.Tensor):
-    """``[3, H, W]`` of any range as ``[H, W, 3]`` in [0, 1] (min-max; a flat image is mid-grey)."""
+def _displayable(pixels: torch.Tensor, low: float, high: float):
+    """``[3, H, W]`` as ``[H, W, 3]`` in [0, 1], ``low`` and ``high`` (the sample's extremes) at its ends (all the
+    same: mid-grey)."""
     pixels = pixels.detach().float().cpu()
-    low, high = pixels.min(), pixels.max()
     scaled = (pixels - low) / (high - low) if high > low else torch.full_like(pixels, 0.5)
     return scaled.permute(1, 2, 0).numpy()
 
