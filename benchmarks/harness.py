@@ -135,3 +135,20 @@ def table(header: list[str], rows: list[list]) -> str:
 
     head = line([str(h) for h in header])
     return "\n".join([head, "-" * len(head), *(line(r) for r in cells)])
+
+
+def chart(path, series: dict[str, list[tuple[float, float]]], x_label: str, y_label: str, title: str = "") -> None:
+    """A line chart of ``series`` (name -> ``(x, y)`` points, e.g. latency against keep) saved as a PNG at ``path``;
+    needs matplotlib (the ``plot`` extra)."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 4), dpi=100)
+    ax = figure.add_subplot()
+    for name, points in series.items():
+        xs, ys = zip(*points, strict=True)
+        ax.plot(xs, ys, marker="o", label=name)
+    ax.set(xlabel=x_label, ylabel=y_label, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    figure.tight_layout()
+    figure.savefig(path)

@@ -28,6 +28,22 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--keep", type=float, help="fraction of visual tokens/features kept (default 0.5)")
     demo.add_argument("--query", choices=["last", "mean"], help="FastV: the ranking row(s) (default last)")
     demo.add_argument("--select", choices=["head_union", "topk"], help="CrossAttentionTrim (default head_union)")
+    explain = commands.add_parser(
+        "explain",
+        help="show which visual tokens a demo model keeps for your image, as a PNG",
+        description="Run one pruned prefill of a demo model (random weights: the choice is the method's, not a "
+        "trained model's) on the image at --image, resized and normalised to the model's input size, print the "
+        "report and save a PNG of the image under the grid of its kept visual tokens (Mllama: features per tile).",
+    )
+    explain.add_argument("--image", required=True, help="an image file Pillow reads (PNG, JPEG, ...)")
+    explain.add_argument("--out", default="kept.png", help="the PNG to write (default kept.png)")
+    explain.add_argument(
+        "--model", choices=["llava", "mllama"], default="llava", help="llava: FastV; mllama: CrossAttentionTrim"
+    )
+    explain.add_argument("--k", type=int, help="FastV: first pruned layer (default 2)")
+    explain.add_argument("--keep", type=float, help="fraction of visual tokens/features kept (default 0.5)")
+    explain.add_argument("--query", choices=["last", "mean"], help="FastV: the ranking row(s) (default last)")
+    explain.add_argument("--select", choices=["head_union", "topk"], help="CrossAttentionTrim (default head_union)")
     export = commands.add_parser(
         "export",
         help="export a tiny random-weight demo model (FastV: LLaVA, LLaVA-NeXT, Video-LLaVA, Qwen2-VL, Qwen2.5-VL; "
@@ -68,6 +84,21 @@ def main(argv: list[str] | None = None) -> int:
 
         method = _method(demo, args, LLAVA["num_layers"])
         return 0 if {"llava": run, "mllama": run_mllama}[args.model](method) else 1
+    if args.command == "explain":
+        from .demo import LLAVA, explain_image
+
+        method = _method(explain, args, LLAVA["num_layers"])
+        try:
+            from PIL import Image
+
+            Image.open(args.image).verify()
+            import matplotlib  # noqa: F401
+        except ImportError as error:
+            explain.error(f"needs {error.name}: pip install 'graphprune[plot]'")
+        except OSError as error:
+            explain.error(f"cannot read --image {args.image}: {error}")
+        explain_image(args.image, args.model, method, args.out)
+        return 0
     from .export.demo import FASTV_LAYERS
     from .export.demo import demo as export_demo
     from .export.staging import writable_folder

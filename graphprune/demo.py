@@ -3,6 +3,7 @@ show what was pruned, what it saved and that the outputs agree with graphprune's
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 
@@ -80,6 +81,58 @@ def run_mllama(method: CrossAttentionTrim, new_tokens: int = 12, repeats: int = 
     with trimmed_mask_mode(model, reference.kept), torch.no_grad():
         expected = model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False)
     return _optimize_and_compare(model, method, inputs, expected, new_tokens, repeats, "mask-mode reference")
+
+
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+
+
+def explain_image(image_path: str, model_name: str, method, out: str) -> None:
+    """``explain`` on a demo model (random weights) given the image at ``image_path``, printed, and its picture saved
+    at ``out``. The image is made the model's input as CLIP's and Mllama's processors do it, in short: LLaVA: the
+    shorter side resized (bicubic) to the tower's size and the centre cropped square; Mllama: resized to the tile
+    grid (of those the model supports) nearest its aspect ratio and cut into tiles; then scaled to [0, 1] and
+    normalised with CLIP's mean and standard deviation."""
+    from PIL import Image
+
+    image = Image.open(image_path).convert("RGB")
+    if model_name == "mllama":
+        model = tiny_mllama(**MLLAMA)
+        grid, pixels = _tiles(image, model.config.vision_config)
+        inputs = mllama_inputs(model, [(1, [len(pixels)], 24)])
+        inputs["pixel_values"][0, 0, : len(pixels)] = pixels
+        inputs["aspect_ratio_ids"][0, 0] = model.config.vision_config.supported_aspect_ratios.index(grid) + 1
+    else:
+        model = tiny_llava(**LLAVA)
+        side = model.config.vision_config.image_size
+        scale = side / min(image.size)
+        image = image.resize(
+            (max(side, round(image.width * scale)), max(side, round(image.height * scale))), Image.Resampling.BICUBIC
+        )
+        left, top = (image.width - side) // 2, (image.height - side) // 2
+        inputs = llava_inputs(model, [(8, 1, 16)])
+        inputs["pixel_values"] = _normalised(image.crop((left, top, left + side, top + side)))[None]
+    optimize(model, method)
+    report = explain(model, **inputs)
+    print(report)
+    report.plot(out)
+    print(f"saved {out}")
+
+
+def _tiles(image, vision) -> tuple[list[int], torch.Tensor]:
+    """The supported ``[rows, cols]`` tile grid nearest the image's aspect ratio (then: the most tiles), and the
+    image resized to it, as ``[rows * cols, 3, side, side]`` tiles, row-major."""
+    from PIL.Image import Resampling
+
+    aspect = image.width / image.height
+    grid = min(vision.supported_aspect_ratios, key=lambda g: (abs(math.log(g[1] / g[0] / aspect)), -g[0] * g[1]))
+    side = vision.image_size
+    pixels = _normalised(image.resize((grid[1] * side, grid[0] * side), Resampling.BICUBIC))
+    return grid, pixels.view(3, grid[0], side, grid[1], side).permute(1, 3, 0, 2, 4).reshape(-1, 3, side, side)
+
+
+def _normalised(image) -> torch.Tensor:
+    pixels = torch.tensor(list(image.getdata()), dtype=torch.float32).view(image.height, image.width, 3) / 255
+    return ((pixels - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)).permute(2, 0, 1)
 
 
 def _optimize_and_compare(model, method, inputs, expected, new_tokens: int, repeats: int, reference: str) -> bool:

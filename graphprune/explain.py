@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .plot import visual_layouts
 from .registry import handler_for
 from .report import Report
 from .runtime import optimized_state, recorded_prefills
@@ -21,4 +22,6 @@ def explain(model: nn.Module, **inputs) -> Report:
     if not records:
         raise ValueError("graphprune.explain runs one prefill: pass a prompt without past_key_values")
     element = next(model.parameters()).element_size()
-    return handler_for(state.method).report(model, state, records[-1], element)
+    report = handler_for(state.method).report(model, state, records[-1], element)
+    report.layouts = visual_layouts(model, state.adapter.name, inputs)
+    return report

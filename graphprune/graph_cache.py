@@ -8,14 +8,16 @@ graphs share the decoder's parameters, so a cast costs no copy of the weights.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import copy
 import itertools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import fx, nn
+from tqdm import tqdm
 
 Capture = Callable[[], tuple[fx.GraphModule, fx.GraphModule]]
 _capturing: contextvars.ContextVar[nn.Module | None] = contextvars.ContextVar("graphprune_capturing", default=None)
@@ -24,6 +26,30 @@ _capturing: contextvars.ContextVar[nn.Module | None] = contextvars.ContextVar("g
 def capturing(decoder: nn.Module) -> bool:
     """Whether this thread is capturing ``decoder``: its stand-in forward must then run the decoder's own."""
     return _capturing.get() is decoder
+
+
+PROGRESS_DELAY_S = 1.0  # a capture that takes longer shows its bar (on a terminal)
+
+
+@contextlib.contextmanager
+def capture_progress(decoder: nn.Module) -> Iterator[None]:
+    """A bar ``graphprune: capturing`` counting the decoder layers that capture has traced (each layer once for the
+    prefill graph, once for the decode graph), shown once capture has taken ``PROGRESS_DELAY_S`` and only where
+    stderr is a terminal (tqdm ``disable=None``); a layer run by another thread meanwhile does not count."""
+    layers = getattr(decoder, "layers", ())
+    bar = tqdm(total=2 * len(layers), desc="graphprune: capturing", unit="layer", delay=PROGRESS_DELAY_S, disable=None)
+
+    def traced(module, args):
+        if capturing(decoder) and bar.n < bar.total:  # a prefill exported again (shape hints) fills it early
+            bar.update()
+
+    hooks = [layer.register_forward_pre_hook(traced) for layer in layers]
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+        bar.close()
 
 
 def placement(decoder: nn.Module) -> tuple:
@@ -58,7 +84,8 @@ class GraphCache:
                 if key not in self._graphs:
                     token = _capturing.set(self.decoder)
                     try:
-                        self._graphs[key] = self._capture()
+                        with capture_progress(self.decoder):
+                            self._graphs[key] = self._capture()
                     finally:
                         _capturing.reset(token)
                 graphs = self._graphs[key]

@@ -29,6 +29,7 @@ class Report:
     (padding slots included). A sample whose attention mask is all zeros is empty: nothing visual
     or kept, 0 tokens, and the FLOPs the formula gives for 0 text tokens (FastV: 0). A text-only
     prompt keeps and trims nothing (CrossAttentionTrim: 0 features, ``kept_per_tile[i]`` ``[0, tiles]``).
+    ``layouts`` maps each sample's visual units to cells of its pictures, for ``plot``.
     """
 
     method: FastV | CrossAttentionTrim
@@ -41,6 +42,15 @@ class Report:
     kv_bytes_before: int
     kv_bytes_after: int
     kept_per_tile: list[torch.Tensor] | None = None
+    layouts: list | None = None  # per sample, its visual units' cells (``graphprune.plot.SampleLayout``), from explain
+
+    def plot(self, path, dpi: int = 100):
+        """Save a PNG at ``path`` of each sample's pictures (images, crops, frames, tiles) under the grid of their
+        visual tokens or features, kept ones clear and pruned ones dark; returns the matplotlib Figure.
+        Needs matplotlib (``pip install 'graphprune[plot]'``)."""
+        from .plot import draw
+
+        return draw(self, path, dpi)
 
     @property
     def n_kept(self) -> list[int]:
