@@ -16,3 +16,8 @@ def progress(graphs: Iterable[GraphExport], step: str) -> Iterator[GraphExport]:
     for graph in bar:
         bar.set_postfix_str(graph.name)
         yield graph
+
+
+def byte_progress(step: str) -> tqdm:
+    """A bar ``graphprune: {step}`` counting bytes, shown on a terminal once the step has taken a second."""
+    return tqdm(desc=f"graphprune: {step}", unit="B", unit_scale=True, delay=1.0, disable=None)
