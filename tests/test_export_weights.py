@@ -38,7 +38,11 @@ MEDIUM_LLAVA = dict(hidden_size=1024, intermediate_size=2752, num_layers=4, num_
 FAMILIES = {  # builder, method, inputs
     "llava": (functools.partial(tiny_llava, **MEDIUM_LLAVA, vocab_size=8192, seed=2), FASTV, llava_inputs),
     "video-llava": (functools.partial(tiny_video_llava, num_layers=2, **WIDE), FASTV, video_llava_inputs),
-    "qwen2-vl": (functools.partial(tiny_qwen2_vl, num_layers=2, **WIDE), FASTV, qwen2_vl_inputs),
+    "qwen2-vl": (
+        functools.partial(tiny_qwen2_vl, num_layers=2, mrope_section=(4, 6, 6), **WIDE),
+        FASTV,
+        qwen2_vl_inputs,
+    ),
     "mllama": (
         functools.partial(tiny_mllama, num_layers=4, cross_attention_layers=(1, 3), **WIDE),
         TRIM,
