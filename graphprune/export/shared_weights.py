@@ -84,15 +84,17 @@ class SharedInitializers:
         options = options or self.ort.SessionOptions()
         options.add_session_config_entry("session.disable_prepacking", "1")
         for name, (location, offset, length, dtype, shape) in external_initializers(path).items():
-            if dtype.kind not in "fiub":  # bfloat16 and narrower types: ONNX Runtime reads them itself
-                continue
-            file = (Path(path).parent / location).resolve()
-            key = (file, offset, dtype.str, shape)
+            file = Path(path).parent / location
+            if dtype.kind not in "fiub" or Path(location).name != location or not file.is_file():
+                continue  # bfloat16, a file elsewhere or none: ONNX Runtime reads (or refuses) it itself
+            key = (file.resolve(), offset, dtype.str, shape)
             if key not in self.values:
-                if file not in self.files:
-                    self.files[file] = np.memmap(file, dtype=np.uint8, mode="r")
-                data = self.files[file][offset : offset + length].view(dtype).reshape(shape)
-                self.values[key] = self.ort.OrtValue.ortvalue_from_numpy(data)
+                if key[0] not in self.files:
+                    self.files[key[0]] = np.memmap(file, dtype=np.uint8, mode="r")
+                data = self.files[key[0]][offset : offset + length]
+                if data.size != length or length != np.prod(shape, dtype=np.int64) * dtype.itemsize:
+                    continue  # a file shorter than its graph says: ONNX Runtime's own error names it
+                self.values[key] = self.ort.OrtValue.ortvalue_from_numpy(data.view(dtype).reshape(shape))
             options.add_initializer(name, self.values[key])
         return self.ort.InferenceSession(str(path), options, providers=providers)
 
