@@ -18,7 +18,7 @@ from .graph_export import GraphExport
 from .manifest import Manifest
 from .progress import progress
 from .shared_weights import FILE as WEIGHTS
-from .shared_weights import shared_weights
+from .shared_weights import SharedWeights
 from .staging import staged_folder, writable_folder
 from .trt_recipe import trt_recipe
 from .validate import validate as validate_files
@@ -93,7 +93,7 @@ def _signature(values) -> list[dict]:
     ]
 
 
-def _write(graph: GraphExport, folder: Path, opset: int, weights) -> dict:
+def _write(graph: GraphExport, folder: Path, opset: int, weights: SharedWeights) -> dict:
     """Export one graph with the dynamo exporter, its initializers into the shared weights file; its manifest
     entry."""
     import onnx
@@ -169,7 +169,7 @@ def onnx(
     dtype = next(model.parameters()).dtype
     graphs, details = family_graphs(model, example_inputs, prune, max_images, max_visual_tokens)
     with staged_folder(out_dir, overwrite) as staging:
-        with shared_weights(staging) as weights:
+        with SharedWeights(staging) as weights:
             entries = {graph.name: _write(graph, staging, opset, weights) for graph in progress(graphs, "ONNX export")}
         dtype_name = str(dtype).removeprefix("torch.")
         manifest = export_manifest("onnx", state, prune, dtype_name, opset, entries, details | {"weights": WEIGHTS})

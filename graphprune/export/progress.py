@@ -18,6 +18,7 @@ def progress(graphs: Iterable[GraphExport], step: str) -> Iterator[GraphExport]:
         yield graph
 
 
-def byte_progress(step: str) -> tqdm:
-    """A bar ``graphprune: {step}`` counting bytes, shown on a terminal once the step has taken a second."""
-    return tqdm(desc=f"graphprune: {step}", unit="B", unit_scale=True, delay=1.0, disable=None)
+def byte_progress(step: str, total: int) -> tqdm:
+    """A bar ``graphprune: {step}`` counting ``total`` bytes, shown on a terminal once the step takes over a
+    second."""
+    return tqdm(desc=f"graphprune: {step}", total=total, unit="B", unit_scale=True, delay=1.0, disable=None)

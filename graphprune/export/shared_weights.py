@@ -3,9 +3,7 @@ and every graph refers to it as ONNX external data (``location``, ``offset``, ``
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +18,10 @@ ALIGN_BYTES, ALIGN_FROM = 1 << 16, 1 << 20  # tensors of 1 MiB or more start at 
 class SharedWeights:
     """Appends the initializers of the graphs given to ``add`` to ``folder / FILE``, each distinct one once."""
 
-    def __init__(self, folder: Path, progress=None):
+    def __init__(self, folder: Path):
         self.path = Path(folder) / FILE
         self.file = self.path.open("wb")
         self.offsets: dict[tuple, tuple[int, int]] = {}  # (dtype, shape, digest) -> (offset, length)
-        self.progress = progress  # called with the bytes of each tensor written (a tqdm bar's update)
 
     def __enter__(self) -> SharedWeights:
         return self
@@ -34,21 +31,23 @@ class SharedWeights:
 
     def add(self, model) -> None:
         """Point every initializer of ``model`` (an ``onnx_ir.Model``) of ``INLINE_BYTES`` or more at the file,
-        writing the ones it does not hold yet."""
+        writing the ones it does not hold yet, under a bar of the bytes done if that takes over a second."""
         import onnx_ir as ir
 
-        for value in model.graph.initializers.values():
-            tensor = value.const_value
-            if tensor is None or tensor.nbytes < INLINE_BYTES:
-                continue
-            data = tensor.tobytes()
-            key = (tensor.dtype, tuple(tensor.shape), hashlib.sha256(data).digest())
-            if key not in self.offsets:
-                self.offsets[key] = (self._append(data), len(data))
-            offset, length = self.offsets[key]
-            value.const_value = ir.ExternalTensor(
-                FILE, offset, length, tensor.dtype, shape=tensor.shape, name=value.name, base_dir=self.path.parent
-            )
+        values = [v for v in model.graph.initializers.values() if v.const_value is not None]
+        values = [v for v in values if v.const_value.nbytes >= INLINE_BYTES]
+        with byte_progress("weights file", sum(v.const_value.nbytes for v in values)) as bar:
+            for value in values:
+                tensor = value.const_value
+                data = tensor.tobytes()
+                key = (tensor.dtype, tuple(tensor.shape), hashlib.sha256(data).digest())
+                if key not in self.offsets:
+                    self.offsets[key] = (self._append(data), len(data))
+                offset, length = self.offsets[key]
+                value.const_value = ir.ExternalTensor(
+                    FILE, offset, length, tensor.dtype, shape=tensor.shape, name=value.name, base_dir=self.path.parent
+                )
+                bar.update(length)
 
     def _append(self, data: bytes) -> int:
         offset = self.file.tell()
@@ -56,16 +55,7 @@ class SharedWeights:
             offset += ALIGN_BYTES - offset % ALIGN_BYTES
             self.file.seek(offset)
         self.file.write(data)
-        if self.progress is not None:
-            self.progress(len(data))
         return offset
-
-
-@contextlib.contextmanager
-def shared_weights(folder: Path) -> Iterator[SharedWeights]:
-    """``SharedWeights`` writing ``folder / FILE`` under a progress bar of the bytes written (shown after 1 s)."""
-    with byte_progress("weights file") as bar, SharedWeights(folder, bar.update) as weights:
-        yield weights
 
 
 class SharedInitializers:
