@@ -38,8 +38,9 @@ model, inputs, exported = export_fixtures(
 def test_export_writes_the_graphs_and_a_manifest(exported):
     manifest = json.loads((exported / "manifest.json").read_text())
     assert sorted(path.name for path in exported.iterdir()) == sorted(
-        [f"{graph}.onnx" for graph in GRAPHS] + ["manifest.json", "TENSORRT.md", "build_engines.sh"]
+        [f"{graph}.onnx" for graph in GRAPHS] + ["weights.bin", "manifest.json", "TENSORRT.md", "build_engines.sh"]
     )
+    assert manifest["weights"] == "weights.bin"
     assert manifest["method"] == {"name": "FastV", "k": 1, "keep": 0.5, "query": "last"}
     assert manifest["visual_budget"] == {"tokens_per_image": 16, "max_images": 2, "max_visual": 32, "top_k": 16}
     assert (manifest["dtype"], manifest["opset"], manifest["graphprune_version"]) == ("float32", 18, gp.__version__)
@@ -151,10 +152,10 @@ def test_unoptimized_or_unsupported_models_are_refused(tmp_path):
 def test_a_failed_export_leaves_no_folder(model, inputs, tmp_path, monkeypatch):
     write = export_onnx._write
 
-    def write_then_fail(graph, folder, opset):
+    def write_then_fail(graph, folder, *rest):
         if graph.name == "prefill":
             raise RuntimeError("disk full")
-        return write(graph, folder, opset)
+        return write(graph, folder, *rest)
 
     monkeypatch.setattr(export_onnx, "_write", write_then_fail)
     with pytest.raises(RuntimeError, match="disk full"):

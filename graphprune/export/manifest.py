@@ -24,6 +24,7 @@ TYPES = {  # every entry's JSON type
     "opset": int,
     "graphprune_version": str,
     "graphs": dict,
+    "weights": (str, NONE),
     "producer": str,
 }
 JSON_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an int", NONE: "null"}
@@ -37,7 +38,9 @@ class Manifest:
 
     ``graphs`` maps a graph name to ``{"file", "inputs", "outputs", "dynamic_axes"}``; every input and
     output is ``{"name", "dtype", "shape"}`` where a string in ``shape`` is a dynamic axis.
-    ``method`` is None for an unpruned export (``prune=False``). ``producer`` is always ``"graphprune"``.
+    ``method`` is None for an unpruned export (``prune=False``). ``weights`` names the file in the folder that
+    holds every graph's weights once (ONNX external data), None where the graphs hold their own.
+    ``producer`` is always ``"graphprune"``.
     """
 
     format: str
@@ -50,6 +53,7 @@ class Manifest:
     opset: int
     graphprune_version: str
     graphs: dict[str, dict]
+    weights: str | None = None
     producer: str = PRODUCER
 
     def __post_init__(self) -> None:
@@ -76,6 +80,8 @@ class Manifest:
                     raise ValueError(f"manifest graph {name!r}: every input and output needs a name; got {spec!r:.60}")
         if (self.method is None) != (self.first_pruned_layer is None):
             raise ValueError("a manifest has both a method and its first pruned layer, or neither (unpruned)")
+        if self.weights is not None and Path(self.weights).name != self.weights:
+            raise ValueError(f"manifest weights must be a file name in the export folder; got {self.weights!r:.60}")
         if self.dtype not in DTYPES:
             raise ValueError(f"manifest dtype must be one of {DTYPES}; got {self.dtype!r:.60}")
         family = FAMILIES.get(self.family)  # an unknown family is refused by what runs the export

@@ -17,6 +17,8 @@ from .family import export_family
 from .graph_export import GraphExport
 from .manifest import Manifest
 from .progress import progress
+from .shared_weights import FILE as WEIGHTS
+from .shared_weights import SharedWeights
 from .staging import staged_folder, writable_folder
 from .trt_recipe import trt_recipe
 from .validate import validate as validate_files
@@ -24,7 +26,6 @@ from .validate import validate as validate_files
 logger = logging.getLogger(__name__)
 
 OPSETS = range(18, 21)  # the torch.onnx dynamo exporter starts at 18; TensorRT 10's parser ends at 20
-EXTERNAL_DATA_BYTES = 1 << 30  # larger graphs keep their weights in a .data file (protobuf's 2 GiB limit)
 VALIDATION_RTOL = {torch.float32: 1e-4, torch.float16: 1e-2}  # the dtypes exported, with their tolerance
 BFLOAT16_REASON = (  # ONNX Runtime 1.32's errors on a bfloat16 export (README, "ONNX export")
     " (ONNX Runtime's CPU provider has no bfloat16 Mul or Where kernel, and ONNX's Conv takes bfloat16 only"
@@ -106,26 +107,28 @@ def _signature(values) -> list[dict]:
     ]
 
 
-def _write(graph: GraphExport, folder: Path, opset: int) -> dict:
-    """Export one graph with the dynamo exporter; its manifest entry."""
+def _write(graph: GraphExport, folder: Path, opset: int, weights: SharedWeights) -> dict:
+    """Export one graph with the dynamo exporter, its initializers into the shared weights file; its manifest
+    entry."""
     import onnx
+    import onnx_ir
 
     path = folder / f"{graph.name}.onnx"
-    weights = sum(p.numel() * p.element_size() for p in graph.module.parameters())
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="# The axis name", category=UserWarning)  # axes named twice
-        torch.onnx.export(
+        program = torch.onnx.export(
             graph.module,
             graph.args,
-            str(path),
             dynamo=True,
             input_names=list(graph.inputs),
             output_names=list(graph.outputs),
             dynamic_shapes=_dynamic_shapes(graph),
             opset_version=opset,
-            external_data=weights > EXTERNAL_DATA_BYTES,
             verbose=False,
         )
+    weights.add(program.model)
+    onnx_ir.save(program.model, path)
+    del program
     proto = onnx.load(str(path), load_external_data=False)
     inputs, outputs = _signature(proto.graph.input), _signature(proto.graph.output)
     dynamic = {
@@ -182,9 +185,10 @@ def onnx(
     out_dir = writable_folder(out_dir, overwrite)
     graphs, details = family_graphs(model, example_inputs, prune, max_images, max_visual_tokens)
     with staged_folder(out_dir, overwrite) as staging:
-        entries = {graph.name: _write(graph, staging, opset) for graph in progress(graphs, "ONNX export")}
+        with SharedWeights(staging) as weights:
+            entries = {graph.name: _write(graph, staging, opset, weights) for graph in progress(graphs, "ONNX export")}
         dtype_name = str(dtype).removeprefix("torch.")
-        manifest = export_manifest("onnx", state, prune, dtype_name, opset, entries, details)
+        manifest = export_manifest("onnx", state, prune, dtype_name, opset, entries, details | {"weights": WEIGHTS})
         manifest.write(staging)
         trt_recipe(manifest, staging)
         if validate:

@@ -10,6 +10,7 @@ import torch
 from ..padding import refuse_right_padding
 from .family import as_numpy, export_family
 from .manifest import FILE, Manifest
+from .shared_weights import SharedInitializers
 
 
 def _few(names: list[str]) -> str:
@@ -20,7 +21,8 @@ class OrtGenerator:
     """Runs an export (vision → embed → prefill → decode steps; Mllama also masks) in ONNX Runtime; greedy.
 
     Positions are formed on the host as HF ``generate`` forms them (Qwen2-VL: M-RoPE from the
-    image and video grids); each new token continues from the last prompt position.
+    image and video grids); each new token continues from the last prompt position. The export's weights
+    file is mapped into memory once and shared by all the sessions.
 
     ``providers`` are ONNX Runtime execution providers, e.g. ``["TensorrtExecutionProvider",
     "CUDAExecutionProvider"]`` with ``onnxruntime-gpu``; default: CPU.
@@ -48,17 +50,19 @@ class OrtGenerator:
                 f"{self.manifest.family} export has; export the model again"
             )
         providers = providers or ["CPUExecutionProvider"]
-        self.sessions = {name: self._session(name, onnxruntime, providers) for name in self.manifest.graphs}
+        self.weights = SharedInitializers(onnxruntime)  # the sessions use its buffers: it lives as long as they do
+        self.sessions = {name: self._session(name, self.weights, providers) for name in self.manifest.graphs}
         self.dtype = np.dtype(self.manifest.dtype if self.manifest.dtype != "bfloat16" else "float32")
 
-    def _session(self, graph: str, onnxruntime, providers: list):
-        """``graph``'s ONNX Runtime session; its file must take and give the names that the manifest lists."""
+    def _session(self, graph: str, shared: SharedInitializers, providers: list):
+        """``graph``'s ONNX Runtime session on the weights ``shared`` by all the sessions (each loaded once);
+        its file must take and give the names that the manifest lists."""
         path = self.folder / self.manifest.graphs[graph]["file"]
         if not path.is_file():
             raise FileNotFoundError(
                 f"graphprune cannot run {self.folder}: {path.name} (the {graph!r} graph in {FILE}) is missing"
             )
-        session = onnxruntime.InferenceSession(str(path), providers=providers)
+        session = shared.session(path, providers)
         listed = (self.manifest.input_names(graph), self.manifest.output_names(graph))
         found = ([spec.name for spec in session.get_inputs()], [spec.name for spec in session.get_outputs()])
         for side, expected, actual in zip(("inputs", "outputs"), listed, found, strict=True):

@@ -16,3 +16,9 @@ def progress(graphs: Iterable[GraphExport], step: str) -> Iterator[GraphExport]:
     for graph in bar:
         bar.set_postfix_str(graph.name)
         yield graph
+
+
+def byte_progress(step: str, total: int) -> tqdm:
+    """A bar ``graphprune: {step}`` counting ``total`` bytes, shown on a terminal once the step takes over a
+    second."""
+    return tqdm(desc=f"graphprune: {step}", total=total, unit="B", unit_scale=True, delay=1.0, disable=None)

@@ -76,7 +76,8 @@ def _export_files(folder: Path) -> set[str] | None:
     entries = graphs.values() if isinstance(graphs, dict) else ()
     names = {entry.get("file") for entry in entries if isinstance(entry, dict)}
     names = {name for name in names if isinstance(name, str)}
-    return {FILE, SCRIPT, GUIDE, MARKER, *names, *(f"{name}.data" for name in names)}  # .data: external weights
+    weights = {manifest["weights"]} if isinstance(manifest.get("weights"), str) else set()
+    return {FILE, SCRIPT, GUIDE, MARKER, *weights, *names, *(f"{name}.data" for name in names)}  # .data: older exports
 
 
 @contextlib.contextmanager

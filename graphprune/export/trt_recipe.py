@@ -86,6 +86,13 @@ at most the unpruned ones):
 
 The generation loop is the one `graphprune.export.OrtGenerator` runs (see its source): {" → ".join(profiles)},
 the last once per new token, feeding each step's `present.*` back as `past.*`.{cache}
+
+Weights: every `.onnx` keeps its weights in the one `weights.bin` beside it (ONNX external data, each
+weight stored once), so copy the whole folder. trtexec and TensorRT's ONNX parser read `weights.bin`
+from the model file's folder while building; each engine then holds its own copy of the weights it
+uses (the prefill and decode engines both hold the decoder: for a 7B decoder in fp16 that is twice
+13.5 GB, more than a Jetson Orin 32 GB holds) and `weights.bin` is not needed to run them.
+
 Without writing that loop, ONNX Runtime
 can use TensorRT directly: install `onnxruntime-gpu` (NVIDIA's Jetson wheel for JetPack 6) and pass
 `providers=["TensorrtExecutionProvider", "CUDAExecutionProvider"]` to `OrtGenerator`.

@@ -9,6 +9,7 @@ import torch
 
 from .graph_export import GraphExport
 from .progress import progress
+from .shared_weights import SharedInitializers
 
 
 class ExportValidationError(RuntimeError):
@@ -32,9 +33,9 @@ def validate(folder: Path, graphs: list[GraphExport], rtol: float, providers: li
     """
     import onnxruntime
 
-    errors = {}
+    errors, shared = {}, SharedInitializers(onnxruntime)
     for graph in progress(graphs, "validation against PyTorch"):
-        session = onnxruntime.InferenceSession(str(folder / f"{graph.name}.onnx"), providers=providers)
+        session = shared.session(folder / f"{graph.name}.onnx", providers)
         feeds = {name: arg.cpu().numpy() for name, arg in zip(graph.inputs, graph.args, strict=True)}
         actual = session.run(list(graph.outputs), feeds)
         with torch.no_grad():
