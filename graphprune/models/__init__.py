@@ -9,6 +9,7 @@ from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter
 from .mllama import MllamaAdapter
 from .qwen2_vl import Qwen2VLAdapter
+from .qwen3_vl import Qwen3VLAdapter
 from .video_llava import VideoLlavaAdapter
 
 ADAPTERS: tuple[ModelAdapter, ...] = (
@@ -16,6 +17,7 @@ ADAPTERS: tuple[ModelAdapter, ...] = (
     LlavaNextAdapter(),
     VideoLlavaAdapter(),
     Qwen2VLAdapter(),
+    Qwen3VLAdapter(),
     MllamaAdapter(),
 )
 
