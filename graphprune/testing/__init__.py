@@ -19,6 +19,7 @@ from .llava import image_tokens_per_image, llava_inputs, tiny_llava
 from .llava_next import llava_next_inputs, tiny_llava_next
 from .mllama import features_per_tile, mllama_inputs, tiny_mllama
 from .qwen2_vl import qwen2_vl_inputs, tiny_qwen2_vl
+from .qwen3_vl import qwen3_vl_inputs, tiny_qwen3_vl
 from .video_llava import tiny_video_llava, video_llava_inputs
 
 __all__ = [
@@ -36,11 +37,13 @@ __all__ = [
     "llava_next_inputs",
     "mllama_inputs",
     "qwen2_vl_inputs",
+    "qwen3_vl_inputs",
     "text_config",
     "tiny_llava",
     "tiny_llava_next",
     "tiny_mllama",
     "tiny_qwen2_vl",
+    "tiny_qwen3_vl",
     "tiny_video_llava",
     "video_llava_inputs",
 ]

@@ -72,7 +72,14 @@ def tiny_qwen3_vl(
         (Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration) if moe else (Qwen3VLConfig, Qwen3VLForConditionalGeneration)
     )
     config = config_class(text_config=text, vision_config=vision, **QWEN2_VL_TOKEN_IDS)
-    return finish(build(model_class, config, seed), seed, qk_gain, attn_implementation, dtype)
+    model = build(model_class, config, seed)
+    if moe:  # experts and router are plain parameters, not nn.Linear: the same std 1/sqrt(fan_in) as finish's
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, weight in model.model.language_model.named_parameters():
+                if name.endswith(("experts.gate_up_proj", "experts.down_proj", "mlp.gate.weight")):
+                    weight.normal_(0.0, 1 / math.sqrt(weight.shape[-1]), generator=generator)
+    return finish(model, seed, qk_gain, attn_implementation, dtype)
 
 
 def qwen3_vl_inputs(
