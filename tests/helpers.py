@@ -28,10 +28,12 @@ from graphprune.testing import (
     llava_next_inputs,
     mllama_inputs,
     qwen2_vl_inputs,
+    qwen3_vl_inputs,
     tiny_llava,
     tiny_llava_next,
     tiny_mllama,
     tiny_qwen2_vl,
+    tiny_qwen3_vl,
     tiny_video_llava,
     video_llava_inputs,
 )
@@ -98,6 +100,23 @@ FAMILIES = {
         QWEN_SAMPLES,
         [(4, [], [], 3), (6, [], [], 2)],
         (gp.FastV(k=2, keep=0.5), gp.FastV(k=1, keep=0.25, query="mean")),
+        FASTV_VARIANT,
+    ),
+    # DeepStack into layers 0-2 of 4: k below (1), at (2) and above (3) the last DeepStack layer
+    "Qwen3VLForConditionalGeneration": Family(
+        tiny_qwen3_vl,
+        qwen3_vl_inputs,
+        QWEN_SAMPLES,
+        [(4, [], [], 3), (6, [], [], 2)],
+        (gp.FastV(k=1, keep=0.5), gp.FastV(k=2, keep=0.25, query="mean"), gp.FastV(k=3, keep=0.5)),
+        FASTV_VARIANT,
+    ),
+    "Qwen3VLMoeForConditionalGeneration": Family(
+        functools.partial(tiny_qwen3_vl, moe=True),
+        qwen3_vl_inputs,
+        QWEN_SAMPLES,
+        [(4, [], [], 3), (6, [], [], 2)],
+        (gp.FastV(k=2, keep=0.5),),
         FASTV_VARIANT,
     ),
     "MllamaForConditionalGeneration": Family(

@@ -13,15 +13,15 @@ from torch import fx, nn
 from transformers import DynamicCache
 from transformers.modeling_outputs import MoeModelOutputWithPast
 
-# what the stand-in returns: a plain decoder's output fields plus ``router_logits`` (None: the graphs compute
-# none), which a mixture-of-experts model (Qwen3-VL-MoE) reads off its decoder's output
-DecoderOutput = MoeModelOutputWithPast
-
 from ..capture import capture_decode, capture_prefill, causal_prefill
 from ..graph_cache import GraphCache, capturing
 from ..model_copy import refuse_part_copy
 from ..models import DecoderLayout
 from ..registry import handler_for
+
+# what the stand-in returns: a plain decoder's output fields plus ``router_logits`` (None: the graphs compute
+# none), which a mixture-of-experts model (Qwen3-VL-MoE) reads off its decoder's output
+DecoderOutput = MoeModelOutputWithPast
 
 # what gives the [B, N] bool mask, True at visual positions (or None): set by the optimized model's forward around
 # the decoder call, called only by a prefill (a decode step does no work for it)
@@ -135,9 +135,7 @@ class GraphDecoder:
             inputs_embeds = self.decoder.get_input_embeddings()(input_ids)
         return inputs_embeds, self.decoder.config.use_cache if use_cache is None else use_cache
 
-    def _prefill(
-        self, inputs: list, cache, use_cache: bool, unpadded: bool = False
-    ) -> tuple[DecoderOutput, tuple]:
+    def _prefill(self, inputs: list, cache, use_cache: bool, unpadded: bool = False) -> tuple[DecoderOutput, tuple]:
         """Run the prefill graph on ``inputs`` (its unpadded form if ``unpadded`` and there is one): the model
         output (with ``use_cache``, ``cache``, a new one if None, holding the keys and values and this
         stand-in its slots) and the graph's ``(keep_index, slot_valid, scores)``."""

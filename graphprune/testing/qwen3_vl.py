@@ -69,7 +69,12 @@ def tiny_qwen3_vl(
         deepstack_visual_indexes=list(range(deepstack_layers)),
     )
     config_class, model_class = (
-        (Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration) if moe else (Qwen3VLConfig, Qwen3VLForConditionalGeneration)
+        (Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration)
+        if moe
+        else (
+            Qwen3VLConfig,
+            Qwen3VLForConditionalGeneration,
+        )
     )
     config = config_class(text_config=text, vision_config=vision, **QWEN2_VL_TOKEN_IDS)
     model = build(model_class, config, seed)
