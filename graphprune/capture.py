@@ -3,7 +3,7 @@
 Both graphs take and return plain tensors, so the passes can rewrite them and ONNX export can
 trace them again:
 
-- prefill: ``(inputs_embeds, attention_mask, position_ids[, cross]) -> (hidden, key_0, value_0, ..., value_{L-1})``
+- prefill: ``(inputs_embeds, attention_mask, position_ids[, cross][, deepstack]) -> (hidden, key_0, ..., value_{L-1})``
 - decode:  ``(inputs_embeds, attention_mask, position_ids[, cross], past_0, ..., past_{2L-1}) -> (hidden, key_0, ...)``
 
 ``attention_mask`` is the 2-D padding mask over every position seen so far; ``position_ids`` are
@@ -13,9 +13,10 @@ takes its cross-attention inputs ``cross``, as HF's text model does: in prefill
 ``cross_attention_states [B, F, d]`` (the F visual features of each sample, flattened),
 ``cross_attention_mask [B, 1, T, F]`` (additive) and ``full_text_row_masked_out_mask [B, 1, T, 1]``;
 in decode the two masks only, the features' keys and values being in the cross-attention
-layers' past (length F). Every node keeps ``nn_module_stack``, so a node's layer
-and submodule are read from metadata, never guessed from node order. The graphs are captured
-once per model and share its parameters.
+layers' past (length F). A decoder with DeepStack layers (Qwen3-VL) takes, in prefill, one
+``deepstack_i [B, T, d]`` per such layer, added to layer i's output (see ``deepstack_inputs``).
+Every node keeps ``nn_module_stack``, so a node's layer and submodule are read from metadata, never
+guessed from node order. The graphs are captured once per model and share its parameters.
 """
 
 from __future__ import annotations

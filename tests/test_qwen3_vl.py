@@ -7,7 +7,6 @@ import copy
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 import graphprune as gp
 from graphprune import optimized
@@ -17,7 +16,7 @@ from graphprune.passes import fastv
 from graphprune.reference import fastv_reference, fastv_reference_generate
 from graphprune.testing import qwen3_vl_inputs
 
-from .helpers import FAMILIES, LOGITS_RTOL, QWEN_SAMPLES, rel_error
+from .helpers import LOGITS_RTOL, QWEN_SAMPLES, rel_error
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +61,12 @@ def test_fastv_gathers_the_deepstack_inputs_that_layers_from_k_read(captured, k)
     gm, layout = captured
     gm = fastv(copy.deepcopy(gm), gp.FastV(k=k))
     for i, name in enumerate(deepstack_names(layout)):
-        users = list(next(node for node in gm.graph.nodes if node.name == name).users)
-        gathered = [user.name for user in users if user.name.startswith("graphprune_gather_")]
-        assert gathered == ([f"graphprune_gather_{name}"] if i >= k else []), name
-        assert len(users) == 1
+        users = next(node for node in gm.graph.nodes if node.name == name).users
+        readers = [user.name for user in users if user.target is not torch.ops.aten.sym_size.int]  # not its length
+        if i >= k:
+            assert readers == [f"graphprune_gather_{name}"], name
+        else:
+            assert len(readers) == 1 and not readers[0].startswith("graphprune_"), name
 
 
 @torch.no_grad()
@@ -92,17 +93,6 @@ def test_compiled_prefill_and_decode_equal_reference(qwen3_vl):
         assert isinstance(qwen3_vl._graphprune.decoder.graphs.runners()[0], torch._dynamo.eval_frame.OptimizedModule)
     assert rel_error(logits[:, -1], reference.logits[:, -1]) <= LOGITS_RTOL
     assert torch.equal(ids, expected_ids)
-
-
-def test_unsupported_model_error_lists_the_qwen3_vl_classes():
-    model = LlamaForCausalLM(
-        LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, vocab_size=64)
-    ).eval()
-    with pytest.raises(gp.UnsupportedModelError) as error:
-        gp.optimize(model, gp.FastV())
-    for name in FAMILIES:
-        assert name in str(error.value)
-    assert {"Qwen3VLForConditionalGeneration", "Qwen3VLMoeForConditionalGeneration"} <= set(FAMILIES)
 
 
 @torch.no_grad()
