@@ -3,7 +3,7 @@
 Both graphs take and return plain tensors, so the passes can rewrite them and ONNX export can
 trace them again:
 
-- prefill: ``(inputs_embeds, attention_mask, position_ids[, cross]) -> (hidden, key_0, value_0, ..., value_{L-1})``
+- prefill: ``(inputs_embeds, attention_mask, position_ids[, cross][, deepstack]) -> (hidden, key_0, ..., value_{L-1})``
 - decode:  ``(inputs_embeds, attention_mask, position_ids[, cross], past_0, ..., past_{2L-1}) -> (hidden, key_0, ...)``
 
 ``attention_mask`` is the 2-D padding mask over every position seen so far; ``position_ids`` are
@@ -13,9 +13,10 @@ takes its cross-attention inputs ``cross``, as HF's text model does: in prefill
 ``cross_attention_states [B, F, d]`` (the F visual features of each sample, flattened),
 ``cross_attention_mask [B, 1, T, F]`` (additive) and ``full_text_row_masked_out_mask [B, 1, T, 1]``;
 in decode the two masks only, the features' keys and values being in the cross-attention
-layers' past (length F). Every node keeps ``nn_module_stack``, so a node's layer
-and submodule are read from metadata, never guessed from node order. The graphs are captured
-once per model and share its parameters.
+layers' past (length F). A decoder with DeepStack layers (Qwen3-VL) takes, in prefill, one
+``deepstack_i [B, T, d]`` per such layer, added to layer i's output (see ``deepstack_inputs``).
+Every node keeps ``nn_module_stack``, so a node's layer and submodule are read from metadata, never
+guessed from node order. The graphs are captured once per model and share its parameters.
 """
 
 from __future__ import annotations
@@ -45,26 +46,38 @@ def _flat_cache(cache: DynamicCache) -> list[torch.Tensor]:
 class _DecoderStep(nn.Module):
     """One decoder call on a cache seeded with ``past`` (empty for prefill), returning plain tensors.
 
-    ``extra`` holds further decoder keyword inputs, in the order of ``extra_names``.
+    ``extra`` holds further decoder keyword inputs, in the order of ``extra_names``, then ``deepstack``
+    per-position inputs ``[B, N, d]``, the i-th added to layer i's output (what DeepStack does at the
+    visual positions, with zeros elsewhere: the same sums, as a plain add that keeps the sequence axis).
     """
 
-    def __init__(self, decoder: nn.Module, extra_names: tuple[str, ...] = ()):
+    def __init__(self, decoder: nn.Module, extra_names: tuple[str, ...] = (), deepstack: int = 0):
         super().__init__()
         self.decoder = decoder
         self.extra_names = extra_names
+        self.deepstack = deepstack
 
     def forward(self, inputs_embeds, attention_mask, position_ids, extra=(), past=()):
         cache = DynamicCache(config=self.decoder.config)
         for layer_idx in range(len(past) // 2):
             cache.update(past[2 * layer_idx], past[2 * layer_idx + 1], layer_idx)
-        out = self.decoder(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=cache,
-            use_cache=True,
-            **dict(zip(self.extra_names, extra, strict=True)),
-        )
+        kwargs, added = extra[: len(extra) - self.deepstack], extra[len(extra) - self.deepstack :]
+        hooks = [
+            self.decoder.layers[i].register_forward_hook(lambda _module, _args, out, x=x: out + x)
+            for i, x in enumerate(added)
+        ]
+        try:
+            out = self.decoder(
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=cache,
+                use_cache=True,
+                **dict(zip(self.extra_names, kwargs, strict=True)),
+            )
+        finally:
+            for hook in hooks:
+                hook.remove()
         return (out.last_hidden_state, *_flat_cache(cache))
 
 
@@ -165,16 +178,40 @@ def capture_prefill(decoder: nn.Module, layout: DecoderLayout) -> fx.GraphModule
     batch, seq = Dim("batch", min=1), Dim("seq", min=2)
     shapes = ({0: batch, 1: seq}, {0: batch, 1: seq}, _position_axes(layout, batch, seq))
     args = _example_prefill(decoder, layout, 2, 8)
-    extra_names = ()
+    extra, extra_shapes, extra_names = (), (), ()
     if layout.cross_attention_layers:
         features = Dim("features", min=2)
-        states = _random_like(args[0], 2, 12, args[0].shape[-1])
-        args = (*args, (states, *_example_cross_masks(args[0], 12)))
-        shapes = (*shapes, ({0: batch, 1: features}, {0: batch, 2: seq, 3: features}, {0: batch, 2: seq}))
+        extra = (_random_like(args[0], 2, 12, args[0].shape[-1]), *_example_cross_masks(args[0], 12))
+        extra_shapes = ({0: batch, 1: features}, {0: batch, 2: seq, 3: features}, {0: batch, 2: seq})
         extra_names = CROSS_PREFILL_INPUTS
-    exported = _export_dynamic(_DecoderStep(decoder, extra_names), args, shapes)
+    deepstack = deepstack_names(layout)
+    extra = (*extra, *(_random_like(args[0], *args[0].shape) for _ in deepstack))
+    extra_shapes = (*extra_shapes, *({0: batch, 1: seq} for _ in deepstack))
+    if extra:
+        args, shapes = (*args, extra), (*shapes, extra_shapes)
+    exported = _export_dynamic(_DecoderStep(decoder, extra_names, len(deepstack)), args, shapes)
     logger.info("captured the prefill graph of %s (%d layers)", type(decoder).__name__, layout.num_layers)
-    return _plain_graph_module(exported, layout, extra_names)
+    return _plain_graph_module(exported, layout, extra_names + deepstack)
+
+
+def deepstack_names(layout: DecoderLayout) -> tuple[str, ...]:
+    """The prefill graph's DeepStack inputs, one per layer that adds one (see ``DecoderLayout.deepstack_layers``)."""
+    return tuple(f"deepstack_{i}" for i in range(layout.deepstack_layers))
+
+
+def deepstack_inputs(layout: DecoderLayout, inputs_embeds: torch.Tensor, decoder_kwargs: dict) -> list[torch.Tensor]:
+    """The prefill graph's DeepStack inputs from the decoder call's ``visual_pos_masks`` and
+    ``deepstack_visual_embeds`` (HF's form: one ``[visual count, d]`` tensor per layer): each ``[B, N, d]``,
+    the layer's features at the visual positions and zeros elsewhere (all zeros where the call has none)."""
+    positions = decoder_kwargs.get("visual_pos_masks")
+    features = decoder_kwargs.get("deepstack_visual_embeds") or ()
+    dense = []
+    for i in range(layout.deepstack_layers):
+        added = torch.zeros_like(inputs_embeds)
+        if i < len(features):
+            added[positions.to(added.device)] = features[i].to(added.device, added.dtype)
+        dense.append(added)
+    return dense
 
 
 def _export_dynamic(step: nn.Module, args: tuple, shapes: tuple) -> torch.export.ExportedProgram:

@@ -31,6 +31,7 @@ from graphprune.testing import (
     llava_onevision_inputs,
     mllama_inputs,
     qwen2_vl_inputs,
+    qwen3_vl_inputs,
     tiny_idefics3,
     tiny_internvl,
     tiny_llava,
@@ -38,6 +39,7 @@ from graphprune.testing import (
     tiny_llava_onevision,
     tiny_mllama,
     tiny_qwen2_vl,
+    tiny_qwen3_vl,
     tiny_video_llava,
     video_llava_inputs,
 )
@@ -139,6 +141,23 @@ FAMILIES = {
             ("SmolVLMForConditionalGeneration", "smolvlm"),
         ]
     },
+    # DeepStack into layers 0-2 of 4: k below (1), at (2) and above (3) the last DeepStack layer
+    "Qwen3VLForConditionalGeneration": Family(
+        tiny_qwen3_vl,
+        qwen3_vl_inputs,
+        QWEN_SAMPLES,
+        [(4, [], [], 3), (6, [], [], 2)],
+        (gp.FastV(k=1, keep=0.5), gp.FastV(k=2, keep=0.25, query="mean"), gp.FastV(k=3, keep=0.5)),
+        FASTV_VARIANT,
+    ),
+    "Qwen3VLMoeForConditionalGeneration": Family(
+        functools.partial(tiny_qwen3_vl, moe=True),
+        qwen3_vl_inputs,
+        QWEN_SAMPLES,
+        [(4, [], [], 3), (6, [], [], 2)],
+        (gp.FastV(k=2, keep=0.5),),
+        FASTV_VARIANT,
+    ),
     "MllamaForConditionalGeneration": Family(
         tiny_mllama,
         mllama_inputs,

@@ -15,7 +15,11 @@ from graphprune.reference import fastv_reference, fastv_reference_generate
 from .helpers import FAMILIES, LOGITS_RTOL, rel_error
 
 FASTV_FAMILIES = [name for name, family in FAMILIES.items() if isinstance(family.methods[0], gp.FastV)]
-MROPE_FAMILIES = ["Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration"]
+MROPE_FAMILIES = [
+    "Qwen2VLForConditionalGeneration",
+    "Qwen2_5_VLForConditionalGeneration",
+    "Qwen3VLForConditionalGeneration",
+]
 NEW_TOKENS = 5
 
 

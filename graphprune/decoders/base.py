@@ -11,13 +11,17 @@ from dataclasses import dataclass
 import torch
 from torch import fx, nn
 from transformers import DynamicCache
-from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.modeling_outputs import MoeModelOutputWithPast
 
 from ..capture import capture_decode, capture_prefill, causal_prefill
 from ..graph_cache import GraphCache, capturing
 from ..model_copy import refuse_part_copy
 from ..models import DecoderLayout
 from ..registry import handler_for
+
+# what the stand-in returns: a plain decoder's output fields plus ``router_logits`` (None: the graphs compute
+# none), which a mixture-of-experts model (Qwen3-VL-MoE) reads off its decoder's output
+DecoderOutput = MoeModelOutputWithPast
 
 # what gives the [B, N] bool mask, True at visual positions (or None): set by the optimized model's forward around
 # the decoder call, called only by a prefill (a decode step does no work for it)
@@ -34,7 +38,9 @@ def full_mask(attention_mask: torch.Tensor | None, batch: int, length: int, devi
 
 
 def _check_call(attention_mask: torch.Tensor | None, kwargs: dict) -> None:
-    requested = [name for name in ("output_attentions", "output_hidden_states") if kwargs.get(name)]
+    requested = [
+        name for name in ("output_attentions", "output_hidden_states", "output_router_logits") if kwargs.get(name)
+    ]
     if requested:
         raise ValueError(
             f"graphprune's pruned decoder does not return {', '.join(requested)}; call graphprune.restore(model) first"
@@ -129,9 +135,7 @@ class GraphDecoder:
             inputs_embeds = self.decoder.get_input_embeddings()(input_ids)
         return inputs_embeds, self.decoder.config.use_cache if use_cache is None else use_cache
 
-    def _prefill(
-        self, inputs: list, cache, use_cache: bool, unpadded: bool = False
-    ) -> tuple[BaseModelOutputWithPast, tuple]:
+    def _prefill(self, inputs: list, cache, use_cache: bool, unpadded: bool = False) -> tuple[DecoderOutput, tuple]:
         """Run the prefill graph on ``inputs`` (its unpadded form if ``unpadded`` and there is one): the model
         output (with ``use_cache``, ``cache``, a new one if None, holding the keys and values and this
         stand-in its slots) and the graph's ``(keep_index, slot_valid, scores)``."""
@@ -139,18 +143,18 @@ class GraphDecoder:
         outputs = runners[2 if unpadded and runners[2] is not None else 0](*inputs)
         hidden, selection = outputs[0], tuple(outputs[-3:])
         if not use_cache:
-            return BaseModelOutputWithPast(last_hidden_state=hidden), selection
+            return DecoderOutput(last_hidden_state=hidden), selection
         cache = cache if cache is not None else DynamicCache(config=self.decoder.config)
         for layer_idx in range(self.layout.num_layers):
             cache.update(outputs[1 + 2 * layer_idx], outputs[2 + 2 * layer_idx], layer_idx)
         self._cache_states[cache] = PrunedCache(selection[0], selection[1])
-        return BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=cache), selection
+        return DecoderOutput(last_hidden_state=hidden, past_key_values=cache), selection
 
-    def _decode(self, inputs: list, cache, index: torch.Tensor, valid: torch.Tensor) -> BaseModelOutputWithPast:
+    def _decode(self, inputs: list, cache, index: torch.Tensor, valid: torch.Tensor) -> DecoderOutput:
         """Run the decode graph on ``inputs``, then ``cache``'s keys, values and the slots ``index`` and ``valid``
         of its pruned layers; ``cache`` takes the new keys and values."""
         flat_cache = [t for layer in cache.layers for t in (layer.keys, layer.values)]
         outputs = self.graphs.runners()[1](*inputs, *flat_cache, index, valid)
         for layer_idx, layer in enumerate(cache.layers):
             layer.keys, layer.values = outputs[1 + 2 * layer_idx], outputs[2 + 2 * layer_idx]
-        return BaseModelOutputWithPast(last_hidden_state=outputs[0], past_key_values=cache)
+        return DecoderOutput(last_hidden_state=outputs[0], past_key_values=cache)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import ops
+from ..capture import deepstack_inputs
 from ..flops import fastv_flops, kv_bytes
 from ..methods import FastV
 from ..models import DecoderLayout
@@ -81,8 +82,9 @@ class FastVDecoder(GraphDecoder):
         slots = torch.arange(most_kept, device=device)
         # no padding before or after pruning: SDPA can mask causally by itself (the flash kernel on GPU)
         unpadded = not padded and fewest_kept == most_kept
+        deepstack = deepstack_inputs(self.layout, inputs_embeds, kwargs)
         out, (index, valid, scores) = self._prefill(
-            [inputs_embeds, mask, position_ids, visual, slots], cache, use_cache, unpadded
+            [inputs_embeds, mask, position_ids, *deepstack, visual, slots], cache, use_cache, unpadded
         )
         self.state.record(PrefillRecord(visual, mask, index, valid, scores))
         return out

@@ -14,6 +14,7 @@ from .llava_next import LlavaNextAdapter
 from .llava_onevision import LlavaOnevisionAdapter
 from .mllama import MllamaAdapter
 from .qwen2_vl import Qwen2VLAdapter
+from .qwen3_vl import Qwen3VLAdapter
 from .video_llava import VideoLlavaAdapter
 
 ADAPTERS: tuple[ModelAdapter, ...] = (
@@ -22,6 +23,7 @@ ADAPTERS: tuple[ModelAdapter, ...] = (
     LlavaOnevisionAdapter(),
     VideoLlavaAdapter(),
     Qwen2VLAdapter(),
+    Qwen3VLAdapter(),
     InternVLAdapter(),
     Idefics3Adapter(),
     MllamaAdapter(),

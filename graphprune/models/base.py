@@ -30,13 +30,18 @@ class DecoderLayout:
     position_rows: int = 0  # 0: position ids are [B, N]; R: one row per RoPE axis, [R, B, N] (Qwen2-VL's M-RoPE: 3)
     cross_attention_layers: tuple[int, ...] = ()  # indices of cross-attention layers (Mllama), in order
     cross_attention: str = "cross_attn"  # cross-attention submodule of those layers
+    # D: layers 0 .. D-1 each add a per-position input [B, N, d] to their output (Qwen3-VL's DeepStack features,
+    # zero at text positions); the prefill graph takes them as inputs deepstack_0 .. deepstack_{D-1}
+    deepstack_layers: int = 0
 
     @property
     def self_attention_layers(self) -> tuple[int, ...]:
         return tuple(i for i in range(self.num_layers) if i not in self.cross_attention_layers)
 
 
-def self_attention_layout(decoder: nn.Module, position_rows: int = 0, attention_layer: int = 0) -> DecoderLayout:
+def self_attention_layout(
+    decoder: nn.Module, position_rows: int = 0, attention_layer: int = 0, deepstack_layers: int = 0
+) -> DecoderLayout:
     """The layout of a Llama-style decoder: ``layers[i].self_attn`` with ``q_proj`` and ``k_proj``; head size
     and scaling read from layer ``attention_layer``."""
     attention = decoder.layers[attention_layer].self_attn
@@ -51,6 +56,7 @@ def self_attention_layout(decoder: nn.Module, position_rows: int = 0, attention_
         head_dim=attention.head_dim,
         scaling=float(attention.scaling),
         position_rows=position_rows,
+        deepstack_layers=deepstack_layers,
     )
 
 

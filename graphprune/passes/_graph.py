@@ -152,17 +152,23 @@ def stand_in(
 ) -> fx.Node | None:
     """The shortened stand-in for ``node`` (inserted at the current point), None if it does not depend on ``size``.
 
-    A SymInt equal to ``size`` becomes ``length``. A tensor whose axes that depend on ``size`` all equal it
-    is gathered by ``gathers[(rank, axes)]`` (rank None: any), an ``(op, args)`` called as
-    ``op(node, *args)``. Anything else that depends on ``size`` fails the pass.
+    A SymInt equal to ``size`` becomes ``length``; one that is ``size`` times a factor free of it (a flattened
+    batch x sequence count, as a mixture-of-experts layer's token count) becomes that factor times ``length``.
+    A tensor whose axes that depend on ``size`` all equal it is gathered by ``gathers[(rank, axes)]`` (rank
+    None: any), an ``(op, args)`` called as ``op(node, *args)``. Anything else that depends on ``size`` fails
+    the pass.
     """
     value = node.meta.get("val")
     if not depends_on(value, size):
         return None
     if isinstance(value, torch.SymInt):
-        if symbol(value) == size:
+        expr = symbol(value)
+        if expr == size:
             return length
-        raise fail(gm, pass_name, f"{node.name} = {symbol(value)} depends on {size} in a way the pass can't map")
+        if size not in sympy.simplify(expr / size).free_symbols:
+            factor = gm.graph.call_function(operator.floordiv, (node, _size_node(gm, pass_name, size)))
+            return named(gm.graph.call_function(operator.mul, (factor, length)), f"scaled_{node.name}")
+        raise fail(gm, pass_name, f"{node.name} = {expr} depends on {size} in a way the pass can't map")
     shape, axes = tuple(value.shape), tuple(dependent_axes(value, size))
     if any(symbol(shape[dim]) != size for dim in axes):
         raise fail(gm, pass_name, f"{node.name} {shape} has an axis derived from {size}, not equal to it")
@@ -172,6 +178,17 @@ def stand_in(
         raise fail(gm, pass_name, f"{node.name} {shape}: the pass gathers tensors {accepted} along {size}")
     op, args = gather
     return named(gm.graph.call_function(op, (node, *args)), f"gather_{node.name}")
+
+
+def _size_node(gm: fx.GraphModule, pass_name: str, size: sympy.Symbol) -> fx.Node:
+    """A ``sym_size`` (inserted at the current point) of the first input with an axis of length ``size``."""
+    for node in gm.graph.nodes:
+        value = node.meta.get("val")
+        if node.op == "placeholder" and isinstance(value, torch.Tensor):
+            dims = [dim for dim, length in enumerate(value.shape) if symbol(length) == size]
+            if dims:
+                return gm.graph.call_function(torch.ops.aten.sym_size.int, (node, dims[0]))
+    raise fail(gm, pass_name, f"no input of the graph has an axis of length {size}")
 
 
 def insert_selection(gm: fx.GraphModule, op, args: tuple) -> tuple[fx.Node, fx.Node]:

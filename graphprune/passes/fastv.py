@@ -3,7 +3,9 @@
 After layer ``k - 1`` it inserts ranking nodes that use that layer's own query and key (after
 RoPE; the model's attention kernel is untouched), a per-sample top-k, and gather nodes for every
 tensor with a sequence axis that layers ``>= k`` read: the residual stream, RoPE cos/sin, the 4-D
-attention mask and the sequence-length ``sym_size``. Everything inserted is named ``graphprune_*``.
+attention mask, the DeepStack inputs of layers ``>= k`` (Qwen3-VL) and the sequence-length ``sym_size``
+(and counts that are multiples of it, e.g. a mixture-of-experts layer's flattened token count).
+Everything inserted is named ``graphprune_*``.
 
 New inputs: ``graphprune_visual_mask [B, N]`` (bool) and ``graphprune_slots [S]`` (``arange(S)``,
 S = the pruned length of the longest sample). New outputs, after the cache: ``graphprune_keep_index``

@@ -7,9 +7,11 @@ computed in float32 (``ranking_attention``: HF's eager attention with float32 lo
 
 Works for any VLM whose decoder (where its adapter says: ``model.model.language_model``, Idefics3's
 ``model.model.text_model``) has Llama-style layers (LLaVA, LLaVA-NeXT, LLaVA-OneVision, Video-LLaVA, Qwen2-VL,
-Qwen2.5-VL, InternVL, Idefics3, SmolVLM): the decoder's input embeddings and position ids
-(M-RoPE rows included) are read from one call of the unmodified model, so each family's own code
+Qwen2.5-VL, Qwen3-VL, InternVL, Idefics3, SmolVLM): the decoder's input embeddings, position ids (M-RoPE rows
+included) and DeepStack features are read from one call of the unmodified model, so each family's own code
 forms them; visual positions are those holding the config's image or video token id.
+DeepStack features are added after their layers at every visual position, dropped ones included: in
+mask mode a dropped position is hidden from the kept ones, so only the kept positions' features matter.
 """
 
 from __future__ import annotations
@@ -110,6 +112,16 @@ def _select(scores: torch.Tensor, visual: torch.Tensor, keep: float) -> list[tor
     return kept
 
 
+def _add_deepstack(hidden: torch.Tensor, deepstack: list, layer_idx: int) -> torch.Tensor:
+    """``hidden`` plus layer ``layer_idx``'s DeepStack features at their visual positions (if it has any)."""
+    if layer_idx >= len(deepstack):
+        return hidden
+    positions, features = deepstack[layer_idx]
+    hidden = hidden.clone()
+    hidden[positions] += features.to(hidden.dtype)
+    return hidden
+
+
 class _DecoderCalled(Exception):
     def __init__(self, kwargs):
         super().__init__("the decoder was called")
@@ -121,8 +133,9 @@ def _stop_at_decoder(module, args, kwargs):
 
 
 @torch.no_grad()
-def decoder_inputs(model, generation: bool, **inputs) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(inputs_embeds, position_ids)`` as the unmodified model gives them to its decoder.
+def decoder_inputs(model, generation: bool, **inputs) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """``(inputs_embeds, position_ids, deepstack)`` as the unmodified model gives them to its decoder;
+    ``deepstack[i]`` (Qwen3-VL) is ``(visual_pos_masks, features)``, what is added after layer i.
 
     Read by a pre-hook on the decoder that stops the call there: in ``model(**inputs)``, or with
     ``generation=True`` in the prefill of ``model.generate(**inputs)`` (HF forms positions differently for the
@@ -141,6 +154,8 @@ def decoder_inputs(model, generation: bool, **inputs) -> tuple[torch.Tensor, tor
         raise AssertionError("the model never called its decoder")
     except _DecoderCalled as call:
         embeds, positions = call.kwargs["inputs_embeds"], call.kwargs.get("position_ids")
+        features = call.kwargs.get("deepstack_visual_embeds") or []
+        deepstack = [(call.kwargs["visual_pos_masks"], added) for added in features]
     finally:
         hook.remove()
     batch, seq_len = embeds.shape[:2]
@@ -148,7 +163,7 @@ def decoder_inputs(model, generation: bool, **inputs) -> tuple[torch.Tensor, tor
         positions = torch.arange(seq_len)[None].expand(batch, seq_len)
     elif positions.dim() == 3 and positions.shape[0] == 4:
         positions = positions[1:]
-    return embeds, positions
+    return embeds, positions, deepstack
 
 
 def visual_positions(model, input_ids: torch.Tensor) -> torch.Tensor:
@@ -170,7 +185,7 @@ def fastv_reference(
     method.check_layers(len(lm.layers))
     batch, seq_len = input_ids.shape
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-    hidden, position_ids = decoder_inputs(
+    hidden, position_ids, deepstack = decoder_inputs(
         model, generation, input_ids=input_ids, attention_mask=attention_mask, **inputs
     )
     rope = lm.rotary_emb(hidden, position_ids=position_ids)
@@ -187,6 +202,7 @@ def fastv_reference(
                         hidden_states=layer.input_layernorm(hidden), position_embeddings=rope, attention_mask=full_mask
                     )
             hidden = layer(hidden, attention_mask=full_mask, position_embeddings=rope, past_key_values=cache)
+            hidden = _add_deepstack(hidden, deepstack, layer_idx)
     probs = probs.mean(dim=1)  # [B, N, N], head mean, float32
     last = torch.stack([real[b].nonzero().max() for b in range(batch)])
     if method.query == "last":
@@ -199,8 +215,10 @@ def fastv_reference(
         key_visible[b, kept[b]] = real[b, kept[b]]
     pruned_mask = _additive_mask(key_visible, rows, hidden.dtype)
     with eager_attention(lm.config):
-        for layer in lm.layers[method.k :]:
+        for layer_idx in range(method.k, len(lm.layers)):
+            layer = lm.layers[layer_idx]
             hidden = layer(hidden, attention_mask=pruned_mask, position_embeddings=rope, past_key_values=cache)
+            hidden = _add_deepstack(hidden, deepstack, layer_idx)
     logits = model.lm_head(lm.norm(hidden))
     return FastVReference(kept, scores, logits, key_visible, visual, position_ids)
 

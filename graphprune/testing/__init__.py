@@ -23,6 +23,7 @@ from .llava_next import llava_next_inputs, tiny_llava_next
 from .llava_onevision import llava_onevision_inputs, tiny_llava_onevision
 from .mllama import features_per_tile, mllama_inputs, tiny_mllama
 from .qwen2_vl import qwen2_vl_inputs, tiny_qwen2_vl
+from .qwen3_vl import qwen3_vl_inputs, tiny_qwen3_vl
 from .video_llava import tiny_video_llava, video_llava_inputs
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "llava_onevision_inputs",
     "mllama_inputs",
     "qwen2_vl_inputs",
+    "qwen3_vl_inputs",
     "text_config",
     "tiny_gemma3",
     "tiny_idefics3",
@@ -53,6 +55,7 @@ __all__ = [
     "tiny_llava_onevision",
     "tiny_mllama",
     "tiny_qwen2_vl",
+    "tiny_qwen3_vl",
     "tiny_video_llava",
     "video_llava_inputs",
 ]
