@@ -122,6 +122,8 @@ def run(args) -> dict:
     for key, (_, method) in variants.items():
         if method is not None:
             models[key] = gp.optimize(shared_copy(model), method)
+    if args.profile:
+        print(profile(models, inputs), flush=True)
     return _time_and_count(args, models, variants, inputs, n_features, cross_layers, sync, dtype, device)
 
 
@@ -173,6 +175,30 @@ def _time_and_count(args, models, variants, inputs, n_features, cross_layers, sy
     )
 
 
+def profile(models: dict, inputs: dict, top: int = 14) -> str:
+    """Self CPU time per aten op of one prefill of each variant (torch.profiler), the largest first."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    per_variant = {}
+    for key, model in models.items():
+        with torch.no_grad(), torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            model(**inputs, use_cache=True, logits_to_keep=1)
+        per_variant[key] = {e.key: (e.self_cpu_time_total / 1e3, e.count) for e in prof.key_averages()}
+    totals = {key: sum(ms for ms, _ in ops.values()) for key, ops in per_variant.items()}
+    names = sorted(
+        set().union(*per_variant.values()), key=lambda n: -max(v.get(n, (0, 0))[0] for v in per_variant.values())
+    )
+    lines = ["", "self CPU ms per op, one prefill (calls):", f"{'op':<40}" + "".join(f"{k:>18}" for k in models)]
+    for name in names[:top]:
+        cells = "".join(
+            f"{per_variant[k].get(name, (0, 0))[0]:>11.1f} ({per_variant[k].get(name, (0, 0))[1]:>4})" for k in models
+        )
+        lines.append(f"{name:<40}{cells}")
+    lines.append(f"{'total':<40}" + "".join(f"{totals[k]:>18.1f}" for k in models))
+    return "\n".join(lines)
+
+
 def report(result: dict) -> str:
     rows = result["rows"]
     base = rows[0]
@@ -222,6 +248,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds; the median is reported (default: 5)")
     parser.add_argument("--keep", type=float, default=0.5, help="CrossAttentionTrim keep fraction (default: 0.5)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--profile", action="store_true", help="first print each variant's self CPU time per op")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
