@@ -176,15 +176,20 @@ def _time_and_count(args, models, variants, inputs, n_features, cross_layers, sy
 
 
 def profile(models: dict, inputs: dict, top: int = 14) -> str:
-    """Self CPU time per aten op of one prefill of each variant (torch.profiler), the largest first."""
+    """Self CPU time per aten op of one prefill of each variant (torch.profiler), the largest first, and the
+    FLOPs torch counts in each (FlopCounterMode: matmuls; the CPU SDPA kernel is not counted)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
+    from torch.utils.flop_counter import FlopCounterMode
 
-    per_variant = {}
+    per_variant, counted = {}, {}
     for key, model in models.items():
         with torch.no_grad(), torch_profile(activities=[ProfilerActivity.CPU]) as prof:
             model(**inputs, use_cache=True, logits_to_keep=1)
         per_variant[key] = {e.key: (e.self_cpu_time_total / 1e3, e.count) for e in prof.key_averages()}
+        with torch.no_grad(), FlopCounterMode(display=False) as flops:
+            model(**inputs, use_cache=True, logits_to_keep=1)
+        counted[key] = flops.get_total_flops()
     totals = {key: sum(ms for ms, _ in ops.values()) for key, ops in per_variant.items()}
     names = sorted(
         set().union(*per_variant.values()), key=lambda n: -max(v.get(n, (0, 0))[0] for v in per_variant.values())
@@ -196,6 +201,10 @@ def profile(models: dict, inputs: dict, top: int = 14) -> str:
         )
         lines.append(f"{name:<40}{cells}")
     lines.append(f"{'total':<40}" + "".join(f"{totals[k]:>18.1f}" for k in models))
+    lines.append(
+        f"{'GFLOP counted by torch (vs a)':<40}"
+        + "".join(f"{counted[k] / 1e9:>9.2f} ({counted[k] / counted['a']:.3f})" for k in models)
+    )
     return "\n".join(lines)
 
 
