@@ -8,8 +8,9 @@ Sources (github.com/onnx/onnx-tensorrt, ``docs/operators.md``):
 - ``"10.3"`` (JetPack 6.1/6.2 ship TensorRT 10.3): the table at ``10.1-GA``, commit 96e78110 (the newest
   10.x tree in reach here; its header still reads "TensorRT 10.0"), with the one operator change that
   ``docs/Changelog.md`` lists for 10.2 and 10.3: "support for tensor ``axes`` inputs for ``Slice``".
-- ``"10.15"`` (the newest 10.x table, TensorRT 10.15 GA of 2026-02-02; for JetPack 7 on Jetson Thor): the
-  rows that differ from 10.3's, from that table; its restrictions as it words them.
+- ``"10.15"`` (for JetPack 7 on Jetson Thor, whose exact 10.x is not pinned here): ``docs/operators.md`` of
+  the TensorRT 10.15 GA release (2026-02-02, "opset 9 to opset 24"; read from a stored copy whose commit
+  was not recorded), written as the rows that differ from 10.3's, and its restrictions as it words them.
 """
 
 from __future__ import annotations
