@@ -132,6 +132,8 @@ def _time_and_count(args, models, variants, inputs, n_features, cross_layers, sy
 
     outputs = {key: prefill(key) for key in models}  # warm-up, and the outputs we count
     prefill("a")
+    if args.profile:
+        print(profile(models, inputs), flush=True)
     times = rounds({key: lambda key=key: prefill(key) for key in models}, sync, args.repeats, "prefill")
     text_tokens = inputs["input_ids"].shape[1]
     rows = []
@@ -171,6 +173,39 @@ def _time_and_count(args, models, variants, inputs, n_features, cross_layers, sy
         cross_attention_layers=cross_layers,
         rows=rows,
     )
+
+
+def profile(models: dict, inputs: dict, top: int = 14) -> str:
+    """Self CPU time per aten op of one prefill of each variant (torch.profiler), the largest first, and the
+    FLOPs torch counts in each (FlopCounterMode: matmuls; the CPU SDPA kernel is not counted)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+    from torch.utils.flop_counter import FlopCounterMode
+
+    per_variant, counted = {}, {}
+    for key, model in models.items():
+        with torch.no_grad(), torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            model(**inputs, use_cache=True, logits_to_keep=1)
+        per_variant[key] = {e.key: (e.self_cpu_time_total / 1e3, e.count) for e in prof.key_averages()}
+        with torch.no_grad(), FlopCounterMode(display=False) as flops:
+            model(**inputs, use_cache=True, logits_to_keep=1)
+        counted[key] = flops.get_total_flops()
+    totals = {key: sum(ms for ms, _ in ops.values()) for key, ops in per_variant.items()}
+    names = sorted(
+        set().union(*per_variant.values()), key=lambda n: -max(v.get(n, (0, 0))[0] for v in per_variant.values())
+    )
+    lines = ["", "self CPU ms per op, one prefill (calls):", f"{'op':<40}" + "".join(f"{k:>18}" for k in models)]
+    for name in names[:top]:
+        cells = "".join(
+            f"{per_variant[k].get(name, (0, 0))[0]:>11.1f} ({per_variant[k].get(name, (0, 0))[1]:>4})" for k in models
+        )
+        lines.append(f"{name:<40}{cells}")
+    lines.append(f"{'total':<40}" + "".join(f"{totals[k]:>18.1f}" for k in models))
+    lines.append(
+        f"{'GFLOP counted by torch (vs a)':<40}"
+        + "".join(f"{counted[k] / 1e9:>9.2f} ({counted[k] / counted['a']:.3f})" for k in models)
+    )
+    return "\n".join(lines)
 
 
 def report(result: dict) -> str:
@@ -222,6 +257,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds; the median is reported (default: 5)")
     parser.add_argument("--keep", type=float, default=0.5, help="CrossAttentionTrim keep fraction (default: 0.5)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--profile", action="store_true", help="first print each variant's self CPU time per op")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")

@@ -6,6 +6,9 @@ import argparse
 import dataclasses
 import logging
 
+from .export.trt_tables import DEFAULT as TRT_DEFAULT
+from .export.trt_tables import TABLES as TRT_TABLES
+
 METHOD_OPTIONS = ("k", "keep", "query", "select")  # the method options that the commands may take
 
 
@@ -54,6 +57,13 @@ def main(argv: list[str] | None = None) -> int:
         "graphprune.export.onnx(model, out_dir, example_inputs=...) from Python.",
     )
     export.add_argument("--format", choices=["onnx", "tensorrt"], default="onnx", help="default onnx")
+    export.add_argument(
+        "--trt",
+        choices=list(TRT_TABLES),
+        help=f"ONNX: the TensorRT version whose parser rules every graph must pass (default {TRT_DEFAULT}: "
+        + ", ".join(f"{version}: {table['jetpack']}" for version, table in TRT_TABLES.items())
+        + ")",
+    )
     export.add_argument("--out", required=True, help="folder to write (must not exist unless --overwrite)")
     export.add_argument(
         "--overwrite", action="store_true", help="replace --out if it is an empty folder or a graphprune export"
@@ -103,15 +113,22 @@ def main(argv: list[str] | None = None) -> int:
     from .export.demo import demo as export_demo
     from .export.staging import writable_folder
     from .export.tensorrt_export import require_tensorrt
+    from .export.trt_parser import TensorRTSupportError
 
     method = _method(export, args, FASTV_LAYERS, select="topk")
     try:
         writable_folder(args.out, args.overwrite, flag="--overwrite")
         if args.format == "tensorrt":
+            if args.trt is not None:
+                raise RuntimeError("--trt checks ONNX graphs: it goes with --format onnx")
             require_tensorrt()
     except (FileExistsError, ImportError, RuntimeError) as error:
         export.error(str(error))
-    return 0 if export_demo(args.out, args.format, method, args.model, overwrite=args.overwrite) else 1
+    trt = args.trt or TRT_DEFAULT
+    try:
+        return 0 if export_demo(args.out, args.format, method, args.model, args.overwrite, trt) else 1
+    except TensorRTSupportError as error:
+        export.error(str(error))
 
 
 def _method(parser: argparse.ArgumentParser, args: argparse.Namespace, fastv_layers: int, **trim_fixed):

@@ -12,6 +12,18 @@ import torch
 from .methods import n_keep
 
 
+def running_count(mask: torch.Tensor, dim: int) -> torch.Tensor:
+    """``mask.cumsum(dim)`` as int64, summed in float32 (exact below 2**24): TensorRT's CumSum takes floats only."""
+    return mask.float().cumsum(dim).long()
+
+
+def clamp_int(x: torch.Tensor, low: int | None = None, high: int | None = None) -> torch.Tensor:
+    """``x.clamp(low, high)`` for an integer ``x``, exported as Max and Min: TensorRT's Clip takes floats only."""
+    if low is not None:
+        x = torch.maximum(x, x.new_full((), low))
+    return x if high is None else torch.minimum(x, x.new_full((), high))
+
+
 def fastv_scores(
     query_states: torch.Tensor,
     key_states: torch.Tensor,
@@ -60,7 +72,7 @@ def _counts_and_budget(candidates: torch.Tensor, keep: float, most: int | None) 
     if most is None:
         return keep_counts(candidates, keep), candidates.shape[-1]
     table = torch.tensor([n_keep(keep, n) for n in range(most + 1)], device=candidates.device)
-    return table[candidates.sum(dim=-1).clamp(max=most)], max(n_keep(keep, most), 1)
+    return table[clamp_int(candidates.sum(dim=-1), high=most)], max(n_keep(keep, most), 1)
 
 
 def _best(ranked: torch.Tensor, counts: torch.Tensor, budget: int) -> torch.Tensor:
@@ -70,12 +82,12 @@ def _best(ranked: torch.Tensor, counts: torch.Tensor, budget: int) -> torch.Tens
     cumulative sum gives the ties at the cut to the lowest indices.
     """
     padded = torch.cat([ranked, ranked.new_full((*ranked.shape[:-1], budget), float("-inf"))], dim=-1)
-    cut = padded.topk(budget, dim=-1).values.gather(-1, (counts - 1).clamp(min=0))
+    cut = padded.topk(budget, dim=-1).values.gather(-1, clamp_int(counts - 1, low=0))
     valid = ranked > float("-inf")
     above = valid & (ranked > cut)
     at_cut = valid & (ranked == cut)
     room = counts - above.sum(dim=-1, keepdim=True)
-    return above | (at_cut & (at_cut.cumsum(dim=-1) <= room))
+    return above | (at_cut & (running_count(at_cut, -1) <= room))
 
 
 def fastv_select(
@@ -105,7 +117,7 @@ def fastv_select(
     kept = attention_mask.bool() & (~visual_mask | chosen)
     n_slots = slots.shape[0]
     padding = n_slots - kept.sum(dim=-1, keepdim=True)
-    target = torch.where(kept, kept.cumsum(dim=-1) - 1 + padding, n_slots)  # dropped ones go to a spare slot
+    target = torch.where(kept, running_count(kept, -1) - 1 + padding, n_slots)  # dropped ones go to a spare slot
     positions = torch.arange(seq_len, device=scores.device).expand(batch, seq_len)
     first = positions.masked_fill(~kept, seq_len - 1).amin(dim=-1, keepdim=True)
     index = first.expand(batch, n_slots + 1).scatter(1, target, positions)[:, :n_slots]
@@ -233,7 +245,7 @@ def cross_attention_select(
         kept = _best(torch.where(valid, scores.float().mean(dim=1), float("-inf")), counts, budget) & valid
         n_slots = slots.shape[0]
     n_kept = kept.sum(dim=-1, keepdim=True)
-    target = torch.where(kept, kept.cumsum(dim=-1) - 1, n_kept + (~kept).cumsum(dim=-1) - 1)  # kept first, in order
+    target = torch.where(kept, running_count(kept, -1) - 1, n_kept + running_count(~kept, -1) - 1)  # kept first
     positions = torch.arange(n_features, device=scores.device).expand_as(target)
     index = torch.empty_like(positions).scatter(1, target, positions)[:, :n_slots]
     slot = torch.arange(n_slots, device=scores.device) if slots is None else slots

@@ -12,7 +12,15 @@ from .manifest import Manifest
 from .onnx_export import onnx
 from .ort_generator import OrtGenerator
 from .tensorrt_export import tensorrt
-from .trt_parser import tensorrt_support
+from .trt_parser import TensorRTSupportError, tensorrt_support
 from .validate import ExportValidationError
 
-__all__ = ["ExportValidationError", "Manifest", "OrtGenerator", "onnx", "tensorrt", "tensorrt_support"]
+__all__ = [
+    "ExportValidationError",
+    "Manifest",
+    "OrtGenerator",
+    "TensorRTSupportError",
+    "onnx",
+    "tensorrt",
+    "tensorrt_support",
+]

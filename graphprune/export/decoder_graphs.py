@@ -15,6 +15,7 @@ from torch import fx, nn
 
 from ..capture import capture_decode, capture_prefill
 from ..methods import n_keep, n_slots
+from ..ops import clamp_int, running_count
 from ..passes import fastv_budget
 from .graph_export import GraphExport
 
@@ -39,10 +40,10 @@ class FeatureEmbedding(nn.Module):
         visual = torch.zeros_like(input_ids, dtype=torch.bool)
         for token_id, rows in zip(self.token_ids, features, strict=True):
             placeholder = input_ids == token_id
-            order = (placeholder.flatten().cumsum(0) - 1).view(input_ids.shape)
+            order = (running_count(placeholder.flatten(), 0) - 1).view(input_ids.shape)
             placed = placeholder & (order < rows.shape[0])  # decode: placeholder ids get their embedding
             rows = torch.cat([rows, rows.new_zeros(1, rows.shape[1])])
-            picked = rows[order.clamp(min=0, max=rows.shape[0] - 1)]
+            picked = rows[order * placed]  # in range (row 0 where not placed) without an integer Clip
             embeds = torch.where(placed[..., None], picked, embeds)
             visual = visual | placeholder
         return embeds, visual
@@ -156,7 +157,7 @@ def token_budget(input_ids: torch.Tensor, visual_ids: tuple[int, ...], max_visua
 
 def generation_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     """Position ids as HF ``generate`` gives them with left padding: real tokens count from 0, padding gets 0."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    return clamp_int(running_count(attention_mask.bool(), -1) - 1, low=0)
 
 
 def copy_graph(gm: fx.GraphModule) -> fx.GraphModule:

@@ -9,14 +9,23 @@ import torch
 from ..methods import Method
 from .families.llava import DEMO_LAYERS as FASTV_LAYERS
 from .family import FAMILIES
+from .trt_tables import DEFAULT as TRT_DEFAULT
 
 __all__ = ["FASTV_LAYERS", "demo"]
 
 
-def demo(out: str | Path, format: str, method: Method, family: str = "llava", overwrite: bool = False) -> bool:
-    """Export a tiny random-weight model of ``family`` (a registered family's demo name: LLaVA, LLaVA-NeXT, Video-LLaVA,
-    Qwen2-VL or Qwen2.5-VL for FastV, Mllama for CrossAttentionTrim (arXiv 2504.00557)) optimised with
-    ``method`` to ``out``; for ONNX, True if ONNX Runtime's greedy tokens equal PyTorch's."""
+def demo(
+    out: str | Path,
+    format: str,
+    method: Method,
+    family: str = "llava",
+    overwrite: bool = False,
+    trt_version: str | None = TRT_DEFAULT,
+) -> bool:
+    """Export a tiny random-weight model of ``family`` (a registered family's demo name: LLaVA, LLaVA-NeXT,
+    Video-LLaVA, Qwen2-VL, Qwen2.5-VL, InternVL, Idefics3 or SmolVLM for FastV, Mllama for CrossAttentionTrim (arXiv 2504.00557)) optimised with
+    ``method`` to ``out``, its ONNX graphs checked against TensorRT ``trt_version``; for ONNX, True if ONNX
+    Runtime's greedy tokens equal PyTorch's."""
     from . import OrtGenerator, onnx, tensorrt
 
     names = {name: kind for kind in FAMILIES.values() for name in kind.demo_names}
@@ -27,7 +36,7 @@ def demo(out: str | Path, format: str, method: Method, family: str = "llava", ov
         folder = tensorrt(model, out, example_inputs=inputs, overwrite=overwrite)
         print(f"wrote {folder}: {', '.join(sorted(path.name for path in folder.iterdir()))}")
         return True
-    folder = onnx(model, out, example_inputs=inputs, overwrite=overwrite)
+    folder = onnx(model, out, example_inputs=inputs, overwrite=overwrite, trt_version=trt_version)
     for path in sorted(folder.iterdir()):
         print(f"  {path.name:<18} {path.stat().st_size / 1024:8.1f} KiB")
     expected = model.generate(**inputs, max_new_tokens=8, do_sample=False)

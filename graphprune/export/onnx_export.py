@@ -20,7 +20,9 @@ from .progress import progress
 from .shared_weights import FILE as WEIGHTS
 from .shared_weights import SharedWeights
 from .staging import staged_folder, writable_folder
+from .trt_parser import check_version, export_fit, require_fit
 from .trt_recipe import trt_recipe
+from .trt_tables import DEFAULT as TRT_DEFAULT
 from .validate import validate as validate_files
 
 logger = logging.getLogger(__name__)
@@ -150,6 +152,7 @@ def onnx(
     max_images: int | None = None,
     max_visual_tokens: int | None = None,
     prune: bool = True,
+    trt_version: str | None = TRT_DEFAULT,
 ) -> Path:
     """Write ``model`` (changed by ``graphprune.optimize``) as ONNX files and ``manifest.json`` into ``out_dir``.
 
@@ -160,7 +163,10 @@ def onnx(
     The visual budget, ``max_images`` per sample (default: the most in ``example_inputs``) times the
     visual tokens per image, makes FastV's top-k K a constant, as TensorRT needs; also written:
     ``TENSORRT.md`` and ``build_engines.sh`` (trtexec, Jetson Orin). ``prune=False`` writes the same
-    decoder without the pruning pass (the baseline to compare against).
+    decoder without the pruning pass (the baseline to compare against). Every graph is checked against
+    TensorRT ``trt_version``'s ONNX parser rules (``"10.3"``: JetPack 6, default; ``"10.15"``: JetPack 7;
+    ``"8.5"``: JetPack 5; None: no check) and ``TensorRTSupportError`` names a node it would refuse;
+    ``TENSORRT.md`` says which JetPack versions the export fits.
 
     Qwen2-VL and Qwen2.5-VL: ``vision.onnx`` runs one image or video frame group at a time, the
     decoder takes M-RoPE positions ``[3, B, N]``, and the budget is ``max_visual_tokens`` per sample
@@ -180,6 +186,8 @@ def onnx(
     state = optimized_state(model)
     if opset not in OPSETS:
         raise ValueError(f"opset must be in [{OPSETS[0]}, {OPSETS[-1]}]; got {opset!r}")
+    if trt_version is not None:
+        check_version(trt_version)
     dtype = next(model.parameters()).dtype
     _check_dtype(dtype)
     out_dir = writable_folder(out_dir, overwrite)
@@ -190,7 +198,11 @@ def onnx(
         dtype_name = str(dtype).removeprefix("torch.")
         manifest = export_manifest("onnx", state, prune, dtype_name, opset, entries, details | {"weights": WEIGHTS})
         manifest.write(staging)
-        trt_recipe(manifest, staging)
+        files = {name: entry["file"] for name, entry in entries.items()}
+        fit = export_fit(staging, files)
+        if trt_version is not None:
+            require_fit(fit, files, trt_version)
+        trt_recipe(manifest, staging, fit)
         if validate:
             errors = validate_files(staging, graphs, VALIDATION_RTOL[dtype])
             logger.info("validated against PyTorch: %s", errors)

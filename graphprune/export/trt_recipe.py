@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .family import export_family
+from .jetson import jetson_sections
 from .manifest import Manifest
 from .trt_profiles import trt_profiles
 
@@ -31,8 +32,9 @@ def _shapes(inputs: dict, which: int) -> str:
     return ",".join(f"{name}:{'x'.join(map(str, shapes[which]))}" for name, shapes in inputs.items())
 
 
-def trt_recipe(manifest: Manifest, folder: Path) -> list[Path]:
-    """Write ``build_engines.sh`` and ``TENSORRT.md`` for ``manifest``'s graphs into ``folder``; their paths."""
+def trt_recipe(manifest: Manifest, folder: Path, fit: dict) -> list[Path]:
+    """Write ``build_engines.sh`` and ``TENSORRT.md`` for ``manifest``'s graphs into ``folder``; their paths.
+    ``fit``: ``trt_parser.export_fit``'s verdicts, for the JetPack section."""
     profiles = trt_profiles(manifest)
     precision, precision_note = PRECISION[manifest.dtype]
     lines = [
@@ -97,5 +99,5 @@ Without writing that loop, ONNX Runtime
 can use TensorRT directly: install `onnxruntime-gpu` (NVIDIA's Jetson wheel for JetPack 6) and pass
 `providers=["TensorrtExecutionProvider", "CUDAExecutionProvider"]` to `OrtGenerator`.
 """
-    (folder / GUIDE).write_text(guide)
+    (folder / GUIDE).write_text(guide + jetson_sections(fit))
     return [script, folder / GUIDE]
