@@ -24,8 +24,8 @@ def demo(
 ) -> bool:
     """Export a tiny random-weight model of ``family`` (a registered family's demo name: LLaVA, LLaVA-NeXT,
     Video-LLaVA, Qwen2-VL, Qwen2.5-VL, InternVL, Idefics3 or SmolVLM for FastV, Mllama for CrossAttentionTrim
-    (arXiv 2504.00557)) optimised with ``method`` to ``out``, its ONNX graphs checked against TensorRT ``trt_version``; for ONNX, True if ONNX
-    Runtime's greedy tokens equal PyTorch's."""
+    (arXiv 2504.00557)) optimised with ``method`` to ``out``, its ONNX graphs checked against TensorRT
+    ``trt_version``; for ONNX, True if ONNX Runtime's greedy tokens equal PyTorch's."""
     from . import OrtGenerator, onnx, tensorrt
 
     names = {name: kind for kind in FAMILIES.values() for name in kind.demo_names}
