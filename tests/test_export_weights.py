@@ -19,10 +19,16 @@ import graphprune as gp  # noqa: E402
 from graphprune.export import shared_weights  # noqa: E402
 from graphprune.export.shared_weights import FILE, SharedWeights, external_initializers  # noqa: E402
 from graphprune.testing import (  # noqa: E402
+    idefics3_inputs,
+    internvl_inputs,
     llava_inputs,
+    llava_next_inputs,
     mllama_inputs,
     qwen2_vl_inputs,
+    tiny_idefics3,
+    tiny_internvl,
     tiny_llava,
+    tiny_llava_next,
     tiny_mllama,
     tiny_qwen2_vl,
     tiny_video_llava,
@@ -38,7 +44,10 @@ WIDE = dict(hidden_size=128, intermediate_size=256, vocab_size=16384)  # weights
 MEDIUM_LLAVA = dict(hidden_size=1024, intermediate_size=2752, num_layers=4, num_heads=8, num_kv_heads=8)
 FAMILIES = {  # builder, method, inputs
     "llava": (functools.partial(tiny_llava, **MEDIUM_LLAVA, vocab_size=8192, seed=2), FASTV, llava_inputs),
+    "llava-next": (functools.partial(tiny_llava_next, num_layers=2, **WIDE), FASTV, llava_next_inputs),
     "video-llava": (functools.partial(tiny_video_llava, num_layers=2, **WIDE), FASTV, video_llava_inputs),
+    "internvl": (functools.partial(tiny_internvl, num_layers=2, **WIDE), FASTV, internvl_inputs),
+    "smolvlm": (functools.partial(tiny_idefics3, version="smolvlm", num_layers=2, **WIDE), FASTV, idefics3_inputs),
     "qwen2-vl": (
         functools.partial(tiny_qwen2_vl, num_layers=2, mrope_section=(4, 6, 6), **WIDE),
         FASTV,
@@ -52,7 +61,10 @@ FAMILIES = {  # builder, method, inputs
 }
 SAMPLES = {
     "llava": [(7, 1, 3)],
+    "llava-next": [(3, [(16, 32)], 4), (2, [(32, 32), (20, 12)], 3)],
     "video-llava": [(3, 1, 1, 4), (5, 1, 0, 2)],
+    "internvl": [(3, [5], 4), (2, [3, 1], 3)],
+    "smolvlm": [(3, [(2, 2)], 4), (2, [(1, 1), (1, 2)], 3)],
     "qwen2-vl": [(3, [(8, 8)], [], 4), (2, [(4, 8)], [(4, 4, 4)], 3)],
     "mllama": [(1, [4, 2], 3), (2, [2], 4)],
 }

@@ -57,6 +57,9 @@ Bytes on disk = parameter bytes (each weight stored once, graphs add kilobytes);
 {HEADROOM_GB} GB for the OS, CUDA, a 4k-token KV cache and TensorRT's workspace fit the Jetson's memory,
 which CPU and GPU share. Building an engine with `trtexec` needs more than running it. graphprune exports
 fp16 and fp32 only: int8 and int4 weights are not applicable. Jetson Thor (128 GB) holds all of them.
+"Holds" counts the weights once, as `OrtGenerator` holds them on the CPU; TensorRT engines built from
+`prefill.onnx` and `decode.onnx` each embed the decoder's weights, so two engines need about twice the
+decoder (see "Weights" above): on a 32 GB AGX Orin a 7B fp16 model fits ONNX Runtime, not two engines.
 
 | model | parameters | fp16 | fp32 | holds in fp16 | holds in fp32 |
 |---|---|---|---|---|---|
