@@ -26,7 +26,15 @@ class _Tiles(nn.Module):
         self.image_size = model.config.vision_config.image_size
 
     def forward(self, pixel_values):
-        return self.connector(self.vision(pixel_values=pixel_values).last_hidden_state)
+        # the vision transformer's steps for whole tiles of the configured size: every patch is real, so the
+        # position of patch i is i (what the embeddings' bucketing gives a full tile) and the encoder needs no
+        # mask; the all-True patch mask HF builds otherwise exports as BOOL Equal nodes, which TensorRT 10 refuses
+        vision = self.vision
+        patches = vision.embeddings.patch_embedding(pixel_values).flatten(2).transpose(1, 2)
+        positions = torch.arange(patches.shape[1], device=pixel_values.device)
+        hidden = patches + vision.embeddings.position_embedding(positions)
+        hidden = vision.encoder(inputs_embeds=hidden, attention_mask=None).last_hidden_state
+        return self.connector(vision.post_layernorm(hidden))
 
 
 def real_tiles(pixel_values, pixel_attention_mask=None):
