@@ -65,7 +65,7 @@ def _weight_bytes(model) -> int:
     return sum(p.nbytes for part in parts for p in part.parameters())
 
 
-def time_batch(models: dict, original, inputs: dict, args, repeats: int, sync, label: str) -> dict:
+def time_batch(models: dict, original, inputs: dict, args, repeats: int, sync, label: str, compiled: bool) -> dict:
     """TTFT, decode per token and total of each variant at one batch size and mode."""
 
     def generate(key):
@@ -81,10 +81,10 @@ def time_batch(models: dict, original, inputs: dict, args, repeats: int, sync, l
     generates = {key: generate(key) for key in [*models, *(["c"] if original is not None else [])]}
     prompt = inputs["input_ids"].shape[1]
     first = {}
-    for key, fn in generates.items():  # warm-up (and compile): every shape of the timed calls, twice
+    for key, fn in generates.items():  # warm-up: every length of the timed calls (twice under compile)
         print(f"  {label}: warm-up of {VARIANTS[key]} ...", flush=True)
         start = time.perf_counter()
-        for n in (1, args.new_tokens, 1, args.new_tokens):
+        for n in (1, args.new_tokens) * (2 if compiled else 1):
             out = fn(n)
             if out.shape[1] != prompt + n:
                 raise RuntimeError(f"{VARIANTS[key]}: generate gave {out.shape[1] - prompt} tokens, not {n}")
@@ -159,7 +159,8 @@ def run(args) -> dict:
                 repeats = args.repeats if batch < 32 else args.repeats_b32
                 label = f"{mode} batch {batch}"
                 with torch.no_grad():
-                    timings = time_batch({"a": model_a, "b": model_b}, original, inputs, args, repeats, sync, label)
+                    models = {"a": model_a, "b": model_b}
+                    timings = time_batch(models, original, inputs, args, repeats, sync, label, compiled)
                 run_ = dict(mode=mode, batch=batch, tokens=inputs["input_ids"].shape[1], repeats=repeats)
                 run_ |= dict(fractions=fractions(model_a, model_b, inputs, method.k), timings=timings)
                 result["runs"].append(run_)
