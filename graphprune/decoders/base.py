@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx, nn
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from ..capture import capture_decode, capture_prefill, causal_prefill, unmasked_decode
@@ -58,6 +59,17 @@ def checked_decode_mask(attention_mask: torch.Tensor | None, batch: int, past: i
     """A decode step's mask over the past and new positions; a ``ValueError`` if it covers another length."""
     check_decode_mask(attention_mask, past, new_tokens)
     return full_mask(attention_mask, batch, past + new_tokens, device)
+
+
+def _fill(cache, layer_idx: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+    """``cache``'s layer ``layer_idx`` takes the prefill's ``keys`` and ``values`` as they are: a fresh plain layer's
+    ``update`` would copy them onto its empty tensors (a copy of the whole cache per prefill)."""
+    layer = cache.layers[layer_idx] if layer_idx < len(cache.layers) else None
+    if type(layer) is DynamicLayer and not layer.is_initialized:
+        layer.lazy_initialization(keys, values)
+        layer.keys, layer.values = keys, values
+    else:
+        cache.update(keys, values, layer_idx)
 
 
 @dataclass
@@ -152,7 +164,7 @@ class GraphDecoder:
             return BaseModelOutputWithPast(last_hidden_state=hidden), selection
         cache = cache if cache is not None else DynamicCache(config=self.decoder.config)
         for layer_idx in range(self.layout.num_layers):
-            cache.update(outputs[1 + 2 * layer_idx], outputs[2 + 2 * layer_idx], layer_idx)
+            _fill(cache, layer_idx, outputs[1 + 2 * layer_idx], outputs[2 + 2 * layer_idx])
         self._cache_states[cache] = PrunedCache(selection[0], selection[1], unpadded and runners[3] is not None)
         return BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=cache), selection
 
