@@ -110,3 +110,16 @@ def test_unpadded_decode_step_with_a_mask_of_another_length_is_a_one_line_error(
     with pytest.raises(ValueError, match=r"^attention_mask covers \d+ positions; the cache holds") as error:
         llava(input_ids=torch.tensor([[7], [9]]), attention_mask=mask, past_key_values=cache)
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.compile
+@torch.no_grad()
+def test_compiled_unpadded_decode_equals_reference():
+    model = tiny_llava(num_layers=3)
+    inputs = llava_inputs(model, UNPADDED)
+    expected = fastv_reference_generate(model, METHOD, **inputs, max_new_tokens=4)
+    with gp.optimized(model, METHOD, compile=True):
+        got = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+        runner = optimized_state(model).decoder.graphs.runners()[3]
+        assert isinstance(runner, torch._dynamo.eval_frame.OptimizedModule)
+    assert torch.equal(got, expected)
