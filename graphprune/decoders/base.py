@@ -85,7 +85,10 @@ class GraphDecoder:
     """Stands in for a decoder's ``forward``: the method's pruned prefill and decode graphs per dtype and
     device of the decoder (under ``torch.compile`` on request), the original forward, and the state of each
     cache it filled. ``graphs`` (placement -> graphs) is given for a deep copy, captured now otherwise.
-    ``optimize`` sets ``state`` (the model's optimized state), which records each prefill."""
+    ``optimize`` sets ``state`` (the model's optimized state), which records each prefill.
+    ``decodes_unmasked``: the method's decode pass also takes ``capture.unmasked_decode``'s graph."""
+
+    decodes_unmasked = False
 
     def __init__(self, decoder: nn.Module, method, layout: DecoderLayout, compile: bool, graphs: dict | None = None):
         self.decoder = decoder
@@ -104,7 +107,8 @@ class GraphDecoder:
         handler = handler_for(self.method)
         captured, decode = capture_prefill(self.decoder, self.layout), capture_decode(self.decoder, self.layout)
         # copies, made before the passes rewrite `captured` and `decode`
-        unpadded, unpadded_decode = causal_prefill(captured, self.decoder), unmasked_decode(decode, self.decoder)
+        unpadded = causal_prefill(captured, self.decoder)
+        unpadded_decode = unmasked_decode(decode, self.decoder) if self.decodes_unmasked else None
         if unpadded is not None:
             unpadded = handler.prefill_pass(unpadded, self.method)
         if unpadded_decode is not None:

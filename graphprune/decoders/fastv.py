@@ -32,6 +32,8 @@ class FastVDecoder(GraphDecoder):
     """Stands in for the decoder's ``forward``: pruned prefill graph on a fresh cache, pruned-cache decode
     graph on a cache it filled, the original forward otherwise (nothing to prune, a cache it did not fill)."""
 
+    decodes_unmasked = True
+
     def _run(
         self,
         input_ids=None,
