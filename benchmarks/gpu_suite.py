@@ -56,6 +56,8 @@ from benchmarks.gpu_report import VARIANTS, report, seconds_text, summary  # noq
 from benchmarks.harness import (  # noqa: E402
     IMAGE_TOKEN_ID,
     device_name,
+    generate_rounds,
+    greedy_generate,
     llava_inputs,
     qwen2_vl_inputs,
     rounds,
@@ -88,10 +90,6 @@ def _optional(label: str, fn, *args):
         return None
 
 
-def _generate(model, inputs, new_tokens: int):
-    return model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
-
-
 def time_batch(models: dict, inputs: dict, original, args, sync, label: str) -> dict:
     """Prefill, TTFT and decode per token of each variant at one batch size, interleaved rounds."""
 
@@ -100,13 +98,13 @@ def time_batch(models: dict, inputs: dict, original, args, sync, label: str) -> 
             return lambda: original(inputs["input_ids"], inputs["pixel_values"])
         return lambda: models[key](**inputs, use_cache=True, logits_to_keep=1)
 
-    def generate(key, new_tokens):
+    def generate(key):
         if key != "c":
-            return lambda: _generate(models[key], inputs, new_tokens)
+            return lambda new_tokens: greedy_generate(models[key], inputs, new_tokens)
 
-        def run():
+        def run(new_tokens):
             with original.installed():
-                return _generate(models["a"], inputs, new_tokens)
+                return greedy_generate(models["a"], inputs, new_tokens)
 
         return run
 
@@ -117,7 +115,7 @@ def time_batch(models: dict, inputs: dict, original, args, sync, label: str) -> 
         for key in list(keys):  # warm-up; and every variant's generate gives the asked length
             try:
                 prefill(key)()
-                out = generate(key, args.new_tokens)()
+                out = generate(key)(args.new_tokens)
                 if out.shape[1] != prompt + args.new_tokens:
                     raise RuntimeError(f"{VARIANTS[key]}: generate gave {out.shape[1] - prompt} new tokens")
             except Exception:
@@ -128,15 +126,10 @@ def time_batch(models: dict, inputs: dict, original, args, sync, label: str) -> 
                 keys.remove(key)
         calls = {key: prefill(key) for key in keys}
         result["prefill"] = rounds(calls, sync, args.repeats, f"{label} prefill", alternate=True)
-        calls = {
-            f"{kind}:{key}": generate(key, n) for key in keys for kind, n in (("ttft", 1), ("gen", args.new_tokens))
-        }
-        times = rounds(calls, sync, args.repeats, f"{label} generate", alternate=True)
-    result["ttft"] = {key: times[f"ttft:{key}"] for key in keys}
-    result["decode"] = {
-        key: [(g - t) / (args.new_tokens - 1) for g, t in zip(times[f"gen:{key}"], times[f"ttft:{key}"], strict=True)]
-        for key in keys
-    }
+        generates = {key: generate(key) for key in keys}
+        times = generate_rounds(generates, sync, args.repeats, args.new_tokens, f"{label} generate")
+    result["ttft"] = {key: times[key]["ttft"] for key in keys}
+    result["decode"] = {key: times[key]["decode"] for key in keys}
     for metric in ("prefill", "ttft", "decode"):
         result[metric] = {key: spread_ms(seconds) | dict(seconds=seconds) for key, seconds in result[metric].items()}
     return result

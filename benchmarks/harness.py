@@ -109,6 +109,31 @@ def measure(
     return rounds(callables, sync, repeats, label), first, outputs
 
 
+def greedy_generate(model, inputs: dict, new_tokens: int):
+    """``model.generate`` of exactly ``new_tokens`` greedy tokens."""
+    return model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+
+
+def generate_rounds(
+    generates: dict[str, Callable[[int], object]], sync, repeats: int, new_tokens: int, label: str
+) -> dict[str, dict[str, list[float]]]:
+    """Through ``generate`` (``generates[key](n)`` makes n tokens), interleaved rounds in alternating order:
+    per key and round, ``ttft`` (1 token), ``total`` (``new_tokens``) and ``decode`` per new token
+    (``(total - ttft) / (new_tokens - 1)``), in seconds."""
+    calls = {
+        f"{kind}:{key}": (lambda fn=fn, n=n: fn(n))
+        for key, fn in generates.items()
+        for kind, n in (("ttft", 1), ("total", new_tokens))
+    }
+    times = rounds(calls, sync, repeats, label, alternate=True)
+    result = {}
+    for key in generates:
+        ttft, total = times[f"ttft:{key}"], times[f"total:{key}"]
+        decode = [(t - f) / (new_tokens - 1) for t, f in zip(total, ttft, strict=True)]
+        result[key] = dict(ttft=ttft, decode=decode, total=total)
+    return result
+
+
 def spread_ms(seconds: list[float]) -> dict[str, float]:
     """Median, min and max of timings, in milliseconds."""
     return dict(median_ms=statistics.median(seconds) * 1e3, min_ms=min(seconds) * 1e3, max_ms=max(seconds) * 1e3)

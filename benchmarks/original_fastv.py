@@ -49,6 +49,7 @@ class OriginalFastV:
     def installed(self):
         """Within the block the decoder runs its prefill (empty cache) as above and anything else as before."""
         lm, original = self.lm, self.lm.forward
+        own = lm.__dict__.get("forward")  # e.g. a torch.compile'd forward set on the instance: put back after
 
         def forward(*, inputs_embeds=None, past_key_values=None, **kwargs):
             if (
@@ -65,7 +66,10 @@ class OriginalFastV:
         try:
             yield
         finally:
-            del lm.forward
+            if own is None:
+                del lm.forward
+            else:
+                lm.forward = own
 
     def head(self, hidden, cache):
         """RoPE for every position and layers ``0 .. k-2`` on the full sequence."""

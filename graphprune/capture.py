@@ -275,6 +275,30 @@ def causal_prefill(gm: fx.GraphModule, decoder: nn.Module) -> fx.GraphModule | N
     Valid only where every query row sees every earlier position of its sample: no zero in the 2-D
     attention mask and, after FastV, every sample keeping the same number of positions.
     """
+    return _unmasked(gm, decoder, is_causal=True)
+
+
+def unmasked_decode(gm: fx.GraphModule, decoder: nn.Module) -> fx.GraphModule | None:
+    """The decode graph for one new token of a sample with no padding, in the form HF gives SDPA then: no mask
+    and no ``is_causal`` (the one query sees every cached key), grouped keys and values unrepeated
+    (``enable_gqa``); no ``attention_mask`` input, nothing built from it. Shares ``gm``'s parameters. None
+    where that form would not be exact (as ``causal_prefill``) or the graph reads the mask elsewhere."""
+    unmasked = _unmasked(gm, decoder, is_causal=False)
+    if unmasked is None:
+        return None
+    mask = next(node for node in unmasked.graph.nodes if node.op == "placeholder" and node.name == "attention_mask")
+    for check in [user for user in mask.users if user.target is torch.ops.aten._assert_tensor_metadata.default]:
+        unmasked.graph.erase_node(check)
+    if mask.users:
+        return None
+    unmasked.graph.erase_node(mask)
+    unmasked.recompile()
+    return unmasked
+
+
+def _unmasked(gm: fx.GraphModule, decoder: nn.Module, is_causal: bool) -> fx.GraphModule | None:
+    """A copy of ``gm`` whose SDPA calls take no mask and ``is_causal``, on the grouped keys and values
+    themselves (``enable_gqa``, as HF's SDPA call without a mask), the mask-building nodes gone."""
     layout = gm.meta[LAYOUT_KEY]
     if layout.cross_attention_layers or getattr(decoder.config, "sliding_window", None) is not None:
         return None
@@ -285,15 +309,36 @@ def causal_prefill(gm: fx.GraphModule, decoder: nn.Module) -> fx.GraphModule | N
     for node in calls:
         query, key, value = node.args[:3]
         dropout = node.args[4] if len(node.args) > 4 else node.kwargs.get("dropout_p", 0.0)
-        node.args = (query, key, value, None, dropout, True)
+        grouped = _grouped(key), _grouped(value)
+        gqa = None not in grouped
+        node.args = (query, *(grouped if gqa else (key, value)), None, dropout, is_causal)
         node.kwargs = {
             name: arg for name, arg in node.kwargs.items() if name not in ("attn_mask", "dropout_p", "is_causal")
-        }
+        } | ({"enable_gqa": True} if gqa else {})
     graph.eliminate_dead_code()
     graph.lint()
-    causal = fx.GraphModule(gm, graph)
-    causal.meta.update(gm.meta)
-    return causal
+    unmasked = fx.GraphModule(gm, graph)
+    unmasked.meta.update(gm.meta)
+    return unmasked
+
+
+_REPEAT_KV = (torch.ops.aten.reshape.default, torch.ops.aten.expand.default, torch.ops.aten.slice.Tensor)
+
+
+def _grouped(node: fx.Node) -> fx.Node | None:
+    """The ``[B, H_kv, L, D]`` keys or values that HF's ``repeat_kv`` made ``node`` from
+    (``x[:, :, None].expand(...).reshape(...)``), or None if ``node`` is not such a repeat."""
+    value = node.meta.get("val")
+    while node.target in _REPEAT_KV and node.args[0].meta.get("val") is not None:
+        node = node.args[0]
+        if node.target is torch.ops.aten.unsqueeze.default and node.args[1] == 2:
+            source = node.args[0]
+            repeated = source.meta.get("val")
+            heads = (repeated.shape[1], value.shape[1])
+            if repeated.dim() == 4 and heads[0] != heads[1]:
+                return source
+            return None
+    return None
 
 
 def capture_decode(decoder: nn.Module, layout: DecoderLayout) -> fx.GraphModule:

@@ -58,14 +58,14 @@ def placement(decoder: nn.Module) -> tuple:
 
 
 class GraphCache:
-    """``(prefill, decode, unpadded prefill or None)`` graphs per placement of the decoder's weights, under
-    ``torch.compile`` on request."""
+    """``(prefill, decode, unpadded prefill or None, unpadded decode or None)`` graphs per placement of the
+    decoder's weights, under ``torch.compile`` on request."""
 
     def __init__(self, decoder: nn.Module, capture: Capture, compile: bool, graphs: dict | None = None):
         self.decoder = decoder
         self.compile = compile
         self._capture = capture
-        self._graphs = dict(graphs or {})  # placement -> (prefill, decode, unpadded prefill or None) GraphModules
+        self._graphs = dict(graphs or {})  # placement -> (prefill, decode, unpadded prefill, unpadded decode)
         self._runners: dict = {}  # placement -> the same, callables (compiled or not)
         self._lock = threading.Lock()
 

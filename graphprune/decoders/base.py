@@ -11,9 +11,10 @@ from dataclasses import dataclass
 import torch
 from torch import fx, nn
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 from transformers.modeling_outputs import MoeModelOutputWithPast
 
-from ..capture import capture_decode, capture_prefill, causal_prefill
+from ..capture import capture_decode, capture_prefill, causal_prefill, unmasked_decode
 from ..graph_cache import GraphCache, capturing
 from ..model_copy import refuse_part_copy
 from ..models import DecoderLayout
@@ -51,14 +52,30 @@ def _check_call(attention_mask: torch.Tensor | None, kwargs: dict) -> None:
         )
 
 
-def checked_decode_mask(attention_mask: torch.Tensor | None, batch: int, past: int, new_tokens: int, device):
-    """A decode step's mask over the past and new positions; a ``ValueError`` if it covers another length."""
+def check_decode_mask(attention_mask: torch.Tensor | None, past: int, new_tokens: int) -> None:
+    """A ``ValueError`` if a decode step's mask covers another length than the past and new positions."""
     if attention_mask is not None and attention_mask.shape[1] != past + new_tokens:
         raise ValueError(
             f"attention_mask covers {attention_mask.shape[1]} positions; the cache holds {past} and "
             f"{new_tokens} are new, so it must cover {past + new_tokens}"
         )
+
+
+def checked_decode_mask(attention_mask: torch.Tensor | None, batch: int, past: int, new_tokens: int, device):
+    """A decode step's mask over the past and new positions; a ``ValueError`` if it covers another length."""
+    check_decode_mask(attention_mask, past, new_tokens)
     return full_mask(attention_mask, batch, past + new_tokens, device)
+
+
+def _fill(cache, layer_idx: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+    """``cache``'s layer ``layer_idx`` takes the prefill's ``keys`` and ``values`` as they are: a fresh plain layer's
+    ``update`` would copy them onto its empty tensors (a copy of the whole cache per prefill)."""
+    layer = cache.layers[layer_idx] if layer_idx < len(cache.layers) else None
+    if type(layer) is DynamicLayer and not layer.is_initialized:
+        layer.lazy_initialization(keys, values)
+        layer.keys, layer.values = keys, values
+    else:
+        cache.update(keys, values, layer_idx)
 
 
 @dataclass
@@ -67,13 +84,17 @@ class PrunedCache:
 
     index: torch.Tensor  # [B, P' + room]: original position (or feature) of each slot; room for later steps after
     valid: torch.Tensor  # [B, P' + room]: False for padding slots
+    unpadded: bool = False  # no padding in the prompt nor slot: a one-token step needs no mask
 
 
 class GraphDecoder:
     """Stands in for a decoder's ``forward``: the method's pruned prefill and decode graphs per dtype and
     device of the decoder (under ``torch.compile`` on request), the original forward, and the state of each
     cache it filled. ``graphs`` (placement -> graphs) is given for a deep copy, captured now otherwise.
-    ``optimize`` sets ``state`` (the model's optimized state), which records each prefill."""
+    ``optimize`` sets ``state`` (the model's optimized state), which records each prefill.
+    ``decodes_unmasked``: the method's decode pass also takes ``capture.unmasked_decode``'s graph."""
+
+    decodes_unmasked = False
 
     def __init__(self, decoder: nn.Module, method, layout: DecoderLayout, compile: bool, graphs: dict | None = None):
         self.decoder = decoder
@@ -85,16 +106,21 @@ class GraphDecoder:
         self._cache_states: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.state = None
 
-    def _capture(self) -> tuple[fx.GraphModule, fx.GraphModule, fx.GraphModule | None]:
-        """The decoder's prefill and decode graphs, rewritten by the method's passes, and the prefill graph
-        for batches without padding (SDPA masking causally by itself, as HF runs it; None where not exact)."""
+    def _capture(self) -> tuple[fx.GraphModule, fx.GraphModule, fx.GraphModule | None, fx.GraphModule | None]:
+        """The decoder's prefill and decode graphs, rewritten by the method's passes, and their forms for
+        batches without padding, SDPA given no mask as HF gives it (None where not exact): the prefill's
+        masking causally, the decode step's for one new token."""
         handler = handler_for(self.method)
-        captured = capture_prefill(self.decoder, self.layout)
-        unpadded = causal_prefill(captured, self.decoder)  # a copy, made before the pass rewrites `captured`
-        decode = handler.decode_pass(capture_decode(self.decoder, self.layout), self.method)
+        captured, decode = capture_prefill(self.decoder, self.layout), capture_decode(self.decoder, self.layout)
+        # copies, made before the passes rewrite `captured` and `decode`
+        unpadded = causal_prefill(captured, self.decoder)
+        unpadded_decode = unmasked_decode(decode, self.decoder) if self.decodes_unmasked else None
         if unpadded is not None:
             unpadded = handler.prefill_pass(unpadded, self.method)
-        return handler.prefill_pass(captured, self.method), decode, unpadded
+        if unpadded_decode is not None:
+            unpadded_decode = handler.decode_pass(unpadded_decode, self.method)
+        prefill, decode = handler.prefill_pass(captured, self.method), handler.decode_pass(decode, self.method)
+        return prefill, decode, unpadded, unpadded_decode
 
     def __deepcopy__(self, memo):
         refuse_part_copy()
@@ -146,15 +172,16 @@ class GraphDecoder:
             return DecoderOutput(last_hidden_state=hidden), selection
         cache = cache if cache is not None else DynamicCache(config=self.decoder.config)
         for layer_idx in range(self.layout.num_layers):
-            cache.update(outputs[1 + 2 * layer_idx], outputs[2 + 2 * layer_idx], layer_idx)
-        self._cache_states[cache] = PrunedCache(selection[0], selection[1])
+            _fill(cache, layer_idx, outputs[1 + 2 * layer_idx], outputs[2 + 2 * layer_idx])
+        self._cache_states[cache] = PrunedCache(selection[0], selection[1], unpadded and runners[3] is not None)
         return DecoderOutput(last_hidden_state=hidden, past_key_values=cache), selection
 
-    def _decode(self, inputs: list, cache, index: torch.Tensor, valid: torch.Tensor) -> DecoderOutput:
-        """Run the decode graph on ``inputs``, then ``cache``'s keys, values and the slots ``index`` and ``valid``
-        of its pruned layers; ``cache`` takes the new keys and values."""
+    def _decode(self, inputs: list, cache, slots: tuple = ()) -> DecoderOutput:
+        """Run the decode graph on ``inputs``, then ``cache``'s keys, values and the slots ``(index, valid)`` of its
+        pruned layers; with no ``slots``, its form without a mask on ``inputs`` without ``attention_mask``.
+        ``cache`` takes the new keys and values."""
         flat_cache = [t for layer in cache.layers for t in (layer.keys, layer.values)]
-        outputs = self.graphs.runners()[1](*inputs, *flat_cache, index, valid)
+        outputs = self.graphs.runners()[1 if slots else 3](*inputs, *flat_cache, *slots)
         for layer_idx, layer in enumerate(cache.layers):
             layer.keys, layer.values = outputs[1 + 2 * layer_idx], outputs[2 + 2 * layer_idx]
         return DecoderOutput(last_hidden_state=outputs[0], past_key_values=cache)

@@ -15,7 +15,7 @@ from ..padding import normalized_attention_mask, refuse_right_padding, right_pad
 from ..passes import fastv, fastv_budget, fastv_decode
 from ..registry import MethodHandler, register_method
 from ..report import Report
-from .base import GraphDecoder, PrunedCache, checked_decode_mask, current_visual_mask, full_mask
+from .base import GraphDecoder, PrunedCache, check_decode_mask, checked_decode_mask, current_visual_mask, full_mask
 
 
 @dataclass
@@ -32,6 +32,8 @@ class PrefillRecord:
 class FastVDecoder(GraphDecoder):
     """Stands in for the decoder's ``forward``: pruned prefill graph on a fresh cache, pruned-cache decode
     graph on a cache it filled, the original forward otherwise (nothing to prune, a cache it did not fill)."""
+
+    decodes_unmasked = True
 
     def _run(
         self,
@@ -120,11 +122,16 @@ class FastVDecoder(GraphDecoder):
         batch, new_tokens = inputs_embeds.shape[:2]
         device = inputs_embeds.device
         past = cache.get_seq_length()  # layer 0 is never pruned: the unpruned length
-        attention_mask = checked_decode_mask(attention_mask, batch, past, new_tokens, device)
         position_ids = self._graph_positions(position_ids, batch, past, new_tokens, device)
+        if state.unpadded and new_tokens == 1:
+            # no padding since the prefill (generate adds none): every cached key is seen, so no mask is built
+            check_decode_mask(attention_mask, past, new_tokens)
+            return self._decode([inputs_embeds, position_ids], cache)
+        attention_mask = checked_decode_mask(attention_mask, batch, past, new_tokens, device)
         length = cache.layers[-1].keys.shape[2]  # the last layer is pruned (k < num_layers): P'
-        index, valid = _decode_slots(state, length, past, new_tokens)
-        return self._decode([inputs_embeds, attention_mask, position_ids], cache, index, valid)
+        return self._decode(
+            [inputs_embeds, attention_mask, position_ids], cache, _decode_slots(state, length, past, new_tokens)
+        )
 
 
 def _decode_slots(state: PrunedCache, length: int, past: int, new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:

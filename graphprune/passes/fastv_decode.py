@@ -8,9 +8,14 @@ are first moved to layer 0's, which is never pruned.
 
 New inputs: ``graphprune_cache_index [B, P']`` (the original position of each pruned-cache slot)
 and ``graphprune_cache_valid [B, P']`` (False for padding slots).
+
+The decode graph without a mask (``capture.unmasked_decode``: one new token, no padding slot) needs neither:
+its pruned layers read their key length off their own past, and nothing is gathered per step.
 """
 
 from __future__ import annotations
+
+import operator
 
 import torch
 from torch import fx
@@ -32,6 +37,8 @@ def fastv_decode(gm: fx.GraphModule, method: FastV) -> fx.GraphModule:
     pruned_pasts = {f"past_{i}" for i in range(2 * method.k, 2 * layout.num_layers)}
     _graph.move_size_reads(gm, past, pruned_pasts, _graph.placeholder(gm, "past_0"))  # layer 0 is never pruned
     crossing = _graph.crossing_nodes(gm, boundary)
+    if not any(node.op == "placeholder" and node.name == "attention_mask" for node in gm.graph.nodes):
+        return _unmasked(gm, method, boundary, crossing, past, new_tokens)
 
     cache_index = _graph.add_placeholder(gm, "graphprune_cache_index")
     cache_valid = _graph.add_placeholder(gm, "graphprune_cache_valid")
@@ -67,3 +74,23 @@ def fastv_decode(gm: fx.GraphModule, method: FastV) -> fx.GraphModule:
                 )
             _graph.repoint(node, pruned_lengths[expr], users)
     return _graph.finish(gm, PASS, f"k={method.k}; layers >= {method.k} attend over their pruned cache")
+
+
+def _unmasked(gm: fx.GraphModule, method: FastV, boundary, crossing, past, new_tokens) -> fx.GraphModule:
+    """The pass on a decode graph without a mask: the past and key lengths that layers ``>= k`` read become
+    those of their own (pruned) past."""
+    graph = gm.graph
+    with graph.inserting_before(boundary):
+        pruned_past = _graph.size_of(gm, _graph.placeholder(gm, f"past_{2 * method.k}"), 2, "past_length")
+        step = _graph.size_of(gm, _graph.placeholder(gm, "inputs_embeds"), 1, "new_tokens")
+        key_length = _graph.named(graph.call_function(operator.add, (pruned_past, step)), "key_length")
+        pruned_lengths = {past: pruned_past, past + new_tokens: key_length}
+        for node, users in crossing.items():
+            value = node.meta.get("val")
+            if node.op == "placeholder" or not _graph.depends_on(value, past):
+                continue
+            expr = _graph.symbol(value)
+            if expr not in pruned_lengths:
+                raise _graph.fail(gm, PASS, f"{node.name} {value} depends on the past length; no mask to gather")
+            _graph.repoint(node, pruned_lengths[expr], users)
+    return _graph.finish(gm, PASS, f"k={method.k}; layers >= {method.k} attend over their pruned cache, no mask")

@@ -1,0 +1,42 @@
+"""benchmarks/generate.py end to end at tiny shapes: every variant timed through generate, the fractions its targets
+are judged by, and the original FastV's compiled decoder forward left in place."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from benchmarks import generate
+from benchmarks.harness import llava_inputs, tiny_llava
+from benchmarks.original_fastv import OriginalFastV
+
+
+def test_tiny_run_times_ttft_decode_and_total_of_every_variant(tmp_path):
+    argv = ["--preset", "tiny", "--batch", "1", "--new-tokens", "2", "--repeats", "1", "--no-compile"]
+    result = generate.main([*argv, "--json", str(tmp_path / "out.json")])
+    assert json.loads((tmp_path / "out.json").read_text())["runs"] == json.loads(json.dumps(result["runs"]))
+    assert [(run["mode"], run["batch"]) for run in result["runs"]] == [("eager", 1)]
+    for run in result["runs"]:
+        variants = {"a", "b", "c"}
+        assert set(run["timings"]) == variants
+        for key in variants:
+            metrics = run["timings"][key]
+            assert all(len(metrics[m]["seconds"]) == 1 for m in ("ttft", "decode", "total"))
+            assert metrics["ttft"]["min_ms"] > 0 and metrics["total"]["min_ms"] > 0
+        fractions = run["fractions"]
+        assert 0 < fractions["flops"] < 1 and 0 < fractions["bytes_read"] < 1
+        assert fractions["kv_bytes"]["b"] < fractions["kv_bytes"]["a"]
+
+
+def test_original_fastv_inside_generate_puts_back_a_forward_set_on_the_decoder():
+    model = tiny_llava(num_layers=4)
+    lm = model.model.language_model
+    inputs = llava_inputs(model, [(5, 1, 4)])
+    visual = (inputs["input_ids"][0] == model.config.image_token_id).nonzero().flatten()
+    original = OriginalFastV(model, 2, 0.5, int(visual[0]), len(visual), compile=False)
+    own = lm.forward  # stands in for torch.compile(lm.forward), set on the instance as the benchmarks do
+    lm.forward = own
+    with torch.no_grad(), original.installed():
+        model.generate(**inputs, max_new_tokens=2, do_sample=False)
+    assert lm.__dict__["forward"] is own
