@@ -243,7 +243,8 @@ def run_family(args, preset_name: str) -> dict:
     inputs = {k: v.to(device) for k, v in preset["inputs"](model_a, [preset["sample"]]).items()}
     call_args = dict(**inputs, use_cache=True, logits_to_keep=1)
     n_tokens = inputs["input_ids"].shape[1]
-    n_visual = int(adapter_for(model_a).visual_mask(model_a, inputs["input_ids"], None).sum())
+    adapter = adapter_for(model_a)
+    n_visual = int(adapter.visual_mask(model_a, inputs["input_ids"], None).sum())
     kept_tokens = n_tokens - n_visual + n_keep(method.keep, n_visual)
     text = model_a.config.get_text_config(decoder=True)
     print(
@@ -258,7 +259,7 @@ def run_family(args, preset_name: str) -> dict:
     # the model's forward up to its decoder: vision, projector, embedding, positions
     vision_ms = median_ms(lambda: decoder_inputs(model_a, False, **inputs), sync, args.repeats)
     rows = []
-    lm_a = model_a.model.language_model
+    lm_a = adapter.decoder(model_a)  # the unmodified model's decoder, compiled for (a)
     with torch.no_grad():
         for compiled in [False] if args.no_compile else [False, True]:
             label = f"{preset_name} {'compiled' if compiled else 'eager'}"
