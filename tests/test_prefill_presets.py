@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 import torch
 
 from benchmarks.prefill import PRESET_GROUPS
-from benchmarks.prefill_families import FAMILY_PRESETS
+from benchmarks.prefill_families import FAMILY_PRESETS, run_family
 from graphprune.models import adapter_for
 
 # preset: (model class, visual tokens of its sample), as each preset's comment forms them
@@ -48,3 +50,13 @@ def test_groups_name_every_new_preset_once():
 def test_qwen3_vl_8b_sections_fit_its_head_dim():
     model = FAMILY_PRESETS["qwen3-vl-8b"]["model"]
     assert 2 * sum(model["mrope_section"]) == model["hidden_size"] // model["num_heads"]
+
+
+def test_run_family_times_a_smolvlm_preset_whose_decoder_is_text_model(monkeypatch):
+    tiny = dict(FAMILY_PRESETS["smolvlm-cpu"], model=dict(version="smolvlm", image_size=16, patch_size=4))
+    tiny["sample"] = (5, [(1, 2)], 3)
+    monkeypatch.setitem(FAMILY_PRESETS, "smolvlm-tiny", tiny)
+    args = argparse.Namespace(device="cpu", dtype=None, k=2, keep=0.5, repeats=1, no_compile=True)
+    result = run_family(args, "smolvlm-tiny")
+    assert (result["n_visual"], [row["variant"] for row in result["rows"]]) == (12, ["a", "b"])
+    assert [row["kv_bytes"] for row in result["rows"]] == [row["expected_kv_bytes"] for row in result["rows"]]
