@@ -34,12 +34,13 @@ a fraction of the time of all nodes of that same run.
 Targets (benchmark figures, not tests): (b) prefill <= 1.1 x (theoretical FLOPs fraction x (a)),
 and ranking + gather <= 2 % of the pruned prefill.
 
-Other families (LLaVA-NeXT, Video-LLaVA, Qwen2-VL, Qwen2.5-VL) have presets of their own: a
-CPU-scaled one (``*-cpu``: the cpu-small decoder proportions, a visual input of the family's shape)
-and one at 7B shapes (``*-7b``, for a GPU). They time (a) and (b) only, since the original FastV
-code handles one contiguous image span with 1-D positions, and show each model's speedup next to
-its FLOPs fraction. ``--preset`` takes several names; ``all-cpu`` and ``all-gpu`` name every
-preset of that kind (LLaVA-1.5's included), and a summary table closes the run.
+Other families (LLaVA-NeXT, Video-LLaVA, Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision, InternVL3, SmolVLM2,
+Qwen3-VL) have presets of their own: a CPU-scaled one (``*-cpu``: the cpu-small decoder proportions, a
+visual input of the family's shape) and one at the real model's decoder shapes (``*-7b``,
+``internvl3-8b``, ``smolvlm2-2.2b``, ``qwen3-vl-8b``, for a GPU). They time (a) and (b) only, since the
+original FastV code handles one contiguous image span with 1-D positions, and show each model's speedup
+next to its FLOPs fraction. ``--preset`` takes several names; ``all-cpu`` names every ``*-cpu`` preset
+and ``all-gpu`` every other (LLaVA-1.5's included), and a summary table closes the run.
 
     python benchmarks/prefill.py                                   # CPU, small LLaVA-shaped decoder
     python benchmarks/prefill.py --device cuda --preset llava-1.5-7b   # full 7B shapes, fp16
@@ -101,7 +102,7 @@ PRESETS = {
 }
 PRESET_GROUPS = {
     "all-cpu": ["cpu-small", *(name for name in FAMILY_PRESETS if name.endswith("-cpu"))],
-    "all-gpu": ["llava-1.5-7b", *(name for name in FAMILY_PRESETS if name.endswith("-7b"))],
+    "all-gpu": ["llava-1.5-7b", *(name for name in FAMILY_PRESETS if not name.endswith("-cpu"))],
 }
 
 

@@ -1,5 +1,5 @@
-"""``benchmarks/prefill.py``'s other families (LLaVA-NeXT, Video-LLaVA, Qwen2-VL, Qwen2.5-VL): presets and run; and the
-KV-cache, timing and row helpers that both runs use."""
+"""``benchmarks/prefill.py``'s other families (LLaVA-NeXT, Video-LLaVA, Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision,
+InternVL3, SmolVLM2, Qwen3-VL): presets and run; and the KV-cache, timing and row helpers that both runs use."""
 
 from __future__ import annotations
 
@@ -17,15 +17,23 @@ from benchmarks.harness import (
     QWEN_CPU,
     cache_bytes,
     device_name,
+    idefics3_inputs,
+    internvl_inputs,
     llava_next_inputs,
+    llava_onevision_inputs,
     measure,
     qwen2_vl_inputs,
+    qwen3_vl_inputs,
     shared_copy,
     spread_ms,
     sync_for,
     timed,
+    tiny_idefics3,
+    tiny_internvl,
     tiny_llava_next,
+    tiny_llava_onevision,
     tiny_qwen2_vl,
+    tiny_qwen3_vl,
     tiny_video_llava,
     video_llava_inputs,
 )
@@ -34,6 +42,13 @@ from graphprune.flops import kv_bytes
 from graphprune.methods import n_keep
 from graphprune.models import adapter_for
 from graphprune.reference.fastv import decoder_inputs
+
+# SmolVLM2-2.2B's decoder (SmolLM2-1.7B: Llama, MHA 32/32, head_dim 64) and Qwen3-VL-8B's (Qwen3-8B: GQA 32/8,
+# head_dim 128); InternVL3-8B's (Qwen2.5-7B) and LLaVA-OneVision-7B's (Qwen2-7B) are QWEN_7B.
+SMOLLM2_1_7B = dict(hidden_size=2048, intermediate_size=8192, num_layers=24, num_heads=32, num_kv_heads=32)
+QWEN3_8B = dict(hidden_size=4096, intermediate_size=12288, num_layers=36, num_heads=32, num_kv_heads=8)
+# Qwen3-VL-8B's interleaved M-RoPE sections and its 3 DeepStack layers (vision blocks 8, 16, 24 feed decoder 0-2)
+QWEN3_VL = dict(mrope_section=(24, 20, 20), deepstack_layers=3)
 
 # Each: the tiny builder and its arguments, the inputs builder and one sample in its format. Vision
 # towers are tiny in every preset; the visual token counts are the real models'.
@@ -100,6 +115,72 @@ FAMILY_PRESETS = {
         sample=(22, [(64, 64)], [], 14),
         dtype="bfloat16",
     ),
+    # one 336x336 image on 168-pixel SigLIP crops (12x12 = 144 patches): base 144 + 2x2 grid 576 + 24 newlines = 744
+    "llava-onevision-cpu": dict(
+        build=tiny_llava_onevision,
+        model=dict(**QWEN_CPU, vocab_size=32064, image_size=168, patch_size=14),
+        inputs=llava_onevision_inputs,
+        sample=(35, [(336, 336)], 0, 28),
+        dtype="float32",
+    ),
+    # LLaVA-OneVision-7B (Qwen2-7B), one 768x768 image on 384-pixel crops (27x27 = 729 patches), anyres_max_9:
+    # base 729 + 2x2 grid 54x54 = 2916 + 54 newlines = 3699 visual tokens
+    "llava-onevision-7b": dict(
+        build=tiny_llava_onevision,
+        model=dict(**QWEN_7B, vocab_size=152128, image_size=384, patch_size=14),
+        inputs=llava_onevision_inputs,
+        sample=(22, [(768, 768)], 0, 13),
+        dtype="bfloat16",
+    ),
+    # one 896x448 image: 2x1 tiles + thumbnail of 448 pixels, 32x32 patches pixel-shuffled by 0.5 = 3 x 256 = 768
+    "internvl-cpu": dict(
+        build=tiny_internvl,
+        model=dict(**QWEN_CPU, vocab_size=32064, image_size=448, patch_size=14),
+        inputs=internvl_inputs,
+        sample=(34, [3], 28),
+        dtype="float32",
+    ),
+    # InternVL3-8B (Qwen2.5-7B), one 896x896 image: 2x2 tiles + thumbnail = 5 x 256 = 1280 visual tokens
+    "internvl3-8b": dict(
+        build=tiny_internvl,
+        model=dict(**QWEN_7B, vocab_size=151674, image_size=448, patch_size=14),
+        inputs=internvl_inputs,
+        sample=(21, [5], 13),
+        dtype="bfloat16",
+    ),
+    # SmolVLM2's 384-pixel tile gives 27x27 patches, pixel-shuffled by 3 = 81 tokens; the tiny builder shuffles by 2,
+    # so 252-pixel tiles (18x18 patches) give the same 81. One 1152x768 image: 2x3 tiles + global = 7 x 81 = 567
+    "smolvlm-cpu": dict(
+        build=tiny_idefics3,
+        model=dict(**CPU_DECODER, version="smolvlm", vocab_size=32064, image_size=252, patch_size=14),
+        inputs=idefics3_inputs,
+        sample=(35, [(2, 3)], 29),
+        dtype="float32",
+    ),
+    # SmolVLM2-2.2B (SmolLM2-1.7B), one image resized to 1536x1536: 4x4 tiles + global = 17 x 81 = 1377 visual tokens
+    "smolvlm2-2.2b": dict(
+        build=tiny_idefics3,
+        model=dict(**SMOLLM2_1_7B, version="smolvlm", vocab_size=49280, image_size=252, patch_size=14),
+        inputs=idefics3_inputs,
+        sample=(22, [(4, 4)], 14),
+        dtype="bfloat16",
+    ),
+    # one 768x768 image: 48x48 patches of 16 pixels, merged 2x2 = 576 visual tokens; DeepStack into layers 0-2
+    "qwen3-vl-cpu": dict(
+        build=tiny_qwen3_vl,
+        model=dict(**QWEN_CPU, **QWEN3_VL, vocab_size=32064),
+        inputs=qwen3_vl_inputs,
+        sample=(35, [(48, 48)], [], 29),
+        dtype="float32",
+    ),
+    # Qwen3-VL-8B, one 1024x1024 image: 64x64 patches of 16 pixels, merged 2x2 = 1024 visual tokens
+    "qwen3-vl-8b": dict(
+        build=tiny_qwen3_vl,
+        model=dict(**QWEN3_8B, **QWEN3_VL, vocab_size=151936),
+        inputs=qwen3_vl_inputs,
+        sample=(22, [(64, 64)], [], 14),
+        dtype="bfloat16",
+    ),
 }
 
 
@@ -162,7 +243,8 @@ def run_family(args, preset_name: str) -> dict:
     inputs = {k: v.to(device) for k, v in preset["inputs"](model_a, [preset["sample"]]).items()}
     call_args = dict(**inputs, use_cache=True, logits_to_keep=1)
     n_tokens = inputs["input_ids"].shape[1]
-    n_visual = int(adapter_for(model_a).visual_mask(model_a, inputs["input_ids"], None).sum())
+    adapter = adapter_for(model_a)
+    n_visual = int(adapter.visual_mask(model_a, inputs["input_ids"], None).sum())
     kept_tokens = n_tokens - n_visual + n_keep(method.keep, n_visual)
     text = model_a.config.get_text_config(decoder=True)
     print(
@@ -177,7 +259,7 @@ def run_family(args, preset_name: str) -> dict:
     # the model's forward up to its decoder: vision, projector, embedding, positions
     vision_ms = median_ms(lambda: decoder_inputs(model_a, False, **inputs), sync, args.repeats)
     rows = []
-    lm_a = model_a.model.language_model
+    lm_a = adapter.decoder(model_a)  # the unmodified model's decoder, compiled for (a)
     with torch.no_grad():
         for compiled in [False] if args.no_compile else [False, True]:
             label = f"{preset_name} {'compiled' if compiled else 'eager'}"
