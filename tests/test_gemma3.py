@@ -87,7 +87,7 @@ def _physically_pruned_logits(model, inputs, reference, k, original_distance=Tru
     """Layers ``>= k`` run on the kept positions only, with Gemma 3's rules on their ORIGINAL positions (what a
     gather of HF's 4-D masks on both axes gives), or with ``original_distance=False`` on their new indices."""
     lm, config = model.model.language_model, model.config.text_config
-    hidden, positions = decoder_inputs(model, False, **inputs)
+    hidden, positions, _ = decoder_inputs(model, False, model.model.language_model, **inputs)
     rows, blocks = torch.arange(hidden.shape[1]), image_blocks(inputs["token_type_ids"])
     kept = reference.key_visible[0].nonzero().flatten()
     with eager_attention(config):

@@ -133,8 +133,11 @@ def _stop_at_decoder(module, args, kwargs):
 
 
 @torch.no_grad()
-def decoder_inputs(model, generation: bool, **inputs) -> tuple[torch.Tensor, torch.Tensor, list]:
-    """``(inputs_embeds, position_ids, deepstack)`` as the unmodified model gives them to its decoder;
+def decoder_inputs(
+    model, generation: bool, decoder: torch.nn.Module | None = None, **inputs
+) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """``(inputs_embeds, position_ids, deepstack)`` as the unmodified model gives them to ``decoder`` (default: where
+    its adapter says);
     ``deepstack[i]`` (Qwen3-VL) is ``(visual_pos_masks, features)``, what is added after layer i.
 
     Read by a pre-hook on the decoder that stops the call there: in ``model(**inputs)``, or with
@@ -145,7 +148,8 @@ def decoder_inputs(model, generation: bool, **inputs) -> tuple[torch.Tensor, tor
     """
     if hasattr(model, STATE_ATTR):
         raise ValueError("the reference runs on an unmodified model; call graphprune.restore(model) first")
-    hook = adapter_for(model).decoder(model).register_forward_pre_hook(_stop_at_decoder, with_kwargs=True)
+    decoder = decoder if decoder is not None else adapter_for(model).decoder(model)
+    hook = decoder.register_forward_pre_hook(_stop_at_decoder, with_kwargs=True)
     try:
         if generation:
             model.generate(**inputs, max_new_tokens=1, do_sample=False)

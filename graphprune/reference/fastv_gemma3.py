@@ -62,8 +62,14 @@ def fastv_gemma3_reference(
     config = lm.config
     method.check_layers(len(lm.layers))
     batch, seq_len = input_ids.shape
-    hidden, position_ids = decoder_inputs(
-        model, generation, input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, **inputs
+    hidden, position_ids, _ = decoder_inputs(  # Gemma 3 has no adapter (refused): its decoder named here
+        model,
+        generation,
+        lm,
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        token_type_ids=token_type_ids,
+        **inputs,
     )
     rope = {kind: lm.rotary_emb(hidden, position_ids, kind) for kind in set(config.layer_types)}
     real, blocks, rows = attention_mask.bool(), image_blocks(token_type_ids), torch.arange(seq_len)
