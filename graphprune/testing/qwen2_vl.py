@@ -106,6 +106,12 @@ def qwen2_vl_inputs(
             visuals[kind][1].append(torch.randn((math.prod(grid), patch_features), generator=generator))
         rows.append(row + text_ids(generator, vocab, after))
         token_types.append(types + [0] * after)
+    return mrope_inputs(model, rows, token_types, visuals)
+
+
+def mrope_inputs(model, rows: list, token_types: list, visuals: dict) -> dict:
+    """Left-padded ``input_ids`` / ``attention_mask`` of ``rows``, their ``mm_token_type_ids`` and, per kind
+    (``visuals[kind] = (grids, patch rows)``), the patch rows and ``{kind}_grid_thw`` (Qwen2-VL and Qwen3-VL)."""
     inputs = left_padded(rows)
     inputs["mm_token_type_ids"] = torch.zeros_like(inputs["input_ids"])
     for b, types in enumerate(token_types):

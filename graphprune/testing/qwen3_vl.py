@@ -20,11 +20,11 @@ from .common import (
     VISION_START_TOKEN_ID,
     build,
     finish,
-    left_padded,
     sample_generators,
     text_config,
     text_ids,
 )
+from .qwen2_vl import mrope_inputs
 
 
 def tiny_qwen3_vl(
@@ -118,13 +118,4 @@ def qwen3_vl_inputs(
             visuals[kind][1].append(torch.randn((math.prod(grid), patch_features), generator=generator))
         rows.append(row + text_ids(generator, vocab, after))
         token_types.append(types + [0] * after)
-    inputs = left_padded(rows)
-    inputs["mm_token_type_ids"] = torch.zeros_like(inputs["input_ids"])
-    for b, types in enumerate(token_types):
-        inputs["mm_token_type_ids"][b, inputs["input_ids"].shape[1] - len(types) :] = torch.tensor(types)
-    for kind, pixels in [("image", "pixel_values"), ("video", "pixel_values_videos")]:
-        grids, patch_rows = visuals[kind]
-        if grids:
-            inputs[pixels] = torch.cat(patch_rows).to(model.dtype)
-            inputs[f"{kind}_grid_thw"] = torch.tensor(grids)
-    return inputs
+    return mrope_inputs(model, rows, token_types, visuals)
