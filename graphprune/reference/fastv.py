@@ -177,6 +177,23 @@ def visual_positions(model, input_ids: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def ranked(probs: torch.Tensor, real: torch.Tensor, visual: torch.Tensor, method: FastV) -> tuple:
+    """``(scores [B, N], kept per sample, key_visible [B, N])`` from layer ``k - 1``'s attention ``probs [B, H, N, N]``:
+    the head mean (float32) of the last real row or of the mean over real rows, the top visual positions, and the
+    keys layers ``>= k`` see (real text and kept visual positions)."""
+    probs, batch = probs.float().mean(dim=1), probs.shape[0]
+    if method.query == "last":
+        last = torch.stack([real[b].nonzero().max() for b in range(batch)])
+        scores = probs[torch.arange(batch), last]
+    else:
+        scores = torch.stack([probs[b][real[b]].mean(dim=0) for b in range(batch)])
+    kept = _select(scores, visual, method.keep)
+    key_visible = real & ~visual
+    for b in range(batch):
+        key_visible[b, kept[b]] = real[b, kept[b]]
+    return scores, kept, key_visible
+
+
 def fastv_reference(
     model, method: FastV, input_ids, attention_mask=None, *, generation=False, cache=None, **inputs
 ) -> FastVReference:
@@ -187,7 +204,7 @@ def fastv_reference(
     """
     lm = adapter_for(model).decoder(model)
     method.check_layers(len(lm.layers))
-    batch, seq_len = input_ids.shape
+    seq_len = input_ids.shape[1]
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
     hidden, position_ids, deepstack = decoder_inputs(
         model, generation, input_ids=input_ids, attention_mask=attention_mask, **inputs
@@ -207,16 +224,7 @@ def fastv_reference(
                     )
             hidden = layer(hidden, attention_mask=full_mask, position_embeddings=rope, past_key_values=cache)
             hidden = _add_deepstack(hidden, deepstack, layer_idx)
-    probs = probs.mean(dim=1)  # [B, N, N], head mean, float32
-    last = torch.stack([real[b].nonzero().max() for b in range(batch)])
-    if method.query == "last":
-        scores = probs[torch.arange(batch), last]
-    else:
-        scores = torch.stack([probs[b][real[b]].mean(dim=0) for b in range(batch)])
-    kept = _select(scores, visual, method.keep)
-    key_visible = real & ~visual
-    for b in range(batch):
-        key_visible[b, kept[b]] = real[b, kept[b]]
+    scores, kept, key_visible = ranked(probs, real, visual, method)
     pruned_mask = _additive_mask(key_visible, rows, hidden.dtype)
     with eager_attention(lm.config):
         for layer_idx in range(method.k, len(lm.layers)):

@@ -14,7 +14,7 @@ import torch
 from transformers import DynamicCache
 
 from ..methods import FastV
-from .fastv import FastVReference, _select, decoder_inputs, eager_attention, visual_positions
+from .fastv import FastVReference, decoder_inputs, eager_attention, ranked, visual_positions
 
 
 def image_blocks(token_type_ids: torch.Tensor) -> torch.Tensor:
@@ -61,7 +61,7 @@ def fastv_gemma3_reference(
     lm = model.model.language_model
     config = lm.config
     method.check_layers(len(lm.layers))
-    batch, seq_len = input_ids.shape
+    seq_len = input_ids.shape[1]
     hidden, position_ids, _ = decoder_inputs(  # Gemma 3 has no adapter (refused): its decoder named here
         model,
         generation,
@@ -103,16 +103,7 @@ def fastv_gemma3_reference(
             attention_mask=masks(real)[method.k - 1],
         )
         hidden = run([method.k - 1], real, hidden)
-        probs = probs.float().mean(dim=1)
-        last = torch.stack([real[b].nonzero().max() for b in range(batch)])
-        if method.query == "last":
-            scores = probs[torch.arange(batch), last]
-        else:
-            scores = torch.stack([probs[b][real[b]].mean(dim=0) for b in range(batch)])
-        kept = _select(scores, visual, method.keep)
-        key_visible = real & ~visual
-        for b in range(batch):
-            key_visible[b, kept[b]] = True
+        scores, kept, key_visible = ranked(probs, real, visual, method)
         hidden = run(range(method.k, len(lm.layers)), key_visible, hidden)
     return FastVReference(kept, scores, _logits(model, lm, hidden), key_visible, visual, position_ids)
 
