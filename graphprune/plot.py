@@ -8,6 +8,7 @@ model's own packing code on cell coordinates instead of features (LLaVA-NeXT), s
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -107,12 +108,96 @@ def _llava_next(model: nn.Module, inputs: dict) -> dict[int, list[Picture]]:
     for i, (cells, crops, (grid_h, grid_w)) in enumerate(zip(packed, pixel_values, grids, strict=True)):
         panels = [Panel(f"image {i} base", side, side, crops[0])]
         if (cells[:, 0] == 1).any():
-            channels, height, width = crops.shape[1:]
-            grid = crops[1 : 1 + grid_h * grid_w].reshape(grid_h, grid_w, channels, height, width)
-            stitched = grid.permute(2, 0, 3, 1, 4).reshape(channels, grid_h * height, grid_w * width)
+            stitched = _stitched(crops, grid_h, grid_w)
             panels.append(Panel(f"image {i} crops {grid_h}x{grid_w}", grid_h * side, grid_w * side, stitched))
         pictures.append((panels, cells.round().long()))
     return {config.image_token_id: pictures}
+
+
+def _llava_onevision(model: nn.Module, inputs: dict) -> dict[int, list[Picture]]:
+    config = model.config
+    return {
+        config.image_token_id: _onevision_images(model, inputs),
+        config.video_token_id: _onevision_videos(model, inputs.get("pixel_values_videos")),
+    }
+
+
+def _onevision_images(model: nn.Module, inputs: dict) -> list[Picture]:
+    """LLaVA-OneVision's own ``pack_image_features`` run on each crop's patch coordinates: panel 0 the base
+    image; an image alone in its prompt also panel 1, the unpadded part of its crop grid under the grid the
+    model packs it to (unpadded, then downscaled by ``vision_aspect_ratio``'s ``anyres_max``), a row per newline."""
+    from transformers.models.llava_onevision.modeling_llava_onevision import get_anyres_image_grid_shape
+
+    config, side = model.config, _clip_side(model)
+    pixel_values, sizes, counts = (inputs.get(name) for name in ("pixel_values", "image_sizes", "batch_num_images"))
+    if pixel_values is None:
+        return []
+    sizes = sizes.cpu()
+    alone = [True] * len(sizes) if counts is None else [n == 1 for n in counts.tolist() for _ in range(n)]
+    grids = [
+        get_anyres_image_grid_shape(size, config.image_grid_pinpoints, config.vision_config.image_size)
+        if anyres
+        else (0, 0)
+        for size, anyres in zip(sizes, alone, strict=True)
+    ]
+    coordinates = [
+        torch.stack(
+            [_raster(side, side)]
+            + [_raster(side, side, 1) + torch.tensor([0, r * side, c * side]) for r in range(h) for c in range(w)]
+        ).float()
+        for h, w in grids
+    ]
+    ratio = inputs.get("vision_aspect_ratio") or config.vision_aspect_ratio
+    packed, _ = model.model.pack_image_features(coordinates, sizes, torch.full((3,), -1.0), ratio)
+    pictures = []
+    for i, (cells, crops, (h, w), size) in enumerate(zip(packed, pixel_values, grids, sizes, strict=True)):
+        panels = [Panel(f"image {i} base" if h else f"image {i}", side, side, crops[0])]
+        crops_cells = torch.full((len(cells) - side * side, 3), -1)  # no crops: the newline alone
+        if h:
+            crops_panel = _onevision_crops(model, _stitched(crops, h, w), size)
+            newline = cells[side * side :, 0] < 0
+            rows, cols = int(newline.sum()), len(newline) // int(newline.sum()) - 1
+            k = torch.arange(len(newline))[~newline]  # a row of cols tokens, then its newline
+            crops_cells[~newline] = torch.stack([torch.ones_like(k), k // (cols + 1), k % (cols + 1)], dim=1)
+            panels.append(Panel(f"image {i} crops {h}x{w}", rows, cols, crops_panel))
+        pictures.append((panels, torch.cat([cells[: side * side].round().long(), crops_cells])))
+    return pictures
+
+
+def _onevision_crops(model: nn.Module, stitched: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+    """The part of the stitched crop grid's pixels that the model's ``unpad_image`` keeps (run on patch
+    coordinates)."""
+    from transformers.models.llava_onevision.modeling_llava_onevision import unpad_image
+
+    patch = model.config.vision_config.patch_size
+    rows, cols = (torch.arange(length // patch) for length in stitched.shape[1:])
+    kept = unpad_image(torch.stack(torch.meshgrid(rows, cols, indexing="ij")), size)
+    top, left, height, width = int(kept[0].min()), int(kept[1].min()), *kept.shape[1:]
+    return stitched[:, top * patch : (top + height) * patch, left * patch : (left + width) * patch]
+
+
+def _stitched(crops: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """``crops[1 : 1 + h·w]`` (after the base image), an ``h x w`` grid row-major, as one ``[C, H, W]`` picture."""
+    channels, height, width = crops.shape[1:]
+    grid = crops[1 : 1 + h * w].reshape(h, w, channels, height, width)
+    return grid.permute(2, 0, 3, 1, 4).reshape(channels, h * height, w * width)
+
+
+def _onevision_videos(model: nn.Module, videos: torch.Tensor | None) -> list[Picture]:
+    """A panel per frame, its patches pooled 2x2 (the model's bilinear ``apply_pooling`` to ``ceil(side / 2)``
+    a side), then the video's newline (no cell)."""
+    pooled = math.ceil(_clip_side(model) / 2)
+    return [
+        (
+            [Panel(f"video {v} frame {f}", pooled, pooled, pixels) for f, pixels in enumerate(frames)],
+            torch.cat([*(_raster(pooled, pooled, f) for f in range(len(frames))), torch.full((1, 3), -1)]),
+        )
+        for v, frames in enumerate(_or_empty(videos))
+    ]
+
+
+def _or_empty(tensor: torch.Tensor | None):
+    return tensor if tensor is not None else []
 
 
 def _qwen_pictures(
@@ -122,20 +207,26 @@ def _qwen_pictures(
     them); the pixels re-assembled from the patch rows (their first frame)."""
     vision = model.config.vision_config
     merge, patch, channels = vision.spatial_merge_size, vision.patch_size, vision.in_channels
+    temporal = vision.temporal_patch_size
     pictures, start = [], 0
     for i, (t, h, w) in enumerate(grids.tolist() if grids is not None else []):
         rows = patches[start : start + t * h * w].view(
-            t, h // merge, w // merge, merge, merge, channels, vision.temporal_patch_size, patch, patch
+            t, h // merge, w // merge, merge, merge, channels, temporal, patch, patch
         )
         start += t * h * w
         frames = rows.permute(0, 6, 5, 1, 3, 7, 2, 4, 8).reshape(t, -1, channels, h * patch, w * patch)[:, 0]
-        names = [f"image {i}"] if kind == "image" else [f"video {i} frames {2 * f}-{2 * f + 1}" for f in range(t)]
+        names = (
+            [f"image {i}"]
+            if kind == "image"
+            else [f"video {i} frames {temporal * f}-{temporal * f + temporal - 1}" for f in range(t)]
+        )
         panels = [Panel(names[f], h // merge, w // merge, frames[f]) for f in range(t)]
         pictures.append((panels, torch.cat([_raster(h // merge, w // merge, f) for f in range(t)])))
     return pictures
 
 
-def _qwen2_vl(model: nn.Module, inputs: dict) -> dict[int, list[Picture]]:
+def _qwen_vl(model: nn.Module, inputs: dict) -> dict[int, list[Picture]]:
+    """Qwen2-VL, Qwen2.5-VL, Qwen3-VL (its video's temporal patches apart, each after its timestamp)."""
     config = model.config
     return {
         config.image_token_id: _qwen_pictures(model, inputs.get("image_grid_thw"), inputs.get("pixel_values"), "image"),
@@ -145,33 +236,89 @@ def _qwen2_vl(model: nn.Module, inputs: dict) -> dict[int, list[Picture]]:
     }
 
 
+def _shuffled_cells(shuffle: Callable[[torch.Tensor], torch.Tensor], side: int) -> tuple[int, torch.Tensor]:
+    """The model's own pixel shuffle (``shuffle``: a tile's ``[side, side, C]`` patch features to its
+    ``[tokens, C·k]`` tokens) run on each patch's ``(row, col)``: the side of the token grid, and per token its
+    ``(row, col)`` there, the block of the ``k`` patches it merges."""
+    r, c = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    sources = shuffle(torch.stack([r, c], dim=-1).float())
+    sources = sources.reshape(len(sources), -1, 2).long()  # per token, its patches' (row, col)
+    grid = math.isqrt(len(sources))
+    return grid, sources.amin(dim=1) // (side // grid)
+
+
+def _internvl(model: nn.Module, inputs: dict) -> dict[int, list[Picture]]:
+    """A panel per tile (the last of several: the processor's thumbnail), its pixel-shuffled grid; an image is
+    a run of ``image_token_id`` positions (its tiles back to back), ``pixel_values`` all tiles in batch order."""
+    config, vision = model.config, model.config.vision_config
+    grid, cells = _shuffled_cells(
+        lambda x: model.model.pixel_shuffle(x[None], config.downsample_ratio).flatten(0, 2),
+        vision.image_size[0] // vision.patch_size[0],
+    )
+    tiles, pictures = iter(_or_empty(inputs.get("pixel_values"))), []
+    for row in inputs["input_ids"].cpu():
+        is_image, lengths = torch.unique_consecutive(row == config.image_token_id, return_counts=True)
+        for length in lengths[is_image].tolist():
+            count, i = length // len(cells), len(pictures)
+            panels = [Panel(f"image {i} tile {t}", grid, grid, next(tiles)) for t in range(count)]
+            pictures.append((panels, torch.cat([_tile_cells(cells, t) for t in range(count)])))
+    return {config.image_token_id: pictures}
+
+
+def _idefics3(model: nn.Module, inputs: dict) -> dict[int, list[Picture]]:
+    """Idefics3, SmolVLM: a panel per real tile of a sample (``pixel_values[b]``, all-zero ones are padding; an
+    image's tiles then its global image), its pixel-shuffled grid."""
+    vision = model.config.vision_config
+    grid, cells = _shuffled_cells(
+        lambda x: model.model.connector.pixel_shuffle(x.flatten(0, 1)[None], model.config.scale_factor)[0],
+        vision.image_size // vision.patch_size,
+    )
+    real = [[tile for tile in sample if tile.any()] for sample in _or_empty(inputs.get("pixel_values"))]
+    return {
+        model.config.image_token_id: [
+            ([Panel(f"tile {t}", grid, grid, tile)], _tile_cells(cells, 0))
+            for tiles in real
+            for t, tile in enumerate(tiles)
+        ]
+    }
+
+
+def _tile_cells(cells: torch.Tensor, panel: int) -> torch.Tensor:
+    return torch.cat([torch.full((len(cells), 1), panel), cells], dim=1)
+
+
 _TOKEN_FAMILIES: dict[str, Callable[[nn.Module, dict], dict[int, list[Picture]]]] = {
     "llava": _llava,
     "llava-next": _llava_next,
+    "llava-onevision": _llava_onevision,
     "video-llava": _video_llava,
-    "qwen2-vl": _qwen2_vl,
+    "qwen2-vl": _qwen_vl,
+    "qwen3-vl": _qwen_vl,
+    "internvl": _internvl,
+    "idefics3": _idefics3,
 }
 
 
-def _token_layouts(model: nn.Module, pictures: dict[int, list[Picture]], input_ids: torch.Tensor) -> list[SampleLayout]:
-    """Each sample's visual tokens matched, in order, with the pictures of their token id (in batch order,
-    as the model consumes them)."""
+def _token_layouts(pictures: dict[int, list[Picture]], input_ids: torch.Tensor) -> list[SampleLayout]:
+    """Each sample's visual tokens matched with the pictures of their token id: a picture's units are the next
+    positions holding its id (in batch order, as the model scatters its features), its panels placed in the
+    order of their first position."""
     queues = {token: iter(items) for token, items in pictures.items()}
     layouts = []
     for row in input_ids.cpu():
+        found = []  # per picture: its positions, panels and cells
+        for token, queue in queues.items():
+            positions = (row == token).nonzero().flatten()
+            while len(positions):
+                picture_panels, picture_cells = next(queue)
+                found.append((positions[: len(picture_cells)], picture_panels, picture_cells))
+                positions = positions[len(picture_cells) :]
         panels, units, cells = [], [], []
-        position = 0
-        while position < len(row):
-            token = int(row[position])
-            if token not in queues:
-                position += 1
-                continue
-            picture_panels, picture_cells = next(queues[token])
+        for picture_units, picture_panels, picture_cells in sorted(found, key=lambda picture: int(picture[0][0])):
             offset = torch.tensor([len(panels), 0, 0])
             cells.append(torch.where(picture_cells[:, :1] >= 0, picture_cells + offset, picture_cells))
-            units.append(torch.arange(position, position + len(picture_cells)))
+            units.append(picture_units)
             panels += picture_panels
-            position += len(picture_cells)
         empty = torch.zeros(0, dtype=torch.long)
         layouts.append(SampleLayout(tuple(panels), torch.cat([empty, *units]), torch.cat([empty.view(0, 3), *cells])))
     return layouts
@@ -213,7 +360,7 @@ def visual_layouts(model: nn.Module, family: str, inputs: dict) -> list[SampleLa
     layout = _TOKEN_FAMILIES.get(family)
     if layout is None or inputs.get("input_ids") is None:
         return None
-    return _token_layouts(model, layout(model, inputs), inputs["input_ids"])
+    return _token_layouts(layout(model, inputs), inputs["input_ids"])
 
 
 KEPT, PRUNED, NO_UNIT = (0.0, 0.0, 0.0, 0.0), (0.0, 0.0, 0.0, 0.7), (1.0, 1.0, 1.0, 0.85)  # overlay RGBA per cell
