@@ -45,6 +45,18 @@ def test_qwen3_vl_merged_grid_and_video_blocks_apart(tmp_path):
     check_family(report, inputs, 1, {p: ("image 1", j // 2, j % 2) for j, p in enumerate(image_positions(inputs, 1))})
 
 
+def test_qwen3_vl_moe_has_the_same_layout():
+    from graphprune.plot import visual_layouts
+
+    samples = [(3, [(4, 6)], [(2, 4, 4)], 2)]
+    dense, moe = testing.tiny_qwen3_vl(), testing.tiny_qwen3_vl(moe=True)
+    layouts = [visual_layouts(model, "qwen3-vl", testing.qwen3_vl_inputs(model, samples)) for model in (dense, moe)]
+    assert type(moe).__name__ == "Qwen3VLMoeForConditionalGeneration" and len(layouts[1][0].units) == 14
+    for field in ("units", "cells"):
+        assert torch.equal(getattr(layouts[0][0], field), getattr(layouts[1][0], field))
+    assert [panel.title for panel in layouts[1][0].panels] == ["image 0", "video 0 frames 0-1", "video 0 frames 2-3"]
+
+
 def image_positions(inputs, b):
     return visual_positions(inputs, b, testing.IMAGE_TOKEN_ID)
 
