@@ -3,7 +3,9 @@ what a report kept (``draw``, matplotlib: the ``plot`` extra).
 
 A unit is what ``Report.kept`` lists: a sequence position (FastV) or a feature row (CrossAttentionTrim). A
 family's layout function reads only the model config and the inputs the report saw, and where it can, runs the
-model's own packing code on cell coordinates instead of features (LLaVA-NeXT), so the map is the model's.
+model's own packing code on cell coordinates instead of features (LLaVA-NeXT's and LLaVA-OneVision's packing,
+InternVL's and Idefics3's pixel shuffle), so the map is the model's. A token a pixel shuffle, pooling or
+downscaling merged from several patches has the cell of their region in a grid of such tokens.
 """
 
 from __future__ import annotations
