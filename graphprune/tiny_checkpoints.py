@@ -37,14 +37,25 @@ SPECIAL = {
 }
 
 
-def tokenizer(vocab_size: int, image_token: str = "<image>", video_token: str = "<video>") -> PreTrainedTokenizerFast:
-    """The WordLevel tokenizer described in the module docstring; the visual placeholders get the given names."""
+def tokenizer(
+    vocab_size: int, image_token: str = "<image>", video_token: str = "<video>", named: dict[str, str] | None = None
+) -> PreTrainedTokenizerFast:
+    """The WordLevel tokenizer described in the module docstring; the visual placeholders get the given names.
+    ``named`` maps tokenizer attributes to special tokens (InternVL's ``start_image_token``: ``<img>``, ...); a
+    token not in the vocab yet takes the place of the highest ``wN``."""
     names = dict(SPECIAL) | {IMAGE_TOKEN_ID: image_token, VIDEO_TOKEN_ID: video_token}
+    added = [token for token in dict.fromkeys((named or {}).values()) if token not in names.values()]
+    names |= {vocab_size - len(added) + i: token for i, token in enumerate(added)}
     vocab = {names.get(i, f"w{i}"): i for i in range(vocab_size)}
     model = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     model.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=model, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+        tokenizer_object=model,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        extra_special_tokens=named or {},
     )
     fast.add_special_tokens({"additional_special_tokens": [names[i] for i in sorted(names) if i > 2 and i != 7]})
     return fast
@@ -133,6 +144,87 @@ def save_qwen2_vl(model: nn.Module, path: str | Path) -> Path:
     )
     processor.save_pretrained(path)
     return path
+
+
+# InternVL's and Idefics3's processors read these tokenizer attributes (or these default names)
+INTERNVL_TOKENS = {
+    "start_image_token": "<img>",
+    "end_image_token": "</img>",
+    "context_image_token": "<IMG_CONTEXT>",
+    "video_token": "<video>",
+}
+IDEFICS3_TOKENS = {
+    "fake_image_token": "<fake_token_around_image>",
+    "global_image_token": "<global-img>",
+    "end_of_utterance_token": "<end_of_utterance>",
+}
+
+
+def save_llava_onevision_processor(config, path: str | Path) -> None:
+    """Save the image processor (PIL backend) and tokenizer of the ``LlavaOnevisionProcessor`` that fits a
+    ``LlavaOnevisionConfig``: one crop is the tower's image size, the any-resolution grids are the config's."""
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+        LlavaOnevisionImageProcessorPil,
+    )
+
+    side = config.vision_config.image_size
+    size = {"height": side, "width": side}
+    LlavaOnevisionImageProcessorPil(size=size, image_grid_pinpoints=config.image_grid_pinpoints).save_pretrained(path)
+    tokenizer(config.text_config.vocab_size).save_pretrained(path)
+
+
+def save_qwen3_vl_processor(config, path: str | Path) -> None:
+    """Save the image processor (PIL backend) and tokenizer of the ``Qwen3VLProcessor`` that fits a
+    ``Qwen3VLConfig``: its patch, temporal patch and merge sizes; 1 to 64 merged patches per image."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    vision = config.vision_config
+    patch = vision.patch_size * vision.spatial_merge_size
+    Qwen2VLImageProcessorPil(
+        patch_size=vision.patch_size,
+        temporal_patch_size=vision.temporal_patch_size,
+        merge_size=vision.spatial_merge_size,
+        size={"shortest_edge": patch * patch, "longest_edge": 64 * patch * patch},
+    ).save_pretrained(path)
+    tokenizer(config.text_config.vocab_size, "<|image_pad|>", "<|video_pad|>").save_pretrained(path)
+
+
+def save_internvl_processor(config, path: str | Path) -> None:
+    """Save the image processor (GOT-OCR2's, PIL backend) and tokenizer of the ``InternVLProcessor`` that fits an
+    ``InternVLConfig``: tiles of the tower's image size, 1 to 6 tiles (and a thumbnail) per image."""
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+    side = config.vision_config.image_size[0]
+    size = {"height": side, "width": side}
+    GotOcr2ImageProcessorPil(size=size, crop_to_patches=True, min_patches=1, max_patches=6).save_pretrained(path)
+    tokenizer(config.text_config.vocab_size, "<IMG_CONTEXT>", named=INTERNVL_TOKENS).save_pretrained(path)
+
+
+def idefics3_image_seq_len(config) -> int:
+    """Features per tile of an Idefics3 / SmolVLM config: the tile's patches, pixel-shuffled by ``scale_factor``."""
+    vision = config.vision_config
+    return (vision.image_size // vision.patch_size) ** 2 // config.scale_factor**2
+
+
+def save_idefics3_processor(config, path: str | Path) -> None:
+    """Save the processor that fits an ``Idefics3Config`` (tiles of the tower's image size, images resized to a
+    longest edge of two tiles); for a ``SmolVLMConfig`` only its image processor and tokenizer (transformers
+    cannot build ``SmolVLMProcessor`` without torchvision and num2words). PIL backend."""
+    from transformers import Idefics3Processor
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+    from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
+
+    side = config.vision_config.image_size
+    sizes = dict(max_image_size={"longest_edge": side}, size={"longest_edge": 2 * side})
+    words = tokenizer(config.text_config.vocab_size, named=IDEFICS3_TOKENS)
+    if config.model_type == "smolvlm":
+        SmolVLMImageProcessorPil(**sizes).save_pretrained(path)
+        words.save_pretrained(path)
+        return
+    image_processor = Idefics3ImageProcessorPil(**sizes)
+    chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    processor = Idefics3Processor(image_processor, words, idefics3_image_seq_len(config), chat_template=chat_template)
+    processor.save_pretrained(path)
 
 
 def _rewrite_keys(path: Path, rename) -> None:
