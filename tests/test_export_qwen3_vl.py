@@ -20,7 +20,7 @@ from graphprune.export.trt_profiles import trt_profiles  # noqa: E402
 from graphprune.runtime import optimized_state  # noqa: E402
 from graphprune.testing import qwen3_vl_inputs, tiny_qwen3_vl  # noqa: E402
 
-from .helpers import LOGITS_RTOL, export_fixtures, rel_error, unmodified_generate  # noqa: E402
+from .helpers import LOGITS_RTOL, export_fixtures, rel_error  # noqa: E402
 from .onnx_graph import assert_profiles_ordered, top_k_constants  # noqa: E402
 
 METHOD = gp.FastV(k=1, keep=0.5)
@@ -37,6 +37,14 @@ def build():
 model, inputs, exported = export_fixtures(build, METHOD, lambda model: qwen3_vl_inputs(model, SAMPLES), "qwen3_vl")
 
 
+@pytest.fixture(scope="module")
+def twin():
+    """The same tiny model (same seed), never optimised by this module's fixtures: the unmodified reference."""
+    twin = build()
+    assert all(torch.equal(a, b) for a, b in zip(twin.parameters(), build().parameters(), strict=True))
+    return twin
+
+
 def test_host_position_table_equals_hf_interpolation():
     """The learned 4x4 position grid resampled to grids smaller, larger and not square, as HF's vision tower does."""
     for h, w in ((2, 2), (4, 8), (8, 8), (6, 10)):
@@ -46,6 +54,13 @@ def test_host_position_table_equals_hf_interpolation():
         actual = position_table(vision_positions(h, w, 2), h, w, 4)
         assert torch.equal(torch.from_numpy(actual[0]), expected[0]), (h, w)
         assert torch.equal(torch.from_numpy(actual[1]), expected[1]), (h, w)
+
+
+def test_a_position_grid_resampled_otherwise_is_refused(twin, monkeypatch):
+    """The host reproduces HF's bilinear, corner-aligned resampling only."""
+    monkeypatch.setattr(twin.model.visual, "interpolation_mode", "bicubic")
+    with pytest.raises(ValueError, match=r"^graphprune exports Qwen3-VL .* uses 'bicubic', align_corners=True$"):
+        Qwen3VLExport.layout(twin)
 
 
 @torch.no_grad()
@@ -126,39 +141,30 @@ def test_inputs_the_export_does_not_take_are_clear_errors(model, inputs, exporte
         generator.generate(**over, max_new_tokens=1)
 
 
-def test_keep_one_export_gives_the_unmodified_model_s_tokens(model, inputs, tmp_path):
-    expected = unmodified_generate(model, METHOD, inputs, max_new_tokens=6)
-    gp.restore(model)
-    try:
-        with optimized(model, gp.FastV(k=1, keep=1.0)):
-            folder = gp.export.onnx(model, tmp_path / "keep1", example_inputs=inputs)
-    finally:
-        gp.optimize(model, METHOD)
+def test_keep_one_export_gives_the_unmodified_model_s_tokens(twin, inputs, tmp_path):
+    expected = twin.generate(**inputs, max_new_tokens=6, do_sample=False)
+    with optimized(twin, gp.FastV(k=1, keep=1.0)):
+        folder = gp.export.onnx(twin, tmp_path / "keep1", example_inputs=inputs)
     assert gp.export.Manifest.read(folder).visual_budget == {"max_visual": 16, "top_k": 16}
     assert torch.equal(gp.export.OrtGenerator(folder).generate(**inputs, max_new_tokens=6), expected)
 
 
 @torch.no_grad()
-def test_unpruned_graphs_take_the_deepstack_inputs_and_give_the_unmodified_logits(model, inputs):
+def test_unpruned_graphs_take_the_deepstack_inputs_and_give_the_unmodified_logits(model, inputs, twin):
     """``prune=False`` (the baseline): the same graphs without the pass, DeepStack inputs included (in PyTorch;
     writing the files is what every family shares)."""
     graphs, _ = Qwen3VLExport.export_graphs(model, optimized_state(model), inputs, None, prune=False)
     embed, prefill = graphs[1], graphs[2]
     assert prefill.inputs == ("inputs_embeds", "attention_mask", "position_ids", "deepstack_0", "deepstack_1")
     assert embed.outputs[2:] == ("deepstack_0", "deepstack_1") and embed.module(*embed.args)[2].abs().sum() > 0
-    gp.restore(model)
-    try:
-        logits = model(**inputs).logits[:, -1]
-    finally:
-        gp.optimize(model, METHOD)
+    logits = twin(**inputs).logits[:, -1]
     assert rel_error(prefill.module(*prefill.args)[0], logits) <= LOGITS_RTOL
 
 
 def test_qwen3_vl_moe_export_is_refused_in_one_line(tmp_path):
     moe = tiny_qwen3_vl(moe=True, num_layers=2, deepstack_layers=2)
-    with optimized(moe, METHOD):
-        with pytest.raises(gp.UnsupportedModelError) as raised:
-            gp.export.onnx(moe, tmp_path / "out", example_inputs=qwen3_vl_inputs(moe, SAMPLES[:1]))
+    with optimized(moe, METHOD), pytest.raises(gp.UnsupportedModelError) as raised:
+        gp.export.onnx(moe, tmp_path / "out", example_inputs=qwen3_vl_inputs(moe, SAMPLES[:1]))
     message = str(raised.value)
     assert message.startswith("graphprune cannot export Qwen3VLMoeForConditionalGeneration: its experts run")
     assert "grouped_mm_fallback" in message and "\n" not in message

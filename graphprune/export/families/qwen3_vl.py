@@ -86,9 +86,10 @@ class Qwen3VLExport(Qwen2VLExport):
         as HF does today: bilinearly, corners aligned)."""
         visual = model.model.visual
         if (visual.interpolation_mode, visual.interpolation_align_corners) != ("bilinear", True):
+            used = f"{visual.interpolation_mode!r}, align_corners={visual.interpolation_align_corners}"
             raise ValueError(
-                "graphprune exports Qwen3-VL vision towers that resample their position grid bilinearly with aligned "
-                f"corners; this one uses {visual.interpolation_mode!r}, align_corners={visual.interpolation_align_corners}"
+                "graphprune exports Qwen3-VL vision towers that resample their position grid bilinearly with "
+                f"aligned corners (align_corners=True); this one uses {used}"
             )
         return {"spatial_merge_size": visual.spatial_merge_size, "position_grid": visual.num_grid_per_side}
 
