@@ -103,7 +103,7 @@ def test_the_unsupported_family_error_lists_every_registered_family(probe_family
         export_family("other", "graphprune cannot export OtherForConditionalGeneration (other) yet")
     assert str(raised.value) == (
         "graphprune cannot export OtherForConditionalGeneration (other) yet; "
-        "exportable families: idefics3, internvl, llava, llava-next, mllama, probe, qwen2-vl, video-llava"
+        "exportable families: idefics3, internvl, llava, llava-next, mllama, probe, qwen2-vl, qwen3-vl, video-llava"
     )
 
 
@@ -152,7 +152,7 @@ def test_ort_generator_refuses_an_export_of_an_unregistered_family(exported_on_a
         gp.export.OrtGenerator(folder)
     assert str(raised.value) == (
         f"graphprune's OrtGenerator cannot run {folder}: it holds 'other'; "
-        "exportable families: idefics3, internvl, llava, llava-next, mllama, qwen2-vl, video-llava"
+        "exportable families: idefics3, internvl, llava, llava-next, mllama, qwen2-vl, qwen3-vl, video-llava"
     )
 
 
