@@ -13,7 +13,7 @@ import contextlib
 import torch
 from torch import fx, nn
 
-from ..capture import capture_decode, capture_prefill
+from ..capture import capture_decode, capture_prefill, deepstack_names
 from ..methods import n_keep, n_slots
 from ..ops import clamp_int, running_count
 from ..passes import fastv_budget
@@ -27,26 +27,34 @@ class FeatureEmbedding(nn.Module):
 
     ``(input_ids [B, T], *features) -> (inputs_embeds [B, T, hidden], visual_mask [B, T])``, one
     ``features [n, hidden]`` per placeholder id of ``token_ids``; decode steps pass ``n = 0``
-    features, so that a generated placeholder id gets its token embedding.
+    features, so that a generated placeholder id gets its token embedding. With ``deepstack`` names
+    (Qwen3-VL), features are ``[n, 1 + D, hidden]``: row 0 is placed in ``inputs_embeds``, rows ``1 .. D``
+    in the D DeepStack outputs ``[B, T, hidden]`` (zeros at other positions).
     """
 
-    def __init__(self, model: nn.Module, token_ids: tuple[int, ...]):
+    def __init__(self, model: nn.Module, token_ids: tuple[int, ...], deepstack: tuple[str, ...] = ()):
         super().__init__()
         self.embed_tokens = model.get_input_embeddings()
         self.token_ids = token_ids
+        self.outputs = ("inputs_embeds", "visual_mask", *deepstack)
 
     def forward(self, input_ids, *features):
         embeds = self.embed_tokens(input_ids)
+        layers = len(self.outputs) - 2
+        added = embeds.new_zeros(*embeds.shape[:2], layers, embeds.shape[-1]) if layers else None
         visual = torch.zeros_like(input_ids, dtype=torch.bool)
         for token_id, rows in zip(self.token_ids, features, strict=True):
             placeholder = input_ids == token_id
             order = (running_count(placeholder.flatten(), 0) - 1).view(input_ids.shape)
             placed = placeholder & (order < rows.shape[0])  # decode: placeholder ids get their embedding
-            rows = torch.cat([rows, rows.new_zeros(1, rows.shape[1])])
+            rows = torch.cat([rows, rows.new_zeros(1, *rows.shape[1:])])
             picked = rows[order * placed]  # in range (row 0 where not placed) without an integer Clip
+            if layers:
+                added = torch.where(placed[..., None, None], picked[..., 1:, :], added)
+                picked = picked[..., 0, :]
             embeds = torch.where(placed[..., None], picked, embeds)
             visual = visual | placeholder
-        return embeds, visual
+        return embeds, visual, *(added.unbind(2) if layers else ())
 
 
 class LogitsAtLast(nn.Module):
@@ -75,7 +83,7 @@ def embed_graph(embed: FeatureEmbedding, input_ids: torch.Tensor, features: dict
         embed,
         (input_ids, *features.values()),
         ("input_ids", *features),
-        ("inputs_embeds", "visual_mask"),
+        embed.outputs,
         {"input_ids": {0: "batch", 1: "sequence"}} | axes,
     )
 
@@ -130,15 +138,15 @@ def example_decoders(
     new_token = (max(embed.token_ids) + 1) % model.config.text_config.vocab_size
     new_ids = torch.full((input_ids.shape[0], NEW_TOKENS), new_token, device=input_ids.device)
     with torch.no_grad():
-        embeds, visual = embed(input_ids, *features)
-        new_embeds, _ = embed(new_ids, *(rows[:0] for rows in features))
+        embeds, visual, *deepstack = embed(input_ids, *features)
+        new_embeds = embed(new_ids, *(rows[:0] for rows in features))[0]
     if positions is None:
         decode_mask = torch.cat([attention_mask, torch.ones_like(new_ids)], dim=1)
         positions, new_positions = generation_positions(attention_mask), generation_positions(decode_mask)
         new_positions = new_positions[:, -NEW_TOKENS:]
     else:
         new_positions = positions[..., -1:] + torch.arange(1, NEW_TOKENS + 1, device=input_ids.device)
-    prompt, step = (embeds, attention_mask, positions, visual), (new_embeds, new_positions)
+    prompt, step = (embeds, attention_mask, positions, visual, tuple(deepstack)), (new_embeds, new_positions)
     return decoder_graphs(model, state, prompt, step, max_visual, prune)
 
 
@@ -207,30 +215,32 @@ def _defined(num_layers: int, first_pruned: int, real: torch.Tensor, slot_valid:
 def decoder_graphs(
     model: nn.Module,
     state,
-    prompt: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    prompt: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]],
     step: tuple[torch.Tensor, torch.Tensor],
     max_visual: int,
     prune: bool,
 ) -> tuple[list[GraphExport], int | None]:
     """The ``prefill`` and ``decode`` graphs of a FastV export, and FastV's top-k K (None unpruned).
 
-    ``prompt`` is ``(inputs_embeds, attention_mask, position_ids, visual_mask)`` of the example
-    batch (left-padded), ``step`` the ``(inputs_embeds, position_ids)`` of ``NEW_TOKENS`` tokens
-    after it. ``max_visual`` visual tokens per sample make the top-k K a constant (``fastv_budget``).
+    ``prompt`` is ``(inputs_embeds, attention_mask, position_ids, visual_mask, deepstack)`` of the example
+    batch (left-padded; ``deepstack``: the ``deepstack_names`` inputs, if any), ``step`` the
+    ``(inputs_embeds, position_ids)`` of ``NEW_TOKENS`` tokens after it. ``max_visual`` visual tokens per
+    sample make the top-k K a constant (``fastv_budget``).
     """
-    embeds, attention_mask, positions, visual = prompt
+    embeds, attention_mask, positions, visual, deepstack = prompt
     new_embeds, new_positions = step
-    method, num_layers = state.method, state.adapter.layout(model).num_layers
+    layout = state.adapter.layout(model)
+    method, num_layers, deepstack_inputs = state.method, layout.num_layers, deepstack_names(layout)
     if prune:
         prefill_graph = fastv_budget(copy_graph(state.decoder.prefill_graph), max_visual)
         decode_graph = state.decoder.decode_graph
         slots = torch.arange(n_slots(method.keep, attention_mask.sum(-1), visual.sum(-1)), device=embeds.device)
-        prefill_args = (embeds, attention_mask, positions, visual, slots)
+        prefill_args = (embeds, attention_mask, positions, *deepstack, visual, slots)
         prefill_extra = ("graphprune_visual_mask", "graphprune_slots")
         prefill_out_extra = ("graphprune_keep_index", "graphprune_slot_valid")
     else:
         prefill_graph, decode_graph = unpruned_graphs(model, state)
-        prefill_args, prefill_extra, prefill_out_extra = (embeds, attention_mask, positions), (), ()
+        prefill_args, prefill_extra, prefill_out_extra = (embeds, attention_mask, positions, *deepstack), (), ()
     seq = {0: "batch", 1: "sequence"}
     prefill_module = LogitsAtLast(prefill_graph, model.lm_head, 1 + 2 * num_layers + len(prefill_out_extra))
     with torch.no_grad():
@@ -241,9 +251,10 @@ def decoder_graphs(
         "prefill",
         prefill_module,
         prefill_args,
-        ("inputs_embeds", "attention_mask", "position_ids", *prefill_extra),
+        ("inputs_embeds", "attention_mask", "position_ids", *deepstack_inputs, *prefill_extra),
         ("logits", *kv_names("present", num_layers), *prefill_out_extra),
         {"inputs_embeds": seq, "attention_mask": seq, "position_ids": _position_axes(positions, "sequence")}
+        | dict.fromkeys(deepstack_inputs, seq)
         | ({"graphprune_visual_mask": seq, "graphprune_slots": {0: "pruned_sequence"}} if prune else {}),
         _defined(num_layers, first_pruned, real, slot_valid),
     )

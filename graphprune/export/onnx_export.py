@@ -170,7 +170,8 @@ def onnx(
 
     Qwen2-VL and Qwen2.5-VL: ``vision.onnx`` runs one image or video frame group at a time, the
     decoder takes M-RoPE positions ``[3, B, N]``, and the budget is ``max_visual_tokens`` per sample
-    (default: the most in ``example_inputs``), as images differ in token count. Mllama
+    (default: the most in ``example_inputs``), as images differ in token count; Qwen3-VL's ``vision.onnx`` also
+    gives the DeepStack features, which ``embed.onnx`` places in the prefill's ``deepstack_i`` inputs. Mllama
     (CrossAttentionTrim ``topk``): also ``masks.onnx``; the budget is ``max_images`` x tiles x patches.
     A family takes one of the two budget keywords and refuses the other.
 

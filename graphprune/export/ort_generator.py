@@ -81,6 +81,11 @@ class OrtGenerator:
         names = [spec.name for spec in session.get_outputs()]
         return dict(zip(names, session.run(names, feeds), strict=True))
 
+    def empty(self, graph: str, name: str) -> np.ndarray:
+        """No rows of ``graph``'s input ``name``: a size of 0 on its axis 0, its other axes as the file declares."""
+        shape = next(spec.shape for spec in self.sessions[graph].get_inputs() if spec.name == name)
+        return np.zeros((0, *shape[1:]), self.dtype)
+
     def _prompt(self, input_ids, attention_mask, images: dict) -> tuple[dict, dict]:
         """The prefill graph's inputs for a prompt (from the vision, embed and mask graphs and the host),
         and the inputs that stay fixed while decoding (Mllama's vision features)."""
@@ -113,8 +118,8 @@ class OrtGenerator:
 
     def _decode(self, tokens: np.ndarray, state: dict) -> np.ndarray:
         """One step for ``tokens [B, 1]``; updates ``state`` in place and returns the logits."""
-        empty = np.zeros((0, self.manifest.model["hidden_size"]), self.dtype)
-        features = {spec.name: empty for spec in self.sessions["embed"].get_inputs() if spec.name != "input_ids"}
+        names = [spec.name for spec in self.sessions["embed"].get_inputs() if spec.name != "input_ids"]
+        features = {name: self.empty("embed", name) for name in names}
         embeds = self.run("embed", {"input_ids": tokens, **features})["inputs_embeds"]
         past_length = state["attention_mask"].shape[1]
         mask = np.concatenate([state["attention_mask"], np.ones_like(tokens)], axis=1)

@@ -35,20 +35,29 @@ class _Vision(nn.Module):
 
     def _blocks(self, hidden: torch.Tensor, positions: torch.Tensor, masks: dict[int, torch.Tensor]) -> torch.Tensor:
         """The vision blocks on ``hidden [patches, C]``; block i attends under ``masks[i]`` (additive), if given."""
-        visual = self.visual
-        freqs = (positions[..., None].float() * visual.rotary_pos_emb.inv_freq).flatten(1)
-        angles = torch.cat([freqs, freqs], dim=-1)[:, None]  # [patches, 1, head_dim]
-        cos, sin = angles.cos(), angles.sin()
-        for i, block in enumerate(visual.blocks):
-            attention = block.attn
-            query, key, value = attention.qkv(block.norm1(hidden)).unflatten(-1, (3, attention.num_heads, -1)).unbind(1)
-            query, key = ((x.float() * cos + _rotate_half(x.float()) * sin).to(x.dtype) for x in (query, key))
-            heads = nn.functional.scaled_dot_product_attention(  # [1, heads, patches, head_dim]: ONNX takes 4-D
-                *(x.transpose(0, 1)[None] for x in (query, key, value)), attn_mask=masks.get(i), scale=attention.scaling
-            )
-            hidden = hidden + attention.proj(heads[0].transpose(0, 1).flatten(1))
-            hidden = hidden + block.mlp(block.norm2(hidden))
+        rotary = self.rotary(positions)
+        for i, block in enumerate(self.visual.blocks):
+            hidden = self.block(block, hidden, rotary, masks.get(i))
         return hidden
+
+    def rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The 2-D rotary ``(cos, sin)`` ``[patches, 1, head_dim]`` of the patches' (row, column) ``positions``."""
+        freqs = (positions[..., None].float() * self.visual.rotary_pos_emb.inv_freq).flatten(1)
+        angles = torch.cat([freqs, freqs], dim=-1)[:, None]
+        return angles.cos(), angles.sin()
+
+    @staticmethod
+    def block(block: nn.Module, hidden: torch.Tensor, rotary: tuple, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """One vision block on ``hidden [patches, C]``, attending under ``mask`` (additive) if given."""
+        cos, sin = rotary
+        attention = block.attn
+        query, key, value = attention.qkv(block.norm1(hidden)).unflatten(-1, (3, attention.num_heads, -1)).unbind(1)
+        query, key = ((x.float() * cos + _rotate_half(x.float()) * sin).to(x.dtype) for x in (query, key))
+        heads = nn.functional.scaled_dot_product_attention(  # [1, heads, patches, head_dim]: ONNX takes 4-D
+            *(x.transpose(0, 1)[None] for x in (query, key, value)), attn_mask=mask, scale=attention.scaling
+        )
+        hidden = hidden + attention.proj(heads[0].transpose(0, 1).flatten(1))
+        return hidden + block.mlp(block.norm2(hidden))
 
 
 class _WindowedVision(_Vision):

@@ -67,11 +67,8 @@ def _video_seconds(model: nn.Module, merge: int, tokens_per_second: int) -> str:
     )
 
 
-def _features(vision: nn.Module, pixel_values, grids, layout: dict, hidden: int, device) -> torch.Tensor:
+def _features(vision: nn.Module, segments, device) -> torch.Tensor:
     """The features of every image (or video) in order: one vision run per segment."""
-    if pixel_values is None:
-        return torch.zeros(0, hidden, device=device, dtype=next(vision.parameters()).dtype)  # the model's dtype
-    segments = vision_segments(pixel_values, grids.cpu().numpy(), layout["spatial_merge_size"], layout["vision_window"])
     with torch.no_grad():
         return torch.cat(
             [vision(*(torch.as_tensor(value, device=device) for value in feeds.values())) for feeds in segments]
@@ -80,7 +77,7 @@ def _features(vision: nn.Module, pixel_values, grids, layout: dict, hidden: int,
 
 def _at_least_two_rows(features: torch.Tensor) -> torch.Tensor:
     """Export examples need a size of 2 or more on a dynamic axis (0 and 1 are specialised); extra rows go unused."""
-    return torch.cat([features, features.new_zeros(max(2 - features.shape[0], 0), features.shape[1])])
+    return torch.cat([features, features.new_zeros(max(2 - features.shape[0], 0), *features.shape[1:])])
 
 
 def vision_layout(model: nn.Module) -> dict:
@@ -108,6 +105,31 @@ class Qwen2VLExport(FastVFamily):
     budget = "max_visual_tokens"
     model_keys = (*DECODER_KEYS, "image_token_id", "video_token_id", "spatial_merge_size")
     budget_keys = ("max_visual", "top_k")
+    visual_inputs, vision_axes = VISUAL_INPUTS, VISION_AXES
+
+    @staticmethod
+    def layout(model: nn.Module) -> dict:
+        """What the host needs besides the manifest's model entries to run the vision graph and form positions."""
+        return vision_layout(model)
+
+    @staticmethod
+    def vision(model: nn.Module) -> nn.Module:
+        """The module that ``vision.onnx`` is exported from: one segment's inputs in, its features out."""
+        return vision_graph(model)
+
+    @staticmethod
+    def embedding(model: nn.Module, visual_ids: tuple[int, ...]) -> FeatureEmbedding:
+        return FeatureEmbedding(model, visual_ids)
+
+    @staticmethod
+    def segments(pixel_rows, grids: np.ndarray, layout: dict):
+        """The vision graph's inputs for every segment, in order (``layout``: ``layout`` or the manifest's model)."""
+        return vision_segments(pixel_rows, grids, layout["spatial_merge_size"], layout.get("vision_window"))
+
+    @staticmethod
+    def positions(layout: dict, types, mask, image_grids, video_grids, seconds) -> np.ndarray:
+        """The prompt's M-RoPE positions ``[3, B, N]`` (``mrope``)."""
+        return prompt_positions(layout, types, mask, image_grids, video_grids, seconds)
 
     @classmethod
     def export_graphs(cls, model: nn.Module, state, example_inputs: dict, max_visual_tokens: int | None, prune: bool):
@@ -121,24 +143,25 @@ class Qwen2VLExport(FastVFamily):
             )
         visual_ids = (config.image_token_id, config.video_token_id)
         max_visual = token_budget(input_ids, visual_ids, max_visual_tokens)
-        layout, hidden, device = vision_layout(model), config.text_config.hidden_size, input_ids.device
-        vision = vision_graph(model)
-        embed = FeatureEmbedding(model, visual_ids)
-        image_features = _features(vision, example_inputs.get("pixel_values"), image_grids, layout, hidden, device)
-        videos = example_inputs.get("pixel_values_videos")
-        video_features = _features(vision, videos, video_grids, layout, hidden, device)
+        layout, device = cls.layout(model), input_ids.device
+        vision, embed = cls.vision(model), cls.embedding(model, visual_ids)
+        features = {}
+        for kind, pixels in (("image", "pixel_values"), ("video", "pixel_values_videos")):
+            if example_inputs.get(pixels) is not None:
+                grids = example_inputs[f"{kind}_grid_thw"].cpu().numpy()
+                features[kind] = _features(vision, cls.segments(example_inputs[pixels], grids, layout), device)
+        some = next(iter(features.values()))
+        image_features, video_features = (features.get(kind, some[:0]) for kind in ("image", "video"))
         types = example_inputs.get("mm_token_type_ids")
         types = token_types(input_ids.cpu().numpy(), *visual_ids) if types is None else types.cpu().numpy()
         grids = (as_numpy(image_grids), as_numpy(video_grids), as_numpy(example_inputs.get("second_per_grid_ts")))
-        positions = prompt_positions(layout, types, attention_mask.cpu().numpy(), *grids)
+        positions = cls.positions(layout, types, attention_mask.cpu().numpy(), *grids)
         example = (input_ids, attention_mask, (image_features, video_features))
         positions = torch.from_numpy(positions).to(device)
         decoders, top_k = example_decoders(model, state, embed, example, max_visual, prune, positions)
         kind, pixels = ("image", "pixel_values") if image_grids is not None else ("video", "pixel_values_videos")
         first = example_inputs[f"{kind}_grid_thw"][:1].cpu().numpy()
-        segment = next(
-            vision_segments(example_inputs[pixels], first, layout["spatial_merge_size"], layout["vision_window"])
-        )
+        segment = next(cls.segments(example_inputs[pixels], first, layout))
         graphs = [
             GraphExport(
                 "vision",
@@ -146,7 +169,7 @@ class Qwen2VLExport(FastVFamily):
                 tuple(torch.as_tensor(value, device=device) for value in segment.values()),
                 tuple(segment),
                 ("image_features",),
-                {name: {0: VISION_AXES[name]} for name in segment},
+                {name: {0: cls.vision_axes[name]} for name in segment},
             ),
             embed_graph(
                 embed,
@@ -172,7 +195,7 @@ class Qwen2VLExport(FastVFamily):
     def host_inputs(cls, runner, input_ids, mask, images: dict) -> tuple[dict, dict]:
         """Embeddings with the image and video features placed (one vision run per image or video frame
         group), M-RoPE positions, visual mask and slots; nothing fixed."""
-        cls.refuse_extra(images, VISUAL_INPUTS)
+        cls.refuse_extra(images, cls.visual_inputs)
         model = runner.manifest.model
         cls.check_budget(runner.manifest, input_ids)
         features, grids = {}, {}
@@ -184,26 +207,24 @@ class Qwen2VLExport(FastVFamily):
         types = token_types(input_ids, model["image_token_id"], model["video_token_id"]) if types is None else types
         values = cls.fastv_inputs(runner, input_ids, mask, features)
         seconds = as_numpy(images.get("second_per_grid_ts"), np.float32)
-        values["position_ids"] = prompt_positions(
+        values["position_ids"] = cls.positions(
             model, as_numpy(types, np.int64), mask, grids["image"], grids["video"], seconds
         )
         return values, {}
 
-    @staticmethod
-    def segment_features(runner, kind: str, pixel_rows: np.ndarray | None, grids: np.ndarray | None) -> np.ndarray:
+    @classmethod
+    def segment_features(cls, runner, kind: str, pixel_rows: np.ndarray | None, grids: np.ndarray | None) -> np.ndarray:
         """The features of every image (or video), in order: one vision run per segment."""
         model, pixels = runner.manifest.model, "pixel_values" if kind == "image" else "pixel_values_videos"
         if (pixel_rows is None) != (grids is None):
             raise ValueError(f"pass {pixels} and {kind}_grid_thw together, as the processor makes them")
         if grids is None:
-            return np.zeros((0, model["hidden_size"]), runner.dtype)
+            return runner.empty("embed", f"{kind}_features")
         if len(pixel_rows) != grids.prod(-1).sum():
             raise ValueError(
                 f"{pixels} has {len(pixel_rows)} patch rows; {kind}_grid_thw describes {grids.prod(-1).sum()}"
             )
-        segments = vision_segments(
-            pixel_rows.astype(runner.dtype), grids, model["spatial_merge_size"], model.get("vision_window")
-        )
+        segments = cls.segments(pixel_rows.astype(runner.dtype), grids, model)
         return np.concatenate([runner.run("vision", feeds)["image_features"] for feeds in segments])
 
     @classmethod
