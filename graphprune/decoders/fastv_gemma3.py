@@ -14,6 +14,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from ..graph_cache import capturing
 from .base import current_call
 from .fastv import FastVDecoder
 
@@ -30,7 +31,7 @@ class Gemma3FastVDecoder(FastVDecoder):
 
     def _forward_with_call_masks(self, *args, **kwargs):
         masks = _call_masks.get()
-        if masks is not None:
+        if masks is not None and not capturing(self.decoder):  # a capture at a new dtype passes its own masks
             kwargs["attention_mask"] = masks
         return self._model_forward(*args, **kwargs)
 
