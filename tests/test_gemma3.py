@@ -251,6 +251,7 @@ def test_onnx_export_is_refused_in_one_line(pruned, inputs, tmp_path):
         gp.export.onnx(pruned, tmp_path / "out", example_inputs=inputs)
     message = str(error.value)
     assert "\n" not in message and message.startswith("graphprune cannot export Gemma3ForConditionalGeneration")
+    assert "sliding-window masks" in message
     assert not (tmp_path / "out").exists()
 
 

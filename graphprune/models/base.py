@@ -75,6 +75,7 @@ class ModelAdapter:
     name: str = ""
     model_classes: tuple[str, ...] = ()  # transformers class names this adapter accepts
     methods: tuple[type, ...] = ()  # pruning methods that fit this family
+    export_refusal: str = ""  # why ``gp.export`` cannot export the family yet, where it has a reason to give
 
     def matches(self, model: nn.Module) -> bool:
         return type(model).__name__ in self.model_classes

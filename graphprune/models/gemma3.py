@@ -26,6 +26,7 @@ class Gemma3Adapter(ModelAdapter):
     name = "gemma3"
     model_classes = ("Gemma3ForConditionalGeneration",)
     methods = (FastV,)
+    export_refusal = "its exported graphs would need the image blocks and sliding-window masks as inputs of their own"
 
     def decoder(self, model: nn.Module) -> nn.Module:
         return model.model.language_model
