@@ -13,7 +13,9 @@ takes its cross-attention inputs ``cross``, as HF's text model does: in prefill
 ``cross_attention_states [B, F, d]`` (the F visual features of each sample, flattened),
 ``cross_attention_mask [B, 1, T, F]`` (additive) and ``full_text_row_masked_out_mask [B, 1, T, 1]``;
 in decode the two masks only, the features' keys and values being in the cross-attention
-layers' past (length F). A decoder with DeepStack layers (Qwen3-VL) takes, in prefill, one
+layers' past (length F). A decoder with ``layout.layer_masks`` (Gemma 3) gets its per-layer-kind masks built in
+the graph from the 2-D mask (``masks.py``; in prefill also from a ``token_type_ids [B, T]`` input) and a plain
+cache: every layer, sliding ones too, keeps every key. A decoder with DeepStack layers (Qwen3-VL) takes, in prefill, one
 ``deepstack_i [B, T, d]`` per such layer, added to layer i's output (see ``deepstack_inputs``).
 Every node keeps ``nn_module_stack``, so a node's layer and submodule are read from metadata, never
 guessed from node order. The graphs are captured once per model and share its parameters.
@@ -32,6 +34,7 @@ from torch.fx.experimental.symbolic_shapes import ConstraintViolationError
 from torch.utils._pytree import tree_flatten
 from transformers import DynamicCache
 
+from . import masks
 from .models import DecoderLayout
 
 logger = logging.getLogger(__name__)
@@ -51,17 +54,31 @@ class _DecoderStep(nn.Module):
     visual positions, with zeros elsewhere: the same sums, as a plain add that keeps the sequence axis).
     """
 
-    def __init__(self, decoder: nn.Module, extra_names: tuple[str, ...] = (), deepstack: int = 0):
+    def __init__(
+        self, decoder: nn.Module, extra_names: tuple[str, ...] = (), deepstack: int = 0, layout: DecoderLayout = None
+    ):
         super().__init__()
         self.decoder = decoder
         self.extra_names = extra_names
         self.deepstack = deepstack
+        self.layout = layout
 
     def forward(self, inputs_embeds, attention_mask, position_ids, extra=(), past=()):
-        cache = DynamicCache(config=self.decoder.config)
+        layer_masks = self.layout is not None and self.layout.layer_masks
+        # graphprune's masks see every key: a plain cache, no sliding layer that keeps only its window
+        cache = DynamicCache() if layer_masks else DynamicCache(config=self.decoder.config)
         for layer_idx in range(len(past) // 2):
             cache.update(past[2 * layer_idx], past[2 * layer_idx + 1], layer_idx)
         kwargs, added = extra[: len(extra) - self.deepstack], extra[len(extra) - self.deepstack :]
+        kwargs = dict(zip(self.extra_names, kwargs, strict=True))
+        if layer_masks:
+            attention_mask = masks.layer_masks(
+                attention_mask,
+                inputs_embeds.shape[1],
+                self.layout.sliding_window,
+                inputs_embeds.dtype,
+                kwargs.pop("token_type_ids", None),
+            )
         hooks = [
             self.decoder.layers[i].register_forward_hook(lambda _module, _args, out, x=x: out + x)
             for i, x in enumerate(added)
@@ -73,7 +90,7 @@ class _DecoderStep(nn.Module):
                 position_ids=position_ids,
                 past_key_values=cache,
                 use_cache=True,
-                **dict(zip(self.extra_names, kwargs, strict=True)),
+                **kwargs,
             )
         finally:
             for hook in hooks:
@@ -184,12 +201,15 @@ def capture_prefill(decoder: nn.Module, layout: DecoderLayout) -> fx.GraphModule
         extra = (_random_like(args[0], 2, 12, args[0].shape[-1]), *_example_cross_masks(args[0], 12))
         extra_shapes = ({0: batch, 1: features}, {0: batch, 2: seq, 3: features}, {0: batch, 2: seq})
         extra_names = CROSS_PREFILL_INPUTS
+    if layout.image_blocks:  # what Gemma 3's masks read (masks.py); zeros: the trace has no data-dependent branch
+        extra = (*extra, torch.zeros(args[1].shape, dtype=torch.long, device=args[1].device))
+        extra_shapes, extra_names = (*extra_shapes, {0: batch, 1: seq}), (*extra_names, "token_type_ids")
     deepstack = deepstack_names(layout)
     extra = (*extra, *(_random_like(args[0], *args[0].shape) for _ in deepstack))
     extra_shapes = (*extra_shapes, *({0: batch, 1: seq} for _ in deepstack))
     if extra:
         args, shapes = (*args, extra), (*shapes, extra_shapes)
-    exported = _export_dynamic(_DecoderStep(decoder, extra_names, len(deepstack)), args, shapes)
+    exported = _export_dynamic(_DecoderStep(decoder, extra_names, len(deepstack), layout), args, shapes)
     logger.info("captured the prefill graph of %s (%d layers)", type(decoder).__name__, layout.num_layers)
     return _plain_graph_module(exported, layout, extra_names + deepstack)
 
@@ -360,7 +380,7 @@ def capture_decode(decoder: nn.Module, layout: DecoderLayout) -> fx.GraphModule:
     shapes = (*shapes, extra_shapes, [{0: dynamic, 2: dynamic} for _ in past])
     with torch.no_grad():
         exported = torch.export.export(
-            _DecoderStep(decoder, extra_names),
+            _DecoderStep(decoder, extra_names, layout=layout),
             (embeds, mask, positions, extra, past),
             dynamic_shapes=shapes,
             strict=False,

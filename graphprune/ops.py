@@ -30,27 +30,34 @@ def fastv_scores(
     attention_mask: torch.Tensor,
     scaling: float,
     query: str,
+    layer_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """FastV scores ``[B, N]``: the head-mean attention probability that the query row(s) give each position.
 
     ``query_states`` ``[B, H, N, D]`` and ``key_states`` ``[B, H_kv, N, D]`` are the layer's own,
     after RoPE; grouped K is repeated to every query head. The mask is causal plus padding, as the
-    layer's own. ``query="last"`` uses the last real position's row, ``"mean"`` the mean over the
-    rows of all real positions. Only those rows are computed, in float32.
+    layer's own, or the layer's own 4-D ``layer_mask [B, 1, N, N]`` (boolean or additive; Gemma 3's sliding
+    window and image blocks) where given. ``query="last"`` uses the last real position's row, ``"mean"`` the
+    mean over the rows of all real positions. Only those rows are computed, in float32.
     """
     batch, n_heads, seq_len, _ = query_states.shape
     keys = key_states.repeat_interleave(n_heads // key_states.shape[1], dim=1).float()
     real = attention_mask.bool()
     positions = torch.arange(seq_len, device=query_states.device)
+    allowed = None if layer_mask is None else (layer_mask if layer_mask.dtype == torch.bool else layer_mask == 0)[:, 0]
     if query == "last":
         last = torch.where(real, positions, 0).amax(dim=-1)
         rows = query_states.gather(2, last.view(batch, 1, 1, 1).expand(batch, n_heads, 1, query_states.shape[-1]))
-        visible = real & (positions[None, :] <= last[:, None])
+        if allowed is None:
+            visible = real & (positions[None, :] <= last[:, None])
+        else:
+            visible = allowed.gather(1, last.view(batch, 1, 1).expand(batch, 1, seq_len))[:, 0]
         logits = (rows.float() @ keys.transpose(-1, -2)) * scaling
         logits = logits.masked_fill(~visible[:, None, None, :], float("-inf"))
         return logits.softmax(dim=-1).mean(dim=1)[:, 0]
     logits = (query_states.float() @ keys.transpose(-1, -2)) * scaling
-    visible = real[:, None, :] & (positions[None, :, None] >= positions[None, None, :])
+    causal = real[:, None, :] & (positions[None, :, None] >= positions[None, None, :])
+    visible = causal if allowed is None else allowed
     visible = visible | ~real[:, :, None]  # padding rows: any finite row, excluded from the mean below
     probs = logits.masked_fill(~visible[:, None], float("-inf")).softmax(dim=-1).mean(dim=1)
     real_rows = real.to(probs.dtype)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from .decoders import GraphDecoder
-from .decoders.base import current_visual_mask
+from .decoders.base import current_call, current_visual_mask
 from .generation_checks import checked_generate
 from .methods import CrossAttentionTrim, FastV
 from .model_copy import plain_deepcopy, refuse_pickle
@@ -48,7 +48,7 @@ def optimize(model: nn.Module, method: FastV | CrossAttentionTrim, *, compile: b
     changed when an argument is wrong. ``graphprune.restore(model)`` undoes it.
     """
     adapter, layout = _check(model, method)
-    stand_in = handler_for(method).decoder(adapter.decoder(model), method, layout, compile)
+    stand_in = adapter.stand_in(handler_for(method).decoder)(adapter.decoder(model), method, layout, compile)
     _install(model, adapter, stand_in)
     logger.info("graphprune: %s on %s (%s)", method, type(model).__name__, "compiled" if compile else "eager")
     return model
@@ -162,10 +162,11 @@ def _install(model: nn.Module, adapter: ModelAdapter, pruned: GraphDecoder) -> N
                 "graphprune prunes the prefill and returns no loss; call graphprune.restore(model) to train"
             )
         visual = functools.partial(adapter.visual_mask, model, bound.get("input_ids"), bound.get("inputs_embeds"))
-        token = current_visual_mask.set(visual)
+        token, call = current_visual_mask.set(visual), current_call.set(bound)
         try:
             return forward(*args, **kwargs)
         finally:
+            current_call.reset(call)
             current_visual_mask.reset(token)
 
     def deepcopy_optimized(memo):

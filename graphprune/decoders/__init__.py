@@ -3,5 +3,13 @@
 from .base import GraphDecoder
 from .cross_attention_trim import CrossAttentionTrimDecoder, TrimRecord
 from .fastv import FastVDecoder, PrefillRecord
+from .fastv_gemma3 import Gemma3FastVDecoder
 
-__all__ = ["CrossAttentionTrimDecoder", "FastVDecoder", "GraphDecoder", "PrefillRecord", "TrimRecord"]
+__all__ = [
+    "CrossAttentionTrimDecoder",
+    "FastVDecoder",
+    "Gemma3FastVDecoder",
+    "GraphDecoder",
+    "PrefillRecord",
+    "TrimRecord",
+]

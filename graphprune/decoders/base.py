@@ -29,6 +29,9 @@ DecoderOutput = MoeModelOutputWithPast
 current_visual_mask: contextvars.ContextVar[Callable[[], torch.Tensor | None] | None] = contextvars.ContextVar(
     "graphprune_visual_mask", default=None
 )
+# the optimized model's call arguments by name, set around it: a stand-in whose decoder gets masks that the model
+# built (Gemma 3's dict) reads the 2-D mask and token types they came from
+current_call: contextvars.ContextVar[dict | None] = contextvars.ContextVar("graphprune_call", default=None)
 
 
 def full_mask(attention_mask: torch.Tensor | None, batch: int, length: int, device) -> torch.Tensor:

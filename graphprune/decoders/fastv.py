@@ -84,12 +84,16 @@ class FastVDecoder(GraphDecoder):
         slots = torch.arange(most_kept, device=device)
         # no padding before or after pruning: SDPA can mask causally by itself (the flash kernel on GPU)
         unpadded = not padded and fewest_kept == most_kept
-        deepstack = deepstack_inputs(self.layout, inputs_embeds, kwargs)
+        extra = self._extra_inputs(inputs_embeds, kwargs)
         out, (index, valid, scores) = self._prefill(
-            [inputs_embeds, mask, position_ids, *deepstack, visual, slots], cache, use_cache, unpadded
+            [inputs_embeds, mask, position_ids, *extra, visual, slots], cache, use_cache, unpadded
         )
         self.state.record(PrefillRecord(visual, mask, index, valid, scores))
         return out
+
+    def _extra_inputs(self, inputs_embeds: torch.Tensor, kwargs: dict) -> list[torch.Tensor]:
+        """The prefill graph's inputs after the position ids: the DeepStack ones (Qwen3-VL), if any."""
+        return deepstack_inputs(self.layout, inputs_embeds, kwargs)
 
     def _visual_mask(self, batch: int, seq_len: int, device) -> torch.Tensor:
         """The call's visual mask (computed now, at prefill only), or none visual where it does not fit."""

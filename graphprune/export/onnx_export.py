@@ -63,8 +63,9 @@ def family_graphs(
 ) -> tuple[list[GraphExport], dict]:
     """The export graphs of an optimised ``model``'s family and what its manifest records about the model."""
     state = optimized_state(model)
+    why = f" ({state.adapter.export_refusal})" if state.adapter.export_refusal else ""
     family = export_family(
-        state.adapter.name, f"graphprune cannot export {type(model).__name__} ({state.adapter.name}) yet"
+        state.adapter.name, f"graphprune cannot export {type(model).__name__} ({state.adapter.name}) yet{why}"
     )
     budgets = {"max_images": max_images, "max_visual_tokens": max_visual_tokens}
     for name, value in budgets.items():

@@ -5,8 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from .base import DecoderLayout, ModelAdapter
-from .gemma3 import MODEL_CLASS as GEMMA3_CLASS
-from .gemma3 import REFUSAL as GEMMA3_REFUSAL
+from .gemma3 import Gemma3Adapter
 from .idefics3 import Idefics3Adapter
 from .internvl import InternVLAdapter
 from .llava import LlavaAdapter
@@ -27,9 +26,10 @@ ADAPTERS: tuple[ModelAdapter, ...] = (
     InternVLAdapter(),
     Idefics3Adapter(),
     MllamaAdapter(),
+    Gemma3Adapter(),
 )
 # classes graphprune knows and refuses, with the reason (models/<family>.py says what is missing)
-REFUSED: dict[str, str] = {GEMMA3_CLASS: GEMMA3_REFUSAL}
+REFUSED: dict[str, str] = {}
 
 
 class UnsupportedModelError(TypeError):

@@ -33,6 +33,15 @@ class DecoderLayout:
     # D: layers 0 .. D-1 each add a per-position input [B, N, d] to their output (Qwen3-VL's DeepStack features,
     # zero at text positions); the prefill graph takes them as inputs deepstack_0 .. deepstack_{D-1}
     deepstack_layers: int = 0
+    # Gemma 3: the decoder takes graphprune's per-layer-kind 4-D masks (``graphprune/masks.py``), built in the graph;
+    # ``image_blocks``: image tokens attend their image both ways (prefill input ``token_type_ids [B, N]``);
+    # ``sliding_window``: the window of the decoder's sliding layers, on original indices
+    image_blocks: bool = False
+    sliding_window: int | None = None
+
+    @property
+    def layer_masks(self) -> bool:
+        return self.image_blocks or self.sliding_window is not None
 
     @property
     def self_attention_layers(self) -> tuple[int, ...]:
@@ -66,6 +75,7 @@ class ModelAdapter:
     name: str = ""
     model_classes: tuple[str, ...] = ()  # transformers class names this adapter accepts
     methods: tuple[type, ...] = ()  # pruning methods that fit this family
+    export_refusal: str = ""  # why ``gp.export`` cannot export the family yet, where it has a reason to give
 
     def matches(self, model: nn.Module) -> bool:
         return type(model).__name__ in self.model_classes
@@ -75,6 +85,10 @@ class ModelAdapter:
 
     def layout(self, model: nn.Module) -> DecoderLayout:
         raise NotImplementedError
+
+    def stand_in(self, default: type) -> type:
+        """The decoder stand-in class to use in place of the method's ``default`` (``graphprune/decoders/``)."""
+        return default
 
     def visual_token_ids(self, model: nn.Module) -> tuple[int, ...]:
         """The placeholder ids whose positions the model fills with image or video features."""

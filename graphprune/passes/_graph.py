@@ -129,6 +129,24 @@ def attention_query(gm: fx.GraphModule, pass_name: str, scope: str, query_proj: 
     raise fail(gm, pass_name, f"no node in {scope} combines {query_proj} and {key_proj}: is it an attention module?")
 
 
+def layer_mask(gm: fx.GraphModule, pass_name: str, layout: DecoderLayout, layer: int, seq: sympy.Symbol) -> fx.Node:
+    """The 4-D ``[B, h, N, N]`` mask that layer ``layer``'s attention reads, built outside the layers."""
+    scope = f"{layout.layers}.{layer}.{layout.attention}"
+    found = set()
+    for node in gm.graph.nodes:
+        path = module_path(node)
+        if path != scope and not path.startswith(scope + "."):
+            continue
+        for arg in node.all_input_nodes:
+            value = arg.meta.get("val")
+            square = isinstance(value, torch.Tensor) and value.dim() == 4
+            if square and layer_index(arg, layout) is None and dependent_axes(value, seq) == [2, 3]:
+                found.add(arg)
+    if len(found) != 1:
+        raise fail(gm, pass_name, f"expected one [B, h, N, N] mask read by {scope}, found {len(found)}")
+    return found.pop()
+
+
 def only_call(gm: fx.GraphModule, pass_name: str, target, producer: str) -> fx.Node:
     """The one node of ``gm`` that calls ``target`` (inserted by the pass ``producer``)."""
     calls = [node for node in gm.graph.nodes if node.target is target]

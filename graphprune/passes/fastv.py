@@ -1,7 +1,8 @@
 """FastV (arXiv 2403.06764) as a rewrite of a captured prefill graph.
 
 After layer ``k - 1`` it inserts ranking nodes that use that layer's own query and key (after
-RoPE; the model's attention kernel is untouched), a per-sample top-k, and gather nodes for every
+RoPE; the model's attention kernel is untouched) and, for a decoder with per-layer masks (Gemma 3), its
+mask, a per-sample top-k, and gather nodes for every
 tensor with a sequence axis that layers ``>= k`` read: the residual stream, RoPE cos/sin, the 4-D
 attention mask, the DeepStack inputs of layers ``>= k`` (Qwen3-VL) and the sequence-length ``sym_size``
 (and counts that are multiples of it, e.g. a mixture-of-experts layer's flattened token count).
@@ -34,6 +35,8 @@ def fastv(gm: fx.GraphModule, method: FastV) -> fx.GraphModule:
     )
     key_states = _graph.output_node(gm).args[0][1 + 2 * (k - 1)]
     seq = _graph.symbol(_graph.placeholder(gm, "inputs_embeds").meta["val"].shape[1])
+    # the decoder's own per-layer masks (Gemma 3: sliding window, image blocks): rank with layer k - 1's
+    layer_mask = _graph.layer_mask(gm, PASS, layout, k - 1, seq) if layout.layer_masks else None
     crossing = _graph.crossing_nodes(gm, boundary)
 
     visual_mask = _graph.add_placeholder(gm, "graphprune_visual_mask")
@@ -43,7 +46,8 @@ def fastv(gm: fx.GraphModule, method: FastV) -> fx.GraphModule:
     with graph.inserting_before(boundary):
         scores = _graph.named(
             graph.call_function(
-                ops.fastv_scores, (query_states, key_states, attention_mask, layout.scaling, method.query)
+                ops.fastv_scores,
+                (query_states, key_states, attention_mask, layout.scaling, method.query, layer_mask),
             ),
             "scores",
         )
