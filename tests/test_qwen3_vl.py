@@ -14,7 +14,7 @@ from graphprune.capture import capture_prefill, deepstack_names
 from graphprune.models import adapter_for
 from graphprune.passes import fastv
 from graphprune.reference import fastv_reference, fastv_reference_generate
-from graphprune.testing import qwen3_vl_inputs
+from graphprune.testing import qwen3_vl_inputs, tiny_qwen3_vl
 
 from .helpers import LOGITS_RTOL, QWEN_SAMPLES, rel_error
 
@@ -109,3 +109,16 @@ def test_explain_reports_the_cut(qwen3_vl):
         report = gp.explain(qwen3_vl, **inputs)
     assert report.n_visual == [16, 24, 0] and [len(kept) for kept in report.kept] == [8, 12, 0]
     assert report.flops_after < report.flops_before and report.kv_bytes_after < report.kv_bytes_before
+
+
+@torch.no_grad()
+def test_more_deepstack_features_than_decoder_layers():
+    """Two decoder layers, three DeepStack features: HF skips the third, and so does the prefill graph."""
+    model = tiny_qwen3_vl(num_layers=2, deepstack_layers=3)
+    assert adapter_for(model).layout(model).deepstack_layers == 2
+    inputs = qwen3_vl_inputs(model, QWEN_SAMPLES[:1])
+    method = gp.FastV(k=1, keep=0.5)
+    reference = fastv_reference(model, method, **inputs)
+    with optimized(model, method):
+        logits = model(**inputs).logits
+    assert rel_error(logits[:, -1], reference.logits[:, -1]) <= LOGITS_RTOL

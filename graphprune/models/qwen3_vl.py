@@ -27,8 +27,10 @@ class Qwen3VLAdapter(ModelAdapter):
         return model.model.language_model
 
     def layout(self, model: nn.Module) -> DecoderLayout:
-        deepstack = len(model.config.vision_config.deepstack_visual_indexes)
-        return self_attention_layout(self.decoder(model), position_rows=MROPE_ROWS, deepstack_layers=deepstack)
+        decoder = self.decoder(model)
+        # HF adds feature i to layer i's output for the layers there are; a decoder shorter than the list skips the rest
+        deepstack = min(len(model.config.vision_config.deepstack_visual_indexes), len(decoder.layers))
+        return self_attention_layout(decoder, position_rows=MROPE_ROWS, deepstack_layers=deepstack)
 
     def visual_token_ids(self, model: nn.Module) -> tuple[int, ...]:
         return (model.config.image_token_id, model.config.video_token_id)
