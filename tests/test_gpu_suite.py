@@ -37,8 +37,7 @@ def test_smoke_run_times_every_variant_of_every_case_and_counts_the_sdpa_kernel_
     tmp_path, monkeypatch
 ):
     monkeypatch.setenv("OUT", str(tmp_path))
-    argv = ["--smoke", "--device", "cpu", "--repeats", "1", "--new-tokens", "2", "--no-batch8", "--budget-s", "1e6"]
-    returned = gpu_suite.main(argv)
+    returned = gpu_suite.main(["--smoke", "--device", "cpu", "--repeats", "1", "--new-tokens", "2", "--no-batch8"])
     written = json.loads((tmp_path / "gpu_suite.json").read_text())
     assert written["smoke"] is True and written["results"] == json.loads(json.dumps(returned["results"], default=str))
     assert [case["case"] for case in written["results"]] == list(SMOKE_COUNTS)  # the two first
@@ -84,7 +83,7 @@ def test_a_variant_that_fails_leaves_the_others_timed_and_a_case_over_the_budget
 
     monkeypatch.delenv("OUT", raising=False)
     monkeypatch.setattr(gpu_suite.gp, "optimize", broken_optimize)
-    monkeypatch.setitem(gpu_suite.CASES["qwen3-vl-8b"], "estimate_s", 10**6)  # more than the default budget
+    monkeypatch.setitem(gpu_suite.CASES["qwen3-vl-8b"], "estimate_s", 10**6)  # more than the budget below
     argv = [
         "--smoke",
         "--device",
@@ -92,6 +91,8 @@ def test_a_variant_that_fails_leaves_the_others_timed_and_a_case_over_the_budget
         "--cases",
         "llava-1.5-7b",
         "qwen3-vl-8b",
+        "--budget-s",
+        "420",
         "--repeats",
         "1",
         "--new-tokens",
