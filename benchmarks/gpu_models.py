@@ -1,4 +1,6 @@
-"""``benchmarks/gpu_suite.py``'s models: 7B (or, for ``--smoke``, tiny) configs, built on the device in their dtype."""
+"""``benchmarks/gpu_suite.py``'s models, built on the device in their dtype: LLaVA-1.5-7B and Qwen2-VL-7B (configs
+here, real vision towers) and the newer families at ``benchmarks/prefill_families.py``'s real-size presets (tiny
+vision towers); for ``--smoke``, tiny decoders with the same token counts."""
 
 from __future__ import annotations
 
@@ -16,6 +18,10 @@ from benchmarks.harness import (
     llama_text_config,
     text_config,
 )
+from benchmarks.prefill_families import FAMILY_PRESETS
+
+# --smoke's decoder in place of a preset's (head_dim 128, as Qwen3-VL's M-RoPE sections need)
+SMOKE_DECODER = dict(hidden_size=128, intermediate_size=128, num_layers=4, num_heads=1, num_kv_heads=1, vocab_size=512)
 
 
 def llava_config(smoke: bool) -> LlavaConfig:
@@ -71,3 +77,14 @@ def build(config, model_class, device: torch.device, dtype: torch.dtype):
     model.generation_config.eos_token_id = None
     model.generation_config.do_sample = False
     return model.eval()
+
+
+def preset_model(name: str, smoke: bool, device: torch.device, dtype: torch.dtype):
+    """``FAMILY_PRESETS[name]``'s model (its builder's std ``1/sqrt(fan_in)`` weights), made on the device in
+    ``dtype``; with ``smoke``, :data:`SMOKE_DECODER` in place of the preset's decoder."""
+    preset = FAMILY_PRESETS[name]
+    shape = {**preset["model"], **(SMOKE_DECODER if smoke else {})}
+    with _default_dtype(dtype):
+        model = preset["build"](**shape, attn_implementation="sdpa", dtype=dtype, device=device)
+    model.generation_config.do_sample = False
+    return model

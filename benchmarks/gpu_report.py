@@ -70,8 +70,8 @@ def summary(results: list[dict]) -> str:
     """One line per case, batch and measure: the median of (a) and each variant's ratio to it."""
     rows = []
     for result in results:
-        if "error" in result:
-            rows.append([result["case"], "-", "FAILED", None, None, None, None])
+        if "error" in result or "skipped" in result:
+            rows.append([result["case"], "-", "FAILED" if "error" in result else "skipped", None, None, None, None])
             continue
         for batch in result["batches"]:
             for metric in ("prefill", "ttft", "decode"):

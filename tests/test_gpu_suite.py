@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 import graphprune as gp
@@ -11,17 +12,39 @@ from benchmarks import gpu_suite
 from benchmarks.harness import llava_inputs, shared_copy, tiny_llava
 from benchmarks.original_fastv import OriginalFastV
 
+# per case, --smoke's (tokens, visual tokens, kept visual tokens): the issue's two at 36 + 576 + 28 tokens, the
+# newer families at their CPU preset's sample (benchmarks/prefill_families.py)
+SMOKE_COUNTS = {
+    "llava-1.5-7b": (640, 576, 288),
+    "qwen2-vl-7b": (640, 576, 288),
+    "llava-onevision-7b": (808, 744, 372),
+    "internvl3-8b": (832, 768, 384),
+    "smolvlm2-2.2b": (649, 567, 284),
+    "qwen3-vl-8b": (642, 576, 288),
+}
 
-def test_smoke_run_times_every_variant_and_counts_the_sdpa_kernel_of_each_decoder_layer(tmp_path, monkeypatch):
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: the smoke runs' tiny ops gain nothing from two, and a second thread spins on CPU time."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_smoke_run_times_every_variant_of_every_case_and_counts_the_sdpa_kernel_of_each_decoder_layer(
+    tmp_path, monkeypatch
+):
     monkeypatch.setenv("OUT", str(tmp_path))
     returned = gpu_suite.main(["--smoke", "--device", "cpu", "--repeats", "1", "--new-tokens", "2", "--no-batch8"])
     written = json.loads((tmp_path / "gpu_suite.json").read_text())
     assert written["smoke"] is True and written["results"] == json.loads(json.dumps(returned["results"], default=str))
-    assert [case["case"] for case in written["results"]] == ["llava-1.5-7b", "qwen2-vl-7b"]
+    assert [case["case"] for case in written["results"]] == list(SMOKE_COUNTS)  # the issue's two first
     for case in written["results"]:
         assert "error" not in case, case.get("error")
         variants = {"a", "b", "c"} if case["case"] == "llava-1.5-7b" else {"a", "b"}
-        assert (case["tokens"], case["visual"], case["kept_visual"]) == (640, 576, 288)
+        assert (case["tokens"], case["visual"], case["kept_visual"]) == SMOKE_COUNTS[case["case"]]
         assert 0 < case["flops"]["fraction"] < 1 and case["optimize_s"] > 0
         (batch,) = case["batches"]
         for metric in ("prefill", "ttft", "decode"):
@@ -54,25 +77,32 @@ def test_original_fastv_inside_generate_gives_graphprunes_tokens_and_puts_the_de
     assert "forward" not in model.model.language_model.__dict__
 
 
-def test_a_variant_that_fails_on_the_device_leaves_the_others_timed(monkeypatch, capsys):
+def test_a_variant_that_fails_leaves_the_others_timed_and_a_case_over_the_budget_is_skipped(monkeypatch, capsys):
     def broken_optimize(model, method):
         raise RuntimeError("graphprune: injected capture failure")
 
     monkeypatch.delenv("OUT", raising=False)
     monkeypatch.setattr(gpu_suite.gp, "optimize", broken_optimize)
+    monkeypatch.setitem(gpu_suite.CASES["qwen3-vl-8b"], "estimate_s", 10**6)  # more than the budget below
     argv = [
         "--smoke",
         "--device",
         "cpu",
-        "--case",
+        "--cases",
         "llava-1.5-7b",
+        "qwen3-vl-8b",
+        "--budget-s",
+        "420",
         "--repeats",
         "1",
         "--new-tokens",
         "2",
         "--no-batch8",
     ]
-    (case,) = gpu_suite.main(argv)["results"]
+    case, skipped = gpu_suite.main(argv)["results"]
     assert "error" not in case and case["optimize_s"] is None
     assert set(case["batches"][0]["prefill"]) == set(case["sdpa_kernels"]) == {"a", "c"}
-    assert "injected capture failure" in capsys.readouterr().err
+    assert skipped == dict(case="qwen3-vl-8b", skipped=skipped["skipped"]) and "time budget" in skipped["skipped"]
+    out, err = capsys.readouterr()
+    assert "injected capture failure" in err
+    assert "gpu_suite: skipped (time budget): qwen3-vl-8b" in out

@@ -41,12 +41,14 @@ def tiny_idefics3(
     patch_size: int = 4,
     attn_implementation: str = "sdpa",
     dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
     seed: int = 0,
     qk_gain: float = 2.0,
 ) -> Idefics3ForConditionalGeneration | SmolVLMForConditionalGeneration:
     """An ``Idefics3ForConditionalGeneration`` (``version="idefics3"``) or ``SmolVLMForConditionalGeneration``
     (``"smolvlm"``): Llama decoder, two-layer vision tower; a tile of ``image_size`` pixels gives
-    ``(image_size / patch_size / 2)²`` features after the pixel shuffle; in eval mode."""
+    ``(image_size / patch_size / 2)²`` features after the pixel shuffle; in eval mode, its weights made on
+    ``device``."""
     config_class, model_class = CLASSES[version]
     vision = dict(
         hidden_size=32,
@@ -63,7 +65,7 @@ def tiny_idefics3(
         scale_factor=2,
         pad_token_id=PAD_TOKEN_ID,
     )
-    return finish(build(model_class, config, seed), seed, qk_gain, attn_implementation, dtype)
+    return finish(build(model_class, config, seed, device), seed, qk_gain, attn_implementation, dtype, device)
 
 
 def idefics3_inputs(model, samples: list[tuple[int, list[tuple[int, int]], int]], seed: int = 0) -> dict:

@@ -20,11 +20,13 @@ def tiny_internvl(
     patch_size: int = 4,
     attn_implementation: str = "sdpa",
     dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
     seed: int = 0,
     qk_gain: float = 2.0,
 ) -> InternVLForConditionalGeneration:
     """An ``InternVLForConditionalGeneration`` (Qwen2 decoder, two-layer InternViT): a tile of ``image_size``
-    pixels gives ``(image_size / patch_size / 2)²`` features after the pixel shuffle; in eval mode."""
+    pixels gives ``(image_size / patch_size / 2)²`` features after the pixel shuffle; in eval mode, its weights
+    made on ``device``."""
     shape = (hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads, vocab_size)
     vision = dict(
         hidden_size=32,
@@ -41,7 +43,8 @@ def tiny_internvl(
         vision_feature_layer=-1,
         pad_token_id=PAD_TOKEN_ID,
     )
-    return finish(build(InternVLForConditionalGeneration, config, seed), seed, qk_gain, attn_implementation, dtype)
+    model = build(InternVLForConditionalGeneration, config, seed, device)
+    return finish(model, seed, qk_gain, attn_implementation, dtype, device)
 
 
 def tile_tokens(model: InternVLForConditionalGeneration) -> int:

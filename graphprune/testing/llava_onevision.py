@@ -46,11 +46,13 @@ def tiny_llava_onevision(
     patch_size: int = 4,
     attn_implementation: str = "sdpa",
     dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
     seed: int = 0,
     qk_gain: float = 2.0,
 ) -> LlavaOnevisionForConditionalGeneration:
     """A ``LlavaOnevisionForConditionalGeneration`` (Qwen2 decoder, SigLIP tower of ``(image_size / patch_size)²``
-    patches per crop) whose any-resolution grids are 1x2, 2x1 and 2x2 crops; in eval mode."""
+    patches per crop) whose any-resolution grids are 1x2, 2x1 and 2x2 crops; in eval mode, its weights made on
+    ``device``."""
     shape = (hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads, vocab_size)
     config = LlavaOnevisionConfig(
         text_config=text_config(*shape, model_type="qwen2", max_position_embeddings=4096),
@@ -62,8 +64,8 @@ def tiny_llava_onevision(
         pad_token_id=PAD_TOKEN_ID,
         vocab_size=vocab_size,
     )
-    model = build(LlavaOnevisionForConditionalGeneration, config, seed)
-    return finish(model, seed, qk_gain, attn_implementation, dtype)
+    model = build(LlavaOnevisionForConditionalGeneration, config, seed, device)
+    return finish(model, seed, qk_gain, attn_implementation, dtype, device)
 
 
 @torch.no_grad()
@@ -77,7 +79,8 @@ def llava_onevision_inputs(
     text_after)``.
 
     Images come first, then videos, each followed by one text token. A sample's only image is any-resolution,
-    each of several is one crop (``batch_num_images``), as the model's own ``get_image_features`` counts them;
+    each of several is one crop (``batch_num_images``), as the model's own ``get_image_features`` counts them
+    (run on the model's device; the inputs stay on the CPU);
     a video of ``frames`` frames gives ``frames x`` the pooled patches plus one newline. ``pixel_values`` is
     ``[images, crops, 3, H, W]`` (zero crops pad images with fewer), ``pixel_values_videos``
     ``[videos, frames, 3, H, W]``, in sample order.
@@ -103,7 +106,7 @@ def llava_onevision_inputs(
         sizes = torch.tensor([size for _, image_sizes, _, _ in samples for size in image_sizes])
         batch_num_images = torch.tensor([len(image_sizes) for _, image_sizes, _, _ in samples])
         inputs = {"pixel_values": pixel_values, "image_sizes": sizes, "batch_num_images": batch_num_images}
-        features = model.model.get_image_features(**inputs).pooler_output
+        features = model.model.get_image_features(**{k: v.to(model.device) for k, v in inputs.items()}).pooler_output
         counts = iter([len(feature) for feature in features])
     if videos:
         inputs["pixel_values_videos"] = torch.stack(videos).to(model.dtype)

@@ -40,13 +40,14 @@ def tiny_qwen3_vl(
     deepstack_layers: int = 3,
     attn_implementation: str = "sdpa",
     dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
     seed: int = 0,
     qk_gain: float = 2.0,
 ) -> Qwen3VLForConditionalGeneration | Qwen3VLMoeForConditionalGeneration:
     """A ``Qwen3VLForConditionalGeneration`` (``moe=True``: ``Qwen3VLMoeForConditionalGeneration``, 4 experts,
     2 per token) whose vision tower (``deepstack_layers`` blocks) feeds DeepStack features to the first
     ``deepstack_layers`` decoder layers; ``sum(mrope_section)`` must be half the head dim. Patch 2, spatial
-    merge 2, temporal patch 2: a ``(t, h, w)`` patch grid gives ``t·h·w / 4`` tokens."""
+    merge 2, temporal patch 2: a ``(t, h, w)`` patch grid gives ``t·h·w / 4`` tokens. Weights made on ``device``."""
     if 2 * sum(mrope_section) != hidden_size // num_heads:
         raise ValueError(
             f"2 * sum(mrope_section) must equal the head dim {hidden_size // num_heads}; got {mrope_section}"
@@ -77,14 +78,14 @@ def tiny_qwen3_vl(
         )
     )
     config = config_class(text_config=text, vision_config=vision, **QWEN2_VL_TOKEN_IDS)
-    model = build(model_class, config, seed)
+    model = build(model_class, config, seed, device)
     if moe:  # experts and router are plain parameters, not nn.Linear: the same std 1/sqrt(fan_in) as finish's
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator(device).manual_seed(seed)
         with torch.no_grad():
             for name, weight in model.model.language_model.named_parameters():
                 if name.endswith(("experts.gate_up_proj", "experts.down_proj", "mlp.gate.weight")):
                     weight.normal_(0.0, 1 / math.sqrt(weight.shape[-1]), generator=generator)
-    return finish(model, seed, qk_gain, attn_implementation, dtype)
+    return finish(model, seed, qk_gain, attn_implementation, dtype, device)
 
 
 def qwen3_vl_inputs(
