@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         choices=[
             "llava",
             "llava-next",
+            "llava-onevision",
             "video-llava",
             "qwen2-vl",
             "qwen2.5-vl",

@@ -69,7 +69,16 @@ def test_no_module_of_the_export_package_is_named_like_a_function_it_exports():
 
 def test_every_exportable_family_is_one_registered_class_of_a_model_adapter():
     adapters = {adapter.name for adapter in ADAPTERS}
-    assert sorted(FAMILIES) == ["idefics3", "internvl", "llava", "llava-next", "mllama", "qwen2-vl", "video-llava"]
+    assert sorted(FAMILIES) == [
+        "idefics3",
+        "internvl",
+        "llava",
+        "llava-next",
+        "llava-onevision",
+        "mllama",
+        "qwen2-vl",
+        "video-llava",
+    ]
     for name, family in FAMILIES.items():
         assert issubclass(family, ExportFamily) and family.name == name and name in adapters
         assert family.budget in BUDGETS and {"embed", "prefill", "decode"} <= set(family.graphs)
@@ -94,7 +103,8 @@ def test_the_unsupported_family_error_lists_every_registered_family(probe_family
         export_family("other", "graphprune cannot export OtherForConditionalGeneration (other) yet")
     assert str(raised.value) == (
         "graphprune cannot export OtherForConditionalGeneration (other) yet; "
-        "exportable families: idefics3, internvl, llava, llava-next, mllama, probe, qwen2-vl, video-llava"
+        "exportable families: idefics3, internvl, llava, llava-next, llava-onevision, mllama, probe, qwen2-vl, "
+        "video-llava"
     )
 
 
@@ -143,7 +153,7 @@ def test_ort_generator_refuses_an_export_of_an_unregistered_family(exported_on_a
         gp.export.OrtGenerator(folder)
     assert str(raised.value) == (
         f"graphprune's OrtGenerator cannot run {folder}: it holds 'other'; "
-        "exportable families: idefics3, internvl, llava, llava-next, mllama, qwen2-vl, video-llava"
+        "exportable families: idefics3, internvl, llava, llava-next, llava-onevision, mllama, qwen2-vl, video-llava"
     )
 
 
@@ -152,6 +162,7 @@ def test_ort_generator_refuses_an_export_of_an_unregistered_family(exported_on_a
     [
         ("llava", "llava"),
         ("llava-next", "llava-next"),
+        ("llava-onevision", "llava-onevision"),
         ("qwen2.5-vl", "qwen2-vl"),
         ("mllama", "mllama"),
         ("smolvlm", "idefics3"),
@@ -171,7 +182,7 @@ def test_an_unknown_demo_name_lists_the_demo_models(tmp_path):
     with pytest.raises(ValueError) as raised:
         demo(tmp_path / "out", "onnx", gp.FastV(), "llava-9")
     assert str(raised.value) == (
-        "graphprune has no demo model 'llava-9'; demo models: idefics3, internvl, llava, llava-next, mllama, qwen2-vl, "
-        "qwen2.5-vl, smolvlm, video-llava"
+        "graphprune has no demo model 'llava-9'; demo models: idefics3, internvl, llava, llava-next, llava-onevision, "
+        "mllama, qwen2-vl, qwen2.5-vl, smolvlm, video-llava"
     )
     assert list(tmp_path.iterdir()) == []
