@@ -45,9 +45,14 @@ def _crops(height: int, width: int, side: int) -> int:
     return math.ceil(height / side) * math.ceil(width / side) + 1
 
 
-def crop_counts(sizes: np.ndarray, pinpoints: list, side: int) -> list[int]:
-    """The crops of each image of ``sizes``, base crop included."""
-    return [_crops(*best_resolution(tuple(size), pinpoints), side) for size in sizes.tolist()]
+def crop_counts(sizes: np.ndarray, pinpoints: list, side: int, patched: list[bool] | None = None) -> list[int]:
+    """The crops of each image of ``sizes``, base crop included; one for an image not ``patched`` (LLaVA-OneVision's
+    several images in a prompt; default: every image is patched)."""
+    patched = [True] * len(sizes) if patched is None else patched
+    return [
+        _crops(*best_resolution(tuple(size), pinpoints), side) if patch else 1
+        for size, patch in zip(sizes.tolist(), patched, strict=True)
+    ]
 
 
 def most_crops(pinpoints: list, side: int) -> int:
@@ -132,7 +137,7 @@ def blend_index(
     ``crops x grid²`` is the newline): a ``patched`` image's base crop, then its unpadded grid shrunk to
     ``anyres_max_{max_crops}`` with a newline after every row; any other image's one crop and a newline."""
     patches = grid * grid
-    counts = [count if patch else 1 for count, patch in zip(crop_counts(sizes, pinpoints, side), patched, strict=True)]
+    counts = crop_counts(sizes, pinpoints, side, patched)
     newline, first, parts = sum(counts) * patches, 0, []
     for size, count, patch in zip(sizes.tolist(), counts, patched, strict=True):
         parts.append(untouched(np.arange(first * patches, (first + 1) * patches)))

@@ -77,8 +77,8 @@ def image_inputs(layout: dict, pixel_values, image_sizes, batch_num_images) -> t
     if sum(per_sample) != len(sizes):
         raise ValueError(f"batch_num_images must add up to the {len(sizes)} images of image_sizes; got {per_sample}")
     patched = [count == 1 for count in per_sample for _ in range(count)]
-    counts = [crops if patch else 1 for crops, patch in zip(crop_counts(sizes, pinpoints, side), patched, strict=True)]
-    stacked = pixel_values.reshape(-1, *pixel_values.shape[-3:])[crop_index(tuple(pixel_values.shape), counts)]
+    crops = crop_index(tuple(pixel_values.shape), crop_counts(sizes, pinpoints, side, patched))
+    stacked = pixel_values.reshape(-1, *pixel_values.shape[-3:])[crops]
     return stacked, *blend_index(sizes, patched, pinpoints, side, layout["patch_grid"], layout["max_crops"])
 
 
