@@ -174,6 +174,8 @@ def test_bad_inputs_are_clear_one_line_errors(model, inputs, exported, tmp_path)
         gp.export.onnx(model, tmp_path / "a", example_inputs=inputs, max_images=2)
     with pytest.raises(ValueError, match="example_inputs must hold at least one image or video"):
         gp.export.onnx(model, tmp_path / "b", example_inputs=text_only)
+    with pytest.raises(ValueError, match="example_inputs must hold image_sizes with pixel_values"):
+        gp.export.onnx(model, tmp_path / "c", example_inputs={**inputs, "image_sizes": None})
     assert list(tmp_path.iterdir()) == []
 
 

@@ -129,6 +129,8 @@ class LlavaOnevisionExport(FastVFamily):
                 "example_inputs must hold at least one image or video (pixel_values and image_sizes, or "
                 "pixel_values_videos, and their tokens in input_ids)"
             )
+        if pixel_values is not None and example_inputs.get("image_sizes") is None:
+            raise ValueError("example_inputs must hold image_sizes with pixel_values, as the processor makes them")
         layout = onevision_layout(model)
         max_visual = token_budget(input_ids, visual_ids, max_visual_tokens)
         vision, embed = BlendedFeatures(model).eval(), FeatureEmbedding(model, visual_ids)
