@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import logging
 
+from .export.demo import demo_names
 from .export.trt_tables import DEFAULT as TRT_DEFAULT
 from .export.trt_tables import TABLES as TRT_TABLES
 
@@ -49,11 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     explain.add_argument("--select", choices=["head_union", "topk"], help="CrossAttentionTrim (default head_union)")
     export = commands.add_parser(
         "export",
-        help="export a tiny random-weight demo model (FastV: LLaVA, LLaVA-NeXT, Video-LLaVA, Qwen2-VL, Qwen2.5-VL; "
-        "CrossAttentionTrim: Mllama) for ONNX Runtime or TensorRT",
-        description="Export one of graphprune's tiny random-weight demo models, optimised with FastV (LLaVA, "
-        "LLaVA-NeXT, Video-LLaVA, Qwen2-VL, Qwen2.5-VL) or CrossAttentionTrim (Mllama, select='topk', the exportable "
-        "one), and check ONNX Runtime's greedy tokens against PyTorch. For your own model, call "
+        help="export a tiny random-weight demo model (CrossAttentionTrim: Mllama; FastV: every other --model) for "
+        "ONNX Runtime or TensorRT",
+        description="Export one of graphprune's tiny random-weight demo models, optimised with CrossAttentionTrim "
+        "(Mllama, select='topk', the exportable one) or FastV (every other --model), and check ONNX Runtime's greedy "
+        "tokens against PyTorch. For your own model, call "
         "graphprune.export.onnx(model, out_dir, example_inputs=...) from Python.",
     )
     export.add_argument("--format", choices=["onnx", "tensorrt"], default="onnx", help="default onnx")
@@ -70,17 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     export.add_argument(
         "--model",
-        choices=[
-            "llava",
-            "llava-next",
-            "video-llava",
-            "qwen2-vl",
-            "qwen2.5-vl",
-            "internvl",
-            "idefics3",
-            "smolvlm",
-            "mllama",
-        ],
+        choices=demo_names(),
         default="llava",
         help="mllama: CrossAttentionTrim topk; the others: FastV",
     )

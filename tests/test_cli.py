@@ -53,6 +53,9 @@ def test_demo_refuses_wrong_values_in_one_line(tmp_path, args, match):
         (["--k", "4"], "k must satisfy 1 <= k < 4"),
         (["--model", "qwen2-vl", "--keep", "1.5"], "keep must be a fraction in (0, 1]"),
         (["--model", "mllama", "--k", "2"], "--k is not an option of CrossAttentionTrim"),
+        # every registered family's demo name is a --model choice (the list is the registry's)
+        (["--model", "qwen3-vl", "--keep", "1.5"], "keep must be a fraction in (0, 1]"),
+        (["--model", "llava-onevision", "--keep", "1.5"], "keep must be a fraction in (0, 1]"),
     ],
 )
 def test_export_refuses_wrong_values_before_writing(tmp_path, args, match):

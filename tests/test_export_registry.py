@@ -74,6 +74,7 @@ def test_every_exportable_family_is_one_registered_class_of_a_model_adapter():
         "internvl",
         "llava",
         "llava-next",
+        "llava-onevision",
         "mllama",
         "qwen2-vl",
         "qwen3-vl",
@@ -103,7 +104,8 @@ def test_the_unsupported_family_error_lists_every_registered_family(probe_family
         export_family("other", "graphprune cannot export OtherForConditionalGeneration (other) yet")
     assert str(raised.value) == (
         "graphprune cannot export OtherForConditionalGeneration (other) yet; "
-        "exportable families: idefics3, internvl, llava, llava-next, mllama, probe, qwen2-vl, qwen3-vl, video-llava"
+        "exportable families: idefics3, internvl, llava, llava-next, llava-onevision, mllama, probe, qwen2-vl, "
+        "qwen3-vl, video-llava"
     )
 
 
@@ -152,7 +154,8 @@ def test_ort_generator_refuses_an_export_of_an_unregistered_family(exported_on_a
         gp.export.OrtGenerator(folder)
     assert str(raised.value) == (
         f"graphprune's OrtGenerator cannot run {folder}: it holds 'other'; "
-        "exportable families: idefics3, internvl, llava, llava-next, mllama, qwen2-vl, qwen3-vl, video-llava"
+        "exportable families: idefics3, internvl, llava, llava-next, llava-onevision, mllama, qwen2-vl, qwen3-vl, "
+        "video-llava"
     )
 
 
@@ -161,6 +164,7 @@ def test_ort_generator_refuses_an_export_of_an_unregistered_family(exported_on_a
     [
         ("llava", "llava"),
         ("llava-next", "llava-next"),
+        ("llava-onevision", "llava-onevision"),
         ("qwen2.5-vl", "qwen2-vl"),
         ("mllama", "mllama"),
         ("smolvlm", "idefics3"),
@@ -181,7 +185,7 @@ def test_an_unknown_demo_name_lists_the_demo_models(tmp_path):
     with pytest.raises(ValueError) as raised:
         demo(tmp_path / "out", "onnx", gp.FastV(), "llava-9")
     assert str(raised.value) == (
-        "graphprune has no demo model 'llava-9'; demo models: idefics3, internvl, llava, llava-next, mllama, qwen2-vl, "
-        "qwen2.5-vl, qwen3-vl, smolvlm, video-llava"
+        "graphprune has no demo model 'llava-9'; demo models: idefics3, internvl, llava, llava-next, llava-onevision, "
+        "mllama, qwen2-vl, qwen2.5-vl, qwen3-vl, smolvlm, video-llava"
     )
     assert list(tmp_path.iterdir()) == []

@@ -11,7 +11,16 @@ from .families.llava import DEMO_LAYERS as FASTV_LAYERS
 from .family import FAMILIES
 from .trt_tables import DEFAULT as TRT_DEFAULT
 
-__all__ = ["FASTV_LAYERS", "demo"]
+__all__ = ["FASTV_LAYERS", "demo", "demo_names"]
+
+
+def _demo_families() -> dict:
+    return {name: kind for kind in FAMILIES.values() for name in kind.demo_names}
+
+
+def demo_names() -> list[str]:
+    """The demo model names of every registered export family, sorted (``graphprune export --model``'s choices)."""
+    return sorted(_demo_families())
 
 
 def demo(
@@ -22,13 +31,12 @@ def demo(
     overwrite: bool = False,
     trt_version: str | None = TRT_DEFAULT,
 ) -> bool:
-    """Export a tiny random-weight model of ``family`` (a registered family's demo name: LLaVA, LLaVA-NeXT,
-    Video-LLaVA, Qwen2-VL, Qwen2.5-VL, InternVL, Idefics3 or SmolVLM for FastV, Mllama for CrossAttentionTrim
-    (arXiv 2504.00557)) optimised with ``method`` to ``out``, its ONNX graphs checked against TensorRT
-    ``trt_version``; for ONNX, True if ONNX Runtime's greedy tokens equal PyTorch's."""
+    """Export a tiny random-weight model of ``family`` (one of ``demo_names()``: Mllama for CrossAttentionTrim,
+    arXiv 2504.00557; FastV for the others) optimised with ``method`` to ``out``, its ONNX graphs checked against
+    TensorRT ``trt_version``; for ONNX, True if ONNX Runtime's greedy tokens equal PyTorch's."""
     from . import OrtGenerator, onnx, tensorrt
 
-    names = {name: kind for kind in FAMILIES.values() for name in kind.demo_names}
+    names = _demo_families()
     if family not in names:
         raise ValueError(f"graphprune has no demo model {family!r}; demo models: {', '.join(sorted(names))}")
     model, inputs = names[family].demo(method, family)
