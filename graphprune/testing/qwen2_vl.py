@@ -18,8 +18,7 @@ from .common import (
     VIDEO_TOKEN_ID,
     VISION_END_TOKEN_ID,
     VISION_START_TOKEN_ID,
-    build,
-    finish,
+    TinyDecoder,
     left_padded,
     sample_generators,
     text_config,
@@ -28,53 +27,30 @@ from .common import (
 
 
 def tiny_qwen2_vl(
-    *,
-    version: str = "2",
-    hidden_size: int = 64,
-    intermediate_size: int = 128,
-    num_layers: int = 4,
-    num_heads: int = 4,
-    num_kv_heads: int = 2,
-    vocab_size: int = 128,
-    mrope_section: tuple[int, int, int] = (2, 3, 3),
-    patch_size: int = 2,
-    attn_implementation: str = "sdpa",
-    dtype: torch.dtype = torch.float32,
-    seed: int = 0,
-    qk_gain: float = 2.0,
+    *, version: str = "2", mrope_section: tuple[int, int, int] = (2, 3, 3), patch_size: int = 2, **decoder
 ) -> Qwen2VLForConditionalGeneration | Qwen2_5_VLForConditionalGeneration:
     """A ``Qwen2VLForConditionalGeneration`` (``version="2"``) or ``Qwen2_5_VLForConditionalGeneration``
-    (``"2.5"``: windowed vision attention) with M-RoPE; ``sum(mrope_section)`` must be half the head
-    dim. Spatial merge 2, temporal patch 2: a ``(t, h, w)`` patch grid gives ``t·h·w / 4`` tokens."""
+    (``"2.5"``: windowed vision attention) with M-RoPE (``decoder``: :class:`TinyDecoder`'s keywords);
+    ``sum(mrope_section)`` must be half the head dim. Spatial merge 2, temporal patch 2: a ``(t, h, w)`` patch
+    grid gives ``t·h·w / 4`` tokens."""
     if version not in ("2", "2.5"):
-        raise ValueError(f"version must be '2' or '2.5'; got {version!r}")
-    if 2 * sum(mrope_section) != hidden_size // num_heads:
-        raise ValueError(
-            f"2 * sum(mrope_section) must equal the head dim {hidden_size // num_heads}; got {mrope_section}"
-        )
-    shape = (hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads, vocab_size)
+        raise ValueError(f"graphprune.testing: version must be '2' or '2.5'; got {version!r}")
+    tiny = TinyDecoder.of(decoder)
+    rope = tiny.mrope(mrope_section)
     text = text_config(
-        *shape,
-        max_position_embeddings=4096,
-        rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=list(mrope_section)),
-        bos_token_id=None,
-        eos_token_id=None,
+        *tiny.shape, max_position_embeddings=4096, rope_parameters=rope, bos_token_id=None, eos_token_id=None
     )
     vision = dict(depth=2, num_heads=2, patch_size=patch_size, spatial_merge_size=2, temporal_patch_size=2)
     if version == "2":
         config_class, model_class = Qwen2VLConfig, Qwen2VLForConditionalGeneration
-        vision.update(embed_dim=32, mlp_ratio=2, hidden_size=hidden_size)
+        vision.update(embed_dim=32, mlp_ratio=2, hidden_size=tiny.hidden_size)
     else:
         config_class, model_class = Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
         # windows of 2x2 merged tokens; block 1 attends globally
-        vision.update(hidden_size=32, intermediate_size=64, out_hidden_size=hidden_size)
+        vision.update(hidden_size=32, intermediate_size=64, out_hidden_size=tiny.hidden_size)
         vision.update(window_size=4 * patch_size, fullatt_block_indexes=[1])
-    config = config_class(
-        text_config=text,
-        vision_config=vision,
-        **QWEN2_VL_TOKEN_IDS,
-    )
-    return finish(build(model_class, config, seed), seed, qk_gain, attn_implementation, dtype)
+    config = config_class(text_config=text, vision_config=vision, **QWEN2_VL_TOKEN_IDS)
+    return tiny.build(model_class, config)
 
 
 def qwen2_vl_inputs(
