@@ -65,13 +65,12 @@ class TinyDecoder:
         return cls(**{**defaults, **options})
 
     def __post_init__(self):
-        sizes = [self.hidden_size, self.intermediate_size, self.num_layers, self.num_heads, self.num_kv_heads]
-        if not all(isinstance(size, int) and size > 0 for size in [*sizes, self.vocab_size]):
+        if not all(isinstance(size, int) and size > 0 for size in self.shape):
             raise ValueError(f"graphprune.testing: a tiny decoder's sizes must be positive ints; got {self}")
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
             raise ValueError(
-                "graphprune.testing: num_heads must divide hidden_size and num_kv_heads num_heads; got "
-                f"hidden_size={self.hidden_size}, num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}"
+                "graphprune.testing: hidden_size must be a multiple of num_heads, and num_heads of num_kv_heads; "
+                f"got {self.hidden_size}, {self.num_heads}, {self.num_kv_heads}"
             )
 
     @property

@@ -65,6 +65,12 @@ def qwen2_vl_inputs(
     (``pixel_values``, ``pixel_values_videos``), ``image_grid_thw``/``video_grid_thw`` and
     ``mm_token_type_ids`` (0 text, 1 image, 2 video), as Qwen2-VL's processor does.
     """
+    return mrope_inputs(model, samples, seed, timestamps=False)
+
+
+def mrope_inputs(model, samples: list, seed: int, timestamps: bool) -> dict:
+    """Qwen2-VL's and Qwen3-VL's inputs (see :func:`qwen2_vl_inputs`); with ``timestamps`` (Qwen3-VL) a ``(t, h, w)``
+    video is ``t`` blocks of ``h·w / 4`` tokens, each after a timestamp (one text token)."""
     vision = model.config.vision_config
     vocab, merge = model.config.text_config.vocab_size, vision.spatial_merge_size**2
     patch_features = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
@@ -72,22 +78,19 @@ def qwen2_vl_inputs(
     visuals = {"image": ([], []), "video": ([], [])}  # per kind: grids, patch rows
     for (before, images, videos, after), generator in sample_generators(samples, seed):
         row, types = text_ids(generator, vocab, before), [0] * before
-        for kind, grid, token, type_id in [("image", (1, *g), IMAGE_TOKEN_ID, 1) for g in images] + [
-            ("video", g, VIDEO_TOKEN_ID, 2) for g in videos
-        ]:
-            count = math.prod(grid) // merge
-            row += [VISION_START_TOKEN_ID] + [token] * count + [VISION_END_TOKEN_ID]
-            types += [0] + [type_id] * count + [0]
+        for kind, grid in [("image", (1, *g)) for g in images] + [("video", g) for g in videos]:
+            token, type_id = (IMAGE_TOKEN_ID, 1) if kind == "image" else (VIDEO_TOKEN_ID, 2)
+            stamped = timestamps and kind == "video"
+            blocks = grid[0] if stamped else 1
+            for _ in range(blocks):
+                stamp = text_ids(generator, vocab, 1) if stamped else []
+                count = math.prod(grid) // blocks // merge
+                row += stamp + [VISION_START_TOKEN_ID] + [token] * count + [VISION_END_TOKEN_ID]
+                types += [0] * len(stamp) + [0] + [type_id] * count + [0]
             visuals[kind][0].append(grid)
             visuals[kind][1].append(torch.randn((math.prod(grid), patch_features), generator=generator))
         rows.append(row + text_ids(generator, vocab, after))
         token_types.append(types + [0] * after)
-    return mrope_inputs(model, rows, token_types, visuals)
-
-
-def mrope_inputs(model, rows: list, token_types: list, visuals: dict) -> dict:
-    """Left-padded ``input_ids`` / ``attention_mask`` of ``rows``, their ``mm_token_type_ids`` and, per kind
-    (``visuals[kind] = (grids, patch rows)``), the patch rows and ``{kind}_grid_thw`` (Qwen2-VL and Qwen3-VL)."""
     inputs = left_padded(rows)
     inputs["mm_token_type_ids"] = torch.zeros_like(inputs["input_ids"])
     for b, types in enumerate(token_types):

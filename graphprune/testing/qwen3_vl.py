@@ -12,17 +12,7 @@ from transformers import (
     Qwen3VLMoeForConditionalGeneration,
 )
 
-from .common import (
-    IMAGE_TOKEN_ID,
-    QWEN2_VL_TOKEN_IDS,
-    VIDEO_TOKEN_ID,
-    VISION_END_TOKEN_ID,
-    VISION_START_TOKEN_ID,
-    TinyDecoder,
-    sample_generators,
-    text_config,
-    text_ids,
-)
+from .common import QWEN2_VL_TOKEN_IDS, TinyDecoder, text_config
 from .qwen2_vl import mrope_inputs
 
 
@@ -79,22 +69,4 @@ def qwen3_vl_inputs(
     Also returns the patch rows (``pixel_values``, ``pixel_values_videos``), ``image_grid_thw`` /
     ``video_grid_thw`` and ``mm_token_type_ids`` (0 text, 1 image, 2 video).
     """
-    vision = model.config.vision_config
-    vocab, merge = model.config.text_config.vocab_size, vision.spatial_merge_size**2
-    patch_features = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
-    rows, token_types = [], []
-    visuals = {"image": ([], []), "video": ([], [])}  # per kind: grids, patch rows
-    for (before, images, videos, after), generator in sample_generators(samples, seed):
-        row, types = text_ids(generator, vocab, before), [0] * before
-        for kind, grid in [("image", (1, *g)) for g in images] + [("video", g) for g in videos]:
-            token, type_id = (IMAGE_TOKEN_ID, 1) if kind == "image" else (VIDEO_TOKEN_ID, 2)
-            count = grid[1] * grid[2] // merge
-            for _ in range(grid[0]):  # a video: one block per temporal patch, after its timestamp
-                stamp = text_ids(generator, vocab, 1) if kind == "video" else []
-                row += stamp + [VISION_START_TOKEN_ID] + [token] * count + [VISION_END_TOKEN_ID]
-                types += [0] * len(stamp) + [0] + [type_id] * count + [0]
-            visuals[kind][0].append(grid)
-            visuals[kind][1].append(torch.randn((math.prod(grid), patch_features), generator=generator))
-        rows.append(row + text_ids(generator, vocab, after))
-        token_types.append(types + [0] * after)
-    return mrope_inputs(model, rows, token_types, visuals)
+    return mrope_inputs(model, samples, seed, timestamps=True)
