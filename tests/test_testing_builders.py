@@ -3,6 +3,7 @@ keywords, and misuse is a one-line graphprune error raised before anything is bu
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import pytest
@@ -21,19 +22,8 @@ BUILDERS = {
     "idefics3": testing.tiny_idefics3,
     "mllama": functools.partial(testing.tiny_mllama, cross_attention_layers=(1,)),
 }
-SHARED = dict(
-    hidden_size=32,
-    intermediate_size=48,
-    num_layers=2,
-    num_heads=2,
-    num_kv_heads=1,
-    vocab_size=64,
-    attn_implementation="eager",
-    dtype=torch.bfloat16,
-    device="cpu",
-    seed=1,
-    qk_gain=1.5,
-)
+SHARED = dict(hidden_size=32, intermediate_size=48, num_layers=2, num_heads=2, num_kv_heads=1, vocab_size=64)
+SHARED |= dict(attn_implementation="eager", dtype=torch.bfloat16, device="cpu", seed=1, qk_gain=1.5)
 
 
 def one_line_graphprune_error(info: pytest.ExceptionInfo, *names: str) -> None:
@@ -44,6 +34,7 @@ def one_line_graphprune_error(info: pytest.ExceptionInfo, *names: str) -> None:
 
 @pytest.mark.parametrize("family", BUILDERS)
 def test_every_builder_takes_the_shared_decoder_keywords(family):
+    assert set(SHARED) == {field.name for field in dataclasses.fields(testing.TinyDecoder)}
     model = BUILDERS[family](**SHARED)
     text = model.config.get_text_config(decoder=True)
     assert (text.hidden_size, text.num_hidden_layers, text.vocab_size) == (32, 2, 64)
