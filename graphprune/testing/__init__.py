@@ -1,7 +1,7 @@
 """Small random-weight models of the real transformers classes, and inputs for them (tests, demo, benchmarks).
 
-One module per family, as in ``graphprune.models``; what they share (token ids, seeding, weight init,
-text ids, left padding) is in ``common``.
+One module per family, as in ``graphprune.models``; what they share (the decoder's shape and build options,
+:class:`TinyDecoder`; token ids, seeding, weight init, text ids, left padding) is in ``common``.
 """
 
 from .common import (
@@ -12,6 +12,7 @@ from .common import (
     VIDEO_TOKEN_ID,
     VISION_END_TOKEN_ID,
     VISION_START_TOKEN_ID,
+    TinyDecoder,
     llama_text_config,
     text_config,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "VIDEO_TOKEN_ID",
     "VISION_END_TOKEN_ID",
     "VISION_START_TOKEN_ID",
+    "TinyDecoder",
     "features_per_tile",
     "gemma3_inputs",
     "idefics3_inputs",

@@ -14,12 +14,12 @@ from transformers import (
 from .common import (
     IMAGE_TOKEN_ID,
     PAD_TOKEN_ID,
-    build,
-    finish,
+    TinyDecoder,
     left_padded,
     llama_text_config,
     sample_generators,
     text_ids,
+    vision_tower,
 )
 
 CLASSES = {
@@ -29,43 +29,24 @@ CLASSES = {
 
 
 def tiny_idefics3(
-    *,
-    version: str = "idefics3",
-    hidden_size: int = 64,
-    intermediate_size: int = 128,
-    num_layers: int = 4,
-    num_heads: int = 4,
-    num_kv_heads: int = 2,
-    vocab_size: int = 128,
-    image_size: int = 16,
-    patch_size: int = 4,
-    attn_implementation: str = "sdpa",
-    dtype: torch.dtype = torch.float32,
-    device: str | torch.device = "cpu",
-    seed: int = 0,
-    qk_gain: float = 2.0,
+    *, version: str = "idefics3", image_size: int = 16, patch_size: int = 4, **decoder
 ) -> Idefics3ForConditionalGeneration | SmolVLMForConditionalGeneration:
     """An ``Idefics3ForConditionalGeneration`` (``version="idefics3"``) or ``SmolVLMForConditionalGeneration``
-    (``"smolvlm"``): Llama decoder, two-layer vision tower; a tile of ``image_size`` pixels gives
-    ``(image_size / patch_size / 2)²`` features after the pixel shuffle; in eval mode, its weights made on
-    ``device``."""
+    (``"smolvlm"``): Llama decoder of ``decoder`` (:class:`TinyDecoder`'s keywords), two-layer vision tower; a tile
+    of ``image_size`` pixels gives ``(image_size / patch_size / 2)²`` features after the pixel shuffle; in eval
+    mode."""
+    if version not in CLASSES:
+        raise ValueError(f"graphprune.testing: version must be one of {list(CLASSES)}; got {version!r}")
+    tiny = TinyDecoder.of(decoder)
     config_class, model_class = CLASSES[version]
-    vision = dict(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=image_size,
-        patch_size=patch_size,
-    )
     config = config_class(
-        text_config=llama_text_config(hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads, vocab_size),
-        vision_config=vision,
+        text_config=llama_text_config(*tiny.shape),
+        vision_config=vision_tower(image_size, patch_size),
         image_token_id=IMAGE_TOKEN_ID,
         scale_factor=2,
         pad_token_id=PAD_TOKEN_ID,
     )
-    return finish(build(model_class, config, seed, device), seed, qk_gain, attn_implementation, dtype, device)
+    return tiny.build(model_class, config)
 
 
 def idefics3_inputs(model, samples: list[tuple[int, list[tuple[int, int]], int]], seed: int = 0) -> dict:

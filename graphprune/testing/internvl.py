@@ -5,46 +5,31 @@ from __future__ import annotations
 import torch
 from transformers import InternVLConfig, InternVLForConditionalGeneration
 
-from .common import IMAGE_TOKEN_ID, PAD_TOKEN_ID, build, finish, left_padded, sample_generators, text_config, text_ids
+from .common import (
+    IMAGE_TOKEN_ID,
+    PAD_TOKEN_ID,
+    TinyDecoder,
+    left_padded,
+    sample_generators,
+    text_config,
+    text_ids,
+    vision_tower,
+)
 
 
-def tiny_internvl(
-    *,
-    hidden_size: int = 64,
-    intermediate_size: int = 128,
-    num_layers: int = 4,
-    num_heads: int = 4,
-    num_kv_heads: int = 2,
-    vocab_size: int = 128,
-    image_size: int = 16,
-    patch_size: int = 4,
-    attn_implementation: str = "sdpa",
-    dtype: torch.dtype = torch.float32,
-    device: str | torch.device = "cpu",
-    seed: int = 0,
-    qk_gain: float = 2.0,
-) -> InternVLForConditionalGeneration:
-    """An ``InternVLForConditionalGeneration`` (Qwen2 decoder, two-layer InternViT): a tile of ``image_size``
-    pixels gives ``(image_size / patch_size / 2)²`` features after the pixel shuffle; in eval mode, its weights
-    made on ``device``."""
-    shape = (hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads, vocab_size)
-    vision = dict(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=[image_size, image_size],
-        patch_size=[patch_size, patch_size],
-    )
+def tiny_internvl(*, image_size: int = 16, patch_size: int = 4, **decoder) -> InternVLForConditionalGeneration:
+    """An ``InternVLForConditionalGeneration`` (Qwen2 decoder of ``decoder``: :class:`TinyDecoder`'s keywords;
+    two-layer InternViT): a tile of ``image_size`` pixels gives ``(image_size / patch_size / 2)²`` features after
+    the pixel shuffle; in eval mode."""
+    tiny = TinyDecoder.of(decoder)
     config = InternVLConfig(
-        text_config=text_config(*shape, model_type="qwen2", max_position_embeddings=4096),
-        vision_config=vision,
+        text_config=text_config(*tiny.shape, model_type="qwen2", max_position_embeddings=4096),
+        vision_config=vision_tower([image_size, image_size], [patch_size, patch_size]),
         image_token_id=IMAGE_TOKEN_ID,
         vision_feature_layer=-1,
         pad_token_id=PAD_TOKEN_ID,
     )
-    model = build(InternVLForConditionalGeneration, config, seed, device)
-    return finish(model, seed, qk_gain, attn_implementation, dtype, device)
+    return tiny.build(InternVLForConditionalGeneration, config)
 
 
 def tile_tokens(model: InternVLForConditionalGeneration) -> int:

@@ -8,9 +8,8 @@ from transformers import LlavaConfig, LlavaForConditionalGeneration
 from .common import (
     IMAGE_TOKEN_ID,
     PAD_TOKEN_ID,
-    build,
+    TinyDecoder,
     clip_config,
-    finish,
     left_padded,
     llama_text_config,
     sample_generators,
@@ -18,31 +17,26 @@ from .common import (
 )
 
 
-def tiny_llava(
-    *,
-    hidden_size: int = 64,
-    intermediate_size: int = 128,
-    num_layers: int = 4,
-    num_heads: int = 4,
-    num_kv_heads: int = 2,
-    vocab_size: int = 128,
-    image_size: int = 32,
-    patch_size: int = 8,
-    attn_implementation: str = "sdpa",
-    dtype: torch.dtype = torch.float32,
-    seed: int = 0,
-    qk_gain: float = 2.0,
-) -> LlavaForConditionalGeneration:
-    """A ``LlavaForConditionalGeneration`` with a Llama decoder (GQA when ``num_kv_heads < num_heads``)
-    and a CLIP vision tower giving ``(image_size / patch_size)²`` visual tokens per image; in eval mode."""
-    config = LlavaConfig(
-        text_config=llama_text_config(hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads, vocab_size),
+def tiny_llava(*, image_size: int = 32, patch_size: int = 8, **decoder) -> LlavaForConditionalGeneration:
+    """A ``LlavaForConditionalGeneration`` with a Llama decoder (``decoder``: :class:`TinyDecoder`'s keywords; GQA
+    when ``num_kv_heads < num_heads``) and a CLIP vision tower giving ``(image_size / patch_size)²`` visual tokens
+    per image; in eval mode."""
+    return llava_family(LlavaConfig, LlavaForConditionalGeneration, image_size, patch_size, decoder)
+
+
+def llava_family(config_class, model_class, image_size: int, patch_size: int, decoder: dict, **extra):
+    """``model_class`` of a LLaVA family: Llama decoder (:class:`TinyDecoder` of ``decoder``), CLIP tower, the
+    image token; ``extra`` config entries."""
+    tiny = TinyDecoder.of(decoder)
+    config = config_class(
+        text_config=llama_text_config(*tiny.shape),
         vision_config=clip_config(image_size, patch_size),
         image_token_id=IMAGE_TOKEN_ID,
         pad_token_id=PAD_TOKEN_ID,
-        vocab_size=vocab_size,
+        vocab_size=tiny.vocab_size,
+        **extra,
     )
-    return finish(build(LlavaForConditionalGeneration, config, seed), seed, qk_gain, attn_implementation, dtype)
+    return tiny.build(model_class, config)
 
 
 def image_tokens_per_image(model: LlavaForConditionalGeneration) -> int:

@@ -5,45 +5,16 @@ from __future__ import annotations
 import torch
 from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
 
-from .common import (
-    IMAGE_TOKEN_ID,
-    PAD_TOKEN_ID,
-    build,
-    clip_config,
-    finish,
-    left_padded,
-    llama_text_config,
-    sample_generators,
-    text_ids,
-)
+from .common import IMAGE_TOKEN_ID, grid_pinpoints, left_padded, sample_generators, text_ids
+from .llava import llava_family
 
 
-def tiny_llava_next(
-    *,
-    hidden_size: int = 64,
-    intermediate_size: int = 128,
-    num_layers: int = 4,
-    num_heads: int = 4,
-    num_kv_heads: int = 2,
-    vocab_size: int = 128,
-    image_size: int = 16,
-    patch_size: int = 4,
-    attn_implementation: str = "sdpa",
-    dtype: torch.dtype = torch.float32,
-    seed: int = 0,
-    qk_gain: float = 2.0,
-) -> LlavaNextForConditionalGeneration:
-    """A ``LlavaNextForConditionalGeneration`` (Llama decoder, CLIP tower of ``(image_size / patch_size)²``
-    patches per crop) whose any-resolution grids are 1x2, 2x1 and 2x2 crops; in eval mode."""
-    config = LlavaNextConfig(
-        text_config=llama_text_config(hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads, vocab_size),
-        vision_config=clip_config(image_size, patch_size),
-        image_grid_pinpoints=[[image_size, 2 * image_size], [2 * image_size, image_size], [2 * image_size] * 2],
-        image_token_id=IMAGE_TOKEN_ID,
-        pad_token_id=PAD_TOKEN_ID,
-        vocab_size=vocab_size,
-    )
-    return finish(build(LlavaNextForConditionalGeneration, config, seed), seed, qk_gain, attn_implementation, dtype)
+def tiny_llava_next(*, image_size: int = 16, patch_size: int = 4, **decoder) -> LlavaNextForConditionalGeneration:
+    """A ``LlavaNextForConditionalGeneration`` (Llama decoder of ``decoder``: :class:`TinyDecoder`'s keywords; CLIP
+    tower of ``(image_size / patch_size)²`` patches per crop) whose any-resolution grids are 1x2, 2x1 and 2x2 crops;
+    in eval mode."""
+    model_class, pinpoints = LlavaNextForConditionalGeneration, grid_pinpoints(image_size)
+    return llava_family(LlavaNextConfig, model_class, image_size, patch_size, decoder, image_grid_pinpoints=pinpoints)
 
 
 @torch.no_grad()

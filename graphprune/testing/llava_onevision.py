@@ -12,60 +12,34 @@ from .common import (
     IMAGE_TOKEN_ID,
     PAD_TOKEN_ID,
     VIDEO_TOKEN_ID,
-    build,
-    finish,
+    TinyDecoder,
+    grid_pinpoints,
     left_padded,
     sample_generators,
     text_config,
     text_ids,
+    vision_tower,
 )
 
 
-def siglip_config(image_size: int, patch_size: int) -> dict:
-    """A two-layer SigLIP vision tower."""
-    return dict(
-        model_type="siglip_vision_model",
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=image_size,
-        patch_size=patch_size,
-    )
-
-
 def tiny_llava_onevision(
-    *,
-    hidden_size: int = 64,
-    intermediate_size: int = 128,
-    num_layers: int = 4,
-    num_heads: int = 4,
-    num_kv_heads: int = 2,
-    vocab_size: int = 128,
-    image_size: int = 16,
-    patch_size: int = 4,
-    attn_implementation: str = "sdpa",
-    dtype: torch.dtype = torch.float32,
-    device: str | torch.device = "cpu",
-    seed: int = 0,
-    qk_gain: float = 2.0,
+    *, image_size: int = 16, patch_size: int = 4, **decoder
 ) -> LlavaOnevisionForConditionalGeneration:
-    """A ``LlavaOnevisionForConditionalGeneration`` (Qwen2 decoder, SigLIP tower of ``(image_size / patch_size)²``
-    patches per crop) whose any-resolution grids are 1x2, 2x1 and 2x2 crops; in eval mode, its weights made on
-    ``device``."""
-    shape = (hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads, vocab_size)
+    """A ``LlavaOnevisionForConditionalGeneration`` (Qwen2 decoder of ``decoder``: :class:`TinyDecoder`'s keywords;
+    two-layer SigLIP tower of ``(image_size / patch_size)²`` patches per crop) whose any-resolution grids are 1x2,
+    2x1 and 2x2 crops; in eval mode."""
+    tiny = TinyDecoder.of(decoder)
     config = LlavaOnevisionConfig(
-        text_config=text_config(*shape, model_type="qwen2", max_position_embeddings=4096),
-        vision_config=siglip_config(image_size, patch_size),
-        image_grid_pinpoints=[[image_size, 2 * image_size], [2 * image_size, image_size], [2 * image_size] * 2],
+        text_config=text_config(*tiny.shape, model_type="qwen2", max_position_embeddings=4096),
+        vision_config=vision_tower(image_size, patch_size, model_type="siglip_vision_model"),
+        image_grid_pinpoints=grid_pinpoints(image_size),
         image_token_index=IMAGE_TOKEN_ID,
         video_token_index=VIDEO_TOKEN_ID,
         vision_feature_layer=-1,
         pad_token_id=PAD_TOKEN_ID,
-        vocab_size=vocab_size,
+        vocab_size=tiny.vocab_size,
     )
-    model = build(LlavaOnevisionForConditionalGeneration, config, seed, device)
-    return finish(model, seed, qk_gain, attn_implementation, dtype, device)
+    return tiny.build(LlavaOnevisionForConditionalGeneration, config)
 
 
 @torch.no_grad()

@@ -5,64 +5,37 @@ from __future__ import annotations
 import torch
 from transformers import MllamaConfig, MllamaForConditionalGeneration
 
-from .common import IMAGE_TOKEN_ID, PAD_TOKEN_ID, build, finish, sample_generators, text_config, text_ids
+from .common import IMAGE_TOKEN_ID, PAD_TOKEN_ID, TinyDecoder, sample_generators, text_config, text_ids, vision_tower
 
 
 def tiny_mllama(
-    *,
-    hidden_size: int = 64,
-    intermediate_size: int = 128,
-    num_layers: int = 5,
-    cross_attention_layers: tuple[int, ...] = (1, 3, 4),
-    num_heads: int = 4,
-    num_kv_heads: int = 2,
-    vocab_size: int = 128,
-    image_size: int = 56,
-    patch_size: int = 14,
-    attn_implementation: str = "sdpa",
-    dtype: torch.dtype = torch.float32,
-    device: str | torch.device = "cpu",
-    seed: int = 0,
-    qk_gain: float = 2.0,
+    *, cross_attention_layers: tuple[int, ...] = (1, 3, 4), image_size: int = 56, patch_size: int = 14, **decoder
 ) -> MllamaForConditionalGeneration:
-    """A ``MllamaForConditionalGeneration`` (LLaMA-3.2-Vision layout) with cross-attention at
-    ``cross_attention_layers``, up to 4 tiles per image and ``(image_size / patch_size)² + 1``
-    features per tile; in eval mode.
+    """A ``MllamaForConditionalGeneration`` (LLaMA-3.2-Vision layout; ``decoder``: :class:`TinyDecoder`'s keywords,
+    5 layers unless given) with cross-attention at ``cross_attention_layers``, up to 4 tiles per image and
+    ``(image_size / patch_size)² + 1`` features per tile; in eval mode.
 
     The cross-attention gates (zero at init, which would make cross-attention a no-op) are set to 1,
-    and the cross-attention q/k norms are scaled by ``qk_gain`` so that rankings are not flat. The
-    weights are made on ``device`` (benchmarks build full-size models on the GPU).
+    and the cross-attention q/k norms are scaled by ``qk_gain`` so that rankings are not flat.
     """
-    shape = (hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads, vocab_size)
-    config = MllamaConfig(
-        text_config=text_config(
-            *shape,
-            cross_attention_layers=list(cross_attention_layers),
-            bos_token_id=1,
-            eos_token_id=2,
-        ),
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_global_layers=1,
-            num_attention_heads=2,
-            image_size=image_size,
-            patch_size=patch_size,
-            vision_output_dim=64,
-            intermediate_layers_indices=[0],
-        ),
-        image_token_index=IMAGE_TOKEN_ID,
+    tiny = TinyDecoder.of(decoder, num_layers=5)
+    text = text_config(*tiny.shape, cross_attention_layers=list(cross_attention_layers), bos_token_id=1, eos_token_id=2)
+    vision = vision_tower(
+        image_size,
+        patch_size,
+        num_global_layers=1,
+        vision_output_dim=64,
+        intermediate_layers_indices=[0],
     )
-    model = build(MllamaForConditionalGeneration, config, seed, device)
-    model = finish(model, seed, qk_gain, attn_implementation, dtype, device)
+    config = MllamaConfig(text_config=text, vision_config=vision, image_token_index=IMAGE_TOKEN_ID)
+    model = tiny.build(MllamaForConditionalGeneration, config)
     with torch.no_grad():
         for layer in model.model.language_model.layers:
             if hasattr(layer, "cross_attn"):
                 layer.cross_attn_attn_gate.fill_(1.0)
                 layer.cross_attn_mlp_gate.fill_(1.0)
-                layer.cross_attn.q_norm.weight.fill_(qk_gain)
-                layer.cross_attn.k_norm.weight.fill_(qk_gain)
+                layer.cross_attn.q_norm.weight.fill_(tiny.qk_gain)
+                layer.cross_attn.k_norm.weight.fill_(tiny.qk_gain)
     return model
 
 

@@ -18,8 +18,7 @@ from .common import (
     VIDEO_TOKEN_ID,
     VISION_END_TOKEN_ID,
     VISION_START_TOKEN_ID,
-    build,
-    finish,
+    TinyDecoder,
     left_padded,
     sample_generators,
     text_config,
@@ -28,53 +27,30 @@ from .common import (
 
 
 def tiny_qwen2_vl(
-    *,
-    version: str = "2",
-    hidden_size: int = 64,
-    intermediate_size: int = 128,
-    num_layers: int = 4,
-    num_heads: int = 4,
-    num_kv_heads: int = 2,
-    vocab_size: int = 128,
-    mrope_section: tuple[int, int, int] = (2, 3, 3),
-    patch_size: int = 2,
-    attn_implementation: str = "sdpa",
-    dtype: torch.dtype = torch.float32,
-    seed: int = 0,
-    qk_gain: float = 2.0,
+    *, version: str = "2", mrope_section: tuple[int, int, int] = (2, 3, 3), patch_size: int = 2, **decoder
 ) -> Qwen2VLForConditionalGeneration | Qwen2_5_VLForConditionalGeneration:
     """A ``Qwen2VLForConditionalGeneration`` (``version="2"``) or ``Qwen2_5_VLForConditionalGeneration``
-    (``"2.5"``: windowed vision attention) with M-RoPE; ``sum(mrope_section)`` must be half the head
-    dim. Spatial merge 2, temporal patch 2: a ``(t, h, w)`` patch grid gives ``t·h·w / 4`` tokens."""
+    (``"2.5"``: windowed vision attention) with M-RoPE (``decoder``: :class:`TinyDecoder`'s keywords);
+    ``sum(mrope_section)`` must be half the head dim. Spatial merge 2, temporal patch 2: a ``(t, h, w)`` patch
+    grid gives ``t·h·w / 4`` tokens."""
     if version not in ("2", "2.5"):
-        raise ValueError(f"version must be '2' or '2.5'; got {version!r}")
-    if 2 * sum(mrope_section) != hidden_size // num_heads:
-        raise ValueError(
-            f"2 * sum(mrope_section) must equal the head dim {hidden_size // num_heads}; got {mrope_section}"
-        )
-    shape = (hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads, vocab_size)
+        raise ValueError(f"graphprune.testing: version must be '2' or '2.5'; got {version!r}")
+    tiny = TinyDecoder.of(decoder)
+    rope = tiny.mrope(mrope_section)
     text = text_config(
-        *shape,
-        max_position_embeddings=4096,
-        rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=list(mrope_section)),
-        bos_token_id=None,
-        eos_token_id=None,
+        *tiny.shape, max_position_embeddings=4096, rope_parameters=rope, bos_token_id=None, eos_token_id=None
     )
     vision = dict(depth=2, num_heads=2, patch_size=patch_size, spatial_merge_size=2, temporal_patch_size=2)
     if version == "2":
         config_class, model_class = Qwen2VLConfig, Qwen2VLForConditionalGeneration
-        vision.update(embed_dim=32, mlp_ratio=2, hidden_size=hidden_size)
+        vision.update(embed_dim=32, mlp_ratio=2, hidden_size=tiny.hidden_size)
     else:
         config_class, model_class = Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
         # windows of 2x2 merged tokens; block 1 attends globally
-        vision.update(hidden_size=32, intermediate_size=64, out_hidden_size=hidden_size)
+        vision.update(hidden_size=32, intermediate_size=64, out_hidden_size=tiny.hidden_size)
         vision.update(window_size=4 * patch_size, fullatt_block_indexes=[1])
-    config = config_class(
-        text_config=text,
-        vision_config=vision,
-        **QWEN2_VL_TOKEN_IDS,
-    )
-    return finish(build(model_class, config, seed), seed, qk_gain, attn_implementation, dtype)
+    config = config_class(text_config=text, vision_config=vision, **QWEN2_VL_TOKEN_IDS)
+    return tiny.build(model_class, config)
 
 
 def qwen2_vl_inputs(
@@ -89,6 +65,12 @@ def qwen2_vl_inputs(
     (``pixel_values``, ``pixel_values_videos``), ``image_grid_thw``/``video_grid_thw`` and
     ``mm_token_type_ids`` (0 text, 1 image, 2 video), as Qwen2-VL's processor does.
     """
+    return mrope_inputs(model, samples, seed, timestamps=False)
+
+
+def mrope_inputs(model, samples: list, seed: int, timestamps: bool) -> dict:
+    """Qwen2-VL's and Qwen3-VL's inputs (see :func:`qwen2_vl_inputs`); with ``timestamps`` (Qwen3-VL) a ``(t, h, w)``
+    video is ``t`` blocks of ``h·w / 4`` tokens, each after a timestamp (one text token)."""
     vision = model.config.vision_config
     vocab, merge = model.config.text_config.vocab_size, vision.spatial_merge_size**2
     patch_features = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
@@ -96,22 +78,19 @@ def qwen2_vl_inputs(
     visuals = {"image": ([], []), "video": ([], [])}  # per kind: grids, patch rows
     for (before, images, videos, after), generator in sample_generators(samples, seed):
         row, types = text_ids(generator, vocab, before), [0] * before
-        for kind, grid, token, type_id in [("image", (1, *g), IMAGE_TOKEN_ID, 1) for g in images] + [
-            ("video", g, VIDEO_TOKEN_ID, 2) for g in videos
-        ]:
-            count = math.prod(grid) // merge
-            row += [VISION_START_TOKEN_ID] + [token] * count + [VISION_END_TOKEN_ID]
-            types += [0] + [type_id] * count + [0]
+        for kind, grid in [("image", (1, *g)) for g in images] + [("video", g) for g in videos]:
+            token, type_id = (IMAGE_TOKEN_ID, 1) if kind == "image" else (VIDEO_TOKEN_ID, 2)
+            stamped = timestamps and kind == "video"
+            blocks = grid[0] if stamped else 1
+            for _ in range(blocks):
+                stamp = text_ids(generator, vocab, 1) if stamped else []
+                count = math.prod(grid) // blocks // merge
+                row += stamp + [VISION_START_TOKEN_ID] + [token] * count + [VISION_END_TOKEN_ID]
+                types += [0] * len(stamp) + [0] + [type_id] * count + [0]
             visuals[kind][0].append(grid)
             visuals[kind][1].append(torch.randn((math.prod(grid), patch_features), generator=generator))
         rows.append(row + text_ids(generator, vocab, after))
         token_types.append(types + [0] * after)
-    return mrope_inputs(model, rows, token_types, visuals)
-
-
-def mrope_inputs(model, rows: list, token_types: list, visuals: dict) -> dict:
-    """Left-padded ``input_ids`` / ``attention_mask`` of ``rows``, their ``mm_token_type_ids`` and, per kind
-    (``visuals[kind] = (grids, patch rows)``), the patch rows and ``{kind}_grid_thw`` (Qwen2-VL and Qwen3-VL)."""
     inputs = left_padded(rows)
     inputs["mm_token_type_ids"] = torch.zeros_like(inputs["input_ids"])
     for b, types in enumerate(token_types):

@@ -12,51 +12,23 @@ from transformers import (
     Qwen3VLMoeForConditionalGeneration,
 )
 
-from .common import (
-    IMAGE_TOKEN_ID,
-    QWEN2_VL_TOKEN_IDS,
-    VIDEO_TOKEN_ID,
-    VISION_END_TOKEN_ID,
-    VISION_START_TOKEN_ID,
-    build,
-    finish,
-    sample_generators,
-    text_config,
-    text_ids,
-)
+from .common import QWEN2_VL_TOKEN_IDS, TinyDecoder, text_config
 from .qwen2_vl import mrope_inputs
 
 
 def tiny_qwen3_vl(
-    *,
-    moe: bool = False,
-    hidden_size: int = 64,
-    intermediate_size: int = 128,
-    num_layers: int = 4,
-    num_heads: int = 4,
-    num_kv_heads: int = 2,
-    vocab_size: int = 128,
-    mrope_section: tuple[int, int, int] = (4, 2, 2),
-    deepstack_layers: int = 3,
-    attn_implementation: str = "sdpa",
-    dtype: torch.dtype = torch.float32,
-    device: str | torch.device = "cpu",
-    seed: int = 0,
-    qk_gain: float = 2.0,
+    *, moe: bool = False, mrope_section: tuple[int, int, int] = (4, 2, 2), deepstack_layers: int = 3, **decoder
 ) -> Qwen3VLForConditionalGeneration | Qwen3VLMoeForConditionalGeneration:
     """A ``Qwen3VLForConditionalGeneration`` (``moe=True``: ``Qwen3VLMoeForConditionalGeneration``, 4 experts,
-    2 per token) whose vision tower (``deepstack_layers`` blocks) feeds DeepStack features to the first
-    ``deepstack_layers`` decoder layers; ``sum(mrope_section)`` must be half the head dim. Patch 2, spatial
-    merge 2, temporal patch 2: a ``(t, h, w)`` patch grid gives ``t·h·w / 4`` tokens. Weights made on ``device``."""
-    if 2 * sum(mrope_section) != hidden_size // num_heads:
-        raise ValueError(
-            f"2 * sum(mrope_section) must equal the head dim {hidden_size // num_heads}; got {mrope_section}"
-        )
-    shape = (hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads, vocab_size)
-    rope = dict(rope_type="default", rope_theta=10000.0, mrope_section=list(mrope_section), mrope_interleaved=True)
-    text = text_config(*shape, head_dim=hidden_size // num_heads, max_position_embeddings=4096, rope_parameters=rope)
+    2 per token; ``decoder``: :class:`TinyDecoder`'s keywords) whose vision tower (``deepstack_layers`` blocks)
+    feeds DeepStack features to the first ``deepstack_layers`` decoder layers; ``sum(mrope_section)`` must be half
+    the head dim. Patch 2, spatial merge 2, temporal patch 2: a ``(t, h, w)`` patch grid gives ``t·h·w / 4``
+    tokens."""
+    tiny = TinyDecoder.of(decoder)
+    rope = tiny.mrope(mrope_section, mrope_interleaved=True)
+    text = text_config(*tiny.shape, head_dim=tiny.head_dim, max_position_embeddings=4096, rope_parameters=rope)
     if moe:
-        text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=intermediate_size // 2)
+        text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=tiny.intermediate_size // 2)
     vision = dict(
         depth=deepstack_layers,
         hidden_size=32,
@@ -65,27 +37,23 @@ def tiny_qwen3_vl(
         patch_size=2,
         spatial_merge_size=2,
         temporal_patch_size=2,
-        out_hidden_size=hidden_size,
+        out_hidden_size=tiny.hidden_size,
         num_position_embeddings=16,
         deepstack_visual_indexes=list(range(deepstack_layers)),
     )
     config_class, model_class = (
         (Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration)
         if moe
-        else (
-            Qwen3VLConfig,
-            Qwen3VLForConditionalGeneration,
-        )
+        else (Qwen3VLConfig, Qwen3VLForConditionalGeneration)
     )
-    config = config_class(text_config=text, vision_config=vision, **QWEN2_VL_TOKEN_IDS)
-    model = build(model_class, config, seed, device)
+    model = tiny.make(model_class, config_class(text_config=text, vision_config=vision, **QWEN2_VL_TOKEN_IDS))
     if moe:  # experts and router are plain parameters, not nn.Linear: the same std 1/sqrt(fan_in) as finish's
-        generator = torch.Generator(device).manual_seed(seed)
+        generator = torch.Generator(tiny.device).manual_seed(tiny.seed)
         with torch.no_grad():
             for name, weight in model.model.language_model.named_parameters():
                 if name.endswith(("experts.gate_up_proj", "experts.down_proj", "mlp.gate.weight")):
                     weight.normal_(0.0, 1 / math.sqrt(weight.shape[-1]), generator=generator)
-    return finish(model, seed, qk_gain, attn_implementation, dtype, device)
+    return tiny.finish(model)
 
 
 def qwen3_vl_inputs(
@@ -101,22 +69,4 @@ def qwen3_vl_inputs(
     Also returns the patch rows (``pixel_values``, ``pixel_values_videos``), ``image_grid_thw`` /
     ``video_grid_thw`` and ``mm_token_type_ids`` (0 text, 1 image, 2 video).
     """
-    vision = model.config.vision_config
-    vocab, merge = model.config.text_config.vocab_size, vision.spatial_merge_size**2
-    patch_features = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
-    rows, token_types = [], []
-    visuals = {"image": ([], []), "video": ([], [])}  # per kind: grids, patch rows
-    for (before, images, videos, after), generator in sample_generators(samples, seed):
-        row, types = text_ids(generator, vocab, before), [0] * before
-        for kind, grid in [("image", (1, *g)) for g in images] + [("video", g) for g in videos]:
-            token, type_id = (IMAGE_TOKEN_ID, 1) if kind == "image" else (VIDEO_TOKEN_ID, 2)
-            count = grid[1] * grid[2] // merge
-            for _ in range(grid[0]):  # a video: one block per temporal patch, after its timestamp
-                stamp = text_ids(generator, vocab, 1) if kind == "video" else []
-                row += stamp + [VISION_START_TOKEN_ID] + [token] * count + [VISION_END_TOKEN_ID]
-                types += [0] * len(stamp) + [0] + [type_id] * count + [0]
-            visuals[kind][0].append(grid)
-            visuals[kind][1].append(torch.randn((math.prod(grid), patch_features), generator=generator))
-        rows.append(row + text_ids(generator, vocab, after))
-        token_types.append(types + [0] * after)
-    return mrope_inputs(model, rows, token_types, visuals)
+    return mrope_inputs(model, samples, seed, timestamps=True)

@@ -5,46 +5,16 @@ from __future__ import annotations
 import torch
 from transformers import VideoLlavaConfig, VideoLlavaForConditionalGeneration
 
-from .common import (
-    IMAGE_TOKEN_ID,
-    PAD_TOKEN_ID,
-    VIDEO_TOKEN_ID,
-    build,
-    clip_config,
-    finish,
-    left_padded,
-    llama_text_config,
-    sample_generators,
-    text_ids,
-)
+from .common import IMAGE_TOKEN_ID, VIDEO_TOKEN_ID, left_padded, sample_generators, text_ids
+from .llava import llava_family
 
 
-def tiny_video_llava(
-    *,
-    hidden_size: int = 64,
-    intermediate_size: int = 128,
-    num_layers: int = 4,
-    num_heads: int = 4,
-    num_kv_heads: int = 2,
-    vocab_size: int = 128,
-    image_size: int = 16,
-    patch_size: int = 4,
-    attn_implementation: str = "sdpa",
-    dtype: torch.dtype = torch.float32,
-    seed: int = 0,
-    qk_gain: float = 2.0,
-) -> VideoLlavaForConditionalGeneration:
-    """A ``VideoLlavaForConditionalGeneration`` (Llama decoder, CLIP image and video towers): an image
-    gives ``(image_size / patch_size)²`` tokens, a video that plus one (CLS) per frame; in eval mode."""
-    config = VideoLlavaConfig(
-        text_config=llama_text_config(hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads, vocab_size),
-        vision_config=clip_config(image_size, patch_size),
-        image_token_id=IMAGE_TOKEN_ID,
-        video_token_id=VIDEO_TOKEN_ID,
-        pad_token_id=PAD_TOKEN_ID,
-        vocab_size=vocab_size,
-    )
-    return finish(build(VideoLlavaForConditionalGeneration, config, seed), seed, qk_gain, attn_implementation, dtype)
+def tiny_video_llava(*, image_size: int = 16, patch_size: int = 4, **decoder) -> VideoLlavaForConditionalGeneration:
+    """A ``VideoLlavaForConditionalGeneration`` (Llama decoder of ``decoder``: :class:`TinyDecoder`'s keywords; CLIP
+    image and video towers): an image gives ``(image_size / patch_size)²`` tokens, a video that plus one (CLS) per
+    frame; in eval mode."""
+    model_class = VideoLlavaForConditionalGeneration
+    return llava_family(VideoLlavaConfig, model_class, image_size, patch_size, decoder, video_token_id=VIDEO_TOKEN_ID)
 
 
 def video_llava_inputs(
