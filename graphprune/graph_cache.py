@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import copy
-import itertools
 import threading
 from collections.abc import Callable, Iterator
 
@@ -52,15 +51,11 @@ def capture_progress(decoder: nn.Module) -> Iterator[None]:
         bar.close()
 
 
-def placement(modules: list[nn.Module]) -> tuple:
-    """The dtype and device of each weight and buffer of ``modules`` (a decoder's): what a capture depends on.
-    Read off each module's own tensors (no walk of the module tree: it runs at every decoder call)."""
-    return tuple(
-        (t.dtype, t.device)
-        for module in modules
-        for t in itertools.chain(module._parameters.values(), module._buffers.values())
-        if t is not None
-    )
+def placement(tensors: list[dict]) -> tuple:
+    """The dtype and device of each weight and buffer in ``tensors``, the ``_parameters`` and ``_buffers`` of a
+    decoder's modules: what a capture depends on. Read off those dicts (no walk of the module tree: it runs at
+    every decoder call)."""
+    return tuple((t.dtype, t.device) for named in tensors for t in named.values() if t is not None)
 
 
 class GraphCache:
@@ -74,15 +69,15 @@ class GraphCache:
         self._graphs = dict(graphs or {})  # placement -> (prefill, decode, their special forms)
         self._runners: dict = {}  # placement -> the same, callables (compiled or not)
         self._lock = threading.Lock()
-        self._modules = list(decoder.modules())
+        self._tensors = [named for module in decoder.modules() for named in (module._parameters, module._buffers)]
 
     def graphs(self) -> tuple[fx.GraphModule, fx.GraphModule]:
         """The graphs for the decoder's current placement, captured now if it is new."""
-        return self._entry(placement(self._modules))[0]
+        return self._entry(placement(self._tensors))[0]
 
     def runners(self) -> tuple[Callable, Callable]:
         """What runs the prefill and decode steps at the decoder's current placement."""
-        return self._entry(placement(self._modules))[1]
+        return self._entry(placement(self._tensors))[1]
 
     def _entry(self, key: tuple):
         runners = self._runners.get(key)

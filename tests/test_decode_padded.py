@@ -78,7 +78,8 @@ def test_padded_generate_equals_each_sample_alone_and_reference(attn):
         out = model.generate(**inputs, max_new_tokens=steps, do_sample=False, return_dict_in_generate=True)
         prefill_slots = gp.last_record(model).keep_index.shape[1]
         state = optimized_state(model).decoder._cache_states[out.past_key_values]
-        alone = [model.generate(**llava_inputs(model, [s]), max_new_tokens=steps, do_sample=False) for s in PADDED]
+        alone = [llava_inputs(model, [sample], seed=b) for b, sample in enumerate(PADDED)]
+        alone = [model.generate(**one, max_new_tokens=steps, do_sample=False) for one in alone]
     assert torch.equal(out.sequences, expected)
     for row, ids in zip(out.sequences, alone, strict=True):
         assert torch.equal(row[-steps:], ids[0, -steps:])
@@ -130,7 +131,9 @@ def test_own_steps_on_a_cache_generate_filled_read_the_mask_they_are_given(llava
         mask = torch.cat([inputs["attention_mask"], ones], dim=1)  # the prompt and two tokens are cached
         return _own_steps(llava, out.past_key_values, out.sequences[:, -1:], mask, hide_first)
 
-    out, mask = llava(**inputs, use_cache=True), inputs["attention_mask"]
+    mask = inputs["attention_mask"]
+    positions = (mask.cumsum(dim=-1) - 1).masked_fill(mask == 0, 1)  # as generate gives them
+    out = llava(**inputs, position_ids=positions, use_cache=True)
     token = out.logits[:, -1:].argmax(-1)
     for _ in range(2):  # generate's two cached steps, as a caller runs them
         mask = torch.cat([mask, torch.ones_like(token)], dim=1)
