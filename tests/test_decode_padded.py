@@ -145,3 +145,16 @@ def test_own_steps_on_a_cache_generate_filled_read_the_mask_they_are_given(llava
     for got, want in zip(hidden, expected, strict=True):
         torch.testing.assert_close(got, want)
     assert not torch.allclose(hidden[1], shown[1])
+
+
+@pytest.mark.compile
+@torch.no_grad()
+def test_compiled_padded_decode_equals_reference():
+    model = tiny_llava(num_layers=3)
+    inputs = llava_inputs(model, PADDED)
+    expected = fastv_reference_generate(model, METHOD, **inputs, max_new_tokens=4)
+    with gp.optimized(model, METHOD, compile=True):
+        got = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+        runner = optimized_state(model).decoder.graphs.runners()[KEY_MASK_DECODE]
+        assert isinstance(runner, torch._dynamo.eval_frame.OptimizedModule)
+    assert torch.equal(got, expected)
