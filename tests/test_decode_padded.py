@@ -8,7 +8,9 @@ import torch
 
 import graphprune as gp
 from graphprune import ops
+from graphprune.capture import capture_decode, key_mask_decode
 from graphprune.decoders.base import DECODE, KEY_MASK_DECODE
+from graphprune.models import adapter_for
 from graphprune.passes._graph import layer_index
 from graphprune.reference import fastv_reference_generate
 from graphprune.runtime import optimized_state
@@ -158,3 +160,13 @@ def test_compiled_padded_decode_equals_reference():
         runner = optimized_state(model).decoder.graphs.runners()[KEY_MASK_DECODE]
         assert isinstance(runner, torch._dynamo.eval_frame.OptimizedModule)
     assert torch.equal(got, expected)
+
+
+def test_no_key_mask_form_where_the_mask_is_not_plain_padding():
+    """A sliding window hides cached keys that the step's padding does not: such a decoder keeps the general form."""
+    model = tiny_llava(num_layers=3)
+    decoder = adapter_for(model).decoder(model)
+    decode = capture_decode(decoder, adapter_for(model).layout(model))
+    assert key_mask_decode(decode, decoder) is not None
+    decoder.config.sliding_window = 4
+    assert key_mask_decode(decode, decoder) is None
