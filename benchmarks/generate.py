@@ -14,8 +14,12 @@ Min and median over rounds, and each ratio to (a). Targets (issue 15): TTFT of (
 x (a); decode of (b) <= (a), and within 1.1 x of the bytes-read fraction (decoder and head weights + kept KV
 over weights + full KV, at the prompt's length) where the KV cache dominates.
 
+``--padded`` left-pads the batch as a batched ``generate`` usually runs: sample i's prompt is i tokens shorter
+(taken from the text before the image, then after it), so the decode steps run on a padded cache.
+
     python benchmarks/generate.py                                    # cpu-small, batch 1 8 32, eager + compile
     python benchmarks/generate.py --batch 1 8 --no-compile --repeats 3
+    python benchmarks/generate.py --batch 8 --no-compile --padded    # a left-padded batch
     python benchmarks/generate.py --device cuda --preset llava-1.5-7b
 """
 
@@ -63,6 +67,16 @@ def _weight_bytes(model) -> int:
     """Bytes a decode step reads of weights: the decoder's and the head's (the vision tower runs at prefill)."""
     parts = [model.model.language_model, model.lm_head]
     return sum(p.nbytes for part in parts for p in part.parameters())
+
+
+def samples(before: int, after: int, batch: int, padded: bool) -> list[tuple[int, int, int]]:
+    """``llava_inputs``' samples: ``batch`` equal prompts, or with ``padded`` sample i's shorter by i tokens (text
+    before the image first, then after it; at least one text token stays)."""
+    rows = []
+    for i in range(batch):
+        short = min(i, before + after - 1) if padded else 0
+        rows.append((before - min(short, before), 1, after - max(short - before, 0)))
+    return rows
 
 
 def time_batch(models: dict, original, inputs: dict, args, repeats: int, sync, label: str, compiled: bool) -> dict:
@@ -137,6 +151,7 @@ def run(args) -> dict:
         layers=text.num_hidden_layers,
         hidden=text.hidden_size,
         new_tokens=args.new_tokens,
+        padded=args.padded,
         versions=dict(torch=torch.__version__, graphprune=gp.__version__),
         runs=[],
     )
@@ -151,7 +166,8 @@ def run(args) -> dict:
         try:
             for batch in args.batch:
                 before, after = preset["text"]
-                inputs = {k: v.to(device) for k, v in llava_inputs(model_a, [(before, 1, after)] * batch).items()}
+                rows = samples(before, after, batch, args.padded)
+                inputs = {k: v.to(device) for k, v in llava_inputs(model_a, rows).items()}
                 original = None
                 if batch == 1:
                     visual = (inputs["input_ids"][0] == IMAGE_TOKEN_ID).nonzero().flatten()
@@ -162,6 +178,7 @@ def run(args) -> dict:
                     models = {"a": model_a, "b": model_b}
                     timings = time_batch(models, original, inputs, args, repeats, sync, label, compiled)
                 run_ = dict(mode=mode, batch=batch, tokens=inputs["input_ids"].shape[1], repeats=repeats)
+                run_ |= dict(padding=int((inputs["attention_mask"] == 0).sum()))
                 run_ |= dict(fractions=fractions(model_a, model_b, inputs, method.k), timings=timings)
                 result["runs"].append(run_)
                 print(report_run(run_), flush=True)
@@ -183,7 +200,8 @@ def report_run(run_: dict) -> str:
         rows.append(row)
     header = ["variant"] + [f"{m} {s}" for m in ("TTFT", "decode/tok", "total") for s in ("min ms", "med ms", "x a")]
     head = (
-        f"\n{run_['mode']}, batch {run_['batch']}, {run_['tokens']} tokens, {run_['repeats']} rounds: "
+        f"\n{run_['mode']}, batch {run_['batch']}, {run_['tokens']} tokens ({run_['padding']} padding), "
+        f"{run_['repeats']} rounds: "
         f"FLOPs fraction {frac['flops']:.3f} (TTFT target {1.1 * frac['flops']:.3f} x a), decode bytes-read "
         f"fraction {frac['bytes_read']:.3f} (KV {100 * frac['kv_share_a']:.0f} % of (a)'s bytes read)"
     )
@@ -202,6 +220,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--no-compile", action="store_true", help="eager only")
     parser.add_argument("--k", type=int, default=2, help="FastV k (default: 2)")
     parser.add_argument("--keep", type=float, default=0.5, help="FastV keep fraction (default: 0.5)")
+    parser.add_argument("--padded", action="store_true", help="left-padded batch: sample i's prompt i tokens shorter")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     if min(args.repeats, args.repeats_b32) < 1 or args.new_tokens < 2 or min(args.batch) < 1:

@@ -34,7 +34,7 @@ from torch.fx.experimental.symbolic_shapes import ConstraintViolationError
 from torch.utils._pytree import tree_flatten
 from transformers import DynamicCache
 
-from . import masks
+from . import masks, ops
 from .models import DecoderLayout
 
 logger = logging.getLogger(__name__)
@@ -304,23 +304,77 @@ def unmasked_decode(gm: fx.GraphModule, decoder: nn.Module) -> fx.GraphModule | 
     (``enable_gqa``); no ``attention_mask`` input, nothing built from it. Shares ``gm``'s parameters. None
     where that form would not be exact (as ``causal_prefill``) or the graph reads the mask elsewhere."""
     unmasked = _unmasked(gm, decoder, is_causal=False)
-    if unmasked is None:
+    return unmasked if unmasked is not None and _drop_attention_mask(unmasked) else None
+
+
+KEY_MASK = "graphprune_key_mask"
+KEY_MASK_DTYPE = "graphprune_key_mask_dtype"
+
+
+def key_mask_decode(gm: fx.GraphModule, decoder: nn.Module) -> fx.GraphModule | None:
+    """The decode graph for one new token, given its mask as the caller keeps it: ``graphprune_key_mask [B, P + 1]``
+    (which keys the query sees, in the form of the captured mask: bool or additive, ``meta[KEY_MASK_DTYPE]``) in
+    place of ``attention_mask``, read by every layer as a ``[B, 1, 1, P + 1]`` view (``ops.key_mask_rows``); the
+    mask's construction from ``attention_mask`` is gone. Shares ``gm``'s parameters. None where the mask is not
+    plain padding (as ``causal_prefill``) or the graph reads ``attention_mask`` elsewhere."""
+    from .passes import _graph  # the passes' helpers import this module
+
+    layout = gm.meta[LAYOUT_KEY]
+    if not _plain_causal(layout, decoder):
         return None
-    mask = next(node for node in unmasked.graph.nodes if node.op == "placeholder" and node.name == "attention_mask")
+    keyed = fx.GraphModule(gm, copy.deepcopy(gm.graph))
+    keyed.meta.update(gm.meta)
+    past = _graph.symbol(_graph.placeholder(keyed, "past_0").meta["val"].shape[2])
+    new_tokens = _graph.symbol(_graph.placeholder(keyed, "inputs_embeds").meta["val"].shape[1])
+
+    def is_mask(node: fx.Node) -> bool:  # outside the layers, read inside them, [B, h, T, P + T]
+        value = node.meta.get("val")
+        return (
+            isinstance(value, torch.Tensor)
+            and value.dim() == 4
+            and _graph.symbol(value.shape[2]) == new_tokens
+            and _graph.symbol(value.shape[3]) == past + new_tokens
+            and _graph.layer_index(node, layout) is None
+            and any(_graph.layer_index(user, layout) is not None for user in node.users)
+        )
+
+    masks = [node for node in keyed.graph.nodes if is_mask(node)]
+    if len(masks) != 1:
+        return None
+    key_mask = _graph.add_placeholder(keyed, KEY_MASK)
+    with keyed.graph.inserting_after(masks[0]):
+        rows = _graph.named(keyed.graph.call_function(ops.key_mask_rows, (key_mask,)), "key_mask_rows")
+    rows.meta["val"] = masks[0].meta["val"]
+    masks[0].replace_all_uses_with(rows)
+    keyed.meta[KEY_MASK_DTYPE] = masks[0].meta["val"].dtype
+    return keyed if _drop_attention_mask(keyed) else None
+
+
+def _drop_attention_mask(gm: fx.GraphModule) -> bool:
+    """Remove ``gm``'s ``attention_mask`` input (and what only it fed); False, leaving it, if anything else reads it."""
+    graph = gm.graph
+    mask = next(node for node in graph.nodes if node.op == "placeholder" and node.name == "attention_mask")
     for check in [user for user in mask.users if user.target is torch.ops.aten._assert_tensor_metadata.default]:
-        unmasked.graph.erase_node(check)
+        graph.erase_node(check)
+    graph.eliminate_dead_code()
     if mask.users:
-        return None
-    unmasked.graph.erase_node(mask)
-    unmasked.recompile()
-    return unmasked
+        return False
+    graph.erase_node(mask)
+    graph.lint()
+    gm.recompile()
+    return True
+
+
+def _plain_causal(layout: DecoderLayout, decoder: nn.Module) -> bool:
+    """Whether each self-attention mask of the decoder is causal padding only (no sliding window, cross-attention)."""
+    return not layout.cross_attention_layers and getattr(decoder.config, "sliding_window", None) is None
 
 
 def _unmasked(gm: fx.GraphModule, decoder: nn.Module, is_causal: bool) -> fx.GraphModule | None:
     """A copy of ``gm`` whose SDPA calls take no mask and ``is_causal``, on the grouped keys and values
     themselves (``enable_gqa``, as HF's SDPA call without a mask), the mask-building nodes gone."""
     layout = gm.meta[LAYOUT_KEY]
-    if layout.cross_attention_layers or getattr(decoder.config, "sliding_window", None) is not None:
+    if not _plain_causal(layout, decoder):
         return None
     graph = copy.deepcopy(gm.graph)
     calls = [node for node in graph.nodes if node.target is _SDPA]

@@ -16,6 +16,8 @@ import inspect
 
 from transformers.generation import GenerationMode
 
+from .decoders.base import current_generation
+
 SUPPORTED_MODES = {GenerationMode.GREEDY_SEARCH: "greedy", GenerationMode.SAMPLE: "sampling"}
 _NOT_CONFIG = ("trust_remote_code", "tokenizer", "assistant_tokenizer")  # generate pops these first
 
@@ -23,6 +25,7 @@ _NOT_CONFIG = ("trust_remote_code", "tokenizer", "assistant_tokenizer")  # gener
 def checked_generate(model, generate):
     """``generate`` that refuses unsupported generation modes and runs ``use_cache=False`` on the cache."""
     signature = inspect.signature(generate)
+    generate = _in_generation(generate)
     var_keyword = next(p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD)
 
     @functools.wraps(generate)
@@ -57,3 +60,18 @@ def checked_generate(model, generate):
         return out
 
     return generate_supported_modes
+
+
+def _in_generation(generate):
+    """``generate`` run with ``current_generation`` set to an object of its own, which the caches it fills record:
+    its decode steps extend the prompt's mask by ones, so the decoder keeps their key masks from step to step."""
+
+    @functools.wraps(generate)
+    def generating(*args, **kwargs):
+        token = current_generation.set(object())
+        try:
+            return generate(*args, **kwargs)
+        finally:
+            current_generation.reset(token)
+
+    return generating

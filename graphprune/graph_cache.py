@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import copy
-import itertools
 import threading
 from collections.abc import Callable, Iterator
 
@@ -52,30 +51,33 @@ def capture_progress(decoder: nn.Module) -> Iterator[None]:
         bar.close()
 
 
-def placement(decoder: nn.Module) -> tuple:
-    """The dtype and device of each of the decoder's weights and buffers: what a capture depends on."""
-    return tuple((t.dtype, t.device) for t in itertools.chain(decoder.parameters(), decoder.buffers()))
+def placement(tensors: list[dict]) -> tuple:
+    """The dtype and device of each weight and buffer in ``tensors``, the ``_parameters`` and ``_buffers`` of a
+    decoder's modules: what a capture depends on. Read off those dicts (no walk of the module tree: it runs at
+    every decoder call)."""
+    return tuple((t.dtype, t.device) for named in tensors for t in named.values() if t is not None)
 
 
 class GraphCache:
-    """``(prefill, decode, unpadded prefill or None, unpadded decode or None)`` graphs per placement of the
-    decoder's weights, under ``torch.compile`` on request."""
+    """The graphs of ``GraphDecoder._capture`` (prefill, decode, and their special forms or None) per placement of
+    the decoder's weights, under ``torch.compile`` on request."""
 
     def __init__(self, decoder: nn.Module, capture: Capture, compile: bool, graphs: dict | None = None):
         self.decoder = decoder
         self.compile = compile
         self._capture = capture
-        self._graphs = dict(graphs or {})  # placement -> (prefill, decode, unpadded prefill, unpadded decode)
+        self._graphs = dict(graphs or {})  # placement -> (prefill, decode, their special forms)
         self._runners: dict = {}  # placement -> the same, callables (compiled or not)
         self._lock = threading.Lock()
+        self._tensors = [named for module in decoder.modules() for named in (module._parameters, module._buffers)]
 
     def graphs(self) -> tuple[fx.GraphModule, fx.GraphModule]:
         """The graphs for the decoder's current placement, captured now if it is new."""
-        return self._entry(placement(self.decoder))[0]
+        return self._entry(placement(self._tensors))[0]
 
     def runners(self) -> tuple[Callable, Callable]:
         """What runs the prefill and decode steps at the decoder's current placement."""
-        return self._entry(placement(self.decoder))[1]
+        return self._entry(placement(self._tensors))[1]
 
     def _entry(self, key: tuple):
         runners = self._runners.get(key)

@@ -179,6 +179,20 @@ def gather_decode_mask(mask: torch.Tensor, cache_index: torch.Tensor, cache_vali
     return _hide(gather_sequence(mask, index, 3), ~valid[:, None, None, :])
 
 
+def key_mask_rows(key_mask: torch.Tensor) -> torch.Tensor:
+    """A one-query decode step's ``[B, 1, 1, K]`` attention mask from its key mask ``[B, K]`` (a view: no work)."""
+    return key_mask[:, None, None, :]
+
+
+def key_mask_form(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The ``[B, K]`` bool key mask ``visible`` in a graph's mask form: bool, or additive (0 or the dtype's min)."""
+    if dtype == torch.bool:
+        return visible.bool()
+    return torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill(
+        ~visible.bool(), torch.finfo(dtype).min
+    )
+
+
 def _visible_features(cross_attention_mask: torch.Tensor) -> torch.Tensor:
     """``[B, T, F]`` bool: which features each text row may attend, from an additive ``[B, 1, T, F]`` mask."""
     return cross_attention_mask[:, 0] != torch.finfo(cross_attention_mask.dtype).min

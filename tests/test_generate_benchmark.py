@@ -40,3 +40,10 @@ def test_original_fastv_inside_generate_puts_back_a_forward_set_on_the_decoder()
     with torch.no_grad(), original.installed():
         model.generate(**inputs, max_new_tokens=2, do_sample=False)
     assert lm.__dict__["forward"] is own
+
+
+def test_padded_samples_are_one_token_shorter_each_and_keep_their_image():
+    rows = generate.samples(5, 4, 8, padded=True)
+    assert [before + after for before, _, after in rows] == [9 - i for i in range(8)]
+    assert all(images == 1 and before >= 0 and after >= 1 for before, images, after in rows)
+    assert generate.samples(5, 4, 3, padded=False) == [(5, 1, 4)] * 3

@@ -14,7 +14,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 from transformers.modeling_outputs import MoeModelOutputWithPast
 
-from ..capture import capture_decode, capture_prefill, causal_prefill, unmasked_decode
+from ..capture import KEY_MASK_DTYPE, capture_decode, capture_prefill, causal_prefill, key_mask_decode, unmasked_decode
 from ..graph_cache import GraphCache, capturing
 from ..model_copy import refuse_part_copy
 from ..models import DecoderLayout
@@ -32,6 +32,16 @@ current_visual_mask: contextvars.ContextVar[Callable[[], torch.Tensor | None] | 
 # the optimized model's call arguments by name, set around it: a stand-in whose decoder gets masks that the model
 # built (Gemma 3's dict) reads the 2-D mask and token types they came from
 current_call: contextvars.ContextVar[dict | None] = contextvars.ContextVar("graphprune_call", default=None)
+
+
+# the ``generate`` call running now (an object per call, None outside one): set by the optimized model's generate.
+# Its decode steps pass the prompt's mask grown by ones, so a cache it filled keeps its key masks from step to step.
+current_generation: contextvars.ContextVar[object | None] = contextvars.ContextVar(
+    "graphprune_generation", default=None
+)
+
+# the graphs' order in ``GraphCache``: prefill, decode (general), and the forms below, each None where not exact
+PREFILL, DECODE, CAUSAL_PREFILL, UNMASKED_DECODE, KEY_MASK_DECODE = range(5)
 
 
 def full_mask(attention_mask: torch.Tensor | None, batch: int, length: int, device) -> torch.Tensor:
@@ -88,6 +98,10 @@ class PrunedCache:
     index: torch.Tensor  # [B, P' + room]: original position (or feature) of each slot; room for later steps after
     valid: torch.Tensor  # [B, P' + room]: False for padding slots
     unpadded: bool = False  # no padding in the prompt nor slot: a one-token step needs no mask
+    # the generate call that filled it (``current_generation``), where the key-mask decode graph exists
+    generation: object | None = None
+    # ``generation``'s key masks in the key-mask graph's form, over [B, P + room] (layers < k) and the slots (>= k)
+    key_masks: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 class GraphDecoder:
@@ -95,7 +109,8 @@ class GraphDecoder:
     device of the decoder (under ``torch.compile`` on request), the original forward, and the state of each
     cache it filled. ``graphs`` (placement -> graphs) is given for a deep copy, captured now otherwise.
     ``optimize`` sets ``state`` (the model's optimized state), which records each prefill.
-    ``decodes_unmasked``: the method's decode pass also takes ``capture.unmasked_decode``'s graph."""
+    ``decodes_unmasked``: the method's decode pass also takes the one-token forms of the decode graph
+    (``capture.unmasked_decode``, ``capture.key_mask_decode``)."""
 
     decodes_unmasked = False
 
@@ -109,21 +124,22 @@ class GraphDecoder:
         self._cache_states: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.state = None
 
-    def _capture(self) -> tuple[fx.GraphModule, fx.GraphModule, fx.GraphModule | None, fx.GraphModule | None]:
-        """The decoder's prefill and decode graphs, rewritten by the method's passes, and their forms for
-        batches without padding, SDPA given no mask as HF gives it (None where not exact): the prefill's
-        masking causally, the decode step's for one new token."""
+    def _capture(self) -> tuple[fx.GraphModule | None, ...]:
+        """The decoder's prefill and decode graphs, rewritten by the method's passes, and (None where not exact)
+        their forms for batches without padding, SDPA given no mask as HF gives it (the prefill's masking
+        causally, the decode step's for one new token), and for one new token with key masks kept by the caller
+        (``capture.key_mask_decode``); in the order of ``PREFILL`` .. ``KEY_MASK_DECODE``."""
         handler = handler_for(self.method)
         captured, decode = capture_prefill(self.decoder, self.layout), capture_decode(self.decoder, self.layout)
         # copies, made before the passes rewrite `captured` and `decode`
         unpadded = causal_prefill(captured, self.decoder)
-        unpadded_decode = unmasked_decode(decode, self.decoder) if self.decodes_unmasked else None
+        one_token = (unmasked_decode, key_mask_decode) if self.decodes_unmasked else ()
+        one_token = [form(decode, self.decoder) for form in one_token] or [None, None]
         if unpadded is not None:
             unpadded = handler.prefill_pass(unpadded, self.method)
-        if unpadded_decode is not None:
-            unpadded_decode = handler.decode_pass(unpadded_decode, self.method)
+        one_token = [None if graph is None else handler.decode_pass(graph, self.method) for graph in one_token]
         prefill, decode = handler.prefill_pass(captured, self.method), handler.decode_pass(decode, self.method)
-        return prefill, decode, unpadded, unpadded_decode
+        return prefill, decode, unpadded, *one_token
 
     def __deepcopy__(self, memo):
         refuse_part_copy()
@@ -169,22 +185,29 @@ class GraphDecoder:
         output (with ``use_cache``, ``cache``, a new one if None, holding the keys and values and this
         stand-in its slots) and the graph's ``(keep_index, slot_valid, scores)``."""
         runners = self.graphs.runners()
-        outputs = runners[2 if unpadded and runners[2] is not None else 0](*inputs)
+        outputs = runners[CAUSAL_PREFILL if unpadded and runners[CAUSAL_PREFILL] is not None else PREFILL](*inputs)
         hidden, selection = outputs[0], tuple(outputs[-3:])
         if not use_cache:
             return DecoderOutput(last_hidden_state=hidden), selection
         cache = cache if cache is not None else DynamicCache(config=self.decoder.config)
         for layer_idx in range(self.layout.num_layers):
             _fill(cache, layer_idx, outputs[1 + 2 * layer_idx], outputs[2 + 2 * layer_idx])
-        self._cache_states[cache] = PrunedCache(selection[0], selection[1], unpadded and runners[3] is not None)
+        unpadded = unpadded and runners[UNMASKED_DECODE] is not None
+        generation = current_generation.get() if runners[KEY_MASK_DECODE] is not None else None
+        self._cache_states[cache] = PrunedCache(selection[0], selection[1], unpadded, generation)
         return DecoderOutput(last_hidden_state=hidden, past_key_values=cache), selection
 
-    def _decode(self, inputs: list, cache, slots: tuple = ()) -> DecoderOutput:
-        """Run the decode graph on ``inputs``, then ``cache``'s keys, values and the slots ``(index, valid)`` of its
-        pruned layers; with no ``slots``, its form without a mask on ``inputs`` without ``attention_mask``.
-        ``cache`` takes the new keys and values."""
-        flat_cache = [t for layer in cache.layers for t in (layer.keys, layer.values)]
-        outputs = self.graphs.runners()[1 if slots else 3](*inputs, *flat_cache, *slots)
-        for layer_idx, layer in enumerate(cache.layers):
-            layer.keys, layer.values = outputs[1 + 2 * layer_idx], outputs[2 + 2 * layer_idx]
+    def _decode(self, graph: int, inputs: list, cache, extra: tuple = ()) -> DecoderOutput:
+        """Run the decode graph ``graph`` (``DECODE``, ``UNMASKED_DECODE``, ``KEY_MASK_DECODE``) on ``inputs``, then
+        ``cache``'s keys and values, then ``extra`` (its pruned layers' slots or key masks). ``cache`` takes the new
+        keys and values."""
+        layers = cache.layers
+        flat_cache = [tensor for layer in layers for tensor in (layer.keys, layer.values)]
+        outputs = self.graphs.runners()[graph](*inputs, *flat_cache, *extra)
+        for layer, keys, values in zip(layers, outputs[1::2], outputs[2::2], strict=False):
+            layer.keys, layer.values = keys, values
         return DecoderOutput(last_hidden_state=outputs[0], past_key_values=cache)
+
+    def key_mask_dtype(self) -> torch.dtype:
+        """The form of the key masks that ``KEY_MASK_DECODE``'s graph takes: bool, or an additive float dtype."""
+        return self.graphs.graphs()[KEY_MASK_DECODE].meta[KEY_MASK_DTYPE]

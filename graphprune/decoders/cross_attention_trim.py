@@ -15,7 +15,7 @@ from ..padding import normalized_attention_mask, refuse_right_padding, right_pad
 from ..passes import cross_attention_budget, cross_attention_trim, cross_attention_trim_decode
 from ..registry import MethodHandler, register_method
 from ..report import Report
-from .base import GraphDecoder, PrunedCache, checked_decode_mask, full_mask
+from .base import DECODE, GraphDecoder, PrunedCache, checked_decode_mask, full_mask
 
 
 @dataclass
@@ -129,7 +129,7 @@ class CrossAttentionTrimDecoder(GraphDecoder):
         masks = args["cross_attention_mask"], args["full_text_row_masked_out_mask"]
         cross_mask, row_mask = self._cross_masks(*masks, batch, new_tokens, features, inputs_embeds)
         inputs = [inputs_embeds, attention_mask, position_ids.expand(batch, new_tokens), cross_mask, row_mask]
-        return self._decode(inputs, cache, (state.index, state.valid))
+        return self._decode(DECODE, inputs, cache, (state.index, state.valid))
 
 
 def _check_layout(method: CrossAttentionTrim, layout: DecoderLayout) -> None:

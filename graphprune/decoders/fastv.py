@@ -15,7 +15,18 @@ from ..padding import normalized_attention_mask, refuse_right_padding, right_pad
 from ..passes import fastv, fastv_budget, fastv_decode
 from ..registry import MethodHandler, register_method
 from ..report import Report
-from .base import GraphDecoder, PrunedCache, check_decode_mask, checked_decode_mask, current_visual_mask, full_mask
+from .base import (
+    DECODE,
+    KEY_MASK_DECODE,
+    UNMASKED_DECODE,
+    GraphDecoder,
+    PrunedCache,
+    check_decode_mask,
+    checked_decode_mask,
+    current_generation,
+    current_visual_mask,
+    full_mask,
+)
 
 
 @dataclass
@@ -127,15 +138,32 @@ class FastVDecoder(GraphDecoder):
         device = inputs_embeds.device
         past = cache.get_seq_length()  # layer 0 is never pruned: the unpruned length
         position_ids = self._graph_positions(position_ids, batch, past, new_tokens, device)
-        if state.unpadded and new_tokens == 1:
+        if new_tokens == 1 and state.unpadded:
             # no padding since the prefill (generate adds none): every cached key is seen, so no mask is built
             check_decode_mask(attention_mask, past, new_tokens)
-            return self._decode([inputs_embeds, position_ids], cache)
+            return self._decode(UNMASKED_DECODE, [inputs_embeds, position_ids], cache)
         attention_mask = checked_decode_mask(attention_mask, batch, past, new_tokens, device)
         length = cache.layers[-1].keys.shape[2]  # the last layer is pruned (k < num_layers): P'
-        return self._decode(
-            [inputs_embeds, attention_mask, position_ids], cache, _decode_slots(state, length, past, new_tokens)
-        )
+        slots = _decode_slots(state, length, past, new_tokens)
+        if new_tokens == 1 and state.generation is not None and state.generation is current_generation.get():
+            # a step of the generate call that filled the cache: its mask is the prompt's grown by ones, so the
+            # key masks made at its first step (and when the room grows) hold; the step passes views of them
+            key_masks = self._key_masks(state, attention_mask, length)
+            return self._decode(KEY_MASK_DECODE, [inputs_embeds, position_ids], cache, key_masks)
+        return self._decode(DECODE, [inputs_embeds, attention_mask, position_ids], cache, slots)
+
+    def _key_masks(self, state: PrunedCache, attention_mask, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The one-token step's key masks over ``[B, P + 1]`` and the ``length + 1`` slots of the pruned layers,
+        made anew (from the step's mask, the slots' validity and ones for the room) only when the room grew."""
+        room = state.valid.shape[1]
+        if state.key_masks is None or state.key_masks[1].shape[1] != room:
+            ahead = room - length - 1  # slots laid out for later steps, after this step's
+            ones = torch.ones(attention_mask.shape[0], ahead, dtype=torch.bool, device=attention_mask.device)
+            grown = torch.cat([attention_mask.bool(), ones], dim=1)
+            dtype = self.key_mask_dtype()
+            state.key_masks = ops.key_mask_form(grown, dtype), ops.key_mask_form(state.valid, dtype)
+        full, pruned = state.key_masks
+        return full[:, : attention_mask.shape[1]], pruned[:, : length + 1]
 
 
 def _decode_slots(state: PrunedCache, length: int, past: int, new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:

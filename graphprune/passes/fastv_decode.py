@@ -7,10 +7,14 @@ Layers ``>= k`` hold only ``P'`` cached positions, so the pass gives them each m
 are first moved to layer 0's, which is never pruned.
 
 New inputs: ``graphprune_cache_index [B, P']`` (the original position of each pruned-cache slot)
-and ``graphprune_cache_valid [B, P']`` (False for padding slots).
+and ``graphprune_cache_valid [B, P']`` (False for padding slots). This general form (any step, any mask the
+caller passes; the one ONNX export writes) gathers the mask at every step.
 
-The decode graph without a mask (``capture.unmasked_decode``: one new token, no padding slot) needs neither:
-its pruned layers read their key length off their own past, and nothing is gathered per step.
+The graph's two one-token forms gather nothing per step; their pruned layers read their key length off their
+own past. ``capture.unmasked_decode``'s (no padding) has no mask at all. ``capture.key_mask_decode``'s takes
+the key mask of layers ``< k`` as ``graphprune_key_mask [B, P + 1]``, and the pass adds the pruned layers'
+``graphprune_pruned_key_mask [B, P' + 1]``: the runtime builds both at the first step of a ``generate``
+(whose mask only grows by ones) and passes views of them, so a step does no mask work that the prompt sizes.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 from torch import fx
 
 from .. import ops
+from ..capture import KEY_MASK
 from ..methods import FastV
 from . import _graph
 
@@ -77,20 +82,29 @@ def fastv_decode(gm: fx.GraphModule, method: FastV) -> fx.GraphModule:
 
 
 def _unmasked(gm: fx.GraphModule, method: FastV, boundary, crossing, past, new_tokens) -> fx.GraphModule:
-    """The pass on a decode graph without a mask: the past and key lengths that layers ``>= k`` read become
-    those of their own (pruned) past."""
+    """The pass on a decode graph without ``attention_mask``: the past and key lengths that layers ``>= k`` read
+    become those of their own (pruned) past; with a key mask input, they read the one of their slots instead."""
     graph = gm.graph
+    keyed = any(node.op == "placeholder" and node.name == KEY_MASK for node in graph.nodes)
+    pruned_mask = _graph.add_placeholder(gm, "graphprune_pruned_key_mask") if keyed else None
     with graph.inserting_before(boundary):
         pruned_past = _graph.size_of(gm, _graph.placeholder(gm, f"past_{2 * method.k}"), 2, "past_length")
         step = _graph.size_of(gm, _graph.placeholder(gm, "inputs_embeds"), 1, "new_tokens")
         key_length = _graph.named(graph.call_function(operator.add, (pruned_past, step)), "key_length")
         pruned_lengths = {past: pruned_past, past + new_tokens: key_length}
+        pruned_rows = None
+        if keyed:
+            pruned_rows = _graph.named(graph.call_function(ops.key_mask_rows, (pruned_mask,)), "pruned_key_mask_rows")
         for node, users in crossing.items():
             value = node.meta.get("val")
             if node.op == "placeholder" or not _graph.depends_on(value, past):
+                continue
+            if keyed and node.target is ops.key_mask_rows:
+                _graph.repoint(node, pruned_rows, users)
                 continue
             expr = _graph.symbol(value)
             if expr not in pruned_lengths:
                 raise _graph.fail(gm, PASS, f"{node.name} {value} depends on the past length; no mask to gather")
             _graph.repoint(node, pruned_lengths[expr], users)
-    return _graph.finish(gm, PASS, f"k={method.k}; layers >= {method.k} attend over their pruned cache, no mask")
+    form = "their slots' key mask" if keyed else "no mask"
+    return _graph.finish(gm, PASS, f"k={method.k}; layers >= {method.k} attend over their pruned cache, {form}")
