@@ -14,32 +14,32 @@ the model is built, never fp32 on the CPU first). The issue's two first, then th
   28/4 heads, MLP 18944, vocab 152064) and vision tower (32 blocks, width 1280); one 672x672 image
   (48x48 patches merged 2x2 = 576 visual tokens) between 36 and 28 text tokens (vision start/end included);
 - ``llava-onevision-7b`` (3735 tokens, 3699 visual), ``internvl3-8b`` (1316, 1280), ``smolvlm2-2.2b`` (1453,
-  1377), ``qwen3-vl-8b`` (1062, 1024): ``benchmarks/prefill_families.py``'s presets of those names (the real
-  decoder shape and visual token count; how each count is formed is commented there), built by the family's
-  ``graphprune.testing`` builder with its 2-layer vision tower. The tower's time is in (a) and (b) alike and
-  FastV does not touch it, so a real tower would move the prefill ratio towards 1 by its share.
+  1377), ``qwen3-vl-8b`` (1062, 1024), ``gemma3-4b`` (294, 256): ``benchmarks/prefill_families.py``'s presets of
+  those names (the real decoder shape and visual token count; how each count is formed is commented there), built
+  by the family's ``graphprune.testing`` builder with its 2-layer vision tower. The tower's time is in (a) and (b)
+  alike and FastV does not touch it, so a real tower would move the prefill ratio towards 1 by its share.
 
-Variants: (a) the unmodified model (SDPA); (b) graphprune, ``gp.optimize(FastV(k=2, keep=0.5))`` on a
-second module tree over (a)'s weights; (c) the original FastV code (``OriginalFastV``: eager attention
-at layer k-1; LLaVA-1.5 at batch 1 only, as the original). (c) is not run for the others: the original code is
-LLaVA-1.5's (Llama decoder, 1-D RoPE, one image span); Qwen2-VL and Qwen3-VL have M-RoPE (Qwen3-VL also
-DeepStack), SmolVLM2's tiles are split by text tokens, and porting it to LLaVA-OneVision or InternVL3 would make
-it ours, not the original. Timed side by side in interleaved rounds (the order reversed every other round), min
-and median: the prefill forward (``use_cache=True``, ``logits_to_keep=1``), TTFT through
-``generate(max_new_tokens=1)``, and decode per new token (``generate`` of N tokens minus TTFT, over N - 1, per
-round); at batch 1, then batch 8 (a, b) where the budget allows. Also: ``gp.optimize``'s own time, the FLOPs
-fraction (``gp.flops``) next to the measured prefill ratio (b)/(a), and which SDPA kernel runs in how many
-decoder layers of one profiled prefill per variant (``torch.profiler``; decoder calls told from the vision
-tower's by heads and head size).
+Variants: (a) the unmodified model (SDPA); (b) graphprune, ``gp.optimize(FastV(k=2, keep=0.5))`` on a second
+module tree over (a)'s weights; (c) the original FastV code (``OriginalFastV``: eager attention at layer k-1;
+LLaVA-1.5 at batch 1 only, as the original). (c) is not run for the others: the original code is LLaVA-1.5's
+(Llama decoder, 1-D RoPE, one image span); Qwen2-VL and Qwen3-VL have M-RoPE (Qwen3-VL also DeepStack), SmolVLM2's
+tiles are split by text tokens, Gemma 3's image tokens attend each other both ways, and porting it to
+LLaVA-OneVision or InternVL3 would make it ours, not the original. Timed side by side in interleaved rounds (the
+order reversed every other round), min and median: the prefill forward (``use_cache=True``, ``logits_to_keep=1``),
+TTFT through ``generate(max_new_tokens=1)``, and decode per new token (``generate`` of N tokens minus TTFT, over
+N - 1, per round); at batch 1, then batch 8 (a, b) where the budget allows. Also: ``gp.optimize``'s own time, the
+FLOPs fraction (``gp.flops``) next to the measured prefill ratio (b)/(a), and which SDPA kernel runs in how many
+decoder layers of one profiled prefill per variant (``torch.profiler``; decoder calls told from the vision tower's
+by heads and head size).
 
 Time budget (``--budget-s``, default 420 s of the 8 minutes, the rest start-up and slack; none for ``--smoke``).
 Estimated seconds per case at batch 1 on an H100 (build ~5, ``gp.optimize`` ~0.7-1 s per decoder layer as
 measured on the GPU, the SDPA-kernel profiles, 8 interleaved rounds of prefill, TTFT and 32 tokens at ~1 ms per
 layer and token):
-llava-1.5-7b 65, qwen2-vl-7b 60, llava-onevision-7b 60, internvl3-8b 55, smolvlm2-2.2b 45, qwen3-vl-8b 75;
-all six about 360 s. A case whose estimate exceeds the time left is skipped whole, and said so; batch 8 runs
-only if twice batch 1's time still leaves every later case its estimate (so in the default run of six it is
-mostly skipped: ``--cases llava-1.5-7b qwen2-vl-7b`` gives the issue's two their batch 8).
+llava-1.5-7b 65, qwen2-vl-7b 60, llava-onevision-7b 60, internvl3-8b 55, smolvlm2-2.2b 45, qwen3-vl-8b 75,
+gemma3-4b 50; all seven about 410 s. A case whose estimate exceeds the time left is skipped whole, and said
+so; batch 8 runs only if twice batch 1's time still leaves every later case its estimate (so in the default
+run of seven it is mostly skipped: ``--cases llava-1.5-7b qwen2-vl-7b`` gives the issue's two their batch 8).
 
 Every case runs in a try/except that prints the traceback and goes on; results are written after each
 case to ``$OUT/gpu_suite.json`` (if ``OUT`` is set) and ``--json``. ``--smoke`` runs tiny fp32 decoders
@@ -132,6 +132,7 @@ CASES = {
     "internvl3-8b": _preset("internvl3-8b", "internvl-cpu", 55),
     "smolvlm2-2.2b": _preset("smolvlm2-2.2b", "smolvlm-cpu", 45),
     "qwen3-vl-8b": _preset("qwen3-vl-8b", "qwen3-vl-cpu", 75),
+    "gemma3-4b": _preset("gemma3-4b", "gemma3-cpu", 50),
 }
 
 

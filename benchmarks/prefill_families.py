@@ -1,5 +1,6 @@
 """``benchmarks/prefill.py``'s other families (LLaVA-NeXT, Video-LLaVA, Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision,
-InternVL3, SmolVLM2, Qwen3-VL): presets and run; and the KV-cache, timing and row helpers that both runs use."""
+InternVL3, SmolVLM2, Qwen3-VL, Gemma 3): presets and run; and the KV-cache, timing and row helpers that both runs
+use."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from benchmarks.harness import (
     QWEN_CPU,
     cache_bytes,
     device_name,
+    gemma3_inputs,
     idefics3_inputs,
     internvl_inputs,
     llava_next_inputs,
@@ -28,6 +30,7 @@ from benchmarks.harness import (
     spread_ms,
     sync_for,
     timed,
+    tiny_gemma3,
     tiny_idefics3,
     tiny_internvl,
     tiny_llava_next,
@@ -47,6 +50,10 @@ from graphprune.reference.fastv import decoder_inputs
 # head_dim 128); InternVL3-8B's (Qwen2.5-7B) and LLaVA-OneVision-7B's (Qwen2-7B) are QWEN_7B.
 SMOLLM2_1_7B = dict(hidden_size=2048, intermediate_size=8192, num_layers=24, num_heads=32, num_kv_heads=32)
 QWEN3_8B = dict(hidden_size=4096, intermediate_size=12288, num_layers=36, num_heads=32, num_kv_heads=8)
+# Gemma 3 4B's decoder (34 layers, GQA 8/4, head_dim 256: not hidden / heads; every 6th layer global, the others
+# sliding with a 1024-token window) and image side (a 896-pixel SigLIP image, 64x64 patches pooled to 256 tokens)
+GEMMA3_4B = dict(hidden_size=2560, intermediate_size=10240, num_layers=34, num_heads=8, num_kv_heads=4, head_dim=256)
+GEMMA3 = dict(sliding_window=1024, global_every=6, image_size=896, patch_size=14, tokens_per_image=256)
 # Qwen3-VL-8B's interleaved M-RoPE sections and its 3 DeepStack layers (vision blocks 8, 16, 24 feed decoder 0-2)
 QWEN3_VL = dict(mrope_section=(24, 20, 20), deepstack_layers=3)
 
@@ -179,6 +186,23 @@ FAMILY_PRESETS = {
         model=dict(**QWEN3_8B, **QWEN3_VL, vocab_size=151936),
         inputs=qwen3_vl_inputs,
         sample=(22, [(64, 64)], [], 14),
+        dtype="bfloat16",
+    ),
+    # one image: 256 visual tokens between <start_of_image> and <end_of_image>, one text token after; the window
+    # (1024) is longer than the prompt, as in the 4B model at this length
+    "gemma3-cpu": dict(
+        build=tiny_gemma3,
+        model=dict(**CPU_DECODER, **GEMMA3, vocab_size=32064),
+        inputs=gemma3_inputs,
+        sample=(36, 1, 27),
+        dtype="float32",
+    ),
+    # Gemma 3 4B, one 896x896 image: 256 visual tokens
+    "gemma3-4b": dict(
+        build=tiny_gemma3,
+        model=dict(**GEMMA3_4B, **GEMMA3, vocab_size=262208),
+        inputs=gemma3_inputs,
+        sample=(22, 1, 13),
         dtype="bfloat16",
     ),
 }

@@ -22,6 +22,8 @@ VISUAL = {
     "smolvlm2-2.2b": ("SmolVLMForConditionalGeneration", 1377),
     "qwen3-vl-cpu": ("Qwen3VLForConditionalGeneration", 576),
     "qwen3-vl-8b": ("Qwen3VLForConditionalGeneration", 1024),
+    "gemma3-cpu": ("Gemma3ForConditionalGeneration", 256),
+    "gemma3-4b": ("Gemma3ForConditionalGeneration", 256),
 }
 # a small decoder in place of the preset's (head_dim 128, as Qwen3-VL's M-RoPE sections need)
 SMALL = dict(hidden_size=256, intermediate_size=256, num_layers=4, num_heads=2, num_kv_heads=1, vocab_size=512)

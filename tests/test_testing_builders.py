@@ -21,6 +21,7 @@ BUILDERS = {
     "internvl": testing.tiny_internvl,
     "idefics3": testing.tiny_idefics3,
     "mllama": functools.partial(testing.tiny_mllama, cross_attention_layers=(1,)),
+    "gemma3": testing.tiny_gemma3,
 }
 SHARED = dict(hidden_size=32, intermediate_size=48, num_layers=2, num_heads=2, num_kv_heads=1, vocab_size=64)
 SHARED |= dict(attn_implementation="eager", dtype=torch.bfloat16, device="cpu", seed=1, qk_gain=1.5)
@@ -73,3 +74,13 @@ def test_an_unknown_version_is_refused(builder):
     with pytest.raises(ValueError) as info:
         builder(version="3")
     one_line_graphprune_error(info, "version", "'3'")
+
+
+def test_gemma3_lays_out_a_global_layer_every_global_every_layers():
+    model = testing.tiny_gemma3(num_layers=6, global_every=3, head_dim=8)
+    text = model.config.text_config
+    assert text.layer_types == ["sliding_attention", "sliding_attention", "full_attention"] * 2
+    assert text.head_dim == text.query_pre_attn_scalar == 8
+    with pytest.raises(ValueError) as info:
+        testing.tiny_gemma3(global_every=0)
+    one_line_graphprune_error(info, "global_every")

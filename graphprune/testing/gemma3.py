@@ -7,10 +7,21 @@ bidirectionally (``token_type_ids``, built by :func:`gemma3_inputs`).
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from transformers import Gemma3Config, Gemma3ForConditionalGeneration
 
-from .common import IMAGE_TOKEN_ID, PAD_TOKEN_ID, build, finish, left_padded, sample_generators, text_config, text_ids
+from .common import (
+    IMAGE_TOKEN_ID,
+    PAD_TOKEN_ID,
+    TinyDecoder,
+    left_padded,
+    sample_generators,
+    text_config,
+    text_ids,
+    vision_tower,
+)
 
 BOI_TOKEN_ID = 5  # <start_of_image> and <end_of_image>: text tokens around each image's tokens
 EOI_TOKEN_ID = 6
@@ -18,63 +29,50 @@ EOI_TOKEN_ID = 6
 
 def tiny_gemma3(
     *,
-    hidden_size: int = 64,
-    intermediate_size: int = 128,
-    num_layers: int = 4,
-    num_heads: int = 4,
-    num_kv_heads: int = 2,
-    vocab_size: int = 128,
     sliding_window: int = 8,
+    global_every: int = 2,
     image_size: int = 32,
     patch_size: int = 8,
     tokens_per_image: int = 4,
-    attn_implementation: str = "sdpa",
-    dtype: torch.dtype = torch.float32,
-    seed: int = 0,
-    qk_gain: float = 2.0,
+    head_dim: int | None = None,
+    **decoder,
 ) -> Gemma3ForConditionalGeneration:
-    """A ``Gemma3ForConditionalGeneration``: layers alternate sliding (window ``sliding_window``) and global,
-    starting with a sliding one; a SigLIP tower pooled to ``tokens_per_image`` (a square) image tokens per image;
-    in eval mode. Gemma 3 normalises queries and keys after their projections, so ``qk_gain`` scales the
-    q/k norms' weights (not the projections') to keep attention far from flat."""
-    layer_types = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(num_layers)]
-    decoder = text_config(
-        hidden_size,
-        intermediate_size,
-        num_layers,
-        num_heads,
-        num_kv_heads,
-        vocab_size,
+    """A ``Gemma3ForConditionalGeneration`` (``decoder``: :class:`TinyDecoder`'s keywords): every
+    ``global_every``-th layer global, the others sliding (window ``sliding_window``), as Gemma 3's
+    ``sliding_window_pattern`` (6 in the released models) lays them out; a SigLIP tower pooled to
+    ``tokens_per_image`` (a square) image tokens per image; ``head_dim`` (Gemma 3's is not hidden / heads; default
+    that) also the query scale; in eval mode. Gemma 3 normalises queries and keys after
+    their projections, so ``qk_gain`` scales the q/k norms' weights (not the projections') to keep attention far
+    from flat."""
+    tiny = TinyDecoder.of(decoder)
+    if not (isinstance(global_every, int) and global_every >= 1):
+        raise ValueError(f"graphprune.testing: global_every must be an int >= 1; got {global_every!r}")
+    layer_types = [
+        "full_attention" if (i + 1) % global_every == 0 else "sliding_attention" for i in range(tiny.num_layers)
+    ]
+    text = text_config(
+        *tiny.shape,
         model_type="gemma3_text",
-        head_dim=hidden_size // num_heads,
-        query_pre_attn_scalar=hidden_size // num_heads,
+        head_dim=head_dim or tiny.head_dim,
+        query_pre_attn_scalar=head_dim or tiny.head_dim,
         sliding_window=sliding_window,
         layer_types=layer_types,
         max_position_embeddings=4096,
     )
-    vision = dict(
-        model_type="siglip_vision_model",
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=image_size,
-        patch_size=patch_size,
-    )
     config = Gemma3Config(
-        text_config=decoder,
-        vision_config=vision,
+        text_config=text,
+        vision_config=vision_tower(image_size, patch_size, model_type="siglip_vision_model"),
         mm_tokens_per_image=tokens_per_image,
         image_token_index=IMAGE_TOKEN_ID,
         boi_token_index=BOI_TOKEN_ID,
         eoi_token_index=EOI_TOKEN_ID,
         pad_token_id=PAD_TOKEN_ID,
     )
-    model = finish(build(Gemma3ForConditionalGeneration, config, seed), seed, 1.0, attn_implementation, dtype)
+    model = dataclasses.replace(tiny, qk_gain=1.0).build(Gemma3ForConditionalGeneration, config)
     with torch.no_grad():
         for layer in model.model.language_model.layers:  # Gemma's RMSNorm scales by 1 + weight
-            layer.self_attn.q_norm.weight.fill_(qk_gain - 1.0)
-            layer.self_attn.k_norm.weight.fill_(qk_gain - 1.0)
+            layer.self_attn.q_norm.weight.fill_(tiny.qk_gain - 1.0)
+            layer.self_attn.k_norm.weight.fill_(tiny.qk_gain - 1.0)
     return model
 
 
