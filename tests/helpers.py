@@ -301,3 +301,16 @@ def export_fixtures(build: Callable, method, make_inputs: Callable, folder: str,
         return gp.export.onnx(model, tmp_path_factory.mktemp("export") / folder, example_inputs=inputs)
 
     return model, inputs, exported
+
+
+@torch.no_grad()
+def assert_ort_equals_generate(model, inputs: dict, folder, new_tokens: int = 6):
+    """ONNX Runtime on the export in ``folder``: the greedy tokens of ``model.generate`` and, within
+    ``LOGITS_RTOL``, its first logits; the ``OrtGenerator``, for more checks on the same sessions."""
+    generator = gp.export.OrtGenerator(folder)
+    out = model.generate(
+        **inputs, max_new_tokens=new_tokens, do_sample=False, output_logits=True, return_dict_in_generate=True
+    )
+    assert torch.equal(generator.generate(**inputs, max_new_tokens=new_tokens), out.sequences)
+    assert rel_error(generator.prefill_logits(**inputs), out.logits[0]) <= LOGITS_RTOL
+    return generator

@@ -11,7 +11,7 @@ import graphprune as gp  # noqa: E402
 from graphprune.export.trt_profiles import trt_profiles  # noqa: E402
 from graphprune.testing import idefics3_inputs, tiny_idefics3  # noqa: E402
 
-from .helpers import LOGITS_RTOL, export_fixtures, rel_error  # noqa: E402
+from .helpers import assert_ort_equals_generate, export_fixtures  # noqa: E402
 from .onnx_graph import assert_profiles_ordered, top_k_constants  # noqa: E402
 
 METHOD = gp.FastV(k=1, keep=0.5)
@@ -34,10 +34,7 @@ def test_ort_greedy_tokens_and_prefill_logits_equal_pytorch(model, inputs, expor
     for graph in ("vision", "embed", "prefill", "decode"):
         assert gp.export.tensorrt_support(onnx.load(str(exported / f"{graph}.onnx"))) == [], graph
     assert_profiles_ordered(trt_profiles(manifest, max_text=64, max_new_tokens=16))
-    generator = gp.export.OrtGenerator(exported)
-    out = model.generate(**inputs, max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True)
-    assert torch.equal(generator.generate(**inputs, max_new_tokens=6), out.sequences)
-    assert rel_error(generator.prefill_logits(**inputs), out.logits[0]) <= LOGITS_RTOL
+    generator = assert_ort_equals_generate(model, inputs, exported)
     alone = idefics3_inputs(model, [(1, [(2, 1)], 6)], seed=4)  # batch 1, another grid
     alone["pixel_attention_mask"] = torch.ones(alone["pixel_values"].shape[:2] + alone["pixel_values"].shape[-2:])
     expected = model.generate(**alone, max_new_tokens=4, do_sample=False)

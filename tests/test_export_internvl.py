@@ -11,7 +11,7 @@ import graphprune as gp  # noqa: E402
 from graphprune.export.trt_profiles import trt_profiles  # noqa: E402
 from graphprune.testing import internvl_inputs, tiny_internvl  # noqa: E402
 
-from .helpers import LOGITS_RTOL, export_fixtures, rel_error  # noqa: E402
+from .helpers import assert_ort_equals_generate, export_fixtures  # noqa: E402
 from .onnx_graph import assert_profiles_ordered, top_k_constants  # noqa: E402
 
 METHOD = gp.FastV(k=1, keep=0.5)
@@ -39,10 +39,7 @@ def test_export_writes_the_tile_tower_and_a_token_budget(exported):
 
 
 def test_ort_greedy_tokens_and_prefill_logits_equal_pytorch(model, inputs, exported):
-    generator = gp.export.OrtGenerator(exported)
-    out = model.generate(**inputs, max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True)
-    assert torch.equal(generator.generate(**inputs, max_new_tokens=6), out.sequences)
-    assert rel_error(generator.prefill_logits(**inputs), out.logits[0]) <= LOGITS_RTOL
+    generator = assert_ort_equals_generate(model, inputs, exported)
     alone = internvl_inputs(model, [(1, [1, 2], 6)], seed=4)  # batch 1, other tile counts: dynamic axes
     expected = model.generate(**alone, max_new_tokens=4, do_sample=False)
     assert torch.equal(generator.generate(**alone, max_new_tokens=4), expected)

@@ -16,7 +16,7 @@ from graphprune.export.anyres import crop_counts, pack_index  # noqa: E402
 from graphprune.export.trt_profiles import trt_profiles  # noqa: E402
 from graphprune.testing import llava_next_inputs, tiny_llava_next  # noqa: E402
 
-from .helpers import FAMILIES, LOGITS_RTOL, export_fixtures, rel_error  # noqa: E402
+from .helpers import FAMILIES, assert_ort_equals_generate, export_fixtures  # noqa: E402
 from .onnx_graph import assert_profiles_ordered, top_k_constants  # noqa: E402
 
 METHOD = gp.FastV(k=1, keep=0.5)
@@ -73,10 +73,7 @@ def test_every_graph_is_accepted_by_the_tensorrt_parser_rules(exported):
 
 def test_ort_greedy_tokens_and_prefill_logits_equal_pytorch(model, inputs, exported):
     """Wide, square and tall images in one batch, two images in one prompt, a prompt without one."""
-    generator = gp.export.OrtGenerator(exported)
-    out = model.generate(**inputs, max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True)
-    assert torch.equal(generator.generate(**inputs, max_new_tokens=6), out.sequences)
-    assert rel_error(generator.prefill_logits(**inputs), out.logits[0]) <= LOGITS_RTOL
+    assert_ort_equals_generate(model, inputs, exported)
 
 
 def test_other_sizes_and_batches_run_on_the_same_export(model, exported):

@@ -23,7 +23,7 @@ from graphprune.export.families.llava_onevision import (  # noqa: E402
 from graphprune.export.trt_profiles import trt_profiles  # noqa: E402
 from graphprune.testing import llava_onevision_inputs, tiny_llava_onevision  # noqa: E402
 
-from .helpers import LOGITS_RTOL, export_fixtures, rel_error  # noqa: E402
+from .helpers import assert_ort_equals_generate, export_fixtures, rel_error  # noqa: E402
 from .onnx_graph import assert_profiles_ordered, top_k_constants  # noqa: E402
 
 METHOD = gp.FastV(k=1, keep=0.5)
@@ -115,10 +115,7 @@ def test_every_graph_is_accepted_by_the_tensorrt_parser_rules(exported):
 
 def test_ort_greedy_tokens_and_prefill_logits_equal_pytorch(model, inputs, exported):
     """A shrunk image, two one-crop images and a video, an any-resolution image and a video; left padding."""
-    generator = gp.export.OrtGenerator(exported)
-    out = model.generate(**inputs, max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True)
-    assert torch.equal(generator.generate(**inputs, max_new_tokens=6), out.sequences)
-    assert rel_error(generator.prefill_logits(**inputs), out.logits[0]) <= LOGITS_RTOL
+    assert_ort_equals_generate(model, inputs, exported)
 
 
 def test_other_sizes_and_batches_run_on_the_same_export(model, exported):

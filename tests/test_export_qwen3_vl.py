@@ -20,7 +20,7 @@ from graphprune.export.trt_profiles import trt_profiles  # noqa: E402
 from graphprune.runtime import optimized_state  # noqa: E402
 from graphprune.testing import qwen3_vl_inputs, tiny_qwen3_vl  # noqa: E402
 
-from .helpers import LOGITS_RTOL, export_fixtures, rel_error  # noqa: E402
+from .helpers import LOGITS_RTOL, assert_ort_equals_generate, export_fixtures, rel_error  # noqa: E402
 from .onnx_graph import assert_profiles_ordered, top_k_constants  # noqa: E402
 
 METHOD = gp.FastV(k=1, keep=0.5)
@@ -117,10 +117,7 @@ def test_export_writes_deepstack_inputs_and_a_token_budget(exported):
 
 
 def test_ort_greedy_tokens_and_prefill_logits_equal_pytorch(model, inputs, exported):
-    generator = gp.export.OrtGenerator(exported)
-    out = model.generate(**inputs, max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True)
-    assert torch.equal(generator.generate(**inputs, max_new_tokens=6), out.sequences)
-    assert rel_error(generator.prefill_logits(**inputs), out.logits[0]) <= LOGITS_RTOL
+    assert_ort_equals_generate(model, inputs, exported)
 
 
 def test_other_grids_and_batch_shapes_run_on_the_same_export(model, exported):
