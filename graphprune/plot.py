@@ -285,6 +285,22 @@ def _idefics3(model: nn.Module, inputs: dict) -> dict[int, list[Picture]]:
     }
 
 
+def _gemma3(model: nn.Module, inputs: dict) -> dict[int, list[Picture]]:
+    """A panel per ``pixel_values`` entry (an image, or a pan-and-scan crop: its own image tokens), the grid the
+    projector's own ``avg_pool`` makes of the SigLIP patches (run on their coordinates): ``mm_tokens_per_image``
+    tokens, a square, row-major."""
+    projector = model.model.multi_modal_projector
+    side = torch.arange(projector.patches_per_image, dtype=torch.float)
+    pooled = projector.avg_pool(torch.stack(torch.meshgrid(side, side, indexing="ij"))[None])[0]  # mean (row, col)
+    grid, cells = pooled.shape[-1], (pooled.flatten(1).T // projector.kernel_size).long()
+    return {
+        model.config.image_token_id: [
+            ([Panel(f"image {i}", grid, grid, pixels)], _tile_cells(cells, 0))
+            for i, pixels in enumerate(_or_empty(inputs.get("pixel_values")))
+        ]
+    }
+
+
 def _tile_cells(cells: torch.Tensor, panel: int) -> torch.Tensor:
     return torch.cat([torch.full((len(cells), 1), panel), cells], dim=1)
 
@@ -298,6 +314,7 @@ _TOKEN_FAMILIES: dict[str, Callable[[nn.Module, dict], dict[int, list[Picture]]]
     "qwen3-vl": _qwen_vl,
     "internvl": _internvl,
     "idefics3": _idefics3,
+    "gemma3": _gemma3,
 }
 
 

@@ -38,12 +38,23 @@ SPECIAL = {
 
 
 def tokenizer(
-    vocab_size: int, image_token: str = "<image>", video_token: str = "<video>", named: dict[str, str] | None = None
+    vocab_size: int,
+    image_token: str = "<image>",
+    video_token: str = "<video>",
+    named: dict[str, str] | None = None,
+    vision_bounds: tuple[str, str] = ("<|vision_start|>", "<|vision_end|>"),
 ) -> PreTrainedTokenizerFast:
-    """The WordLevel tokenizer described in the module docstring; the visual placeholders get the given names.
-    ``named`` maps tokenizer attributes to special tokens (InternVL's ``start_image_token``: ``<img>``, ...); a
-    token not in the vocab yet takes the place of the highest ``wN``."""
-    names = dict(SPECIAL) | {IMAGE_TOKEN_ID: image_token, VIDEO_TOKEN_ID: video_token}
+    """The WordLevel tokenizer described in the module docstring; the visual placeholders and the tokens around
+    an image (``vision_bounds``) get the given names. ``named`` maps tokenizer attributes to special tokens
+    (InternVL's ``start_image_token``: ``<img>``, ...); a token not in the vocab yet takes the place of the highest
+    ``wN``."""
+    start, end = vision_bounds
+    names = dict(SPECIAL) | {
+        IMAGE_TOKEN_ID: image_token,
+        VIDEO_TOKEN_ID: video_token,
+        VISION_START_TOKEN_ID: start,
+        VISION_END_TOKEN_ID: end,
+    }
     added = [token for token in dict.fromkeys((named or {}).values()) if token not in names.values()]
     names |= {vocab_size - len(added) + i: token for i, token in enumerate(added)}
     vocab = {names.get(i, f"w{i}"): i for i in range(vocab_size)}
@@ -224,6 +235,29 @@ def save_idefics3_processor(config, path: str | Path) -> None:
     image_processor = Idefics3ImageProcessorPil(**sizes)
     chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     processor = Idefics3Processor(image_processor, words, idefics3_image_seq_len(config), chat_template=chat_template)
+    processor.save_pretrained(path)
+
+
+GEMMA3_TOKENS = {"image_token": "<image_soft_token>", "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>"}
+
+
+def save_gemma3_processor(config, path: str | Path) -> None:
+    """Save the ``Gemma3Processor`` (PIL image processor: images resized to the tower's size, no pan-and-scan;
+    ``mm_tokens_per_image`` tokens per image) that fits a ``Gemma3Config``; ``<start_of_image>`` and
+    ``<end_of_image>`` are the config's ``boi_token_index`` and ``eoi_token_index``."""
+    from transformers import Gemma3Processor
+    from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+
+    side = config.vision_config.image_size
+    words = tokenizer(
+        config.text_config.vocab_size,
+        image_token=GEMMA3_TOKENS["image_token"],
+        named=GEMMA3_TOKENS,
+        vision_bounds=(GEMMA3_TOKENS["boi_token"], GEMMA3_TOKENS["eoi_token"]),
+    )
+    image_processor = Gemma3ImageProcessorPil(size={"height": side, "width": side})
+    chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    processor = Gemma3Processor(image_processor, words, chat_template, image_seq_length=config.mm_tokens_per_image)
     processor.save_pretrained(path)
 
 
