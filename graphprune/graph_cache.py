@@ -3,7 +3,9 @@
 Captured graphs hold the dtype and device of their capture as literals (``torch.ones(..., device='cpu')``,
 casts to float32), so a model cast (``.to(torch.bfloat16)``, ``.half()``) or moved after ``optimize`` gets
 graphs captured again on first use at its new dtype and device; the old pair stays for a move back. The
-graphs share the decoder's parameters, so a cast costs no copy of the weights.
+graphs share the decoder's parameters, so a cast costs no copy of the weights. A parameter, buffer or submodule
+replaced by another object (``load_state_dict(sd, assign=True)``, ...) drops every pair: the graphs are captured
+again on the next call (``decoder_watch``), which also warns once about forward hooks the graphs do not run.
 """
 
 from __future__ import annotations
@@ -11,12 +13,17 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import copy
+import logging
 import threading
 from collections.abc import Callable, Iterator
 
 import torch
 from torch import fx, nn
 from tqdm import tqdm
+
+from .decoder_watch import DecoderWatch
+
+logger = logging.getLogger(__name__)
 
 Capture = Callable[[], tuple[fx.GraphModule, fx.GraphModule]]
 _capturing: contextvars.ContextVar[nn.Module | None] = contextvars.ContextVar("graphprune_capturing", default=None)
@@ -69,15 +76,40 @@ class GraphCache:
         self._graphs = dict(graphs or {})  # placement -> (prefill, decode, their special forms)
         self._runners: dict = {}  # placement -> the same, callables (compiled or not)
         self._lock = threading.Lock()
-        self._tensors = [named for module in decoder.modules() for named in (module._parameters, module._buffers)]
+        self._watch = DecoderWatch(decoder)
+        self._hooks = dict.fromkeys(self._graphs, self._watch.hooks())  # placement -> the hooks captured with
+        self._hook_keys = {key: tuple(hooks) for key, hooks in self._hooks.items()}  # the same, their handles' ids
 
     def graphs(self) -> tuple[fx.GraphModule, fx.GraphModule]:
         """The graphs for the decoder's current placement, captured now if it is new."""
-        return self._entry(placement(self._tensors))[0]
+        return self._current()[0]
 
-    def runners(self) -> tuple[Callable, Callable]:
-        """What runs the prefill and decode steps at the decoder's current placement."""
-        return self._entry(placement(self._tensors))[1]
+    def runners(self, check: bool = True) -> tuple[Callable, Callable]:
+        """What runs the prefill and decode steps at the decoder's current placement. ``check=False`` (a decode
+        step, on a cache that a checked prefill filled) skips the look at replaced tensors and added hooks."""
+        if not check:
+            return self._entry(placement(self._watch.tensors))[1]
+        return self._current()[1]
+
+    def _current(self):
+        """The graphs and runners for the decoder as it is now (a replaced tensor drops every pair)."""
+        if self._watch.replaced():
+            with self._lock:
+                if self._watch.replaced():
+                    logger.info("graphprune: the decoder's weights were replaced; capturing its graphs again")
+                    self._graphs.clear()
+                    self._runners.clear()
+                    self._watch.reset()
+        key = placement(self._watch.tensors)
+        entry = self._entry(key)
+        if not self._watch.warned and self._watch.hook_keys() != self._hook_keys[key]:
+            self._watch.warn_changed_hooks(self._hooks[key])
+            self._note_hooks(key)  # inert changes (HF's output recorders) are looked at once
+        return entry
+
+    def _note_hooks(self, key: tuple) -> None:
+        self._hooks[key] = self._watch.hooks()
+        self._hook_keys[key] = tuple(self._hooks[key])
 
     def _entry(self, key: tuple):
         runners = self._runners.get(key)
@@ -90,6 +122,7 @@ class GraphCache:
                             self._graphs[key] = self._capture()
                     finally:
                         _capturing.reset(token)
+                    self._note_hooks(key)
                 graphs = self._graphs[key]
                 if self.compile:
                     graphs = tuple(None if graph is None else torch.compile(graph, dynamic=True) for graph in graphs)
