@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import sys
+from pathlib import Path
 
 from .export.demo import demo_names
 from .export.trt_tables import DEFAULT as TRT_DEFAULT
@@ -78,6 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--k", type=int, help="FastV: first pruned layer (default 2)")
     export.add_argument("--keep", type=float, help="fraction of visual tokens/features kept (default 0.5)")
     export.add_argument("--query", choices=["last", "mean"], help="FastV: the ranking row(s) (default last)")
+    verify = commands.add_parser(
+        "verify",
+        help="check an ONNX export's files against the sizes and checksums in its manifest.json",
+        description="Check every file of a folder written by graphprune.export.onnx: its size and sha256, and each "
+        "weight tensor's sha256, against its manifest.json. Prints each damaged file or tensor; exit status 1 if any.",
+    )
+    verify.add_argument("path", help="the export folder")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     if args.command == "demo":
@@ -85,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
 
         method = _method(demo, args, LLAVA["num_layers"])
         return 0 if {"llava": run, "mllama": run_mllama}[args.model](method) else 1
+    if args.command == "verify":
+        return _verify(verify, Path(args.path))
     if args.command == "explain":
         from .demo import LLAVA, explain_image
 
@@ -120,6 +131,28 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if export_demo(args.out, args.format, method, args.model, args.overwrite, trt) else 1
     except TensorRTSupportError as error:
         export.error(str(error))
+
+
+def _verify(parser: argparse.ArgumentParser, folder: Path) -> int:
+    """``graphprune verify``: 0 if every file of the export in ``folder`` matches its manifest, 1 (each problem on
+    stderr) if not; ``parser.error`` where there is no manifest with checksums to check against."""
+    from .export.integrity import problems, unverifiable
+    from .export.manifest import FILE, Manifest
+
+    try:
+        manifest = Manifest.read(folder)
+    except (FileNotFoundError, ValueError) as error:
+        parser.error(str(error))
+    if unverifiable(folder, manifest):
+        parser.error(unverifiable(folder, manifest))
+    found = problems(folder, manifest, checksums=True)
+    for problem in found:
+        print(f"{parser.prog}: {folder}: {problem}", file=sys.stderr)
+    if found:
+        return 1
+    tensors = sum(len(record.get("tensors", ())) for record in manifest.files.values())
+    print(f"{folder}: OK: {len(manifest.files)} files and {tensors} weight tensors match {FILE}")
+    return 0
 
 
 def _method(parser: argparse.ArgumentParser, args: argparse.Namespace, fastv_layers: int, **trim_fixed):

@@ -3,6 +3,7 @@ work and swapped in atomically; ``OrtGenerator`` checks the folder it is given a
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -15,6 +16,7 @@ import torch
 pytest.importorskip("onnxruntime", reason="the ONNX extra is not installed: pip install graphprune[onnx]")
 
 import graphprune as gp  # noqa: E402
+from graphprune.cli import main  # noqa: E402
 from graphprune.export.staging import staged_folder, writable_folder  # noqa: E402
 from graphprune.testing import llava_inputs, tiny_llava  # noqa: E402
 
@@ -240,6 +242,67 @@ def test_a_manifest_without_a_graph_the_family_needs_is_refused(copy):
 def test_a_tensorrt_export_is_refused_by_the_onnx_runtime_generator(copy):
     edit_manifest(copy, lambda m: m.update(format="torch_tensorrt"))
     ort_error(copy, ValueError, "runs ONNX exports; .* holds a torch_tensorrt export")
+
+
+# --- damaged files: sizes checked before any session, checksums on request (verify=True, graphprune verify)
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def verify_command(folder: Path, capsys) -> tuple[int, str, str]:
+    """``graphprune verify folder`` in this process: exit status, stdout, stderr."""
+    status = main(["verify", str(folder)])
+    out = capsys.readouterr()
+    return status, out.out, out.err
+
+
+@pytest.mark.parametrize("manifest_checksums", [True, False], ids=["manifest", "older-manifest"])
+def test_a_weights_file_cut_short_is_named_before_any_session(copy, manifest_checksums):
+    if not manifest_checksums:  # an export of an older graphprune: the graphs' external-data ranges say it
+        edit_manifest(copy, lambda m: m.pop("files"))
+    weights = copy / "weights.bin"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    message = ort_error(copy, ValueError, "weights.bin has .* bytes.*cut short.*copy the export again")
+    assert str(copy) in message
+
+
+def test_flipped_weight_bytes_are_named_by_verify(copy, capsys):
+    record = json.loads((copy / "manifest.json").read_text())["files"]["weights.bin"]
+    tensor = max(record["tensors"], key=lambda t: t["length"])
+    flip_byte(copy / "weights.bin", tensor["offset"] + tensor["length"] // 2)
+    gp.export.OrtGenerator(copy)  # the sizes are right: only the checksums find it
+    named = rf"weights.bin: tensor '{tensor['name']}' \(bytes {tensor['offset']}\.\.\d+\) does not match its sha256"
+    with pytest.raises(ValueError, match=named) as raised:
+        gp.export.OrtGenerator(copy, verify=True)
+    assert str(copy) in str(raised.value) and "\n" not in str(raised.value)
+    status, out, err = verify_command(copy, capsys)
+    assert status == 1 and re.search(named, err) and out == ""
+
+
+def test_a_changed_graph_file_is_named_by_verify(copy, capsys):
+    flip_byte(copy / "decode.onnx", (copy / "decode.onnx").stat().st_size // 2)
+    status, _, err = verify_command(copy, capsys)
+    assert status == 1 and "decode.onnx does not match its sha256 in manifest.json" in err
+
+
+def test_verify_passes_an_intact_export(exported, capsys):
+    gp.export.OrtGenerator(exported, verify=True)
+    status, out, _ = verify_command(exported, capsys)
+    files = json.loads((exported / "manifest.json").read_text())["files"]
+    assert status == 0 and f"OK: {len(files)} files and {len(files['weights.bin']['tensors'])} weight tensors" in out
+
+
+def test_verify_says_an_older_manifest_records_no_checksums(copy, capsys):
+    edit_manifest(copy, lambda m: m.pop("files"))
+    with pytest.raises(ValueError, match="graphprune cannot verify .*records no checksums.*export the model again"):
+        gp.export.OrtGenerator(copy, verify=True)
+    with pytest.raises(SystemExit) as exit:
+        main(["verify", str(copy)])
+    assert exit.value.code == 2 and "records no checksums" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="atomic exchange is Linux's renameat2")

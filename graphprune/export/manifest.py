@@ -26,6 +26,7 @@ TYPES = {  # every entry's JSON type
     "graphs": dict,
     "weights": (str, NONE),
     "producer": str,
+    "files": (dict, NONE),
 }
 JSON_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an int", NONE: "null"}
 GRAPH_TYPES = {"file": str, "inputs": list, "outputs": list, "dynamic_axes": dict}
@@ -40,7 +41,8 @@ class Manifest:
     output is ``{"name", "dtype", "shape"}`` where a string in ``shape`` is a dynamic axis.
     ``method`` is None for an unpruned export (``prune=False``). ``weights`` names the file in the folder that
     holds every graph's weights once (ONNX external data), None where the graphs hold their own.
-    ``producer`` is always ``"graphprune"``.
+    ``producer`` is always ``"graphprune"``. ``files`` records the size and checksums of every file the runtime
+    reads (``integrity.file_records``); None in a TensorRT export and in the exports of older graphprune versions.
     """
 
     format: str
@@ -55,6 +57,7 @@ class Manifest:
     graphs: dict[str, dict]
     weights: str | None = None
     producer: str = PRODUCER
+    files: dict | None = None
 
     def __post_init__(self) -> None:
         for key, kind in TYPES.items():

@@ -15,6 +15,7 @@ from ..methods import method_to_dict
 from ..runtime import optimized_state
 from .family import export_family
 from .graph_export import GraphExport
+from .integrity import file_records
 from .manifest import Manifest
 from .progress import progress
 from .shared_weights import FILE as WEIGHTS
@@ -198,7 +199,9 @@ def onnx(
         with SharedWeights(staging) as weights:
             entries = {graph.name: _write(graph, staging, opset, weights) for graph in progress(graphs, "ONNX export")}
         dtype_name = str(dtype).removeprefix("torch.")
-        manifest = export_manifest("onnx", state, prune, dtype_name, opset, entries, details | {"weights": WEIGHTS})
+        records = file_records(staging, [entry["file"] for entry in entries.values()], WEIGHTS, weights.tensors)
+        details = details | {"weights": WEIGHTS, "files": records}
+        manifest = export_manifest("onnx", state, prune, dtype_name, opset, entries, details)
         manifest.write(staging)
         files = {name: entry["file"] for name, entry in entries.items()}
         fit = export_fit(staging, files)

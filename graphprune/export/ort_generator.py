@@ -9,6 +9,7 @@ import torch
 
 from ..padding import refuse_right_padding
 from .family import as_numpy, export_family
+from .integrity import damaged, problems, unverifiable
 from .manifest import FILE, Manifest
 from .shared_weights import SharedInitializers
 
@@ -26,9 +27,12 @@ class OrtGenerator:
 
     ``providers`` are ONNX Runtime execution providers, e.g. ``["TensorrtExecutionProvider",
     "CUDAExecutionProvider"]`` with ``onnxruntime-gpu``; default: CPU.
+
+    The sizes of the files are checked against the manifest before any session is made; with ``verify`` every
+    graph file's and weight tensor's checksum too (reads every byte; ``graphprune verify PATH`` does the same).
     """
 
-    def __init__(self, out_dir: str | Path, providers: list | None = None):
+    def __init__(self, out_dir: str | Path, providers: list | None = None, verify: bool = False):
         try:
             import onnxruntime
         except ImportError as error:
@@ -49,19 +53,29 @@ class OrtGenerator:
                 f"graphprune cannot run {self.folder}: its {FILE} lists no {missing} graph, which a "
                 f"{self.manifest.family} export has; export the model again"
             )
+        self._check_files(verify)
         providers = providers or ["CPUExecutionProvider"]
         self.weights = SharedInitializers(onnxruntime)  # the sessions use its buffers: it lives as long as they do
         self.sessions = {name: self._session(name, self.weights, providers) for name in self.manifest.graphs}
         self.dtype = np.dtype(self.manifest.dtype if self.manifest.dtype != "bfloat16" else "float32")
 
+    def _check_files(self, verify: bool) -> None:
+        """A one-line error naming the first missing or damaged file (with ``verify``, or tensor) of the export."""
+        if verify and unverifiable(self.folder, self.manifest):
+            raise ValueError(unverifiable(self.folder, self.manifest))
+        for graph, entry in self.manifest.graphs.items():
+            if not (self.folder / entry["file"]).is_file():
+                raise FileNotFoundError(
+                    f"graphprune cannot run {self.folder}: {entry['file']} (the {graph!r} graph in {FILE}) is missing"
+                )
+        found = problems(self.folder, self.manifest, checksums=verify)
+        if found:
+            raise damaged(self.folder, found)
+
     def _session(self, graph: str, shared: SharedInitializers, providers: list):
         """``graph``'s ONNX Runtime session on the weights ``shared`` by all the sessions (each loaded once);
         its file must take and give the names that the manifest lists."""
         path = self.folder / self.manifest.graphs[graph]["file"]
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"graphprune cannot run {self.folder}: {path.name} (the {graph!r} graph in {FILE}) is missing"
-            )
         session = shared.session(path, providers)
         listed = (self.manifest.input_names(graph), self.manifest.output_names(graph))
         found = ([spec.name for spec in session.get_inputs()], [spec.name for spec in session.get_outputs()])

@@ -16,12 +16,14 @@ ALIGN_BYTES, ALIGN_FROM = 1 << 16, 1 << 20  # tensors of 1 MiB or more start at 
 
 
 class SharedWeights:
-    """Appends the initializers of the graphs given to ``add`` to ``folder / FILE``, each distinct one once."""
+    """Appends the initializers of the graphs given to ``add`` to ``folder / FILE``, each distinct one once;
+    ``tensors`` records each (its first initializer's name, offset, length, sha256) for the manifest."""
 
     def __init__(self, folder: Path):
         self.path = Path(folder) / FILE
         self.file = self.path.open("wb")
         self.offsets: dict[tuple, tuple[int, int]] = {}  # (dtype, shape, digest) -> (offset, length)
+        self.tensors: list[dict] = []
 
     def __enter__(self) -> SharedWeights:
         return self
@@ -43,6 +45,8 @@ class SharedWeights:
                 key = (tensor.dtype, tuple(tensor.shape), hashlib.sha256(data).digest())
                 if key not in self.offsets:
                     self.offsets[key] = (self._append(data), len(data))
+                    record = {"name": value.name, "offset": self.offsets[key][0], "length": len(data)}
+                    self.tensors.append(record | {"sha256": key[2].hex()})
                 offset, length = self.offsets[key]
                 value.const_value = ir.ExternalTensor(
                     FILE, offset, length, tensor.dtype, shape=tensor.shape, name=value.name, base_dir=self.path.parent
@@ -82,8 +86,14 @@ class SharedInitializers:
                 if key[0] not in self.files:
                     self.files[key[0]] = np.memmap(file, dtype=np.uint8, mode="r")
                 data = self.files[key[0]][offset : offset + length]
-                if data.size != length or length != np.prod(shape, dtype=np.int64) * dtype.itemsize:
-                    continue  # a file shorter than its graph says: ONNX Runtime's own error names it
+                if data.size != length:
+                    raise ValueError(
+                        f"graphprune cannot run {file.parent}: {location} has {file.stat().st_size} bytes, but "
+                        f"{Path(path).name} reads up to byte {offset + length} of it (cut short, e.g. by an "
+                        "interrupted copy); copy the export again or export the model again"
+                    )
+                if length != np.prod(shape, dtype=np.int64) * dtype.itemsize:
+                    continue  # ONNX Runtime refuses the graph itself
                 self.values[key] = self.ort.OrtValue.ortvalue_from_numpy(data.view(dtype).reshape(shape))
             options.add_initializer(name, self.values[key])
         return self.ort.InferenceSession(str(path), options, providers=providers)
