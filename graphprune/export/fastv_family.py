@@ -41,7 +41,10 @@ class FastVFamily(ExportFamily):
         extra = sorted(name for name, value in images.items() if value is not None and name not in accepted)
         if extra:
             accepts = ", ".join(("input_ids", "attention_mask", *accepted))
-            raise ValueError(f"a {cls.title} export takes {accepts}; got also {extra}")
+            raise ValueError(
+                f"graphprune: a {cls.title} export takes {accepts}; got also {extra}: leave them out, or run the "
+                "model in PyTorch (graphprune.optimize), which takes them"
+            )
 
     @staticmethod
     def placeable(manifest: Manifest, input_ids, kind: str, rows: np.ndarray, source: str) -> np.ndarray:

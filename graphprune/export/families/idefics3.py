@@ -49,7 +49,8 @@ def real_tiles(pixel_values, pixel_attention_mask=None):
         as_numpy(pixel_attention_mask).reshape(len(flat), -1)[as_numpy(real)].all()
     ):
         raise ValueError(
-            "an Idefics3/SmolVLM export attends every pixel of a tile; got a pixel_attention_mask that hides some"
+            "graphprune's Idefics3/SmolVLM export attends every pixel of a tile; got a pixel_attention_mask that hides "
+            "some: pass whole tiles, as the processor makes them, or run the model in PyTorch (graphprune.optimize)"
         )
     return flat[real]
 

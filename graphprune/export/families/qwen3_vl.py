@@ -89,7 +89,7 @@ class Qwen3VLExport(Qwen2VLExport):
             used = f"{visual.interpolation_mode!r}, align_corners={visual.interpolation_align_corners}"
             raise ValueError(
                 "graphprune exports Qwen3-VL vision towers that resample their position grid bilinearly with "
-                f"aligned corners (align_corners=True); this one uses {used}"
+                f"aligned corners (align_corners=True); this one uses {used}: run it in PyTorch (graphprune.optimize)"
             )
         return {"spatial_merge_size": visual.spatial_merge_size, "position_grid": visual.num_grid_per_side}
 
