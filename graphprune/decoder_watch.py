@@ -92,5 +92,5 @@ class DecoderWatch:
             "they had when captured at graphprune.optimize (as torch.compile does). Register hooks before "
             "graphprune.optimize (their tensor operations are captured), or call graphprune.restore(model) to run "
             "the model with its hooks",
-            stacklevel=4,
+            stacklevel=2,
         )

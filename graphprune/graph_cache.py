@@ -78,7 +78,6 @@ class GraphCache:
         self._lock = threading.Lock()
         self._watch = DecoderWatch(decoder)
         self._hooks = dict.fromkeys(self._graphs, self._watch.hooks())  # placement -> the hooks captured with
-        self._hook_keys = {key: tuple(hooks) for key, hooks in self._hooks.items()}  # the same, their handles' ids
 
     def graphs(self) -> tuple[fx.GraphModule, fx.GraphModule]:
         """The graphs for the decoder's current placement, captured now if it is new."""
@@ -97,19 +96,15 @@ class GraphCache:
             with self._lock:
                 if self._watch.replaced():
                     logger.info("graphprune: the decoder's weights were replaced; capturing its graphs again")
-                    self._graphs.clear()
-                    self._runners.clear()
+                    for entries in (self._graphs, self._runners, self._hooks):
+                        entries.clear()
                     self._watch.reset()
         key = placement(self._watch.tensors)
         entry = self._entry(key)
-        if not self._watch.warned and self._watch.hook_keys() != self._hook_keys[key]:
+        if not self._watch.warned and self._watch.hook_keys() != tuple(self._hooks[key]):
             self._watch.warn_changed_hooks(self._hooks[key])
-            self._note_hooks(key)  # inert changes (HF's output recorders) are looked at once
+            self._hooks[key] = self._watch.hooks()  # inert changes (HF's output recorders) are looked at once
         return entry
-
-    def _note_hooks(self, key: tuple) -> None:
-        self._hooks[key] = self._watch.hooks()
-        self._hook_keys[key] = tuple(self._hooks[key])
 
     def _entry(self, key: tuple):
         runners = self._runners.get(key)
@@ -122,7 +117,7 @@ class GraphCache:
                             self._graphs[key] = self._capture()
                     finally:
                         _capturing.reset(token)
-                    self._note_hooks(key)
+                    self._hooks[key] = self._watch.hooks()
                 graphs = self._graphs[key]
                 if self.compile:
                     graphs = tuple(None if graph is None else torch.compile(graph, dynamic=True) for graph in graphs)
