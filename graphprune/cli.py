@@ -143,8 +143,9 @@ def _verify(parser: argparse.ArgumentParser, folder: Path) -> int:
         manifest = Manifest.read(folder)
     except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))
-    if unverifiable(folder, manifest):
-        parser.error(unverifiable(folder, manifest))
+    reason = unverifiable(folder, manifest)
+    if reason:
+        parser.error(reason)
     found = problems(folder, manifest, checksums=True)
     for problem in found:
         print(f"{parser.prog}: {folder}: {problem}", file=sys.stderr)

@@ -61,8 +61,9 @@ class OrtGenerator:
 
     def _check_files(self, verify: bool) -> None:
         """A one-line error naming the first missing or damaged file (with ``verify``, or tensor) of the export."""
-        if verify and unverifiable(self.folder, self.manifest):
-            raise ValueError(unverifiable(self.folder, self.manifest))
+        reason = unverifiable(self.folder, self.manifest)
+        if verify and reason:
+            raise ValueError(reason)
         for graph, entry in self.manifest.graphs.items():
             if not (self.folder / entry["file"]).is_file():
                 raise FileNotFoundError(
