@@ -19,13 +19,14 @@ import torch
 from torch import nn
 
 from ..methods import FastV
-from .selection import DroppedCounts, Plan, kept_mask, plan_step
+from .selection import DroppedCounts, Plan, Scheduled, kept_mask, plan_step
 
 METADATA_FIELDS = ("query_start_loc", "seq_lens", "block_table")  # what plan_step reads from the backend's metadata
 
 
 class PrunedDecoder:
-    """FastV on one vLLM decoder (``.layers``); ``step(input_ids)`` wraps each forward."""
+    """FastV on one vLLM decoder (``.layers``); ``scheduled(...)`` (the runner) and ``step(input_ids)`` (the model)
+    wrap each forward."""
 
     def __init__(self, decoder: nn.Module, method: FastV, visual_ids: tuple[int, ...], vllm_config) -> None:
         self.method, self.vllm_config = method, vllm_config
@@ -35,6 +36,7 @@ class PrunedDecoder:
         self.visual_ids = torch.tensor(visual_ids)
         self.dropped_counts = DroppedCounts()
         self.input_ids: torch.Tensor | None = None
+        self.requests: Scheduled | None = None  # this step's request ids and prompt lengths (runner.py)
         self.plan: Plan | None = None
         self.full: tuple[torch.Tensor, torch.Tensor] | None = None  # layer k's input, all rows
         self.positions: torch.Tensor | None = None  # the kept rows' positions
@@ -47,6 +49,14 @@ class PrunedDecoder:
         for index in range(k, len(self.layers)):
             self.layers[index].register_forward_pre_hook(self._positions)
         self.layers[-1].register_forward_hook(self._scatter)
+
+    @contextlib.contextmanager
+    def scheduled(self, requests: Scheduled) -> Iterator[None]:
+        self.requests = requests
+        try:
+            yield
+        finally:
+            self.requests = None
 
     @contextlib.contextmanager
     def step(self, input_ids: torch.Tensor | None) -> Iterator[None]:
@@ -99,6 +109,7 @@ class PrunedDecoder:
             metadata.seq_lens,
             metadata.block_table,
             self._metadata_builder()[1],
+            self.requests,
             self.dropped_counts,
             rank,
         )

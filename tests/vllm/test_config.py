@@ -73,7 +73,7 @@ def test_safe_settings_are_forced_with_a_warning(llava):
     records = []
     handler = logging.Handler()
     handler.emit = records.append
-    logger = logging.getLogger("graphprune.vllm.config")
+    logger = logging.getLogger("vllm.graphprune")  # under vLLM's logger: its handler and format
     logger.addHandler(handler)
     try:
         config = engine_config(
@@ -95,9 +95,14 @@ def test_safe_settings_are_forced_with_a_warning(llava):
     assert not config.cache_config.enable_prefix_caching
     assert config.model_config.enforce_eager
     assert config.model_config.architecture == "GraphpruneLlavaForConditionalGeneration"
-    warned = " ".join(record.getMessage() for record in records)
+    warned = " ".join(record.getMessage() for record in records if record.levelno == logging.WARNING)
     for setting in ("chunked prefill", "max_num_batched_tokens", "prefix caching", "enforce_eager"):
         assert setting in warned
+    active = [record.getMessage() for record in records if record.levelno == logging.INFO]
+    assert active == [
+        "graphprune: FastV active on LlavaForConditionalGeneration: k=2, keep=0.5, query=last (layers 2-3 of 4 run "
+        "on every text token and ceil(keep * n_visual) visual tokens per request)"
+    ]
 
 
 def test_without_the_key_settings_are_untouched(llava):
