@@ -52,7 +52,7 @@ def test_layers_from_k_compute_the_layout_count(case):
     rows = llm.apply_model(_stop)[0]
     n_visual = [len(images) * N_VISUAL for _, images in REQUESTS]
     n_text = [len(text.split()) - len(images) for text, images in REQUESTS]
-    kept = [text + gp.methods.n_keep(METHOD.keep, visual) for text, visual in zip(n_text, n_visual)]
+    kept = [text + gp.methods.n_keep(METHOD.keep, visual) for text, visual in zip(n_text, n_visual, strict=True)]
     assert rows[0] == sum(kept)  # the three prompts prefill in one step
 
 

@@ -37,9 +37,10 @@ def _record_prefills(model) -> None:
 
     def hook(module, args):
         metadata = get_forward_context().attn_metadata[attention.layer_name]
-        starts = metadata.query_start_loc.tolist()
-        lengths = [end - start for start, end in zip(starts, starts[1:])]
-        model.prefills += [n for n, seq in zip(lengths, metadata.seq_lens.tolist()) if n == seq]
+        lengths = metadata.query_start_loc.diff().tolist()
+        model.prefills += [
+            n for n, seq in zip(lengths, metadata.seq_lens[: len(lengths)].tolist(), strict=True) if n == seq
+        ]
 
     model.recording = attention.register_forward_pre_hook(hook)
 
