@@ -1,19 +1,22 @@
 """A prompt ending with a visual token (SPEC FastV step 3): its last position is always kept and counts as one of the
 ``ceil(keep * n_visual)`` kept visual tokens, so layers >= k compute ``n_real - n_visual + ceil(keep * n_visual)``
-rows per prompt, whatever the scores; tokens equal graphprune's HF path."""
+rows per prompt, whatever the scores. Tokens equal graphprune's eager reference (mask mode) with that selection rule.
+"""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 pytest.importorskip("vllm", reason="vLLM is not installed: the vLLM plugin tests run in .venv-vllm (.ci/vllm-venv)")
-from transformers import LlavaForConditionalGeneration
+from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 import graphprune as gp
+import graphprune.reference.fastv as reference
 from graphprune.testing import tiny_llava
 from graphprune.tiny_checkpoints import random_image, save_llava
 
-from .helpers import close, hf_tokens, make_llm, vllm_tokens
+from .helpers import MAX_NEW_TOKENS, close, make_llm, vllm_tokens
 from .test_llava import N_VISUAL
 
 METHOD = gp.FastV(k=2, keep=0.25)
@@ -56,6 +59,28 @@ def test_layers_from_k_compute_the_layout_count(case):
     assert rows[0] == sum(kept)  # the three prompts prefill in one step
 
 
-def test_greedy_tokens_equal_hf_path(case):
+def _select_keeping_the_last(scores: torch.Tensor, visual: torch.Tensor, keep: float) -> list[torch.Tensor]:
+    """SPEC FastV step 3's selection, from its words (unpadded samples): the last position, when visual, is kept and
+    is one of the ``ceil(keep * n_visual)``; the others are the best-scoring visual positions, ties to the earlier."""
+    kept = []
+    for b in range(scores.shape[0]):
+        positions = visual[b].nonzero().flatten().tolist()
+        count = max(gp.methods.n_keep(keep, len(positions)), 1) if positions else 0
+        last = [visual.shape[1] - 1] if visual[b, -1] else []
+        rest = sorted((j for j in positions if j not in last), key=lambda j: (-float(scores[b, j]), j))
+        kept.append(torch.tensor(sorted(last + rest[: count - len(last)]), dtype=torch.long))
+    return kept
+
+
+@torch.no_grad()
+def test_greedy_tokens_equal_the_reference(case, monkeypatch):
     llm, path = case
-    assert vllm_tokens(llm, REQUESTS) == hf_tokens(LlavaForConditionalGeneration, path, METHOD, REQUESTS)
+    monkeypatch.setattr(reference, "_select", _select_keeping_the_last)
+    processor = AutoProcessor.from_pretrained(path)
+    model = LlavaForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
+    expected = []
+    for text, images in REQUESTS:
+        inputs = processor(text=text, images=images, return_tensors="pt")
+        ids = reference.fastv_reference_generate(model, METHOD, **inputs, max_new_tokens=MAX_NEW_TOKENS)
+        expected.append(ids[0, inputs["input_ids"].shape[1] :].tolist())
+    assert vllm_tokens(llm, REQUESTS) == expected
