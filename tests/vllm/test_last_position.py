@@ -5,6 +5,9 @@ rows per prompt, whatever the scores. Tokens equal graphprune's eager reference 
 
 from __future__ import annotations
 
+import logging
+import re
+
 import pytest
 import torch
 
@@ -57,6 +60,25 @@ def test_layers_from_k_compute_the_layout_count(case):
     n_text = [len(text.split()) - len(images) for text, images in REQUESTS]
     kept = [text + gp.methods.n_keep(METHOD.keep, visual) for text, visual in zip(n_text, n_visual, strict=True)]
     assert rows[0] == sum(kept)  # the three prompts prefill in one step
+
+
+def test_kept_count_is_logged_per_request_at_debug_level(case):
+    llm, _ = case
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("vllm.graphprune")  # under vLLM's logger: VLLM_LOGGING_LEVEL=DEBUG shows it
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        vllm_tokens(llm, REQUESTS[:1])
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    [message] = [record.getMessage() for record in records]
+    expected = r"graphprune: request \S+: layers >= k hold 6 of 18 prompt positions \(4 of 16 visual tokens\)"
+    assert re.fullmatch(expected, message), message
 
 
 def _select_keeping_the_last(scores: torch.Tensor, visual: torch.Tensor, keep: float) -> list[torch.Tensor]:
