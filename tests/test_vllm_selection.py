@@ -27,8 +27,7 @@ def _step(dropped_counts, visual):
         query_start_loc=torch.tensor([0, 1, 7], dtype=torch.int32),
         seq_lens=torch.tensor([10, 6], dtype=torch.int32),
         block_table=torch.tensor([[7, 8, 9], [2, 3, 0]], dtype=torch.int32),
-        block_size=4,
-        scheduled=Scheduled(["decoding", "prefilling"], torch.tensor([5, 6])),
+        scheduled=Scheduled(["decoding", "prefilling"], torch.tensor([5, 6]), {}),
         dropped_counts=dropped_counts,
         rank=_rank,
     )
@@ -43,7 +42,10 @@ def test_plan_lays_out_kept_rows_compacted_slots_and_decode_lengths():
     assert plan.query_start_loc.tolist() == [0, 1, 5]
     assert plan.seq_lens.tolist() == [7, 4]  # row 0: 10 - 3 dropped; row 1: 6 - 2 dropped
     # row 0's new token at logical 6 -> block 8, offset 2; row 1's kept tokens at logical 0..3 of block 2
-    assert plan.slot_mapping.tolist() == [8 * 4 + 2, 8, 9, 10, 11]
+    assert plan.slot_mapping(torch.tensor([[7, 8, 9], [2, 3, 0]]), 4).tolist() == [8 * 4 + 2, 8, 9, 10, 11]
+    # another group of layers >= k: its own block table, the same logical slots
+    assert plan.slot_mapping(torch.tensor([[1, 5, 0], [6, 0, 0]]), 4).tolist() == [5 * 4 + 2, 24, 25, 26, 27]
+    assert plan.blocks_needed(4).tolist() == [2, 1]
     assert (plan.max_query_len, plan.max_seq_len, plan.n_tokens) == (4, 7, 7)
     assert counts.read(torch.tensor([7, 2])).tolist() == [3, 2]
 
@@ -71,8 +73,7 @@ def test_a_recomputed_request_is_ranked_on_its_prompt():
         query_start_loc=torch.tensor([0, 9], dtype=torch.int32),
         seq_lens=torch.tensor([9], dtype=torch.int32),
         block_table=torch.tensor([[3, 4, 5]], dtype=torch.int32),
-        block_size=4,
-        scheduled=Scheduled(["preempted"], torch.tensor([6])),
+        scheduled=Scheduled(["preempted"], torch.tensor([6]), {}),
         dropped_counts=counts,
         rank=_rank,
     )
@@ -90,7 +91,6 @@ def test_visual_prefill_without_prompt_lengths_is_refused():
             query_start_loc=torch.tensor([0, 3], dtype=torch.int32),
             seq_lens=torch.tensor([3], dtype=torch.int32),
             block_table=torch.tensor([[4]], dtype=torch.int32),
-            block_size=4,
             scheduled=None,
             dropped_counts=DroppedCounts(),
             rank=_rank,
@@ -131,8 +131,7 @@ def test_a_split_prompt_is_refused():
             query_start_loc=torch.tensor([0, 3], dtype=torch.int32),
             seq_lens=torch.tensor([9], dtype=torch.int32),
             block_table=torch.tensor([[4, 5, 6]], dtype=torch.int32),
-            block_size=4,
-            scheduled=Scheduled(["split"], torch.tensor([9])),
+            scheduled=Scheduled(["split"], torch.tensor([9]), {}),
             dropped_counts=DroppedCounts(),
             rank=_rank,
         )

@@ -109,6 +109,11 @@ def _refuse(vllm_config: Any) -> None:
         raise ValueError(
             "graphprune: FastV in vLLM does not support micro-batching (enable_dbo, ubatch_size); leave it off"
         )
+    if vllm_config.scheduler_config.disable_hybrid_kv_cache_manager:
+        raise ValueError(
+            "graphprune: FastV in vLLM needs the hybrid KV cache manager (layers >= k hold KV blocks for the kept "
+            "tokens in their own group); leave disable_hybrid_kv_cache_manager off"
+        )
     if getattr(vllm_config, "use_v2_model_runner", False):
         raise ValueError("graphprune: FastV in vLLM needs the V1 model runner; set VLLM_USE_V2_MODEL_RUNNER=0")
 

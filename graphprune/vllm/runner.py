@@ -2,15 +2,19 @@
 
 A request that vLLM preempts is recomputed as one prefill of its prompt plus the tokens it generated, and FastV must
 rank on the prompt part only. The runner's input batch holds each row's request id and prompt length, its rows in
-the attention metadata's order; a wrapper around ``GPUModelRunner._model_forward`` (which vLLM's CPU runner inherits)
-hands them to the model's ``PrunedDecoder`` for the step. Other models pass through untouched.
+the attention metadata's order, and the KV blocks the scheduler gave each request in each group (the worker checks
+that layers >= k need exactly those); a wrapper around ``GPUModelRunner._model_forward`` (which vLLM's CPU runner
+inherits) hands them to the model's ``PrunedDecoder`` for the step. Other models pass through untouched.
 """
 
 from __future__ import annotations
 
 import functools
 
+import torch
+
 from .gather import PrunedDecoder
+from .kv_cache import KeptTokensSpec
 from .selection import Scheduled
 
 _installed = False
@@ -33,7 +37,13 @@ def install() -> None:
             return original(self, *args, **kwargs)
         batch = self.input_batch
         n_reqs = batch.num_reqs
-        scheduled = Scheduled(batch.req_ids[:n_reqs], batch.num_prompt_tokens_cpu_tensor[:n_reqs].clone())
+        kept_blocks = {}
+        for index, group in enumerate(self.kv_cache_config.kv_cache_groups):
+            if isinstance(group.kv_cache_spec, KeptTokensSpec):
+                blocks = torch.from_numpy(batch.block_table[index].num_blocks_per_row[:n_reqs].copy())
+                kept_blocks.update(dict.fromkeys(group.layer_names, blocks))
+        prompt_lens = batch.num_prompt_tokens_cpu_tensor[:n_reqs].clone()
+        scheduled = Scheduled(batch.req_ids[:n_reqs], prompt_lens, kept_blocks)
         with fastv.scheduled(scheduled):
             return original(self, *args, **kwargs)
 

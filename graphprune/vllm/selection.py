@@ -7,14 +7,15 @@ its sequence length is a prefill: FastV ranks the visual tokens of its *prompt* 
 preempted is recomputed as one prefill of its prompt plus the tokens it generated; ranking on the prompt part
 (causal: its rows do not see later tokens) reproduces its first selection, and the generated tokens are all kept.
 Any other row must be a 1-token decode (anything else is refused). Layers >= k hold that request's KV compacted in
-the first ``n_kept`` logical slots of its block table; every later step of the request needs how many positions they
-dropped, kept per request in ``DroppedCounts`` keyed by the request's first KV block.
+the first ``n_kept`` logical slots of their own KV cache group's block table (``kv_cache.py``); every later step of
+the request needs how many positions they dropped, kept per request in ``DroppedCounts`` keyed by the request's first
+KV block in layer k-1's group.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +32,7 @@ class Scheduled:
 
     request_ids: Sequence[str]
     prompt_lens: torch.Tensor  # [R] int, on the CPU: each request's prompt length (generated tokens excluded)
+    kept_blocks: Mapping[str, torch.Tensor]  # layer >= k -> [R] KV blocks the scheduler gave each request in its group
 
 
 @dataclass(frozen=True)
@@ -40,10 +42,20 @@ class Plan:
     index: torch.Tensor  # [n_kept] long: rows of the flattened batch (original positions) that layers >= k compute
     query_start_loc: torch.Tensor  # [R + 1] int32, over the kept rows
     seq_lens: torch.Tensor  # [R] int32: positions each request's layers >= k attend to, new ones included
-    slot_mapping: torch.Tensor  # [n_kept] int64: the KV slot each kept row writes in layers >= k
+    rows: torch.Tensor  # [n_kept] long: the request (row of the metadata) of each kept row
+    logical: torch.Tensor  # [n_kept] long: the logical KV slot each kept row writes in layers >= k
     max_query_len: int
     max_seq_len: int
     n_tokens: int  # rows of the flattened batch before pruning (padding excluded)
+
+    def slot_mapping(self, block_table: torch.Tensor, block_size: int) -> torch.Tensor:
+        """``[n_kept]`` int64: the physical KV slot each kept row writes, in a group with that block table."""
+        blocks = block_table[self.rows, self.logical // block_size].long()
+        return blocks * block_size + self.logical % block_size
+
+    def blocks_needed(self, block_size: int) -> torch.Tensor:
+        """``[R]``: the KV blocks each request's layers >= k hold after this step."""
+        return (self.seq_lens.long() + block_size - 1) // block_size
 
 
 class DroppedCounts:
@@ -115,15 +127,15 @@ def plan_step(
     query_start_loc: torch.Tensor,
     seq_lens: torch.Tensor,
     block_table: torch.Tensor,
-    block_size: int,
     scheduled: Scheduled | None,
     dropped_counts: DroppedCounts,
     rank: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
 ) -> Plan | None:
     """Rank the step's prefills, record their dropped counts, and lay out what layers >= k compute and cache.
 
-    ``visual`` is ``[n_tokens]`` bool over the flattened batch; ``rank(query, key, visual)`` gives one prompt's
-    kept mask. None when no request in the step has dropped anything (layers >= k then run as in plain vLLM).
+    ``visual`` is ``[n_tokens]`` bool over the flattened batch; ``block_table`` is layer k-1's (its first column keys
+    ``dropped_counts``); ``rank(query, key, visual)`` gives one prompt's kept mask. None when no request in the step
+    has dropped anything (layers >= k then run as in plain vLLM).
     """
     n_reqs = query_start_loc.numel() - 1
     starts, ends = query_start_loc[:-1].long(), query_start_loc[1:].long()
@@ -163,13 +175,13 @@ def plan_step(
     new_starts = torch.cumsum(kept_per_row, 0) - kept_per_row
     kept_rows = rows[index]
     logical = base[kept_rows] + torch.arange(index.numel(), device=query.device) - new_starts[kept_rows]
-    blocks = block_table[kept_rows, logical // block_size].long()
     new_seq_lens = base + kept_per_row
     return Plan(
         index=index,
         query_start_loc=torch.cat([new_starts, new_starts[-1:] + kept_per_row[-1:]]).to(torch.int32),
         seq_lens=new_seq_lens.to(torch.int32),
-        slot_mapping=blocks * block_size + logical % block_size,
+        rows=kept_rows,
+        logical=logical,
         max_query_len=int(kept_per_row.max()),
         max_seq_len=int(new_seq_lens.max()),
         n_tokens=n_tokens,

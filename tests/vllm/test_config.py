@@ -123,8 +123,9 @@ def test_without_the_key_settings_are_untouched(llava):
         ({"kv_offloading_size": 1.0}, "graphprune: FastV in vLLM does not support KV connectors or KV offloading"),
         ({"enable_dbo": True}, "graphprune: FastV in vLLM does not support micro-batching (enable_dbo, ubatch_size)"),
         ({"ubatch_size": 2}, "graphprune: FastV in vLLM does not support micro-batching (enable_dbo, ubatch_size)"),
+        ({"disable_hybrid_kv_cache_manager": True}, "graphprune: FastV in vLLM needs the hybrid KV cache manager"),
     ],
-    ids=["kv-connector", "kv-offloading", "dbo", "ubatch"],
+    ids=["kv-connector", "kv-offloading", "dbo", "ubatch", "no-hybrid-kv-cache-manager"],
 )
 def test_settings_that_skip_or_split_a_prefill_are_refused(llava, settings, message):
     with pytest.raises(ValueError, match=re.escape(message)):
