@@ -17,7 +17,7 @@ import graphprune as gp
 from graphprune.testing import tiny_llava
 from graphprune.tiny_checkpoints import random_image, save_llava
 
-from .helpers import MAX_NEW_TOKENS, close, hf_tokens, make_llm
+from .helpers import MAX_NEW_TOKENS, close, hf_tokens, make_llm, vllm_tokens
 
 METHOD = gp.FastV(k=1, keep=0.25)
 N_DROPPED = 64 - 16
@@ -93,3 +93,18 @@ def test_kept_tokens_get_their_own_blocks_and_more_requests_run(checkpoint):
     assert (plain_running, pruned_running) == (3, 7)
     expected = hf_tokens(LlavaForConditionalGeneration, checkpoint, METHOD, REQUESTS)
     assert [tokens[str(index)] for index in range(len(REQUESTS))] == expected
+
+
+def test_a_scheduler_kept_count_other_than_the_workers_fails_loudly(checkpoint, monkeypatch):
+    from graphprune.vllm.kv_cache import KeptTokensSpec
+
+    monkeypatch.setattr(KeptTokensSpec, "n_dropped", lambda spec, prompt_token_ids: 0)  # a scheduler unaware of FastV
+    graphprune = {"method": "fastv", "k": METHOD.k, "keep": METHOD.keep}
+    llm = make_llm(checkpoint, graphprune, max_model_len=256, limit_mm_per_prompt={"image": 1})
+    try:
+        with pytest.raises(Exception) as error:
+            vllm_tokens(llm, REQUESTS[:1])
+    finally:
+        close(llm)
+    message = "".join(str(cause) for cause in (error.value, error.value.__cause__, error.value.__context__))
+    assert "graphprune: layers >= k need [1] KV blocks per request this step, the scheduler gave [3]" in message
