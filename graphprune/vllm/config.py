@@ -79,8 +79,8 @@ def apply(vllm_config: Any) -> None:
     _force_safe_settings(vllm_config)
     _use_graphprune_model(model_config, ARCHITECTURES[architecture][0])
     logger.info(
-        "graphprune: FastV active on %s: k=%d, keep=%s, query=%s (layers %d-%d of %d run on every text token and "
-        "ceil(keep * n_visual) visual tokens per request)",
+        "graphprune: FastV active on %s: k=%d, keep=%s, query=%s (layers %d-%d of %d compute and hold KV blocks for "
+        "every text token and ceil(keep * n_visual) visual tokens per request)",
         architecture,
         method.k,
         method.keep,

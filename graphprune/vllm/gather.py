@@ -40,7 +40,7 @@ class PrunedDecoder:
         self.visual_ids = torch.tensor(visual_ids)
         self.dropped_counts = DroppedCounts()
         self.input_ids: torch.Tensor | None = None
-        self.requests: Scheduled | None = None  # this step's request ids and prompt lengths (runner.py)
+        self.requests: Scheduled | None = None  # this step's requests, from the model runner (runner.py)
         self.plan: Plan | None = None
         self.full: tuple[torch.Tensor, torch.Tensor] | None = None  # layer k's input, all rows
         self.positions: torch.Tensor | None = None  # the kept rows' positions

@@ -100,8 +100,8 @@ def test_safe_settings_are_forced_with_a_warning(llava):
         assert setting in warned
     active = [record.getMessage() for record in records if record.levelno == logging.INFO]
     assert active == [
-        "graphprune: FastV active on LlavaForConditionalGeneration: k=2, keep=0.5, query=last (layers 2-3 of 4 run "
-        "on every text token and ceil(keep * n_visual) visual tokens per request)"
+        "graphprune: FastV active on LlavaForConditionalGeneration: k=2, keep=0.5, query=last (layers 2-3 of 4 "
+        "compute and hold KV blocks for every text token and ceil(keep * n_visual) visual tokens per request)"
     ]
 
 

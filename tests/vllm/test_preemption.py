@@ -2,7 +2,8 @@
 
 FastV must rank such a prefill on its prompt part only (layer k-1's row of the last prompt position, or the mean over
 the prompt's rows): causal attention makes that the first selection again, so the tokens stay graphprune's HF path's
-whatever the load. A KV cache of 10 blocks of 32 for 4 requests of up to 133 positions forces preemptions.
+whatever the load. A KV cache of 20 blocks of 32 positions, in two groups of 2 layers (layers 0-1, layers 2-3: the
+kept tokens' group), for 4 requests of up to 133 positions (at least 8 blocks each) forces preemptions.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def test_preempted_requests_give_hf_tokens(checkpoint, query):
         checkpoint,
         {"method": "fastv", "k": method.k, "keep": method.keep, "query": query},
         max_model_len=256,
-        num_gpu_blocks_override=10,
+        num_gpu_blocks_override=20,
     )
     try:
         llm.apply_model(_record_prefills)
