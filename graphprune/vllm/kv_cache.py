@@ -21,7 +21,7 @@ import torch
 from vllm.utils.math_utils import cdiv
 from vllm.v1.core.kv_cache_manager import KVCacheManager
 from vllm.v1.core.single_type_kv_cache_manager import FullAttentionManager
-from vllm.v1.kv_cache_interface import AttentionSpec
+from vllm.v1.kv_cache_interface import AttentionSpec, FullAttentionSpec
 from vllm.v1.kv_cache_spec_registry import KVCacheSpecRegistry
 
 from .selection import visual_budget
@@ -41,11 +41,20 @@ class KeptTokensSpec(AttentionSpec):
         return cdiv(vllm_config.model_config.max_model_len, self.block_size) * self.page_size_bytes
 
     def n_dropped(self, prompt_token_ids) -> int:
+        """Prompt positions layers >= k do not hold: visual tokens less ``visual_budget`` (none without token ids)."""
+        if prompt_token_ids is None:
+            return 0
         n_visual = int(torch.isin(torch.as_tensor(prompt_token_ids), torch.tensor(self.visual_token_ids)).sum())
         return n_visual - visual_budget(self.keep, n_visual)
 
     @classmethod
     def from_full(cls, full: AttentionSpec, keep: float, visual_token_ids: tuple[int, ...]) -> KeptTokensSpec:
+        """The spec of a layer >= k whose own spec is ``full``: plain full attention only (no window, causal)."""
+        if type(full) is not FullAttentionSpec or full.sliding_window or full.attention_chunk_size or full.non_causal:
+            raise ValueError(
+                f"graphprune: FastV in vLLM holds KV blocks for the kept tokens of full causal attention layers only; "
+                f"a layer >= k has {full}"
+            )
         return cls(
             **{f.name: getattr(full, f.name) for f in fields(AttentionSpec)},
             keep=keep,
