@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import graphprune as gp
-from graphprune.vllm.selection import DroppedCounts, kept_mask, plan_step
+from graphprune.vllm.selection import DroppedCounts, Scheduled, kept_mask, plan_step, visual_budget
 
 HEAD_DIM = 8
 
@@ -27,7 +27,7 @@ def _step(dropped_counts, visual):
         query_start_loc=torch.tensor([0, 1, 7], dtype=torch.int32),
         seq_lens=torch.tensor([10, 6], dtype=torch.int32),
         block_table=torch.tensor([[7, 8, 9], [2, 3, 0]], dtype=torch.int32),
-        block_size=4,
+        scheduled=Scheduled(["decoding", "prefilling"], torch.tensor([5, 6]), {}),
         dropped_counts=dropped_counts,
         rank=_rank,
     )
@@ -42,7 +42,10 @@ def test_plan_lays_out_kept_rows_compacted_slots_and_decode_lengths():
     assert plan.query_start_loc.tolist() == [0, 1, 5]
     assert plan.seq_lens.tolist() == [7, 4]  # row 0: 10 - 3 dropped; row 1: 6 - 2 dropped
     # row 0's new token at logical 6 -> block 8, offset 2; row 1's kept tokens at logical 0..3 of block 2
-    assert plan.slot_mapping.tolist() == [8 * 4 + 2, 8, 9, 10, 11]
+    assert plan.slot_mapping(torch.tensor([[7, 8, 9], [2, 3, 0]]), 4).tolist() == [8 * 4 + 2, 8, 9, 10, 11]
+    # another group of layers >= k: its own block table, the same logical slots
+    assert plan.slot_mapping(torch.tensor([[1, 5, 0], [6, 0, 0]]), 4).tolist() == [5 * 4 + 2, 24, 25, 26, 27]
+    assert plan.blocks_needed(4).tolist() == [2, 1]
     assert (plan.max_query_len, plan.max_seq_len, plan.n_tokens) == (4, 7, 7)
     assert counts.read(torch.tensor([7, 2])).tolist() == [3, 2]
 
@@ -54,13 +57,68 @@ def test_no_plan_when_nothing_is_dropped():
     assert counts.read(torch.tensor([2])).tolist() == [0]
 
 
-def test_a_dropped_last_prompt_position_is_kept():
-    """The prompt ends with a visual token that ranks last: it is kept anyway (its row is the one sampled)."""
+def test_a_recomputed_request_is_ranked_on_its_prompt():
+    """A preempted request recomputes its 6 prompt tokens and 3 generated ones in one prefill: ranked on the
+    last *prompt* row (not the last row), and the generated tokens are all kept, even one with a visual id."""
+    keys = torch.eye(9, HEAD_DIM)  # the last generated token's key is 0
+    query = torch.zeros(9, HEAD_DIM)
+    query[5] = 20.0 * (keys[2] + keys[4])  # the last prompt token attends to visual tokens 2 and 4
+    query[8] = 20.0 * (keys[1] + keys[3])  # the last generated token to 1 and 3
+    visual = torch.tensor([False, True, True, True, True, False, False, True, False])
+    counts = DroppedCounts()
+    plan = plan_step(
+        query,
+        keys,
+        visual,
+        query_start_loc=torch.tensor([0, 9], dtype=torch.int32),
+        seq_lens=torch.tensor([9], dtype=torch.int32),
+        block_table=torch.tensor([[3, 4, 5]], dtype=torch.int32),
+        scheduled=Scheduled(["preempted"], torch.tensor([6]), {}),
+        dropped_counts=counts,
+        rank=_rank,
+    )
+    assert plan.index.tolist() == [0, 2, 4, 5, 6, 7, 8]
+    assert plan.seq_lens.tolist() == [7]
+    assert counts.read(torch.tensor([3])).tolist() == [2]
+
+
+def test_visual_prefill_without_prompt_lengths_is_refused():
+    with pytest.raises(RuntimeError, match="^graphprune: a prefill with visual tokens but no prompt lengths"):
+        plan_step(
+            torch.zeros(3, HEAD_DIM),
+            torch.zeros(3, HEAD_DIM),
+            torch.tensor([False, True, True]),
+            query_start_loc=torch.tensor([0, 3], dtype=torch.int32),
+            seq_lens=torch.tensor([3], dtype=torch.int32),
+            block_table=torch.tensor([[4]], dtype=torch.int32),
+            scheduled=None,
+            dropped_counts=DroppedCounts(),
+            rank=_rank,
+        )
+
+
+def test_a_visual_last_prompt_position_is_kept_as_one_of_the_count():
+    """SPEC FastV step 3: the prompt ends with a visual token that ranks last: it is kept, as one of the
+    ceil(0.5 * 4) = 2 kept visual tokens; the other is the best of the rest."""
     keys = torch.eye(5, HEAD_DIM)
     query = torch.zeros(5, HEAD_DIM)
-    query[4] = 20.0 * (keys[1] + keys[2])  # the last token attends to visual tokens 1 and 2, not to itself
+    query[4] = 20.0 * (2 * keys[1] + keys[2])  # the last token attends to visual tokens 1, then 2, not to itself
     visual = torch.tensor([False, True, True, True, True])
-    assert _rank(query, keys, visual).tolist() == [True, True, True, False, True]
+    assert _rank(query, keys, visual).tolist() == [True, True, False, False, True]
+
+
+@pytest.mark.parametrize("keep, n_visual, count", [(0.5, 4, 2), (0.1, 30, 3), (1e-9, 5, 1), (0.25, 0, 0)])
+def test_visual_budget_keeps_at_least_one_visual_token(keep, n_visual, count):
+    assert visual_budget(keep, n_visual) == count
+
+
+def test_a_tiny_keep_keeps_one_visual_token():
+    keys = torch.eye(5, HEAD_DIM)
+    query = torch.zeros(5, HEAD_DIM)
+    query[4] = 20.0 * keys[2]
+    visual = torch.tensor([False, True, True, True, False])
+    kept = kept_mask(query, keys, visual, gp.FastV(k=1, keep=1e-9), 1.0, HEAD_DIM, lambda scores: scores)
+    assert kept.tolist() == [True, False, True, False, True]
 
 
 def test_a_split_prompt_is_refused():
@@ -73,7 +131,7 @@ def test_a_split_prompt_is_refused():
             query_start_loc=torch.tensor([0, 3], dtype=torch.int32),
             seq_lens=torch.tensor([9], dtype=torch.int32),
             block_table=torch.tensor([[4, 5, 6]], dtype=torch.int32),
-            block_size=4,
+            scheduled=Scheduled(["split"], torch.tensor([9]), {}),
             dropped_counts=DroppedCounts(),
             rank=_rank,
         )

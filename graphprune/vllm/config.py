@@ -6,12 +6,13 @@ config fails there, with ``gp.FastV``'s own messages prefixed by ``graphprune:``
 
 from __future__ import annotations
 
-import logging
 from typing import Any
+
+from vllm.logger import init_logger
 
 from ..methods import FastV
 
-logger = logging.getLogger(__name__)
+logger = init_logger("vllm.graphprune")  # a child of vLLM's logger: vLLM's handler, level and format
 
 KEY = "graphprune"
 METHODS = ("fastv",)
@@ -77,7 +78,17 @@ def apply(vllm_config: Any) -> None:
     _refuse(vllm_config)
     _force_safe_settings(vllm_config)
     _use_graphprune_model(model_config, ARCHITECTURES[architecture][0])
-    logger.info("graphprune: FastV k=%d keep=%s query=%s on %s", method.k, method.keep, method.query, architecture)
+    logger.info(
+        "graphprune: FastV active on %s: k=%d, keep=%s, query=%s (layers %d-%d of %d compute and hold KV blocks for "
+        "every text token and ceil(keep * n_visual) visual tokens per request)",
+        architecture,
+        method.k,
+        method.keep,
+        method.query,
+        method.k,
+        model_config.hf_text_config.num_hidden_layers - 1,
+        model_config.hf_text_config.num_hidden_layers,
+    )
 
 
 def _refuse(vllm_config: Any) -> None:
@@ -97,6 +108,11 @@ def _refuse(vllm_config: Any) -> None:
     if getattr(parallel, "use_ubatching", False):
         raise ValueError(
             "graphprune: FastV in vLLM does not support micro-batching (enable_dbo, ubatch_size); leave it off"
+        )
+    if vllm_config.scheduler_config.disable_hybrid_kv_cache_manager:
+        raise ValueError(
+            "graphprune: FastV in vLLM needs the hybrid KV cache manager (layers >= k hold KV blocks for the kept "
+            "tokens in their own group); leave disable_hybrid_kv_cache_manager off"
         )
     if getattr(vllm_config, "use_v2_model_runner", False):
         raise ValueError("graphprune: FastV in vLLM needs the V1 model runner; set VLLM_USE_V2_MODEL_RUNNER=0")

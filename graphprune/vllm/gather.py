@@ -3,9 +3,12 @@
 Forward hooks on one vLLM decoder (``decoder.layers[i].self_attn.attn`` is vLLM's ``Attention``):
 
 - layer k-1's ``Attention`` sees q and k after RoPE: the step is planned there (``selection.plan_step``);
-- layer k's input (positions, hidden states, residual) is gathered to the kept rows, and layers >= k get their own
-  attention metadata (built by the backend's own metadata builder from the kept rows' query/sequence lengths) and
-  KV slot mapping in the ``ForwardContext``, restored when the step ends;
+- layers >= k report a ``KeptTokensSpec`` (``kv_cache.py``): they form their own KV cache group(s), whose blocks the
+  scheduler allocates for the kept tokens only;
+- layer k's input (positions, hidden states, residual) is gathered to the kept rows, and each KV cache group of
+  layers >= k gets its own attention metadata (built by the backend's own metadata builder from the kept rows'
+  query/sequence lengths and that group's block table) and KV slot mapping in the ``ForwardContext``, restored when
+  the step ends; the blocks the scheduler gave each request there must be exactly those the kept tokens need;
 - layers > k get the kept rows' positions (every M-RoPE row);
 - the last layer's output is scattered back to the full batch, so that the runner's logits indices stay valid.
 """
@@ -19,13 +22,15 @@ import torch
 from torch import nn
 
 from ..methods import FastV
-from .selection import DroppedCounts, Plan, kept_mask, plan_step
+from .kv_cache import KeptTokensSpec
+from .selection import DroppedCounts, Plan, Scheduled, kept_mask, plan_step
 
 METADATA_FIELDS = ("query_start_loc", "seq_lens", "block_table")  # what plan_step reads from the backend's metadata
 
 
 class PrunedDecoder:
-    """FastV on one vLLM decoder (``.layers``); ``step(input_ids)`` wraps each forward."""
+    """FastV on one vLLM decoder (``.layers``); ``scheduled(...)`` (the runner) and ``step(input_ids)`` (the model)
+    wrap each forward."""
 
     def __init__(self, decoder: nn.Module, method: FastV, visual_ids: tuple[int, ...], vllm_config) -> None:
         self.method, self.vllm_config = method, vllm_config
@@ -35,18 +40,28 @@ class PrunedDecoder:
         self.visual_ids = torch.tensor(visual_ids)
         self.dropped_counts = DroppedCounts()
         self.input_ids: torch.Tensor | None = None
+        self.requests: Scheduled | None = None  # this step's requests, from the model runner (runner.py)
         self.plan: Plan | None = None
         self.full: tuple[torch.Tensor, torch.Tensor] | None = None  # layer k's input, all rows
         self.positions: torch.Tensor | None = None  # the kept rows' positions
         self.restore: dict[str, tuple[object, object]] = {}
-        self._builder = None  # the attention backend's metadata builder for layers >= k
-        self._block_size = 0
+        self._builders: dict[tuple[str, ...], object] = {}  # the backend's metadata builder per group of layers >= k
         k = method.k
+        for attention in self.attentions[k:]:
+            attention.get_kv_cache_spec = _kept_tokens_spec(attention.get_kv_cache_spec, method.keep, visual_ids)
         self.attentions[k - 1].register_forward_pre_hook(self._plan)
         self.layers[k].register_forward_pre_hook(self._gather)
         for index in range(k, len(self.layers)):
             self.layers[index].register_forward_pre_hook(self._positions)
         self.layers[-1].register_forward_hook(self._scatter)
+
+    @contextlib.contextmanager
+    def scheduled(self, requests: Scheduled) -> Iterator[None]:
+        self.requests = requests
+        try:
+            yield
+        finally:
+            self.requests = None
 
     @contextlib.contextmanager
     def step(self, input_ids: torch.Tensor | None) -> Iterator[None]:
@@ -98,46 +113,62 @@ class PrunedDecoder:
             metadata.query_start_loc,
             metadata.seq_lens,
             metadata.block_table,
-            self._metadata_builder()[1],
+            self.requests,
             self.dropped_counts,
             rank,
         )
         if self.plan is not None:
-            self._prune_metadata(metadata, self.plan)
+            self._prune_metadata(self.plan)
 
-    def _prune_metadata(self, metadata, plan: Plan) -> None:
+    def _prune_metadata(self, plan: Plan) -> None:
+        """Give each KV cache group of layers >= k metadata and slots over the kept rows, in its own block table."""
         from vllm.forward_context import get_forward_context
         from vllm.v1.attention.backend import CommonAttentionMetadata
 
-        common = CommonAttentionMetadata(
-            query_start_loc=plan.query_start_loc,
-            query_start_loc_cpu=plan.query_start_loc.cpu(),
-            seq_lens=plan.seq_lens,
-            num_reqs=plan.seq_lens.numel(),
-            num_actual_tokens=int(plan.index.numel()),
-            max_query_len=plan.max_query_len,
-            max_seq_len=plan.max_seq_len,
-            block_table_tensor=metadata.block_table,
-            slot_mapping=plan.slot_mapping,
-        )
-        pruned = self._metadata_builder()[0].build(0, common)
         context = get_forward_context()
+        groups: dict[int, tuple[object, list[str]]] = {}  # the runner builds one metadata object per group
         for name in self.pruned_names:
-            self.restore[name] = (context.attn_metadata[name], context.slot_mapping.get(name))
-            context.attn_metadata[name] = pruned
-            context.slot_mapping[name] = plan.slot_mapping
-
-    def _metadata_builder(self) -> tuple[object, int]:
-        """The builder and the KV block size; remade if vLLM changed the block size after the model was built."""
+            groups.setdefault(id(context.attn_metadata[name]), (context.attn_metadata[name], []))[1].append(name)
         block_size = self.vllm_config.cache_config.block_size
-        if self._builder is None or self._block_size != block_size:
+        for metadata, names in groups.values():
+            self._check_blocks(names[0], plan.blocks_needed(block_size))
+            slot_mapping = plan.slot_mapping(metadata.block_table, block_size)
+            common = CommonAttentionMetadata(
+                query_start_loc=plan.query_start_loc,
+                query_start_loc_cpu=plan.query_start_loc.cpu(),
+                seq_lens=plan.seq_lens,
+                num_reqs=plan.seq_lens.numel(),
+                num_actual_tokens=int(plan.index.numel()),
+                max_query_len=plan.max_query_len,
+                max_seq_len=plan.max_seq_len,
+                block_table_tensor=metadata.block_table,
+                slot_mapping=slot_mapping,
+            )
+            pruned = self._builder(names).build(0, common)
+            for name in names:
+                self.restore[name] = (context.attn_metadata[name], context.slot_mapping.get(name))
+                context.attn_metadata[name] = pruned
+                context.slot_mapping[name] = slot_mapping
+
+    def _check_blocks(self, layer_name: str, needed: torch.Tensor) -> None:
+        """The scheduler's kept count (``kv_cache.KeptTokensManager``) must be the worker's: same blocks per request."""
+        allocated = None if self.requests is None else self.requests.kept_blocks.get(layer_name)
+        if allocated is None or not torch.equal(allocated.long(), needed.cpu()):
+            raise RuntimeError(
+                f"graphprune: layers >= k need {needed.tolist()} KV blocks per request this step, the scheduler gave "
+                f"{None if allocated is None else allocated.tolist()}: its kept count differs from the worker's"
+            )
+
+    def _builder(self, names: list[str]):
+        """The attention backend's metadata builder for one KV cache group of layers >= k."""
+        key = tuple(names)
+        if key not in self._builders:
             attention = self.attentions[self.method.k]
             spec = attention.get_kv_cache_spec(self.vllm_config)
             builder_cls = attention.attn_backend.get_builder_cls()
             device = next(self.layers[0].parameters()).device
-            self._builder = builder_cls(spec, self.pruned_names, self.vllm_config, device)
-            self._block_size = spec.block_size
-        return self._builder, self._block_size
+            self._builders[key] = builder_cls(spec, names, self.vllm_config, device)
+        return self._builders[key]
 
     def _gather(self, layer: nn.Module, args: tuple) -> tuple | None:
         if self.plan is None:
@@ -168,3 +199,12 @@ def _head_mean(scores: torch.Tensor) -> torch.Tensor:
 
     world = get_tensor_model_parallel_world_size()
     return scores if world == 1 else tensor_model_parallel_all_reduce(scores) / world
+
+
+def _kept_tokens_spec(full_spec, keep: float, visual_ids: tuple[int, ...]):
+    """A layer's ``get_kv_cache_spec`` that reports its full-attention spec as a ``KeptTokensSpec``."""
+
+    def get_kv_cache_spec(vllm_config):
+        return KeptTokensSpec.from_full(full_spec(vllm_config), keep, visual_ids)
+
+    return get_kv_cache_spec

@@ -3,6 +3,7 @@ each forward. A family module subclasses ``(FastVModel, vLLM's model class)`` an
 
 from __future__ import annotations
 
+from . import runner
 from .config import method_of
 from .gather import PrunedDecoder
 
@@ -18,6 +19,7 @@ class FastVModel:
         config = vllm_config.model_config.hf_config
         visual = tuple(getattr(config, field) for field in self.visual_token_fields)
         self.fastv = PrunedDecoder(self.language_model.model, method_of(vllm_config), visual, vllm_config)
+        runner.install()
 
     def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None, **kwargs):
         with self.fastv.step(input_ids):

@@ -1,22 +1,38 @@
 """Per-step bookkeeping of FastV over vLLM's flattened batch and paged KV cache.
 
-vLLM's forward sees every scheduled request's tokens concatenated (``query_start_loc`` marks where each starts) and
-no request ids. A request is prefilled in one step (graphprune turns chunked prefill off and raises the token and
-multimodal budgets), so a row whose query length equals its sequence length is a prefill: FastV ranks its visual
-tokens there, once; any other row must be a 1-token decode (anything else is refused). Layers >= k hold that
-request's KV compacted in the first ``n_kept`` logical slots of its block table; every later step of the request
-needs how many positions they dropped, kept per request in ``DroppedCounts`` keyed by the request's first KV block.
+vLLM's forward sees every scheduled request's tokens concatenated (``query_start_loc`` marks where each starts); each
+request's id and prompt length come from the model runner (``runner.py``). A request is prefilled in one step
+(graphprune turns chunked prefill off and raises the token and multimodal budgets), so a row whose query length equals
+its sequence length is a prefill: FastV ranks the visual tokens of its *prompt* part there. A request that vLLM
+preempted is recomputed as one prefill of its prompt plus the tokens it generated; ranking on the prompt part
+(causal: its rows do not see later tokens) reproduces its first selection, and the generated tokens are all kept.
+Any other row must be a 1-token decode (anything else is refused). Layers >= k hold that request's KV compacted in
+the first ``n_kept`` logical slots of their own KV cache group's block table (``kv_cache.py``); every later step of
+the request needs how many positions they dropped, kept per request in ``DroppedCounts`` keyed by the request's first
+KV block in layer k-1's group.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from ..methods import FastV, n_keep
-from ..ops import fastv_scores, fastv_select
+from ..ops import fastv_scores
+
+logger = logging.getLogger("vllm.graphprune")  # a child of vLLM's logger: vLLM's handler and format
+
+
+@dataclass(frozen=True)
+class Scheduled:
+    """The requests of one step, in the attention metadata's row order (from vLLM's model runner)."""
+
+    request_ids: Sequence[str]
+    prompt_lens: torch.Tensor  # [R] int, on the CPU: each request's prompt length (generated tokens excluded)
+    kept_blocks: Mapping[str, torch.Tensor]  # layer >= k -> [R] KV blocks the scheduler gave each request in its group
 
 
 @dataclass(frozen=True)
@@ -26,10 +42,20 @@ class Plan:
     index: torch.Tensor  # [n_kept] long: rows of the flattened batch (original positions) that layers >= k compute
     query_start_loc: torch.Tensor  # [R + 1] int32, over the kept rows
     seq_lens: torch.Tensor  # [R] int32: positions each request's layers >= k attend to, new ones included
-    slot_mapping: torch.Tensor  # [n_kept] int64: the KV slot each kept row writes in layers >= k
+    rows: torch.Tensor  # [n_kept] long: the request (row of the metadata) of each kept row
+    logical: torch.Tensor  # [n_kept] long: the logical KV slot each kept row writes in layers >= k
     max_query_len: int
     max_seq_len: int
     n_tokens: int  # rows of the flattened batch before pruning (padding excluded)
+
+    def slot_mapping(self, block_table: torch.Tensor, block_size: int) -> torch.Tensor:
+        """``[n_kept]`` int64: the physical KV slot each kept row writes, in a group with that block table."""
+        blocks = block_table[self.rows, self.logical // block_size].long()
+        return blocks * block_size + self.logical % block_size
+
+    def blocks_needed(self, block_size: int) -> torch.Tensor:
+        """``[R]``: the KV blocks each request's layers >= k hold after this step."""
+        return (self.seq_lens.long() + block_size - 1) // block_size
 
 
 class DroppedCounts:
@@ -58,6 +84,11 @@ class DroppedCounts:
             self.table = grown
 
 
+def visual_budget(keep: float, n_visual: int) -> int:
+    """SPEC FastV step 3's count of kept visual tokens: ``ceil(keep * n_visual)``, at least one where there is one."""
+    return max(n_keep(keep, n_visual), 1) if n_visual else 0
+
+
 def kept_mask(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -67,22 +98,25 @@ def kept_mask(
     head_dim: int,
     head_mean: Callable[[torch.Tensor], torch.Tensor],
 ) -> torch.Tensor:
-    """One request's prompt: ``[n]`` bool, True at the positions FastV keeps (graphprune.ops' ranking and cut).
+    """One request's prompt: ``[n]`` bool, True at the positions FastV keeps.
 
-    ``query``/``key`` are layer k-1's rows of this prompt after RoPE, ``[n, heads * head_dim]``; ``head_mean``
-    turns this rank's head mean into the mean over all heads (tensor parallel).
+    Every text position, and ``visual_budget`` visual ones: the best by ``graphprune.ops.fastv_scores`` (ties to the
+    earlier position), except that the last prompt position is always kept and, when visual, is one of them (its row
+    is the one sampled). ``query``/``key`` are layer k-1's rows of this prompt after RoPE, ``[n, heads * head_dim]``;
+    ``head_mean`` turns this rank's head mean into the mean over all heads (tensor parallel).
     """
-    n = visual.numel()
-    if n_keep(method.keep, int(visual.sum())) == int(visual.sum()):
+    n, n_visual = visual.numel(), int(visual.sum())
+    count = visual_budget(method.keep, n_visual)
+    if count == n_visual:
         return torch.ones(n, dtype=torch.bool, device=visual.device)
     q = query.reshape(n, -1, head_dim).transpose(0, 1)[None]
     k = key.reshape(n, -1, head_dim).transpose(0, 1)[None]
     real = torch.ones(1, n, dtype=torch.bool, device=visual.device)
-    scores = head_mean(fastv_scores(q, k, real, scale, method.query))
-    index, valid = fastv_select(scores, visual[None], real, torch.arange(n, device=visual.device), method.keep)
-    kept = torch.zeros(n, dtype=torch.bool, device=visual.device)
-    kept[index[valid]] = True
-    kept[-1] = True  # the last prompt position always reaches the last layer: its row is sampled
+    scores = head_mean(fastv_scores(q, k, real, scale, method.query))[0].masked_fill(~visual, float("-inf"))
+    if bool(visual[-1]):
+        scores[-1] = float("inf")  # the last prompt position: kept, as one of the ``count``
+    kept = ~visual
+    kept[torch.sort(scores, descending=True, stable=True).indices[:count]] = True
     return kept
 
 
@@ -93,14 +127,15 @@ def plan_step(
     query_start_loc: torch.Tensor,
     seq_lens: torch.Tensor,
     block_table: torch.Tensor,
-    block_size: int,
+    scheduled: Scheduled | None,
     dropped_counts: DroppedCounts,
     rank: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
 ) -> Plan | None:
     """Rank the step's prefills, record their dropped counts, and lay out what layers >= k compute and cache.
 
-    ``visual`` is ``[n_tokens]`` bool over the flattened batch; ``rank(query, key, visual)`` gives one prompt's
-    kept mask. None when no request in the step has dropped anything (layers >= k then run as in plain vLLM).
+    ``visual`` is ``[n_tokens]`` bool over the flattened batch; ``block_table`` is layer k-1's (its first column keys
+    ``dropped_counts``); ``rank(query, key, visual)`` gives one prompt's kept mask. None when no request in the step
+    has dropped anything (layers >= k then run as in plain vLLM).
     """
     n_reqs = query_start_loc.numel() - 1
     starts, ends = query_start_loc[:-1].long(), query_start_loc[1:].long()
@@ -118,8 +153,17 @@ def plan_step(
     keep = torch.ones(n_tokens, dtype=torch.bool, device=query.device)
     for row in prefill.nonzero().flatten().tolist():
         start, end = int(starts[row]), int(ends[row])
-        if visual[start:end].any():
-            keep[start:end] = rank(query[start:end], key[start:end], visual[start:end])
+        if scheduled is None:
+            if visual[start:end].any():
+                raise RuntimeError(
+                    "graphprune: a prefill with visual tokens but no prompt lengths from vLLM's model runner "
+                    "(graphprune.vllm.runner's hook on GPUModelRunner._model_forward did not run)"
+                )
+            continue
+        prompt_end = start + int(scheduled.prompt_lens[row])  # a recomputed request's generated tokens: all kept
+        if visual[start:prompt_end].any():
+            keep[start:prompt_end] = rank(query[start:prompt_end], key[start:prompt_end], visual[start:prompt_end])
+            _log_kept(scheduled.request_ids[row], keep[start:prompt_end], visual[start:prompt_end], end - prompt_end)
     rows = torch.repeat_interleave(torch.arange(n_reqs, device=query.device), query_lens)
     kept_per_row = torch.zeros(n_reqs, dtype=torch.long, device=query.device).index_add_(0, rows, keep.long())
     dropped = torch.where(prefill, query_lens - kept_per_row, dropped_counts.read(first_blocks))
@@ -131,14 +175,28 @@ def plan_step(
     new_starts = torch.cumsum(kept_per_row, 0) - kept_per_row
     kept_rows = rows[index]
     logical = base[kept_rows] + torch.arange(index.numel(), device=query.device) - new_starts[kept_rows]
-    blocks = block_table[kept_rows, logical // block_size].long()
     new_seq_lens = base + kept_per_row
     return Plan(
         index=index,
         query_start_loc=torch.cat([new_starts, new_starts[-1:] + kept_per_row[-1:]]).to(torch.int32),
         seq_lens=new_seq_lens.to(torch.int32),
-        slot_mapping=blocks * block_size + logical % block_size,
+        rows=kept_rows,
+        logical=logical,
         max_query_len=int(kept_per_row.max()),
         max_seq_len=int(new_seq_lens.max()),
         n_tokens=n_tokens,
     )
+
+
+def _log_kept(request_id: str, kept: torch.Tensor, visual: torch.Tensor, n_generated: int) -> None:
+    """The per-request kept count, at debug level (``VLLM_LOGGING_LEVEL=DEBUG``)."""
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug(
+            "graphprune: request %s: layers >= k hold %d of %d prompt positions (%d of %d visual tokens)%s",
+            request_id,
+            int(kept.sum()),
+            kept.numel(),
+            int((kept & visual).sum()),
+            int(visual.sum()),
+            f", recomputed with its {n_generated} generated tokens after a preemption" if n_generated else "",
+        )

@@ -39,17 +39,19 @@ def close(llm) -> None:
     cleanup_dist_env_and_memory()
 
 
-def vllm_tokens(llm, requests: list[tuple[str, list]]) -> list[list[int]]:
+def vllm_tokens(llm, requests: list[tuple[str, list]], max_new_tokens: int = MAX_NEW_TOKENS) -> list[list[int]]:
     """Greedy new tokens for ``(prompt, images)`` requests submitted together (one flattened batch)."""
     from vllm import SamplingParams
 
     prompts = [{"prompt": text, "multi_modal_data": {"image": images}} if images else text for text, images in requests]
-    params = SamplingParams(max_tokens=MAX_NEW_TOKENS, temperature=0.0, ignore_eos=True)
+    params = SamplingParams(max_tokens=max_new_tokens, temperature=0.0, ignore_eos=True)
     return [list(out.outputs[0].token_ids) for out in llm.generate(prompts, params, use_tqdm=False)]
 
 
 @torch.no_grad()
-def hf_tokens(model_class, path, method: gp.FastV | None, requests: list[tuple[str, list]]) -> list[list[int]]:
+def hf_tokens(
+    model_class, path, method: gp.FastV | None, requests: list[tuple[str, list]], max_new_tokens: int = MAX_NEW_TOKENS
+) -> list[list[int]]:
     """graphprune's HF path: the same checkpoint in transformers, ``gp.optimize`` (unless None), greedy ``generate``."""
     from transformers import AutoProcessor
 
@@ -61,6 +63,6 @@ def hf_tokens(model_class, path, method: gp.FastV | None, requests: list[tuple[s
     tokens = []
     for text, images in requests:
         inputs = processor(text=text, images=images or None, return_tensors="pt")
-        out = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         tokens.append(out[0, inputs["input_ids"].shape[1] :].tolist())
     return tokens

@@ -73,7 +73,7 @@ def test_safe_settings_are_forced_with_a_warning(llava):
     records = []
     handler = logging.Handler()
     handler.emit = records.append
-    logger = logging.getLogger("graphprune.vllm.config")
+    logger = logging.getLogger("vllm.graphprune")  # under vLLM's logger: its handler and format
     logger.addHandler(handler)
     try:
         config = engine_config(
@@ -95,9 +95,14 @@ def test_safe_settings_are_forced_with_a_warning(llava):
     assert not config.cache_config.enable_prefix_caching
     assert config.model_config.enforce_eager
     assert config.model_config.architecture == "GraphpruneLlavaForConditionalGeneration"
-    warned = " ".join(record.getMessage() for record in records)
+    warned = " ".join(record.getMessage() for record in records if record.levelno == logging.WARNING)
     for setting in ("chunked prefill", "max_num_batched_tokens", "prefix caching", "enforce_eager"):
         assert setting in warned
+    active = [record.getMessage() for record in records if record.levelno == logging.INFO]
+    assert active == [
+        "graphprune: FastV active on LlavaForConditionalGeneration: k=2, keep=0.5, query=last (layers 2-3 of 4 "
+        "compute and hold KV blocks for every text token and ceil(keep * n_visual) visual tokens per request)"
+    ]
 
 
 def test_without_the_key_settings_are_untouched(llava):
@@ -118,8 +123,9 @@ def test_without_the_key_settings_are_untouched(llava):
         ({"kv_offloading_size": 1.0}, "graphprune: FastV in vLLM does not support KV connectors or KV offloading"),
         ({"enable_dbo": True}, "graphprune: FastV in vLLM does not support micro-batching (enable_dbo, ubatch_size)"),
         ({"ubatch_size": 2}, "graphprune: FastV in vLLM does not support micro-batching (enable_dbo, ubatch_size)"),
+        ({"disable_hybrid_kv_cache_manager": True}, "graphprune: FastV in vLLM needs the hybrid KV cache manager"),
     ],
-    ids=["kv-connector", "kv-offloading", "dbo", "ubatch"],
+    ids=["kv-connector", "kv-offloading", "dbo", "ubatch", "no-hybrid-kv-cache-manager"],
 )
 def test_settings_that_skip_or_split_a_prefill_are_refused(llava, settings, message):
     with pytest.raises(ValueError, match=re.escape(message)):
