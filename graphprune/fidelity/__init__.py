@@ -1,4 +1,4 @@
-"""``graphprune.sweep`` (from ``graphprune.fidelity``): how often a pruned model says what the unpruned one says, at what FLOPs, on your inputs."""
+"""``graphprune.sweep``: how often a pruned model says what the unpruned one says, at what FLOPs, on your inputs."""
 
 from .run import MethodResult, SweepResult, sweep
 from .samples import Sample, load_samples

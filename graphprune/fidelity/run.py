@@ -150,7 +150,9 @@ def _inputs(model: nn.Module, processor, batches: list[list[Sample]]) -> Iterato
     tokenizer = processor.tokenizer
     for batch in batches:
         images = [sample.pil_images() for sample in batch]
-        texts = [chat_prompt(processor, sample.prompt, len(pictures)) for sample, pictures in zip(batch, images)]
+        texts = [
+            chat_prompt(processor, sample.prompt, len(pictures)) for sample, pictures in zip(batch, images, strict=True)
+        ]
         side, tokenizer.padding_side = tokenizer.padding_side, "left"
         try:
             inputs = processor(text=texts, images=images if any(images) else None, padding=True, return_tensors="pt")

@@ -30,8 +30,8 @@ def as_sample(item, base: Path | None = None) -> Sample:
         return item
     if not isinstance(item, dict) or ("image" in item) == ("images" in item):
         raise ValueError(
-            f"graphprune: a sample is a graphprune.fidelity.Sample or a dict with 'image' or 'images' (one of them) and "
-            f"'prompt'; got {item!r:.100}"
+            f"graphprune: a sample is a graphprune.fidelity.Sample or a dict with 'image' or 'images' (one of them) "
+            f"and 'prompt'; got {item!r:.100}"
         )
     images = [item["image"]] if "image" in item else list(item["images"])
     if base is not None:
