@@ -72,6 +72,25 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def processor_inputs(model, processor, prompts: list[str], images: list[list]) -> dict:
+    """A batch as ``processor`` makes it: each prompt after its images (``chat_prompt``), left padding; on
+    ``model``'s device, floating tensors in its dtype."""
+    texts = [chat_prompt(processor, prompt, len(pictures)) for prompt, pictures in zip(prompts, images, strict=True)]
+    tokenizer = processor.tokenizer
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        inputs = processor(text=texts, images=images if any(images) else None, padding=True, return_tensors="pt")
+    finally:
+        tokenizer.padding_side = side
+    parameter = next(model.parameters())
+    return {
+        key: value.to(device=parameter.device, dtype=parameter.dtype if value.is_floating_point() else None)
+        if isinstance(value, torch.Tensor)
+        else value
+        for key, value in inputs.items()
+    }
+
+
 def chat_prompt(processor, text: str, n_images: int) -> str:
     """``text`` after ``n_images`` images, as the processor's chat template writes a user turn (with the
     generation prompt); without a template, or one that does not place images, the images' placeholders then

@@ -6,6 +6,15 @@ import argparse
 import dataclasses
 import logging
 
+from .cli_checkpoint import (
+    add_checkpoint_options,
+    add_sweep_command,
+    is_preset,
+    preset_method,
+    run_explain,
+    run_export,
+    run_sweep,
+)
 from .export.demo import demo_names
 from .export.trt_tables import DEFAULT as TRT_DEFAULT
 from .export.trt_tables import TABLES as TRT_TABLES
@@ -42,12 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     explain.add_argument("--image", required=True, help="an image file Pillow reads (PNG, JPEG, ...)")
     explain.add_argument("--out", default="kept.png", help="the PNG to write (default kept.png)")
     explain.add_argument(
-        "--model", choices=["llava", "mllama"], default="llava", help="llava: FastV; mllama: CrossAttentionTrim"
+        "--model",
+        default="llava",
+        help="a hub id or a local checkpoint folder, or a demo preset: llava (FastV), mllama (CrossAttentionTrim)",
     )
     explain.add_argument("--k", type=int, help="FastV: first pruned layer (default 2)")
     explain.add_argument("--keep", type=float, help="fraction of visual tokens/features kept (default 0.5)")
     explain.add_argument("--query", choices=["last", "mean"], help="FastV: the ranking row(s) (default last)")
     explain.add_argument("--select", choices=["head_union", "topk"], help="CrossAttentionTrim (default head_union)")
+    add_checkpoint_options(explain)
     export = commands.add_parser(
         "export",
         help="export a tiny random-weight demo model (CrossAttentionTrim: Mllama; FastV: every other --model) for "
@@ -71,13 +83,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     export.add_argument(
         "--model",
-        choices=demo_names(),
         default="llava",
-        help="mllama: CrossAttentionTrim topk; the others: FastV",
+        help="a hub id or a local checkpoint folder, or a demo preset (mllama: CrossAttentionTrim topk; the others: "
+        f"FastV): {', '.join(demo_names())}",
     )
     export.add_argument("--k", type=int, help="FastV: first pruned layer (default 2)")
     export.add_argument("--keep", type=float, help="fraction of visual tokens/features kept (default 0.5)")
     export.add_argument("--query", choices=["last", "mean"], help="FastV: the ranking row(s) (default last)")
+    add_checkpoint_options(export)
+    export.add_argument("--image", help="a checkpoint's example image (default: a random picture)")
+    sweep = add_sweep_command(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     if args.command == "demo":
@@ -85,9 +100,13 @@ def main(argv: list[str] | None = None) -> int:
 
         method = _method(demo, args, LLAVA["num_layers"])
         return 0 if {"llava": run, "mllama": run_mllama}[args.model](method) else 1
+    if args.command == "sweep":
+        return run_sweep(sweep, args)
     if args.command == "explain":
         from .demo import LLAVA, explain_image
 
+        if not is_preset(args.model, ("llava", "mllama")):
+            return run_explain(explain, args)
         method = _method(explain, args, LLAVA["num_layers"])
         try:
             from PIL import Image
@@ -106,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     from .export.tensorrt_export import require_tensorrt
     from .export.trt_parser import TensorRTSupportError
 
-    method = _method(export, args, FASTV_LAYERS, select="topk")
+    preset = is_preset(args.model, demo_names())
+    method = _method(export, args, FASTV_LAYERS, select="topk") if preset else None
     try:
         writable_folder(args.out, args.overwrite, flag="--overwrite")
         if args.format == "tensorrt":
@@ -116,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     except (FileExistsError, ImportError, RuntimeError) as error:
         export.error(str(error))
     trt = args.trt or TRT_DEFAULT
+    if not preset:
+        return run_export(export, args, trt)
     try:
         return 0 if export_demo(args.out, args.format, method, args.model, args.overwrite, trt) else 1
     except TensorRTSupportError as error:
@@ -127,6 +149,8 @@ def _method(parser: argparse.ArgumentParser, args: argparse.Namespace, fastv_lay
     model's ``fastv_layers``); else ``parser.error``, also for one method's options given to the other."""
     from .methods import CrossAttentionTrim, FastV
 
+    if getattr(args, "method", None):
+        return preset_method(parser, args, fastv_layers)
     method_type = CrossAttentionTrim if args.model == "mllama" else FastV
     own = [field.name for field in dataclasses.fields(method_type)]
     wrong = [name for name in METHOD_OPTIONS if name not in own and getattr(args, name, None) is not None]

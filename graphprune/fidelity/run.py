@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..checkpoints import chat_prompt
+from ..checkpoints import processor_inputs
 from ..explain import Report, explain
 from ..method_strings import method_string
 from ..methods import Method
@@ -144,26 +144,8 @@ def _method_result(model, processor, batches, method, base, base_times, max_new_
 
 
 def _inputs(model: nn.Module, processor, batches: list[list[Sample]]) -> Iterator[dict]:
-    """Each batch as the processor makes it (prompts through its chat template, left padding), on the model's
-    device, floating tensors in the model's dtype."""
-    parameter = next(model.parameters())
-    tokenizer = processor.tokenizer
     for batch in batches:
-        images = [sample.pil_images() for sample in batch]
-        texts = [
-            chat_prompt(processor, sample.prompt, len(pictures)) for sample, pictures in zip(batch, images, strict=True)
-        ]
-        side, tokenizer.padding_side = tokenizer.padding_side, "left"
-        try:
-            inputs = processor(text=texts, images=images if any(images) else None, padding=True, return_tensors="pt")
-        finally:
-            tokenizer.padding_side = side
-        yield {
-            key: value.to(device=parameter.device, dtype=parameter.dtype if value.is_floating_point() else None)
-            if isinstance(value, torch.Tensor)
-            else value
-            for key, value in inputs.items()
-        }
+        yield processor_inputs(model, processor, [sample.prompt for sample in batch], [s.pil_images() for s in batch])
 
 
 @torch.no_grad()
