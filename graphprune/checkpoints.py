@@ -34,21 +34,29 @@ def model_class(config) -> type:
     return getattr(transformers, supported[0])
 
 
+def load_config(source: str):
+    """The config of the checkpoint at ``source`` (a hub id or a folder); else a one-line ``CheckpointError``."""
+    from transformers import AutoConfig
+
+    if not Path(source).is_dir() and (source.startswith((".", "/", "~")) or source.count("/") > 1):
+        raise CheckpointError(f"graphprune: no checkpoint folder at {source!r} (nor is it a hub id: owner/name)")
+    try:
+        return AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"graphprune cannot read a model config at {source!r}: {_first_line(error)}") from None
+
+
 def load(name_or_path: str | Path, dtype: str | torch.dtype | None = None, device: str | None = None):
     """``(model, processor)`` of the checkpoint at ``name_or_path`` (a hub id or a folder), the model in eval
     mode in ``dtype`` (a ``DTYPES`` name or a torch dtype; default: the checkpoint's own) on ``device``."""
-    from transformers import AutoConfig, AutoProcessor
+    from transformers import AutoProcessor
 
     if isinstance(dtype, str):
         if dtype not in DTYPES:
             raise CheckpointError(f"graphprune: dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
         dtype = DTYPES[dtype]
     source = str(name_or_path)
-    try:
-        config = AutoConfig.from_pretrained(source)
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"graphprune cannot read a model config at {source!r}: {_first_line(error)}") from None
-    cls = model_class(config)
+    cls = model_class(load_config(source))
     try:
         processor = AutoProcessor.from_pretrained(source)
     except (OSError, ValueError, ImportError, TypeError) as error:

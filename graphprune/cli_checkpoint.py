@@ -158,18 +158,14 @@ def _check_layers(parser: argparse.ArgumentParser, method, num_layers: int) -> N
 def _load(parser: argparse.ArgumentParser, args: argparse.Namespace, methods=None):
     """``(model, processor, method)`` of ``args``: the methods (``methods``, else ``--method`` or the family's
     method from --k/--keep/...) checked against the checkpoint's config before its weights load."""
-    from transformers import AutoConfig
-
-    from .checkpoints import load, model_class
+    from .checkpoints import load, load_config, model_class
     from .models import ADAPTERS
 
     try:
-        config = AutoConfig.from_pretrained(args.model)
+        config = load_config(args.model)
         family = next(adapter for adapter in ADAPTERS if model_class(config).__name__ in adapter.model_classes)
     except CheckpointError as error:
         parser.error(str(error))
-    except (OSError, ValueError) as error:
-        parser.error(f"graphprune cannot read a model config at {args.model!r}: {str(error).strip().splitlines()[0]}")
     if methods is None:
         given = {name: getattr(args, name) for name in METHOD_FLAGS if getattr(args, name, None) is not None}
         try:
