@@ -1,5 +1,5 @@
-"""lmms-eval's ``--model graphprune`` (``graphprune.eval.lmms``, the ``graphprune[eval]`` extra) on a task defined from a
-local JSON dataset (no hub): its responses are what ``optimize`` + ``generate`` give on the same batch (and, with
+"""lmms-eval's ``--model graphprune`` (``graphprune.eval.lmms``, the ``graphprune[eval]`` extra) on a task defined
+from a local JSON dataset (no hub): its responses are what ``optimize`` + ``generate`` give on the same batch (and, with
 ``method=none``, what the unmodified model gives), so a task whose answers are those scores exact_match 1.0.
 Skipped where lmms-eval is not installed (it needs torchvision; see the README's "Evaluating with lmms-eval")."""
 
@@ -87,6 +87,7 @@ def _expected(folder, method) -> list[str]:
 def test_lmms_eval_runs_the_optimized_checkpoint(folder, tmp_path, model_args, method):
     MODEL_REGISTRY_V2.register_manifest(manifest(), overwrite=True)
     expected = _expected(folder, method)
+    assert all(expected) and (method is None or expected != _expected(folder, None))  # the method changes answers
     task = _task(tmp_path / "task", expected)
     results = simple_evaluate(
         model="graphprune",
