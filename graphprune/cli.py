@@ -43,10 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--select", choices=["head_union", "topk"], help="CrossAttentionTrim (default head_union)")
     explain = commands.add_parser(
         "explain",
-        help="show which visual tokens a demo model keeps for your image, as a PNG",
-        description="Run one pruned prefill of a demo model (random weights: the choice is the method's, not a "
-        "trained model's) on the image at --image, resized and normalised to the model's input size, print the "
-        "report and save a PNG of the image under the grid of its kept visual tokens (Mllama: features per tile).",
+        help="show which visual tokens a checkpoint or a demo model keeps for your image, as a PNG",
+        description="Run one pruned prefill of --model (a checkpoint: hub id or local folder, its processor making "
+        "the inputs from --image and --prompt; or a demo preset with random weights, whose choice is the method's, "
+        "not a trained model's, the image resized and normalised to its input size), print the report and save a PNG "
+        "of the image under the grid of its kept visual tokens (Mllama: features per tile).",
     )
     explain.add_argument("--image", required=True, help="an image file Pillow reads (PNG, JPEG, ...)")
     explain.add_argument("--out", default="kept.png", help="the PNG to write (default kept.png)")
@@ -62,12 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     add_checkpoint_options(explain)
     export = commands.add_parser(
         "export",
-        help="export a tiny random-weight demo model (CrossAttentionTrim: Mllama; FastV: every other --model) for "
-        "ONNX Runtime or TensorRT",
-        description="Export one of graphprune's tiny random-weight demo models, optimised with CrossAttentionTrim "
-        "(Mllama, select='topk', the exportable one) or FastV (every other --model), and check ONNX Runtime's greedy "
-        "tokens against PyTorch. For your own model, call "
-        "graphprune.export.onnx(model, out_dir, example_inputs=...) from Python.",
+        help="export a checkpoint (hub id or local folder) or a tiny random-weight demo model for ONNX Runtime or "
+        "TensorRT",
+        description="Export --model, a checkpoint (hub id or local folder: example inputs made by its processor from "
+        "--image and --prompt) or one of graphprune's tiny random-weight demo models, optimised with --method (or "
+        "--k/--keep/--query; demo presets: CrossAttentionTrim select='topk' for mllama, FastV for the others), and "
+        "check ONNX Runtime's greedy tokens against PyTorch.",
     )
     export.add_argument("--format", choices=["onnx", "tensorrt"], default="onnx", help="default onnx")
     export.add_argument(

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 COLUMNS = (
     "method",
@@ -50,10 +53,12 @@ def save(result, out, pictures: bool = True) -> list[Path]:
         writer.writeheader()
         writer.writerows(row.summary() for row in result.results)
     chart(result, written[2])
-    if pictures:
-        for name, report in result.reports.items():
-            written.append(out / f"kept-{_slug(name)}.png")
-            report.plot(written[-1])
+    for name, report in result.reports.items() if pictures else ():
+        if report.layouts is None:  # a family without a picture layout (graphprune.plot.FAMILIES)
+            logger.warning("graphprune sweep: no kept-token picture for %s: its family has no picture layout", name)
+            continue
+        written.append(out / f"kept-{_slug(name)}.png")
+        report.plot(written[-1])
     return written
 
 
