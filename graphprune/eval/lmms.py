@@ -86,11 +86,15 @@ class GraphpruneModel(lmms):
         settings = dict(arguments[0][1])
         until = settings.pop("until", None) or []
         until = [until] if isinstance(until, str) else list(until)
-        generate = {"max_new_tokens": int(settings.get("max_new_tokens", self.max_new_tokens))}
+        if int(settings.get("num_beams") or 1) > 1:
+            raise ValueError(
+                f"graphprune's lmms-eval model generates greedily or by sampling; num_beams={settings['num_beams']} "
+                "(beam search) is not supported"
+            )
+        generate = {"max_new_tokens": int(settings.get("max_new_tokens", self.max_new_tokens)), "do_sample": False}
         if settings.get("do_sample") and float(settings.get("temperature", 1.0)) > 0:
-            generate |= {"do_sample": True, "temperature": float(settings["temperature"])}
-        else:
-            generate |= {"do_sample": False}
+            sampling = {key: float(settings[key]) for key in ("temperature", "top_p") if settings.get(key) is not None}
+            generate |= {"do_sample": True, **sampling}
         inputs = processor_inputs(self.model, self.processor, contexts, images)
         with torch.no_grad():
             ids = self.model.generate(**inputs, **generate)
