@@ -103,3 +103,13 @@ def test_lmms_eval_runs_the_optimized_checkpoint(folder, tmp_path, model_args, m
     ]
     assert responses == expected
     assert results["results"]["graphprune_local"]["exact_match,none"] == 1.0
+
+
+def test_beam_search_is_refused(folder):
+    from graphprune.eval.lmms import GraphpruneModel
+
+    model = GraphpruneModel(pretrained=str(folder), method="none", device="cpu")
+    with pytest.raises(ValueError, match=r"num_beams=3 \(beam search\) is not supported"):
+        model._generate([("w9", {"num_beams": 3, "max_new_tokens": 2}, None, 0, "task", "test")])
+    with pytest.raises(ValueError, match="takes pretrained, method, k, keep, query, select, dtype, device"):
+        GraphpruneModel(pretrained=str(folder), method="none", colour="red")
