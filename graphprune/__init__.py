@@ -13,6 +13,7 @@ Usage::
 """
 
 from .explain import Report, explain
+from .fidelity import sweep
 from .flops import flops
 from .methods import CrossAttentionTrim, FastV
 from .models import UnsupportedModelError, supported_classes
@@ -37,4 +38,5 @@ __all__ = [
     "optimized",
     "restore",
     "supported_classes",
+    "sweep",
 ]

@@ -8,6 +8,15 @@ import logging
 import sys
 from pathlib import Path
 
+from .cli_checkpoint import (
+    add_checkpoint_options,
+    add_sweep_command,
+    is_preset,
+    preset_method,
+    run_explain,
+    run_export,
+    run_sweep,
+)
 from .export.demo import demo_names
 from .export.trt_tables import DEFAULT as TRT_DEFAULT
 from .export.trt_tables import TABLES as TRT_TABLES
@@ -36,28 +45,32 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--select", choices=["head_union", "topk"], help="CrossAttentionTrim (default head_union)")
     explain = commands.add_parser(
         "explain",
-        help="show which visual tokens a demo model keeps for your image, as a PNG",
-        description="Run one pruned prefill of a demo model (random weights: the choice is the method's, not a "
-        "trained model's) on the image at --image, resized and normalised to the model's input size, print the "
-        "report and save a PNG of the image under the grid of its kept visual tokens (Mllama: features per tile).",
+        help="show which visual tokens a checkpoint or a demo model keeps for your image, as a PNG",
+        description="Run one pruned prefill of --model (a checkpoint: hub id or local folder, its processor making "
+        "the inputs from --image and --prompt; or a demo preset with random weights, whose choice is the method's, "
+        "not a trained model's, the image resized and normalised to its input size), print the report and save a PNG "
+        "of the image under the grid of its kept visual tokens (Mllama: features per tile).",
     )
     explain.add_argument("--image", required=True, help="an image file Pillow reads (PNG, JPEG, ...)")
     explain.add_argument("--out", default="kept.png", help="the PNG to write (default kept.png)")
     explain.add_argument(
-        "--model", choices=["llava", "mllama"], default="llava", help="llava: FastV; mllama: CrossAttentionTrim"
+        "--model",
+        default="llava",
+        help="a hub id or a local checkpoint folder, or a demo preset: llava (FastV), mllama (CrossAttentionTrim)",
     )
     explain.add_argument("--k", type=int, help="FastV: first pruned layer (default 2)")
     explain.add_argument("--keep", type=float, help="fraction of visual tokens/features kept (default 0.5)")
     explain.add_argument("--query", choices=["last", "mean"], help="FastV: the ranking row(s) (default last)")
     explain.add_argument("--select", choices=["head_union", "topk"], help="CrossAttentionTrim (default head_union)")
+    add_checkpoint_options(explain)
     export = commands.add_parser(
         "export",
-        help="export a tiny random-weight demo model (CrossAttentionTrim: Mllama; FastV: every other --model) for "
-        "ONNX Runtime or TensorRT",
-        description="Export one of graphprune's tiny random-weight demo models, optimised with CrossAttentionTrim "
-        "(Mllama, select='topk', the exportable one) or FastV (every other --model), and check ONNX Runtime's greedy "
-        "tokens against PyTorch. For your own model, call "
-        "graphprune.export.onnx(model, out_dir, example_inputs=...) from Python.",
+        help="export a checkpoint (hub id or local folder) or a tiny random-weight demo model for ONNX Runtime or "
+        "TensorRT",
+        description="Export --model, a checkpoint (hub id or local folder: example inputs made by its processor from "
+        "--image and --prompt) or one of graphprune's tiny random-weight demo models, optimised with --method (or "
+        "--k/--keep/--query; demo presets: CrossAttentionTrim select='topk' for mllama, FastV for the others), and "
+        "check ONNX Runtime's greedy tokens against PyTorch.",
     )
     export.add_argument("--format", choices=["onnx", "tensorrt"], default="onnx", help="default onnx")
     export.add_argument(
@@ -73,9 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     export.add_argument(
         "--model",
-        choices=demo_names(),
         default="llava",
-        help="mllama: CrossAttentionTrim topk; the others: FastV",
+        help="a hub id or a local checkpoint folder, or a demo preset (mllama: CrossAttentionTrim topk; the others: "
+        f"FastV): {', '.join(demo_names())}",
     )
     export.add_argument("--k", type=int, help="FastV: first pruned layer (default 2)")
     export.add_argument("--keep", type=float, help="fraction of visual tokens/features kept (default 0.5)")
@@ -87,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         "weight tensor's sha256, against its manifest.json. Prints each damaged file or tensor; exit status 1 if any.",
     )
     verify.add_argument("path", help="the export folder")
+    add_checkpoint_options(export)
+    export.add_argument("--image", help="a checkpoint's example image (default: a random picture)")
+    sweep = add_sweep_command(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     if args.command == "demo":
@@ -96,9 +112,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if {"llava": run, "mllama": run_mllama}[args.model](method) else 1
     if args.command == "verify":
         return _verify(verify, Path(args.path))
+    if args.command == "sweep":
+        return run_sweep(sweep, args)
     if args.command == "explain":
         from .demo import LLAVA, explain_image
 
+        if not is_preset(args.model, ("llava", "mllama")):
+            return run_explain(explain, args)
         method = _method(explain, args, LLAVA["num_layers"])
         try:
             from PIL import Image
@@ -117,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     from .export.tensorrt_export import require_tensorrt
     from .export.trt_parser import TensorRTSupportError
 
-    method = _method(export, args, FASTV_LAYERS, select="topk")
+    preset = is_preset(args.model, demo_names())
+    method = _method(export, args, FASTV_LAYERS, select="topk") if preset else None
     try:
         writable_folder(args.out, args.overwrite, flag="--overwrite")
         if args.format == "tensorrt":
@@ -127,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     except (FileExistsError, ImportError, RuntimeError) as error:
         export.error(str(error))
     trt = args.trt or TRT_DEFAULT
+    if not preset:
+        return run_export(export, args, trt)
     try:
         return 0 if export_demo(args.out, args.format, method, args.model, args.overwrite, trt) else 1
     except TensorRTSupportError as error:
@@ -161,6 +184,8 @@ def _method(parser: argparse.ArgumentParser, args: argparse.Namespace, fastv_lay
     model's ``fastv_layers``); else ``parser.error``, also for one method's options given to the other."""
     from .methods import CrossAttentionTrim, FastV
 
+    if getattr(args, "method", None):
+        return preset_method(parser, args, fastv_layers)
     method_type = CrossAttentionTrim if args.model == "mllama" else FastV
     own = [field.name for field in dataclasses.fields(method_type)]
     wrong = [name for name in METHOD_OPTIONS if name not in own and getattr(args, name, None) is not None]

@@ -11,7 +11,7 @@ from .families.llava import DEMO_LAYERS as FASTV_LAYERS
 from .family import FAMILIES
 from .trt_tables import DEFAULT as TRT_DEFAULT
 
-__all__ = ["FASTV_LAYERS", "demo", "demo_names"]
+__all__ = ["FASTV_LAYERS", "demo", "demo_names", "export_and_check"]
 
 
 def _demo_families() -> dict:
@@ -34,12 +34,20 @@ def demo(
     """Export a tiny random-weight model of ``family`` (one of ``demo_names()``: Mllama for CrossAttentionTrim,
     arXiv 2504.00557; FastV for the others) optimised with ``method`` to ``out``, its ONNX graphs checked against
     TensorRT ``trt_version``; for ONNX, True if ONNX Runtime's greedy tokens equal PyTorch's."""
-    from . import OrtGenerator, onnx, tensorrt
-
     names = _demo_families()
     if family not in names:
         raise ValueError(f"graphprune has no demo model {family!r}; demo models: {', '.join(sorted(names))}")
     model, inputs = names[family].demo(method, family)
+    return export_and_check(model, inputs, out, format, overwrite, trt_version)
+
+
+def export_and_check(
+    model, inputs: dict, out: str | Path, format: str, overwrite: bool, trt_version: str | None = TRT_DEFAULT
+) -> bool:
+    """Export the optimized ``model`` (``example_inputs=inputs``) to ``out`` as ``format`` (``onnx`` or
+    ``tensorrt``) and print what was written; for ONNX, True if ONNX Runtime's greedy tokens equal PyTorch's."""
+    from . import OrtGenerator, onnx, tensorrt
+
     if format == "tensorrt":
         folder = tensorrt(model, out, example_inputs=inputs, overwrite=overwrite)
         print(f"wrote {folder}: {', '.join(sorted(path.name for path in folder.iterdir()))}")
