@@ -35,14 +35,16 @@ def _checked_keep(keep) -> float:
 
 
 def n_keep(keep: float, n_visual):
-    """``ceil(keep * n_visual)``, where a product within 1e-6 of an integer counts as that integer (``0.3 * 10``).
+    """``ceil(keep * n_visual)``, where a product within 1e-6 of an integer counts as that integer (``0.3 * 10``),
+    and at least 1 where ``n_visual`` is (a positive ``keep`` never drops every visual token).
 
     The one keep-rounding rule: an int for an int, an int64 tensor for an integer tensor (per element; it
     runs inside the graphs). Plain Python for an int, so it may build constants while a graph is traced.
     """
     if isinstance(n_visual, torch.Tensor):
-        return (n_visual.to(torch.float64) * keep - _TOLERANCE).ceil().long()
-    return math.ceil(n_visual * keep - _TOLERANCE)
+        counts = (n_visual.to(torch.float64) * keep - _TOLERANCE).ceil().long()
+        return torch.maximum(counts, (n_visual > 0).long())
+    return max(math.ceil(n_visual * keep - _TOLERANCE), min(n_visual, 1))
 
 
 def n_slots(keep: float, n_real, n_visual) -> int:

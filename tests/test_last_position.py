@@ -1,0 +1,178 @@
+"""SPEC FastV step 3's last-position rule and the least count: a prompt may end with a visual token (a raw prompt,
+a template without a trailing text token). The sample's last real position is always kept (its row gives the next
+token); when it is visual it is one of the ``ceil(keep * n_visual)``, the others the best-ranked remaining ones. A
+positive ``keep`` keeps at least one visual token wherever there is one (``keep=1e-9`` keeps exactly one).
+
+Each family's batch is left-padded: sample 0 (padded) ends with an image token, sample 1 with text.
+"""
+
+import pytest
+import torch
+
+import graphprune as gp
+from graphprune import ops, optimized
+from graphprune.methods import n_keep
+from graphprune.reference import fastv_reference, fastv_reference_generate
+from graphprune.testing.common import PAD_TOKEN_ID, VISION_END_TOKEN_ID
+
+from .helpers import (
+    FAMILIES,
+    LOGITS_RTOL,
+    assert_clear_cut,
+    expected_cache_lengths,
+    rel_error,
+    slot_positions,
+    visual_units,
+)
+
+NEW_TOKENS = 4
+TINY = 1e-9
+LLAVA = "LlavaForConditionalGeneration"
+QWEN2_VL = "Qwen2VLForConditionalGeneration"
+
+
+def _without_trailing_vision_end(inputs: dict) -> dict:
+    """Qwen2-VL's inputs with a sample's trailing vision-end token cut (the prompt then ends with its image's
+    last token), left-padded again; the column that is padding in every sample after that is dropped."""
+    inputs = {key: value.clone() for key, value in inputs.items()}
+    for b in (inputs["input_ids"][:, -1] == VISION_END_TOKEN_ID).nonzero().flatten().tolist():
+        for key, pad in [("input_ids", PAD_TOKEN_ID), ("attention_mask", 0), ("mm_token_type_ids", 0)]:
+            inputs[key][b] = torch.cat([inputs[key].new_full((1,), pad), inputs[key][b, :-1]])
+    if not inputs["attention_mask"][:, 0].any():
+        for key in ("input_ids", "attention_mask", "mm_token_type_ids"):
+            inputs[key] = inputs[key][:, 1:]
+    return inputs
+
+
+# (name, samples ending visual first, how to make them, the method); sample 0 is the shorter (left-padded) one
+CASES = {
+    LLAVA: ([(3, 1, 0), (2, 1, 3)], FAMILIES[LLAVA].inputs, gp.FastV(k=2, keep=0.25)),
+    QWEN2_VL: (
+        [(1, [(4, 8)], [], 0), (2, [(8, 8)], [], 3)],
+        lambda model, samples, seed=0: _without_trailing_vision_end(FAMILIES[QWEN2_VL].inputs(model, samples, seed)),
+        gp.FastV(k=2, keep=0.25, query="mean"),
+    ),
+}
+
+
+def short_name(value):
+    return value.removesuffix("ForConditionalGeneration") if isinstance(value, str) else str(value)
+
+
+@pytest.fixture(params=sorted(CASES), ids=short_name)
+def case(request, family_models):
+    model = family_models(request.param)
+    samples, make_inputs, method = CASES[request.param]
+    return model, samples, make_inputs, method
+
+
+def _last_positions(inputs: dict) -> list[int]:
+    return [int(row.nonzero().max()) for row in inputs["attention_mask"]]
+
+
+@torch.no_grad()
+def test_fastv_select_keeps_the_last_real_position_among_the_counted_ones():
+    """The last real position is kept even when it scores lowest; it counts among ``n_keep``; ties to the earlier."""
+    attention_mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1, 1], [0, 1, 1, 1, 1, 1, 1, 1]])
+    visual = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1], [0, 1, 1, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 1, 1, 1]]).bool()
+    scores = torch.tensor([[0, 0, 0, 0.3, 0.5, 0.5, 0.4, 0.0], [0, 0.1, 0.2, 0.3, 0.4, 0.5, 0, 0]] + [[0.1] * 8])
+    for keep, expected in [
+        (0.5, [[4, 5, 7], [3, 4, 5], [2, 3, 7]]),  # 3 of 5 (of 5; of 6): the last, then the best, ties to the earlier
+        (TINY, [[7], [5], [7]]),  # one each: the last when visual, else the best
+        (1.0, [[3, 4, 5, 6, 7], [1, 2, 3, 4, 5], [2, 3, 4, 5, 6, 7]]),
+    ]:
+        for max_visual in (None, 6):  # the HF path's top-k and the export's constant-K one
+            count = int(((attention_mask.bool() & ~visual).sum(-1) + n_keep(keep, visual.sum(-1))).max())
+            index, valid = ops.fastv_select(scores, visual, attention_mask, torch.arange(count), keep, max_visual)
+            kept = [index[b][valid[b]] for b in range(3)]
+            assert [row[visual[b, row]].tolist() for b, row in enumerate(kept)] == expected, (keep, max_visual)
+
+
+@torch.no_grad()
+def test_pass_equals_reference_for_a_prompt_ending_with_a_visual_token(case):
+    """Kept sets (the last position among them, ``n_keep`` each), the last real position's logits, every kept
+    position's logits, greedy tokens and cache lengths equal the reference's."""
+    model, samples, make_inputs, method = case
+    batch = make_inputs(model, samples)
+    last, units = _last_positions(batch), visual_units(model, batch)
+    assert int(batch["attention_mask"][0, 0]) == 0 and batch["attention_mask"][1].all()  # sample 0 is padded
+    assert last[0] in units[0].tolist() and last[1] not in units[1].tolist()  # and ends visual, sample 1 not
+    reference = fastv_reference(model, method, **batch)
+    assert_clear_cut(reference, method)
+    visual_scores = reference.scores[0][reference.visual[0]]
+    cut = visual_scores.sort(descending=True).values[n_keep(method.keep, len(visual_scores)) - 1]
+    assert reference.scores[0, last[0]] < cut, "the last position would be kept anyway: the test proves nothing"
+    expected_ids = fastv_reference_generate(model, method, **batch, max_new_tokens=NEW_TOKENS)
+    with optimized(model, method):
+        out = model(**batch, use_cache=True)
+        slots = slot_positions(model)
+        kept = gp.explain(model, **batch).kept
+        ids = model.generate(**batch, max_new_tokens=NEW_TOKENS, do_sample=False)
+    assert [k.tolist() for k in kept] == [k.tolist() for k in reference.kept]
+    assert last[0] in kept[0].tolist()
+    assert [len(k) for k in kept] == [n_keep(method.keep, len(u)) for u in units]
+    assert [int(s[-1]) for s in slots] == last  # the last slot holds the last real position: its logits are last
+    for b in range(2):
+        assert rel_error(out.logits[b, -len(slots[b]) :], reference.logits[b, slots[b]]) <= LOGITS_RTOL, f"sample {b}"
+    assert rel_error(out.logits[:, -1], reference.logits[torch.arange(2), last]) <= LOGITS_RTOL
+    assert torch.equal(ids, expected_ids)
+    lengths = expected_cache_lengths(model, method, batch, kept)
+    assert [layer.keys.shape[2] for layer in out.past_key_values.layers] == lengths
+
+
+@torch.no_grad()
+def test_batch_equals_each_sample_alone_for_a_prompt_ending_with_a_visual_token(case):
+    """Each sample gives alone what it gives in the batch, its last real position kept (when visual) both ways."""
+    model, samples, make_inputs, method = case
+    batch = make_inputs(model, samples)
+    pad = batch["attention_mask"].shape[1] - batch["attention_mask"].sum(dim=1)
+    with optimized(model, method):
+        logits = model(**batch).logits[:, -1]
+        kept = gp.explain(model, **batch).kept
+        assert _last_positions(batch)[0] in kept[0].tolist()
+        ids = model.generate(**batch, max_new_tokens=NEW_TOKENS, do_sample=False)
+        for b, sample in enumerate(samples):
+            alone = make_inputs(model, [sample], seed=b)
+            assert torch.equal(alone["input_ids"][0], batch["input_ids"][b, pad[b] :])
+            assert rel_error(model(**alone).logits[0, -1], logits[b]) <= LOGITS_RTOL, f"sample {b}"
+            assert torch.equal(gp.explain(model, **alone).kept[0] + pad[b], kept[b]), f"sample {b}"
+            alone_ids = model.generate(**alone, max_new_tokens=NEW_TOKENS, do_sample=False)[0]
+            assert torch.equal(alone_ids, ids[b, -len(alone_ids) :]), f"sample {b}"
+
+
+@torch.no_grad()
+def test_a_tiny_keep_keeps_exactly_one_visual_token(case):
+    """``keep=1e-9``: one visual token per sample (the last position where it is visual), as the reference; the
+    report's and ``gp.flops``' counts are those of one kept token."""
+    model, samples, make_inputs, method = case
+    method = gp.FastV(k=method.k, keep=TINY, query=method.query)
+    batch = make_inputs(model, samples)
+    reference = fastv_reference(model, method, **batch)
+    with optimized(model, method):
+        logits = model(**batch).logits[:, -1]
+        report = gp.explain(model, **batch)
+        ids = model.generate(**batch, max_new_tokens=NEW_TOKENS, do_sample=False)
+    assert [len(k) for k in report.kept] == [1, 1]
+    assert [k.tolist() for k in report.kept] == [k.tolist() for k in reference.kept]
+    assert int(report.kept[0]) == _last_positions(batch)[0]
+    assert rel_error(logits, reference.logits[:, -1]) <= LOGITS_RTOL
+    assert torch.equal(ids, fastv_reference_generate(model, method, **batch, max_new_tokens=NEW_TOKENS))
+    before = after = 0
+    for n_tokens, n_visual in zip(report.n_tokens, report.n_visual, strict=True):
+        sample_before, sample_after = gp.flops(model.config, method, n_tokens, n_visual)
+        assert sample_after == gp.flops(model.config, gp.FastV(k=method.k, keep=1 / n_visual), n_tokens, n_visual)[1]
+        before, after = before + sample_before, after + sample_after
+    assert (report.flops_before, report.flops_after) == (before, after)
+
+
+def test_flops_count_one_visual_token_for_a_tiny_keep():
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4)
+    d, m = 64, 128
+
+    def layer(n):
+        return 4 * n * d * d + 2 * n * n * d + 2 * n * d * m
+
+    assert gp.flops(config, gp.FastV(k=2, keep=TINY), 612, 576) == (4 * layer(612), 2 * layer(612) + 2 * layer(37))
+    assert gp.flops(config, gp.FastV(k=2, keep=TINY), 30, 0) == (4 * layer(30), 4 * layer(30))
