@@ -6,6 +6,8 @@ positive ``keep`` keeps at least one visual token wherever there is one (``keep=
 Each family's batch is left-padded: sample 0 (padded) ends with an image token, sample 1 with text.
 """
 
+import json
+
 import pytest
 import torch
 
@@ -13,12 +15,14 @@ import graphprune as gp
 from graphprune import ops, optimized
 from graphprune.methods import n_keep
 from graphprune.reference import fastv_reference, fastv_reference_generate
+from graphprune.testing import llava_inputs, tiny_llava
 from graphprune.testing.common import PAD_TOKEN_ID, VISION_END_TOKEN_ID
 
 from .helpers import (
     FAMILIES,
     LOGITS_RTOL,
     assert_clear_cut,
+    assert_ort_equals_generate,
     expected_cache_lengths,
     rel_error,
     slot_positions,
@@ -176,3 +180,31 @@ def test_flops_count_one_visual_token_for_a_tiny_keep():
 
     assert gp.flops(config, gp.FastV(k=2, keep=TINY), 612, 576) == (4 * layer(612), 2 * layer(612) + 2 * layer(37))
     assert gp.flops(config, gp.FastV(k=2, keep=TINY), 30, 0) == (4 * layer(30), 4 * layer(30))
+
+
+@pytest.fixture(scope="module", params=[0.25, TINY], ids=lambda keep: f"keep={keep}")
+def llava_export(request, tmp_path_factory):
+    """Tiny 2-layer LLaVA (layer 1 pruned), its batch (sample 0 ends with an image token), the reference's greedy
+    tokens, and its validated ONNX export."""
+    pytest.importorskip("onnxruntime", reason="the ONNX extra is not installed: pip install graphprune[onnx]")
+    model = tiny_llava(num_layers=2, seed=2)
+    method = gp.FastV(k=1, keep=request.param)
+    inputs = llava_inputs(model, CASES[LLAVA][0])
+    expected = fastv_reference_generate(model, method, **inputs, max_new_tokens=NEW_TOKENS)
+    with optimized(model, method):
+        folder = gp.export.onnx(model, tmp_path_factory.mktemp("export") / "llava", example_inputs=inputs)
+        yield model, method, inputs, folder, expected
+
+
+@torch.no_grad()
+def test_export_of_a_prompt_ending_with_a_visual_token_gives_the_reference_tokens(llava_export):
+    """ONNX Runtime's tokens and first logits equal PyTorch's, and both the reference's; the constant top-k K is
+    ``ceil(keep * 16)`` (at least 1); the last real position is kept, among ``n_keep`` visual tokens."""
+    model, method, inputs, folder, expected = llava_export
+    kept = gp.explain(model, **inputs).kept
+    assert _last_positions(inputs)[0] in kept[0].tolist()
+    assert [len(k) for k in kept] == [n_keep(method.keep, 16)] * 2
+    budget = json.loads((folder / "manifest.json").read_text())["visual_budget"]
+    assert (budget["max_visual"], budget["top_k"]) == (16, n_keep(method.keep, 16))
+    assert_ort_equals_generate(model, inputs, folder, NEW_TOKENS)
+    assert torch.equal(gp.export.OrtGenerator(folder).generate(**inputs, max_new_tokens=NEW_TOKENS), expected)
