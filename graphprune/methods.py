@@ -64,8 +64,9 @@ class FastV:
     """FastV (Chen et al., "An Image is Worth 1/2 Tokens After Layer 2", arXiv 2403.06764).
 
     After decoder layer ``k - 1`` the visual tokens that its attention ignores are dropped: layers
-    ``k .. L-1`` run on every text token plus the ``ceil(keep * n_visual)`` visual tokens that the
-    ``query`` row(s) of layer ``k - 1`` attend to most.
+    ``k .. L-1`` run on every text token plus ``ceil(keep * n_visual)`` visual tokens (at least one): the
+    last real position when it is visual (its row gives the next token), and those that the ``query``
+    row(s) of layer ``k - 1`` attend to most.
 
     Args:
         k: the first layer that runs on the pruned sequence, ``1 <= k < num_layers``.
@@ -104,7 +105,8 @@ class CrossAttentionTrim:
     cross-attention layer computes and caches keys/values only for the kept ones.
 
     Args:
-        keep: the fraction of valid visual features kept per head (``head_union``) or overall (``topk``).
+        keep: the fraction of valid visual features kept per head (``head_union``) or overall (``topk``);
+            ``ceil(keep * n_valid)``, at least one.
         select: ``"head_union"`` (the paper: union of per-head top-k) or ``"topk"`` (fixed size,
             by the head-mean score).
     """

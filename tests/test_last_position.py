@@ -200,11 +200,13 @@ def llava_export(request, tmp_path_factory):
 def test_export_of_a_prompt_ending_with_a_visual_token_gives_the_reference_tokens(llava_export):
     """ONNX Runtime's tokens and first logits equal PyTorch's, and both the reference's; the constant top-k K is
     ``ceil(keep * 16)`` (at least 1); the last real position is kept, among ``n_keep`` visual tokens."""
+    onnx = pytest.importorskip("onnx", reason="the ONNX extra is not installed: pip install graphprune[onnx]")
     model, method, inputs, folder, expected = llava_export
     kept = gp.explain(model, **inputs).kept
     assert _last_positions(inputs)[0] in kept[0].tolist()
     assert [len(k) for k in kept] == [n_keep(method.keep, 16)] * 2
     budget = json.loads((folder / "manifest.json").read_text())["visual_budget"]
     assert (budget["max_visual"], budget["top_k"]) == (16, n_keep(method.keep, 16))
+    assert gp.export.tensorrt_support(onnx.load(str(folder / "prefill.onnx"), load_external_data=False)) == []
     assert_ort_equals_generate(model, inputs, folder, NEW_TOKENS)
     assert torch.equal(gp.export.OrtGenerator(folder).generate(**inputs, max_new_tokens=NEW_TOKENS), expected)
