@@ -15,8 +15,9 @@ import graphprune as gp
 from graphprune import ops, optimized
 from graphprune.methods import n_keep
 from graphprune.reference import fastv_reference, fastv_reference_generate
-from graphprune.testing import llava_inputs, tiny_llava
-from graphprune.testing.common import PAD_TOKEN_ID, VISION_END_TOKEN_ID
+from graphprune.reference.fastv_gemma3 import fastv_gemma3_reference, fastv_gemma3_reference_generate
+from graphprune.testing import gemma3_inputs, llava_inputs, tiny_gemma3, tiny_llava
+from graphprune.testing.common import PAD_TOKEN_ID
 
 from .helpers import (
     FAMILIES,
@@ -33,29 +34,40 @@ NEW_TOKENS = 4
 TINY = 1e-9
 LLAVA = "LlavaForConditionalGeneration"
 QWEN2_VL = "Qwen2VLForConditionalGeneration"
+GEMMA3 = "Gemma3ForConditionalGeneration"
 
 
-def _without_trailing_vision_end(inputs: dict) -> dict:
-    """Qwen2-VL's inputs with a sample's trailing vision-end token cut (the prompt then ends with its image's
-    last token), left-padded again; the column that is padding in every sample after that is dropped."""
-    inputs = {key: value.clone() for key, value in inputs.items()}
-    for b in (inputs["input_ids"][:, -1] == VISION_END_TOKEN_ID).nonzero().flatten().tolist():
-        for key, pad in [("input_ids", PAD_TOKEN_ID), ("attention_mask", 0), ("mm_token_type_ids", 0)]:
-            inputs[key][b] = torch.cat([inputs[key].new_full((1,), pad), inputs[key][b, :-1]])
-    if not inputs["attention_mask"][:, 0].any():
-        for key in ("input_ids", "attention_mask", "mm_token_type_ids"):
-            inputs[key] = inputs[key][:, 1:]
+SEQUENCES = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")  # the inputs with a sequence axis
+
+
+def _ending_visual(make_inputs):
+    """``make_inputs`` whose samples without trailing text (``samples[i][-1] == 0``) end with their last image
+    token: what follows it (Qwen2-VL's vision-end token, Gemma 3's end-of-image and separator) is cut, the row
+    left-padded again, and leading columns that are then padding in every row dropped."""
+
+    def inputs(model, samples, seed=0):
+        inputs = {key: value.clone() for key, value in make_inputs(model, samples, seed).items()}
+        image = inputs["input_ids"] == model.config.image_token_id
+        for b in [b for b, sample in enumerate(samples) if sample[-1] == 0]:
+            cut = image.shape[1] - 1 - int(image[b].nonzero().max())
+            for key in [key for key in SEQUENCES if key in inputs and cut]:
+                pad = inputs[key].new_full((cut,), PAD_TOKEN_ID if key == "input_ids" else 0)
+                inputs[key][b] = torch.cat([pad, inputs[key][b, :-cut]])
+        columns = int(inputs["attention_mask"].any(dim=0).long().argmax())
+        return {key: value[:, columns:] if key in SEQUENCES else value for key, value in inputs.items()}
+
     return inputs
 
 
-# (name, samples ending visual first, how to make them, the method); sample 0 is the shorter (left-padded) one
+# per family: samples (0 ends with an image token and is the shorter, left-padded one), their inputs, the method
 CASES = {
     LLAVA: ([(3, 1, 0), (2, 1, 3)], FAMILIES[LLAVA].inputs, gp.FastV(k=2, keep=0.25)),
     QWEN2_VL: (
         [(1, [(4, 8)], [], 0), (2, [(8, 8)], [], 3)],
-        lambda model, samples, seed=0: _without_trailing_vision_end(FAMILIES[QWEN2_VL].inputs(model, samples, seed)),
+        _ending_visual(FAMILIES[QWEN2_VL].inputs),
         gp.FastV(k=2, keep=0.25, query="mean"),
     ),
+    GEMMA3: ([(3, 1, 0), (2, 1, 3)], _ending_visual(gemma3_inputs), gp.FastV(k=2, keep=0.5, query="mean")),
 }
 
 
@@ -63,11 +75,33 @@ def short_name(value):
     return value.removesuffix("ForConditionalGeneration") if isinstance(value, str) else str(value)
 
 
+@pytest.fixture(scope="module")
+def gemma3():
+    """Tiny Gemma 3 (4 image tokens per image; sliding-window layers, bidirectional image blocks), not a contract
+    suite family."""
+    return tiny_gemma3(seed=2)
+
+
 @pytest.fixture(params=sorted(CASES), ids=short_name)
 def case(request, family_models):
-    model = family_models(request.param)
-    samples, make_inputs, method = CASES[request.param]
+    name = request.param
+    model = request.getfixturevalue("gemma3") if name == GEMMA3 else family_models(name)
+    samples, make_inputs, method = CASES[name]
     return model, samples, make_inputs, method
+
+
+def _reference(model, method, inputs: dict):
+    """The independent reference's prefill (Gemma 3's, with its attention rules written out, for Gemma 3)."""
+    if type(model).__name__ == GEMMA3:
+        return fastv_gemma3_reference(model, method, **inputs)
+    return fastv_reference(model, method, **inputs)
+
+
+def _reference_ids(model, method, inputs: dict) -> torch.Tensor:
+    """The reference's greedy prompt + ``NEW_TOKENS`` ids."""
+    if type(model).__name__ == GEMMA3:
+        return fastv_gemma3_reference_generate(model, method, max_new_tokens=NEW_TOKENS, **inputs)[0]
+    return fastv_reference_generate(model, method, **inputs, max_new_tokens=NEW_TOKENS)
 
 
 def _last_positions(inputs: dict) -> list[int]:
@@ -101,12 +135,12 @@ def test_pass_equals_reference_for_a_prompt_ending_with_a_visual_token(case):
     last, units = _last_positions(batch), visual_units(model, batch)
     assert int(batch["attention_mask"][0, 0]) == 0 and batch["attention_mask"][1].all()  # sample 0 is padded
     assert last[0] in units[0].tolist() and last[1] not in units[1].tolist()  # and ends visual, sample 1 not
-    reference = fastv_reference(model, method, **batch)
+    reference = _reference(model, method, batch)
     assert_clear_cut(reference, method)
     visual_scores = reference.scores[0][reference.visual[0]]
     cut = visual_scores.sort(descending=True).values[n_keep(method.keep, len(visual_scores)) - 1]
     assert reference.scores[0, last[0]] < cut, "the last position would be kept anyway: the test proves nothing"
-    expected_ids = fastv_reference_generate(model, method, **batch, max_new_tokens=NEW_TOKENS)
+    expected_ids = _reference_ids(model, method, batch)
     with optimized(model, method):
         out = model(**batch, use_cache=True)
         slots = slot_positions(model)
@@ -151,7 +185,7 @@ def test_a_tiny_keep_keeps_exactly_one_visual_token(case):
     model, samples, make_inputs, method = case
     method = gp.FastV(k=method.k, keep=TINY, query=method.query)
     batch = make_inputs(model, samples)
-    reference = fastv_reference(model, method, **batch)
+    reference = _reference(model, method, batch)
     with optimized(model, method):
         logits = model(**batch).logits[:, -1]
         report = gp.explain(model, **batch)
@@ -160,7 +194,7 @@ def test_a_tiny_keep_keeps_exactly_one_visual_token(case):
     assert [k.tolist() for k in report.kept] == [k.tolist() for k in reference.kept]
     assert int(report.kept[0]) == _last_positions(batch)[0]
     assert rel_error(logits, reference.logits[:, -1]) <= LOGITS_RTOL
-    assert torch.equal(ids, fastv_reference_generate(model, method, **batch, max_new_tokens=NEW_TOKENS))
+    assert torch.equal(ids, _reference_ids(model, method, batch))
     before = after = 0
     for n_tokens, n_visual in zip(report.n_tokens, report.n_visual, strict=True):
         sample_before, sample_after = gp.flops(model.config, method, n_tokens, n_visual)
