@@ -35,14 +35,16 @@ def _checked_keep(keep) -> float:
 
 
 def n_keep(keep: float, n_visual):
-    """``ceil(keep * n_visual)``, where a product within 1e-6 of an integer counts as that integer (``0.3 * 10``).
+    """``ceil(keep * n_visual)``, where a product within 1e-6 of an integer counts as that integer (``0.3 * 10``),
+    and at least 1 where ``n_visual`` is (a positive ``keep`` never drops every visual token).
 
     The one keep-rounding rule: an int for an int, an int64 tensor for an integer tensor (per element; it
     runs inside the graphs). Plain Python for an int, so it may build constants while a graph is traced.
     """
     if isinstance(n_visual, torch.Tensor):
-        return (n_visual.to(torch.float64) * keep - _TOLERANCE).ceil().long()
-    return math.ceil(n_visual * keep - _TOLERANCE)
+        counts = (n_visual.to(torch.float64) * keep - _TOLERANCE).ceil().long()
+        return torch.maximum(counts, (n_visual > 0).long())
+    return max(math.ceil(n_visual * keep - _TOLERANCE), min(n_visual, 1))
 
 
 def n_slots(keep: float, n_real, n_visual) -> int:
@@ -62,8 +64,9 @@ class FastV:
     """FastV (Chen et al., "An Image is Worth 1/2 Tokens After Layer 2", arXiv 2403.06764).
 
     After decoder layer ``k - 1`` the visual tokens that its attention ignores are dropped: layers
-    ``k .. L-1`` run on every text token plus the ``ceil(keep * n_visual)`` visual tokens that the
-    ``query`` row(s) of layer ``k - 1`` attend to most.
+    ``k .. L-1`` run on every text token plus ``ceil(keep * n_visual)`` visual tokens (at least one): the
+    last real position when it is visual (its row gives the next token), and those that the ``query``
+    row(s) of layer ``k - 1`` attend to most.
 
     Args:
         k: the first layer that runs on the pruned sequence, ``1 <= k < num_layers``.
@@ -102,7 +105,8 @@ class CrossAttentionTrim:
     cross-attention layer computes and caches keys/values only for the kept ones.
 
     Args:
-        keep: the fraction of valid visual features kept per head (``head_union``) or overall (``topk``).
+        keep: the fraction of valid visual features kept per head (``head_union``) or overall (``topk``);
+            ``ceil(keep * n_valid)``, at least one.
         select: ``"head_union"`` (the paper: union of per-head top-k) or ``"topk"`` (fixed size,
             by the head-mean score).
     """

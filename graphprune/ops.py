@@ -107,8 +107,9 @@ def fastv_select(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pick the kept positions and lay them out in ``len(slots)`` left-padded slots per sample.
 
-    Kept: every real non-visual position plus the ``keep_counts`` best-scoring visual ones (ties to
-    the earlier position), in their original order. Padding positions, which no real position may
+    Kept: every real non-visual position plus ``keep_counts`` visual ones, in their original order: the
+    sample's last real position when it is visual (its row gives the next token), and the best-scoring
+    others (ties to the earlier position). Padding positions, which no real position may
     attend to, are dropped too, so a padded sample needs no more slots than its real tokens.
     Returns ``index [B, S]`` (original position per slot)
     and ``valid [B, S]`` (False for the padding slots at the front of shorter samples; their index
@@ -119,13 +120,17 @@ def fastv_select(
     constant ``ceil(keep * max_visual)`` that TensorRT needs (``_counts_and_budget``).
     """
     batch, seq_len = scores.shape
+    real = attention_mask.bool()
+    positions = torch.arange(seq_len, device=scores.device).expand(batch, seq_len)
+    last = torch.where(real, positions, 0).amax(dim=-1, keepdim=True)
+    forced = visual_mask & real & (positions == last)  # the last real position, when visual: always kept
     counts, budget = _counts_and_budget(visual_mask, keep, max_visual)
-    chosen = _best(torch.where(visual_mask, scores.float(), float("-inf")), counts[:, None], budget)
-    kept = attention_mask.bool() & (~visual_mask | chosen)
+    ranked = torch.where(visual_mask & ~forced, scores.float(), float("-inf"))
+    chosen = _best(ranked, (counts - forced.sum(dim=-1))[:, None], budget) | forced
+    kept = real & (~visual_mask | chosen)
     n_slots = slots.shape[0]
     padding = n_slots - kept.sum(dim=-1, keepdim=True)
     target = torch.where(kept, running_count(kept, -1) - 1 + padding, n_slots)  # dropped ones go to a spare slot
-    positions = torch.arange(seq_len, device=scores.device).expand(batch, seq_len)
     first = positions.masked_fill(~kept, seq_len - 1).amin(dim=-1, keepdim=True)
     index = first.expand(batch, n_slots + 1).scatter(1, target, positions)[:, :n_slots]
     return index, slots[None, :] >= padding

@@ -231,8 +231,9 @@ def assert_clear_cut(reference, method, margin: float = 1e-5) -> None:
     """Only a top-k cut far from a tie makes the comparison meaningful: check the score gap there."""
     if isinstance(method, gp.FastV):
         for b in range(reference.visual.shape[0]):
-            scores = reference.scores[b][reference.visual[b]].sort(descending=True).values
-            n = len(reference.kept[b])
+            ranked = reference.visual[b] & ~last_real(reference.key_visible[b] | reference.visual[b])
+            scores = reference.scores[b][ranked].sort(descending=True).values
+            n = len(reference.kept[b]) - int(reference.visual[b].sum() - ranked.sum())  # the last, if visual, is kept
             if 0 < n < len(scores):
                 assert scores[n - 1] - scores[n] > margin * scores[0], f"sample {b}: near-tie at the cut"
         return
@@ -241,6 +242,12 @@ def assert_clear_cut(reference, method, margin: float = 1e-5) -> None:
         rows = reference.scores[b] if method.select == "head_union" else reference.scores[b].mean(dim=0, keepdim=True)
         ranked = rows[:, valid].sort(dim=-1, descending=True).values
         assert (ranked[:, count - 1] - ranked[:, count]).min() > margin, f"sample {b}: near-tie at the cut"
+
+
+def last_real(real: torch.Tensor) -> torch.Tensor:
+    """``[..., N]`` bool: True at the last True position of each row of ``real`` (SPEC: always kept)."""
+    positions = torch.arange(real.shape[-1])
+    return real & (positions == torch.where(real, positions, -1).amax(dim=-1, keepdim=True))
 
 
 def visual_units(model, inputs: dict) -> list[torch.Tensor]:

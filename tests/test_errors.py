@@ -6,6 +6,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import graphprune as gp
 from graphprune import optimized
+from graphprune.reference import cross_attention_trim_reference
 
 
 def _untouched(model):
@@ -89,3 +90,27 @@ def test_beam_search_is_refused_until_restore(llava, batch):
         llava.generate(**batch, max_new_tokens=2, num_beams=2)
     assert _untouched(llava)
     assert llava.generate(**batch, max_new_tokens=2, num_beams=2).shape == (3, batch["input_ids"].shape[1] + 2)
+
+
+@pytest.mark.parametrize(
+    "method",
+    [gp.FastV(k=2, keep=1e-9), gp.CrossAttentionTrim(keep=1e-9, select="topk"), gp.CrossAttentionTrim(keep=1e-9)],
+    ids=str,
+)
+@torch.no_grad()
+def test_a_tiny_keep_keeps_one_visual_unit_per_sample_not_none(request, method):
+    """A positive keep keeps at least one visual token (FastV) or feature (per head, CrossAttentionTrim) of a
+    sample that has any (SPEC FastV step 3; ``ceil(1e-9 * n)`` is 1, not 0)."""
+    fastv = isinstance(method, gp.FastV)
+    model = request.getfixturevalue("llava" if fastv else "mllama")
+    inputs = request.getfixturevalue("batch" if fastv else "mllama_batch")
+    with optimized(model, method):
+        kept = gp.explain(model, **inputs).kept
+        model.generate(**inputs, max_new_tokens=2, do_sample=False)
+    if fastv:
+        assert [len(k) for k in kept] == [1, 1, 0]  # the third sample has no image
+        return
+    heads = model.config.text_config.num_attention_heads
+    assert all(1 <= len(k) <= (1 if method.select == "topk" else heads) for k in kept)
+    reference = cross_attention_trim_reference(model, method, **inputs).kept
+    assert [k.tolist() for k in kept] == [k.tolist() for k in reference]

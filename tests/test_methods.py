@@ -35,7 +35,8 @@ def test_bad_query_and_select_name_the_accepted_values():
 
 @pytest.mark.parametrize(
     ("keep", "n_visual", "expected"),
-    [(0.1, 30, 3), (0.5, 576, 288), (0.5, 5, 3), (0.25, 16, 4), (0.75, 16, 12), (1.0, 7, 7), (0.3, 10, 3), (0.5, 0, 0)],
+    [(0.1, 30, 3), (0.5, 576, 288), (0.5, 5, 3), (0.25, 16, 4), (0.75, 16, 12), (1.0, 7, 7), (0.3, 10, 3), (0.5, 0, 0)]
+    + [(1e-9, 576, 1), (1e-9, 1, 1), (1e-9, 0, 0), (1e-7, 30, 1)],  # a positive keep keeps at least one
 )
 def test_n_keep_is_ceil_with_float_tolerance(keep, n_visual, expected):
     assert n_keep(keep, n_visual) == expected

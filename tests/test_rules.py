@@ -8,7 +8,7 @@ from graphprune import ops
 from graphprune.methods import n_keep, n_slots
 
 
-@pytest.mark.parametrize("keep", [0.1, 0.25, 0.3, 1 / 3, 0.5, 0.7, 0.9, 1.0])
+@pytest.mark.parametrize("keep", [1e-9, 0.1, 0.25, 0.3, 1 / 3, 0.5, 0.7, 0.9, 1.0])
 def test_n_keep_gives_the_same_counts_for_ints_and_tensors(keep):
     counts = torch.arange(700)
     tensor = n_keep(keep, counts)

@@ -2,7 +2,8 @@
 
 After layer ``k - 1`` it inserts ranking nodes that use that layer's own query and key (after
 RoPE; the model's attention kernel is untouched) and, for a decoder with per-layer masks (Gemma 3), its
-mask, a per-sample top-k, and gather nodes for every
+mask, a per-sample top-k (the last real position always kept, so it is the last slot: its logits are the
+last), and gather nodes for every
 tensor with a sequence axis that layers ``>= k`` read: the residual stream, RoPE cos/sin, the 4-D
 attention mask, the DeepStack inputs of layers ``>= k`` (Qwen3-VL) and the sequence-length ``sym_size``
 (and counts that are multiples of it, e.g. a mixture-of-experts layer's flattened token count).

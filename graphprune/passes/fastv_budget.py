@@ -2,8 +2,9 @@
 
 TensorRT's ONNX parser takes TopK only with a constant K (below 3840). When a sample can hold at
 most ``max_visual`` visual positions (LLaVA-1.5: 576 per image times the images per sample), every
-sample keeps at most ``ceil(keep * max_visual)`` of them, so that bound serves as K; the selection
-is unchanged for every input within the budget (``ops.fastv_select``).
+sample keeps at most ``ceil(keep * max_visual)`` of them (its last real position among them when it is
+visual), so that bound serves as K; the selection is unchanged for every input within the budget
+(``ops.fastv_select``).
 """
 
 from __future__ import annotations

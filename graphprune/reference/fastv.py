@@ -103,12 +103,16 @@ def _additive_mask(key_visible: torch.Tensor, query_positions: torch.Tensor, dty
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
-def _select(scores: torch.Tensor, visual: torch.Tensor, keep: float) -> list[torch.Tensor]:
+def _select(scores: torch.Tensor, visual: torch.Tensor, last: list[int], keep: float) -> list[torch.Tensor]:
+    """Per sample, ``n_keep`` visual positions: ``last[b]`` (the last real position) when it is visual, then the
+    best-scoring others, ties to the earlier position."""
     kept = []
     for b in range(scores.shape[0]):
         positions = visual[b].nonzero().flatten().tolist()
-        ranked = sorted(positions, key=lambda j: (-float(scores[b, j]), j))
-        kept.append(torch.tensor(sorted(ranked[: n_keep(keep, len(positions))]), dtype=torch.long))
+        forced = [last[b]] if last[b] in positions else []
+        others = sorted((j for j in positions if j not in forced), key=lambda j: (-float(scores[b, j]), j))
+        count = n_keep(keep, len(positions)) - len(forced)
+        kept.append(torch.tensor(sorted(forced + others[:count]), dtype=torch.long))
     return kept
 
 
@@ -179,15 +183,16 @@ def visual_positions(model, input_ids: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def ranked(probs: torch.Tensor, real: torch.Tensor, visual: torch.Tensor, method: FastV) -> tuple:
     """``(scores [B, N], kept per sample, key_visible [B, N])`` from layer ``k - 1``'s attention ``probs [B, H, N, N]``:
-    the head mean (float32) of the last real row or of the mean over real rows, the top visual positions, and the
-    keys layers ``>= k`` see (real text and kept visual positions)."""
+    the head mean (float32) of the last real row or of the mean over real rows, the kept visual positions (the last
+    real one if visual, then the top others), and the keys layers ``>= k`` see (real text and kept visual
+    positions)."""
     probs, batch = probs.float().mean(dim=1), probs.shape[0]
+    last = [int(real[b].nonzero().max()) if real[b].any() else -1 for b in range(batch)]
     if method.query == "last":
-        last = torch.stack([real[b].nonzero().max() for b in range(batch)])
-        scores = probs[torch.arange(batch), last]
+        scores = probs[torch.arange(batch), torch.tensor(last)]
     else:
         scores = torch.stack([probs[b][real[b]].mean(dim=0) for b in range(batch)])
-    kept = _select(scores, visual, method.keep)
+    kept = _select(scores, visual, last, method.keep)
     key_visible = real & ~visual
     for b in range(batch):
         key_visible[b, kept[b]] = real[b, kept[b]]
