@@ -22,8 +22,9 @@ SUPPORTED_MODES = {GenerationMode.GREEDY_SEARCH: "greedy", GenerationMode.SAMPLE
 _NOT_CONFIG = ("trust_remote_code", "tokenizer", "assistant_tokenizer")  # generate pops these first
 
 
-def checked_generate(model, generate):
-    """``generate`` that refuses unsupported generation modes and runs ``use_cache=False`` on the cache."""
+def checked_generate(model, generate, method):
+    """``generate`` that refuses unsupported generation modes (and, where ``method`` prunes, a chunked prefill)
+    and runs ``use_cache=False`` on the cache."""
     signature = inspect.signature(generate)
     generate = _in_generation(generate)
     var_keyword = next(p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD)
@@ -46,6 +47,11 @@ def checked_generate(model, generate):
                 f"graphprune does not support {name} (its cache is pruned per sample; beam search, "
                 "assisted, prompt-lookup, contrastive, DoLa and custom decoding are refused); "
                 "use greedy or sampling, or graphprune.restore(model) first"
+            )
+        if getattr(config, "prefill_chunk_size", None) is not None and method.keep < 1.0:
+            raise ValueError(
+                "graphprune ranks visual tokens over the whole prompt and does not support prefill_chunk_size "
+                f"(got {config.prefill_chunk_size}) at keep < 1: pass prefill_chunk_size=None, or keep=1.0"
             )
         if config.use_cache:
             return generate(*bound.args, **bound.kwargs)

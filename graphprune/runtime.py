@@ -175,7 +175,7 @@ def _install(model: nn.Module, adapter: ModelAdapter, pruned: GraphDecoder) -> N
         return clone
 
     model.forward = forward_with_visual_mask
-    model.generate = checked_generate(model, model.generate)
+    model.generate = checked_generate(model, model.generate, pruned.method)
     model.__deepcopy__ = deepcopy_optimized
     model.__reduce_ex__ = refuse_pickle
     decoder.forward = pruned
