@@ -29,6 +29,7 @@ from .base import (
     refuse_custom_mask,
     refuse_outputs,
     refuse_prompt_in_parts,
+    static_layers,
 )
 
 
@@ -78,6 +79,8 @@ class FastVDecoder(GraphDecoder):
         if prefill is None:  # nothing to prune: the unmodified model, on the call's own mask
             return self._original(inputs_embeds=inputs_embeds, use_cache=use_cache, **args, **kwargs)
         refuse_outputs(kwargs)
+        if use_cache and past_key_values is not None:
+            static_layers(past_key_values)  # a static cache that a pruned prefill cannot fill is refused first
         if not plain:
             refuse_custom_mask()
         return prefill(kwargs)
