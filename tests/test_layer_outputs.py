@@ -27,7 +27,9 @@ def models():
 def assert_same_outputs(got, want):
     assert len(got.attentions) == len(want.attentions) > 0
     assert len(got.hidden_states) == len(want.hidden_states) > 0
-    for got_tensor, want_tensor in zip(got.attentions + got.hidden_states, want.attentions + want.hidden_states, strict=True):
+    for got_tensor, want_tensor in zip(
+        got.attentions + got.hidden_states, want.attentions + want.hidden_states, strict=True
+    ):
         assert torch.equal(got_tensor, want_tensor)
     assert torch.equal(got.logits, want.logits)
 
