@@ -31,11 +31,12 @@ def refuse_right_padding(attention_mask) -> None:
         )
 
 
-def padding_mask(attention_mask, past: int, new_tokens: int) -> tuple[torch.Tensor | None, bool]:
+def padding_mask(attention_mask, past: int, new_tokens: int, check: bool = True) -> tuple[torch.Tensor | None, bool]:
     """The 2-D mask ``[B, past + new_tokens]`` (int64, or None for "all real") of a call's ``attention_mask`` and
     whether it is one: a 2-D mask as it is; a 4-D one (HF builds it for a static cache, over the cache's length)
     or HF's dict holding one (``{"full_attention": ...}``) read off its last query row, which a causal mask lets
-    see every earlier real position, and checked (one host read) to be the causal mask of that row, else not one."""
+    see every earlier real position, and with ``check`` checked (one host read) to be the causal mask of that row,
+    else not one."""
     if isinstance(attention_mask, dict):
         if set(attention_mask) != {"full_attention"}:
             return None, False
@@ -47,6 +48,8 @@ def padding_mask(attention_mask, past: int, new_tokens: int) -> tuple[torch.Tens
         return None, False
     seen = attention_mask[:, 0] if attention_mask.dtype == torch.bool else attention_mask[:, 0] == 0
     real = seen[:, -1, :length]
+    if not check:
+        return real.long(), True
     keys = torch.arange(seen.shape[-1], device=seen.device)
     causal = keys <= torch.arange(past, length, device=seen.device)[:, None]
     expected = causal & torch.cat([real, real.new_zeros(real.shape[0], seen.shape[-1] - length)], dim=1)[:, None]

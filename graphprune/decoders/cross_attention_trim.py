@@ -20,6 +20,7 @@ from .base import (
     GraphDecoder,
     PrunedCache,
     checked_decode_mask,
+    current_generation,
     full_mask,
     refuse_custom_mask,
     refuse_outputs,
@@ -64,7 +65,8 @@ class CrossAttentionTrimDecoder(GraphDecoder):
         batch, new_tokens = inputs_embeds.shape[:2]
         cache = past_key_values
         past = int(cache.get_seq_length(self.text_layer)) if cache is not None else 0
-        mask, plain = padding_mask(attention_mask, past, new_tokens)
+        # a generate call's steps get the masks HF builds from the prompt's, checked at the prefill
+        mask, plain = padding_mask(attention_mask, past, new_tokens, check=not past or not current_generation.get())
         args = dict(
             attention_mask=attention_mask,
             position_ids=position_ids,

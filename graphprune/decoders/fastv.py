@@ -63,7 +63,8 @@ class FastVDecoder(GraphDecoder):
         inputs_embeds, use_cache = self._embeddings(input_ids, inputs_embeds, use_cache)
         batch, new_tokens = inputs_embeds.shape[:2]
         past = int(past_key_values.get_seq_length()) if past_key_values is not None else 0
-        mask, plain = padding_mask(attention_mask, past, new_tokens)
+        # a generate call's steps get the masks HF builds from the prompt's, checked at the prefill
+        mask, plain = padding_mask(attention_mask, past, new_tokens, check=not past or not current_generation.get())
         args = dict(attention_mask=attention_mask, position_ids=position_ids, past_key_values=past_key_values)
         if past > 0:
             state = self._cache_states.get(past_key_values)
