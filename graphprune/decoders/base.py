@@ -70,6 +70,18 @@ def refuse_custom_mask() -> None:
     )
 
 
+def brings_images() -> bool:
+    """Whether the optimized model's call (``current_call``) brings images or videos (pixel values, or HF's
+    features encoded beforehand) for visual tokens among its inputs."""
+    call = current_call.get() or {}
+    keywords = [value for value in call.values() if isinstance(value, dict)]  # the forward's **kwargs
+    return any(
+        value is not None and (name.startswith("pixel_values") or name == "mm_encoder_outputs")
+        for arguments in (call, *keywords)
+        for name, value in arguments.items()
+    )
+
+
 def refuse_prompt_in_parts(holds_visual: bool) -> None:
     """A ``ValueError`` if a call that continues a cache holds visual tokens: they belong to a prompt fed in parts
     (``generate(prefill_chunk_size=...)`` or several forwards), which graphprune would rank on a part of."""

@@ -21,6 +21,7 @@ from .base import (
     UNMASKED_DECODE,
     GraphDecoder,
     PrunedCache,
+    brings_images,
     check_decode_mask,
     checked_decode_mask,
     current_generation,
@@ -68,8 +69,7 @@ class FastVDecoder(GraphDecoder):
         args = dict(attention_mask=attention_mask, position_ids=position_ids, past_key_values=past_key_values)
         if past > 0:
             state = self._cache_states.get(past_key_values)
-            if state is None or new_tokens > 1:  # a prompt's later part, or a user's turn, continues the cache
-                refuse_prompt_in_parts(self.method.keep < 1.0 and self._holds_visual())
+            refuse_prompt_in_parts(self.method.keep < 1.0 and brings_images())
             if state is None:
                 return self._original(inputs_embeds=inputs_embeds, use_cache=use_cache, **args, **kwargs)
             refuse_outputs(kwargs)
@@ -124,19 +124,10 @@ class FastVDecoder(GraphDecoder):
         """The prefill graph's inputs after the position ids: the DeepStack ones (Qwen3-VL), if any."""
         return deepstack_inputs(self.layout, inputs_embeds, kwargs)
 
-    def _call_visual_mask(self) -> torch.Tensor | None:
-        """The call's visual mask, None where the call has none."""
-        visual = current_visual_mask.get()
-        return visual() if visual is not None else None
-
-    def _holds_visual(self) -> bool:
-        """Whether the call holds a visual token (a host read)."""
-        visual = self._call_visual_mask()
-        return visual is not None and bool(visual.any())
-
     def _visual_mask(self, batch: int, seq_len: int, device) -> torch.Tensor:
         """The call's visual mask (computed now, at prefill only), or none visual where it does not fit."""
-        visual = self._call_visual_mask()
+        visual = current_visual_mask.get()
+        visual = visual() if visual is not None else None
         if visual is None or visual.shape != (batch, seq_len):
             return torch.zeros(batch, seq_len, dtype=torch.bool, device=device)
         return visual.to(device)
