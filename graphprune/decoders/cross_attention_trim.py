@@ -96,7 +96,7 @@ class CrossAttentionTrimDecoder(GraphDecoder):
             full = full_mask(mask, batch, new_tokens, inputs_embeds.device)
             self.state.record(TrimRecord(full, none, none.long(), none, None))
             return self._original(**args, **kwargs)
-        return self._prefill_step(inputs_embeds, mask if plain else None, plain, args, kwargs)
+        return self._prefill_step(inputs_embeds, mask, plain, args, kwargs)
 
     def _cross_masks(self, cross_mask, row_mask, batch: int, new_tokens: int, features: int, like: torch.Tensor):
         """The model's masks, or the ones that mean "every row attends every feature" when absent."""
@@ -110,7 +110,7 @@ class CrossAttentionTrimDecoder(GraphDecoder):
         batch, seq_len, hidden_size = inputs_embeds.shape
         device = inputs_embeds.device
         states = args["cross_attention_states"].reshape(batch, -1, hidden_size)
-        mask = full_mask(attention_mask, batch, seq_len, device)
+        mask = full_mask(attention_mask if plain else None, batch, seq_len, device)
         cross_mask, row_mask = self._cross_masks(
             args["cross_attention_mask"], args["full_text_row_masked_out_mask"], batch, seq_len, states.shape[1], states
         )

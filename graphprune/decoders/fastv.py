@@ -76,22 +76,16 @@ class FastVDecoder(GraphDecoder):
             if not plain:
                 refuse_custom_mask()
             return self._decode_step(inputs_embeds, mask, position_ids, past_key_values, state)
-        prefill = self._prefill_step(inputs_embeds, mask if plain else None, position_ids, past_key_values, use_cache)
-        if prefill is None:  # nothing to prune: the unmodified model, on the call's own mask
+        out = self._prefill_step(inputs_embeds, mask, plain, position_ids, past_key_values, use_cache, kwargs)
+        if out is None:  # nothing to prune: the unmodified model, on the call's own mask
             return self._original(inputs_embeds=inputs_embeds, use_cache=use_cache, **args, **kwargs)
-        refuse_outputs(kwargs)
-        if use_cache and past_key_values is not None:
-            static_layers(past_key_values)  # a static cache that a pruned prefill cannot fill is refused first
-        if not plain:
-            refuse_custom_mask()
-        return prefill(kwargs)
+        return out
 
-    def _prefill_step(self, inputs_embeds, attention_mask, position_ids, cache, use_cache):
-        """None where the call prunes nothing (keep=1.0, no visual token): the record is made. Otherwise what runs
-        the pruned prefill on the call's other arguments, once the caller has checked them."""
+    def _prefill_step(self, inputs_embeds, attention_mask, plain: bool, position_ids, cache, use_cache, kwargs):
+        """The pruned prefill's output; None where the call prunes nothing (keep=1.0, no visual token)."""
         batch, seq_len = inputs_embeds.shape[:2]
         device = inputs_embeds.device
-        mask = full_mask(attention_mask, batch, seq_len, device)
+        mask = full_mask(attention_mask if plain else None, batch, seq_len, device)
         visual = self._visual_mask(batch, seq_len, device) & mask.bool()  # padding is not visual
         dropped = visual.sum(dim=-1) - ops.keep_counts(visual, self.method.keep)
         kept = mask.sum(dim=-1) - dropped
@@ -103,22 +97,23 @@ class FastVDecoder(GraphDecoder):
             every = torch.arange(seq_len, device=device).expand(batch, seq_len)
             self.state.record(PrefillRecord(visual, mask, every, torch.ones_like(visual), None))
             return None
-
-        def pruned_prefill(kwargs):
-            if right:
-                refuse_right_padding(mask)
-            positions = self._graph_positions(position_ids, batch, 0, seq_len, device)
-            slots = torch.arange(most_kept, device=device)
-            # no padding before or after pruning: SDPA can mask causally by itself (the flash kernel on GPU)
-            unpadded = not padded and fewest_kept == most_kept
-            extra = self._extra_inputs(inputs_embeds, kwargs)
-            out, (index, valid, scores) = self._prefill(
-                [inputs_embeds, mask, positions, *extra, visual, slots], cache, use_cache, unpadded
-            )
-            self.state.record(PrefillRecord(visual, mask, index, valid, scores))
-            return out
-
-        return pruned_prefill
+        refuse_outputs(kwargs)
+        if use_cache and cache is not None:
+            static_layers(cache)  # a static cache that a pruned prefill cannot fill is refused first
+        if not plain:
+            refuse_custom_mask()
+        if right:
+            refuse_right_padding(mask)
+        position_ids = self._graph_positions(position_ids, batch, 0, seq_len, device)
+        slots = torch.arange(most_kept, device=device)
+        # no padding before or after pruning: SDPA can mask causally by itself (the flash kernel on GPU)
+        unpadded = not padded and fewest_kept == most_kept
+        extra = self._extra_inputs(inputs_embeds, kwargs)
+        out, (index, valid, scores) = self._prefill(
+            [inputs_embeds, mask, position_ids, *extra, visual, slots], cache, use_cache, unpadded
+        )
+        self.state.record(PrefillRecord(visual, mask, index, valid, scores))
+        return out
 
     def _extra_inputs(self, inputs_embeds: torch.Tensor, kwargs: dict) -> list[torch.Tensor]:
         """The prefill graph's inputs after the position ids: the DeepStack ones (Qwen3-VL), if any."""
