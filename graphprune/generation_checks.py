@@ -5,7 +5,8 @@ a ``GenerationConfig`` passed by keyword or position, or ``model.generation_conf
 modes whose cache graphprune follows are allowed: greedy and sampling. Beam search reorders the cache,
 assisted and prompt-lookup decoding crop it, and the others (contrastive, DoLa, a custom decoding
 loop) are not tested; all are refused. ``use_cache=False`` runs with the cache, so that the
-selection is made once at the prompt as with ``use_cache=True`` (the tokens are the same).
+selection is made once at the prompt as with ``use_cache=True`` (the tokens are the same). HF's compiled generate
+(``compile_config``) is refused, and its own compilation of a static cache's steps (on a GPU) is turned off.
 """
 
 from __future__ import annotations
@@ -18,12 +19,18 @@ from transformers.generation import GenerationMode
 
 from .decoders.base import current_generation
 
+# why HF's compiled generate and a torch.compile of the optimized model's forward are refused
+COMPILED_FORWARD = (
+    "graphprune's optimized forward does not run under torch.compile (its calls keep per-cache state in Python, "
+    "which Dynamo does not trace); use graphprune.optimize(model, method, compile=True) for compiled graphs"
+)
 SUPPORTED_MODES = {GenerationMode.GREEDY_SEARCH: "greedy", GenerationMode.SAMPLE: "sampling"}
 _NOT_CONFIG = ("trust_remote_code", "tokenizer", "assistant_tokenizer")  # generate pops these first
 
 
-def checked_generate(model, generate):
-    """``generate`` that refuses unsupported generation modes and runs ``use_cache=False`` on the cache."""
+def checked_generate(model, generate, method):
+    """``generate`` that refuses unsupported generation modes (and, where ``method`` prunes, a chunked prefill)
+    and runs ``use_cache=False`` on the cache."""
     signature = inspect.signature(generate)
     generate = _in_generation(generate)
     var_keyword = next(p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD)
@@ -47,6 +54,14 @@ def checked_generate(model, generate):
                 "assisted, prompt-lookup, contrastive, DoLa and custom decoding are refused); "
                 "use greedy or sampling, or graphprune.restore(model) first"
             )
+        if getattr(config, "prefill_chunk_size", None) is not None and method.keep < 1.0:
+            raise ValueError(
+                "graphprune ranks visual tokens over the whole prompt and does not support prefill_chunk_size "
+                f"(got {config.prefill_chunk_size}) at keep < 1: pass prefill_chunk_size=None, or keep=1.0"
+            )
+        if config.compile_config is not None and not config.disable_compile:
+            raise ValueError(COMPILED_FORWARD + "; drop compile_config (or pass disable_compile=True)")
+        extra["disable_compile"] = True  # HF compiles a static cache's decode steps by itself on a GPU
         if config.use_cache:
             return generate(*bound.args, **bound.kwargs)
         if "use_cache" in extra or given is None:

@@ -29,3 +29,30 @@ def refuse_right_padding(attention_mask) -> None:
             f"graphprune does not prune right-padded batches (sample {', '.join(map(str, samples))} ends with "
             'padding); it accepts unpadded and left-padded batches: pad on the left (padding_side="left")'
         )
+
+
+def padding_mask(attention_mask, past: int, new_tokens: int, check: bool = True) -> tuple[torch.Tensor | None, bool]:
+    """The 2-D mask ``[B, past + new_tokens]`` (int64, or None for "all real") of a call's ``attention_mask`` and
+    whether it is one: a 2-D mask as it is; a 4-D one (HF builds it for a static cache, over the cache's length)
+    or HF's dict holding one (``{"full_attention": ...}``) read off its last query row, which a causal mask lets
+    see every earlier real position, and with ``check`` checked (one host read) to be the causal mask of that row,
+    else not one."""
+    if isinstance(attention_mask, dict):
+        if set(attention_mask) != {"full_attention"}:
+            return None, False
+        attention_mask = attention_mask["full_attention"]
+    if attention_mask is None or attention_mask.dim() == 2:
+        return normalized_attention_mask(attention_mask), True
+    length = past + new_tokens
+    if attention_mask.dim() != 4 or attention_mask.shape[1:3] != (1, new_tokens) or attention_mask.shape[-1] < length:
+        return None, False
+    seen = attention_mask[:, 0] if attention_mask.dtype == torch.bool else attention_mask[:, 0] == 0
+    real = seen[:, -1, :length]
+    if not check:
+        return real.long(), True
+    keys = torch.arange(seen.shape[-1], device=seen.device)
+    causal = keys <= torch.arange(past, length, device=seen.device)[:, None]
+    expected = causal & torch.cat([real, real.new_zeros(real.shape[0], seen.shape[-1] - length)], dim=1)[:, None]
+    rows = real[:, past:, None]  # a padding query row's own keys are not read
+    plain = bool(((seen == expected) | ~rows).all())
+    return real.long(), plain

@@ -24,11 +24,12 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from .decoders import GraphDecoder
 from .decoders.base import current_call, current_visual_mask
-from .generation_checks import checked_generate
+from .generation_checks import COMPILED_FORWARD, checked_generate
 from .methods import CrossAttentionTrim, FastV
 from .model_copy import plain_deepcopy, refuse_pickle
 from .models import DecoderLayout, ModelAdapter, adapter_for
@@ -156,6 +157,8 @@ def _install(model: nn.Module, adapter: ModelAdapter, pruned: GraphDecoder) -> N
 
     @functools.wraps(forward)
     def forward_with_visual_mask(*args, **kwargs):
+        if torch.compiler.is_compiling():
+            raise ValueError(COMPILED_FORWARD)
         bound = signature.bind_partial(*args, **kwargs).arguments
         if bound.get("labels") is not None:
             raise ValueError(
@@ -175,7 +178,7 @@ def _install(model: nn.Module, adapter: ModelAdapter, pruned: GraphDecoder) -> N
         return clone
 
     model.forward = forward_with_visual_mask
-    model.generate = checked_generate(model, model.generate)
+    model.generate = checked_generate(model, model.generate, pruned.method)
     model.__deepcopy__ = deepcopy_optimized
     model.__reduce_ex__ = refuse_pickle
     decoder.forward = pruned

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx, nn
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicLayer, StaticLayer
 from transformers.modeling_outputs import MoeModelOutputWithPast
 
 from ..capture import KEY_MASK_DTYPE, capture_decode, capture_prefill, causal_prefill, key_mask_decode, unmasked_decode
@@ -51,17 +51,44 @@ def full_mask(attention_mask: torch.Tensor | None, batch: int, length: int, devi
     return torch.ones(batch, length, dtype=torch.long, device=device)
 
 
-def _check_call(attention_mask: torch.Tensor | None, kwargs: dict) -> None:
+def refuse_outputs(kwargs: dict) -> None:
+    """A ``ValueError`` if a call that prunes asks for the per-layer outputs that the pruned graphs do not return."""
     requested = [
         name for name in ("output_attentions", "output_hidden_states", "output_router_logits") if kwargs.get(name)
     ]
     if requested:
         raise ValueError(
-            f"graphprune's pruned decoder does not return {', '.join(requested)}; call graphprune.restore(model) first"
+            f"graphprune's pruned decoder does not return {', '.join(requested)} (it does at keep=1.0 and for "
+            "prompts without visual tokens); call graphprune.restore(model) first"
         )
-    if attention_mask is not None and attention_mask.dim() != 2:
+
+
+def refuse_custom_mask() -> None:
+    raise ValueError(
+        "graphprune prunes with the causal mask of a 2-D padding mask; this 4-D attention_mask is not one "
+        "(a custom mask): pass a 2-D attention_mask [batch, length], or call graphprune.restore(model) first"
+    )
+
+
+def brings_images() -> bool:
+    """Whether the optimized model's call (``current_call``) brings images or videos (pixel values, or HF's
+    features encoded beforehand) for visual tokens among its inputs."""
+    call = current_call.get() or {}
+    keywords = [value for value in call.values() if isinstance(value, dict)]  # the forward's **kwargs
+    return any(
+        value is not None and (name.startswith("pixel_values") or name == "mm_encoder_outputs")
+        for arguments in (call, *keywords)
+        for name, value in arguments.items()
+    )
+
+
+def refuse_prompt_in_parts(holds_visual: bool) -> None:
+    """A ``ValueError`` if a call that continues a cache holds visual tokens: they belong to a prompt fed in parts
+    (``generate(prefill_chunk_size=...)`` or several forwards), which graphprune would rank on a part of."""
+    if holds_visual:
         raise ValueError(
-            f"graphprune needs a 2-D attention_mask [batch, length]; got shape {tuple(attention_mask.shape)}"
+            "graphprune ranks visual tokens once, over the whole prompt; this call continues a cache with visual "
+            "tokens (a prompt fed in parts): pass the whole prompt in one forward (no prefill_chunk_size)"
         )
 
 
@@ -78,6 +105,20 @@ def checked_decode_mask(attention_mask: torch.Tensor | None, batch: int, past: i
     """A decode step's mask over the past and new positions; a ``ValueError`` if it covers another length."""
     check_decode_mask(attention_mask, past, new_tokens)
     return full_mask(attention_mask, batch, past + new_tokens, device)
+
+
+def static_layers(cache) -> bool:
+    """Whether ``cache`` holds HF's static layers (buffers of ``max_cache_len`` positions, written in place); a
+    ``ValueError`` for static layers that hold less than every position (sliding windows), which a pruned
+    cache cannot use."""
+    static = [type(layer) for layer in cache.layers if isinstance(layer, StaticLayer)]
+    if any(kind is not StaticLayer for kind in static):
+        window = next(kind for kind in static if kind is not StaticLayer).__name__
+        raise ValueError(
+            f"graphprune's pruned cache needs every position of every layer, and this static cache holds a sliding "
+            f"window in some ({window}): use a DynamicCache (generate's default cache_implementation), or keep=1.0"
+        )
+    return bool(static)
 
 
 def _fill(cache, layer_idx: int, keys: torch.Tensor, values: torch.Tensor) -> None:
@@ -102,6 +143,12 @@ class PrunedCache:
     generation: object | None = None
     # ``generation``'s key masks in the key-mask graph's form, over [B, P + room] (layers < k) and the slots (>= k)
     key_masks: tuple[torch.Tensor, torch.Tensor] | None = None
+    # a static cache's: the positions each layer holds, first in its buffers (None for a dynamic cache)
+    lengths: list[int] | None = None
+
+    def length(self, cache, layer_idx: int) -> int:
+        """The positions that ``cache``'s layer ``layer_idx`` holds."""
+        return cache.layers[layer_idx].keys.shape[2] if self.lengths is None else self.lengths[layer_idx]
 
 
 class GraphDecoder:
@@ -168,14 +215,13 @@ class GraphDecoder:
         layout, graphs = copy.deepcopy(self.layout, memo), self.graphs.copied_graphs(memo)
         return type(self)(decoder, self.method, layout, self.graphs.compile, graphs)
 
-    def _embeddings(self, input_ids, inputs_embeds, attention_mask, use_cache, kwargs) -> tuple[torch.Tensor, bool]:
+    def _embeddings(self, input_ids, inputs_embeds, use_cache) -> tuple[torch.Tensor, bool]:
         """The checked call's input embeddings and whether it caches."""
         if self.decoder.training:
             raise RuntimeError(
                 "graphprune: the optimized model is in training mode; call model.eval() to run it, "
                 "or graphprune.restore(model) to train it"
             )
-        _check_call(attention_mask, kwargs)
         if inputs_embeds is None:
             inputs_embeds = self.decoder.get_input_embeddings()(input_ids)
         return inputs_embeds, self.decoder.config.use_cache if use_cache is None else use_cache
@@ -190,22 +236,31 @@ class GraphDecoder:
         if not use_cache:
             return DecoderOutput(last_hidden_state=hidden), selection
         cache = cache if cache is not None else DynamicCache(config=self.decoder.config)
+        static = static_layers(cache)
         for layer_idx in range(self.layout.num_layers):
             _fill(cache, layer_idx, outputs[1 + 2 * layer_idx], outputs[2 + 2 * layer_idx])
         unpadded = unpadded and runners[UNMASKED_DECODE] is not None
         generation = current_generation.get() if runners[KEY_MASK_DECODE] is not None else None
-        self._cache_states[cache] = PrunedCache(selection[0], selection[1], unpadded, generation)
+        lengths = [outputs[1 + 2 * i].shape[2] for i in range(self.layout.num_layers)] if static else None
+        self._cache_states[cache] = PrunedCache(selection[0], selection[1], unpadded, generation, lengths=lengths)
         return DecoderOutput(last_hidden_state=hidden, past_key_values=cache), selection
 
-    def _decode(self, graph: int, inputs: list, cache, extra: tuple = ()) -> DecoderOutput:
+    def _decode(self, graph: int, inputs: list, cache, state: PrunedCache, extra: tuple = ()) -> DecoderOutput:
         """Run the decode graph ``graph`` (``DECODE``, ``UNMASKED_DECODE``, ``KEY_MASK_DECODE``) on ``inputs``, then
         ``cache``'s keys and values, then ``extra`` (its pruned layers' slots or key masks). ``cache`` takes the new
-        keys and values."""
+        keys and values: a dynamic cache the graph's, a static one the new positions, written after its held ones."""
         layers = cache.layers
         flat_cache = [tensor for layer in layers for tensor in (layer.keys, layer.values)]
+        if state.lengths is not None:  # the held positions of each static layer
+            held = list(state.lengths)
+            flat_cache = [tensor[:, :, : held[i // 2]] for i, tensor in enumerate(flat_cache)]
         outputs = self.graphs.runners(check=False)[graph](*inputs, *flat_cache, *extra)
-        for layer, keys, values in zip(layers, outputs[1::2], outputs[2::2], strict=False):
-            layer.keys, layer.values = keys, values
+        for layer_idx, (layer, keys, values) in enumerate(zip(layers, outputs[1::2], outputs[2::2], strict=False)):
+            if state.lengths is None:
+                layer.keys, layer.values = keys, values
+            elif (new := keys.shape[2] - held[layer_idx]) > 0:
+                layer.update(keys[:, :, -new:], values[:, :, -new:])
+                state.lengths[layer_idx] += new
         return DecoderOutput(last_hidden_state=outputs[0], past_key_values=cache)
 
     def key_mask_dtype(self) -> torch.dtype:

@@ -11,11 +11,21 @@ from .. import ops
 from ..flops import cross_attention_flops, cross_attention_trim_flops, kv_bytes
 from ..methods import CrossAttentionTrim
 from ..models import DecoderLayout
-from ..padding import normalized_attention_mask, refuse_right_padding, right_padded
+from ..padding import padding_mask, refuse_right_padding, right_padded
 from ..passes import cross_attention_budget, cross_attention_trim, cross_attention_trim_decode
 from ..registry import MethodHandler, register_method
 from ..report import Report
-from .base import DECODE, GraphDecoder, PrunedCache, checked_decode_mask, full_mask
+from .base import (
+    DECODE,
+    GraphDecoder,
+    PrunedCache,
+    checked_decode_mask,
+    current_generation,
+    full_mask,
+    refuse_custom_mask,
+    refuse_outputs,
+    refuse_prompt_in_parts,
+)
 
 
 @dataclass
@@ -51,35 +61,42 @@ class CrossAttentionTrimDecoder(GraphDecoder):
         use_cache=None,
         **kwargs,
     ):
-        attention_mask = normalized_attention_mask(attention_mask)
-        inputs_embeds, use_cache = self._embeddings(input_ids, inputs_embeds, attention_mask, use_cache, kwargs)
+        inputs_embeds, use_cache = self._embeddings(input_ids, inputs_embeds, use_cache)
+        batch, new_tokens = inputs_embeds.shape[:2]
+        cache = past_key_values
+        past = int(cache.get_seq_length(self.text_layer)) if cache is not None else 0
+        # a generate call's steps get the masks HF builds from the prompt's, checked at the prefill
+        mask, plain = padding_mask(attention_mask, past, new_tokens, check=not past or not current_generation.get())
         args = dict(
             attention_mask=attention_mask,
             position_ids=position_ids,
             cross_attention_states=cross_attention_states,
             cross_attention_mask=cross_attention_mask,
             full_text_row_masked_out_mask=full_text_row_masked_out_mask,
-            past_key_values=past_key_values,
+            past_key_values=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
         )
-        if past_key_values is not None and past_key_values.get_seq_length(self.text_layer) > 0:
-            state = self._cache_states.get(past_key_values)
-            if state is None:
-                return self._original(**args, **kwargs)
+        state = self._cache_states.get(cache) if past > 0 else None
+        if past > 0 and state is None:
+            refuse_prompt_in_parts(self.method.keep < 1.0 and cross_attention_states is not None)
+            return self._original(**args, **kwargs)
+        if state is not None:
             if cross_attention_states is not None:
                 raise ValueError(
                     "graphprune: new images in a call that continues a trimmed cache are not supported; "
                     "start a new generation with all images in the prompt"
                 )
-            return self._decode_step(inputs_embeds, attention_mask, position_ids, args, past_key_values, state)
+            refuse_outputs(kwargs)
+            if not plain:
+                refuse_custom_mask()
+            return self._decode_step(inputs_embeds, mask, position_ids, args, cache, state)
         if cross_attention_states is None:  # text only: no cross-attention layer runs, nothing is trimmed
-            batch, seq_len = inputs_embeds.shape[:2]
             none = torch.zeros(batch, 0, dtype=torch.bool, device=inputs_embeds.device)
-            mask = full_mask(attention_mask, batch, seq_len, inputs_embeds.device)
-            self.state.record(TrimRecord(mask, none, none.long(), none, None))
+            full = full_mask(mask, batch, new_tokens, inputs_embeds.device)
+            self.state.record(TrimRecord(full, none, none.long(), none, None))
             return self._original(**args, **kwargs)
-        return self._prefill_step(inputs_embeds, args, kwargs)
+        return self._prefill_step(inputs_embeds, mask, plain, args, kwargs)
 
     def _cross_masks(self, cross_mask, row_mask, batch: int, new_tokens: int, features: int, like: torch.Tensor):
         """The model's masks, or the ones that mean "every row attends every feature" when absent."""
@@ -89,11 +106,11 @@ class CrossAttentionTrimDecoder(GraphDecoder):
             row_mask = like.new_ones(batch, 1, new_tokens, 1)
         return cross_mask, row_mask
 
-    def _prefill_step(self, inputs_embeds, args, kwargs):
+    def _prefill_step(self, inputs_embeds, attention_mask, plain: bool, args, kwargs):
         batch, seq_len, hidden_size = inputs_embeds.shape
         device = inputs_embeds.device
         states = args["cross_attention_states"].reshape(batch, -1, hidden_size)
-        mask = full_mask(args["attention_mask"], batch, seq_len, device)
+        mask = full_mask(attention_mask if plain else None, batch, seq_len, device)
         cross_mask, row_mask = self._cross_masks(
             args["cross_attention_mask"], args["full_text_row_masked_out_mask"], batch, seq_len, states.shape[1], states
         )
@@ -106,6 +123,9 @@ class CrossAttentionTrimDecoder(GraphDecoder):
             every = torch.arange(states.shape[1], device=device).expand(batch, -1)
             self.state.record(TrimRecord(mask, valid, every, valid, None))
             return self._original(**args, **kwargs)
+        refuse_outputs(kwargs)
+        if not plain:
+            refuse_custom_mask()
         if right:
             refuse_right_padding(mask)
         position_ids = args["position_ids"]
@@ -121,15 +141,15 @@ class CrossAttentionTrimDecoder(GraphDecoder):
     def _decode_step(self, inputs_embeds, attention_mask, position_ids, args, cache, state: PrunedCache):
         batch, new_tokens = inputs_embeds.shape[:2]
         device = inputs_embeds.device
-        past = cache.get_seq_length(self.text_layer)
+        past = state.length(cache, self.text_layer)
         attention_mask = checked_decode_mask(attention_mask, batch, past, new_tokens, device)
         if position_ids is None:
             position_ids = torch.arange(past, past + new_tokens, device=device)[None]
-        features = cache.layers[self.layout.cross_attention_layers[0]].keys.shape[2]
+        features = state.length(cache, self.layout.cross_attention_layers[0])
         masks = args["cross_attention_mask"], args["full_text_row_masked_out_mask"]
         cross_mask, row_mask = self._cross_masks(*masks, batch, new_tokens, features, inputs_embeds)
         inputs = [inputs_embeds, attention_mask, position_ids.expand(batch, new_tokens), cross_mask, row_mask]
-        return self._decode(DECODE, inputs, cache, (state.index, state.valid))
+        return self._decode(DECODE, inputs, cache, state, (state.index, state.valid))
 
 
 def _check_layout(method: CrossAttentionTrim, layout: DecoderLayout) -> None:

@@ -11,7 +11,7 @@ from ..capture import deepstack_inputs
 from ..flops import fastv_flops, kv_bytes
 from ..methods import FastV
 from ..models import DecoderLayout
-from ..padding import normalized_attention_mask, refuse_right_padding, right_padded
+from ..padding import padding_mask, refuse_right_padding, right_padded
 from ..passes import fastv, fastv_budget, fastv_decode
 from ..registry import MethodHandler, register_method
 from ..report import Report
@@ -21,11 +21,16 @@ from .base import (
     UNMASKED_DECODE,
     GraphDecoder,
     PrunedCache,
+    brings_images,
     check_decode_mask,
     checked_decode_mask,
     current_generation,
     current_visual_mask,
     full_mask,
+    refuse_custom_mask,
+    refuse_outputs,
+    refuse_prompt_in_parts,
+    static_layers,
 )
 
 
@@ -56,20 +61,31 @@ class FastVDecoder(GraphDecoder):
         use_cache=None,
         **kwargs,
     ):
-        attention_mask = normalized_attention_mask(attention_mask)
-        inputs_embeds, use_cache = self._embeddings(input_ids, inputs_embeds, attention_mask, use_cache, kwargs)
+        inputs_embeds, use_cache = self._embeddings(input_ids, inputs_embeds, use_cache)
+        batch, new_tokens = inputs_embeds.shape[:2]
+        past = int(past_key_values.get_seq_length()) if past_key_values is not None else 0
+        # a generate call's steps get the masks HF builds from the prompt's, checked at the prefill
+        mask, plain = padding_mask(attention_mask, past, new_tokens, check=not past or not current_generation.get())
         args = dict(attention_mask=attention_mask, position_ids=position_ids, past_key_values=past_key_values)
-        if past_key_values is not None and past_key_values.get_seq_length() > 0:
+        if past > 0:
             state = self._cache_states.get(past_key_values)
+            refuse_prompt_in_parts(self.method.keep < 1.0 and brings_images())
             if state is None:
                 return self._original(inputs_embeds=inputs_embeds, use_cache=use_cache, **args, **kwargs)
-            return self._decode_step(inputs_embeds, attention_mask, position_ids, past_key_values, state)
-        return self._prefill_step(inputs_embeds, attention_mask, position_ids, past_key_values, use_cache, kwargs)
+            refuse_outputs(kwargs)
+            if not plain:
+                refuse_custom_mask()
+            return self._decode_step(inputs_embeds, mask, position_ids, past_key_values, state)
+        out = self._prefill_step(inputs_embeds, mask, plain, position_ids, past_key_values, use_cache, kwargs)
+        if out is None:  # nothing to prune: the unmodified model, on the call's own mask
+            return self._original(inputs_embeds=inputs_embeds, use_cache=use_cache, **args, **kwargs)
+        return out
 
-    def _prefill_step(self, inputs_embeds, attention_mask, position_ids, cache, use_cache, kwargs):
+    def _prefill_step(self, inputs_embeds, attention_mask, plain: bool, position_ids, cache, use_cache, kwargs):
+        """The pruned prefill's output; None where the call prunes nothing (keep=1.0, no visual token)."""
         batch, seq_len = inputs_embeds.shape[:2]
         device = inputs_embeds.device
-        mask = full_mask(attention_mask, batch, seq_len, device)
+        mask = full_mask(attention_mask if plain else None, batch, seq_len, device)
         visual = self._visual_mask(batch, seq_len, device) & mask.bool()  # padding is not visual
         dropped = visual.sum(dim=-1) - ops.keep_counts(visual, self.method.keep)
         kept = mask.sum(dim=-1) - dropped
@@ -78,17 +94,14 @@ class FastVDecoder(GraphDecoder):
             [dropped.max(), kept.max(), kept.min(), (mask == 0).any(), right_padded(mask).any()]
         ).tolist()
         if most_dropped == 0:  # keep=1.0 or no visual token: the unmodified model, exactly
-            out = self._original(
-                inputs_embeds=inputs_embeds,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                past_key_values=cache,
-                use_cache=use_cache,
-                **kwargs,
-            )
             every = torch.arange(seq_len, device=device).expand(batch, seq_len)
             self.state.record(PrefillRecord(visual, mask, every, torch.ones_like(visual), None))
-            return out
+            return None
+        refuse_outputs(kwargs)
+        if use_cache and cache is not None:
+            static_layers(cache)  # a static cache that a pruned prefill cannot fill is refused first
+        if not plain:
+            refuse_custom_mask()
         if right:
             refuse_right_padding(mask)
         position_ids = self._graph_positions(position_ids, batch, 0, seq_len, device)
@@ -136,21 +149,21 @@ class FastVDecoder(GraphDecoder):
     def _decode_step(self, inputs_embeds, attention_mask, position_ids, cache, state: PrunedCache):
         batch, new_tokens = inputs_embeds.shape[:2]
         device = inputs_embeds.device
-        past = cache.get_seq_length()  # layer 0 is never pruned: the unpruned length
+        past = state.length(cache, 0)  # layer 0 is never pruned: the unpruned length
         position_ids = self._graph_positions(position_ids, batch, past, new_tokens, device)
         if new_tokens == 1 and state.unpadded:
             # no padding since the prefill (generate adds none): every cached key is seen, so no mask is built
             check_decode_mask(attention_mask, past, new_tokens)
-            return self._decode(UNMASKED_DECODE, [inputs_embeds, position_ids], cache)
+            return self._decode(UNMASKED_DECODE, [inputs_embeds, position_ids], cache, state)
         attention_mask = checked_decode_mask(attention_mask, batch, past, new_tokens, device)
-        length = cache.layers[-1].keys.shape[2]  # the last layer is pruned (k < num_layers): P'
+        length = state.length(cache, -1)  # the last layer is pruned (k < num_layers): P'
         slots = _decode_slots(state, length, past, new_tokens)
         if new_tokens == 1 and state.generation is not None and state.generation is current_generation.get():
             # a step of the generate call that filled the cache: its mask is the prompt's grown by ones, so the
             # key masks made at its first step (and when the room grows) hold; the step passes views of them
             key_masks = self._key_masks(state, attention_mask, length)
-            return self._decode(KEY_MASK_DECODE, [inputs_embeds, position_ids], cache, key_masks)
-        return self._decode(DECODE, [inputs_embeds, attention_mask, position_ids], cache, slots)
+            return self._decode(KEY_MASK_DECODE, [inputs_embeds, position_ids], cache, state, key_masks)
+        return self._decode(DECODE, [inputs_embeds, attention_mask, position_ids], cache, state, slots)
 
     def _key_masks(self, state: PrunedCache, attention_mask, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The one-token step's key masks over ``[B, P + 1]`` and the ``length + 1`` slots of the pruned layers,

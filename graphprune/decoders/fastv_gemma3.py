@@ -15,7 +15,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from ..graph_cache import capturing
-from .base import current_call
+from .base import current_call, static_layers
 from .fastv import FastVDecoder
 
 # the masks argument of the current decoder call (the model's dict, or a tensor when called directly)
@@ -58,7 +58,7 @@ class Gemma3FastVDecoder(FastVDecoder):
         return [token_types.to(inputs_embeds.device, torch.long)]
 
     def _prefill(self, inputs, cache, use_cache, unpadded=False):
-        if use_cache:
+        if use_cache and not (cache is not None and static_layers(cache)):
             cache = _plain_layers(cache)
         return super()._prefill(inputs, cache, use_cache, unpadded)
 
