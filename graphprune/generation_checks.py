@@ -6,7 +6,8 @@ modes whose cache graphprune follows are allowed: greedy and sampling. Beam sear
 assisted and prompt-lookup decoding crop it, and the others (contrastive, DoLa, a custom decoding
 loop) are not tested; all are refused. ``use_cache=False`` runs with the cache, so that the
 selection is made once at the prompt as with ``use_cache=True`` (the tokens are the same). HF's compiled generate
-(``compile_config``) is refused, and its own compilation of a static cache's steps (on a GPU) is turned off.
+runs where asked for (``compile_config``: the decode steps over a static cache, ``decoders/static_decode.py``); HF's
+own compilation of a static cache's steps unasked (on a GPU) is turned off.
 """
 
 from __future__ import annotations
@@ -19,11 +20,6 @@ from transformers.generation import GenerationMode
 
 from .decoders.base import current_generation
 
-# why HF's compiled generate and a torch.compile of the optimized model's forward are refused
-COMPILED_FORWARD = (
-    "graphprune's optimized forward does not run under torch.compile (its calls keep per-cache state in Python, "
-    "which Dynamo does not trace); use graphprune.optimize(model, method, compile=True) for compiled graphs"
-)
 SUPPORTED_MODES = {GenerationMode.GREEDY_SEARCH: "greedy", GenerationMode.SAMPLE: "sampling"}
 _NOT_CONFIG = ("trust_remote_code", "tokenizer", "assistant_tokenizer")  # generate pops these first
 
@@ -59,9 +55,8 @@ def checked_generate(model, generate, method):
                 "graphprune ranks visual tokens over the whole prompt and does not support prefill_chunk_size "
                 f"(got {config.prefill_chunk_size}) at keep < 1: pass prefill_chunk_size=None, or keep=1.0"
             )
-        if config.compile_config is not None and not config.disable_compile:
-            raise ValueError(COMPILED_FORWARD + "; drop compile_config (or pass disable_compile=True)")
-        extra["disable_compile"] = True  # HF compiles a static cache's decode steps by itself on a GPU
+        if config.compile_config is None:
+            extra["disable_compile"] = True  # HF would compile a static cache's decode steps unasked on a GPU
         if config.use_cache:
             return generate(*bound.args, **bound.kwargs)
         if "use_cache" in extra or given is None:

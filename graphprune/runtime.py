@@ -29,7 +29,8 @@ from torch import nn
 
 from .decoders import GraphDecoder
 from .decoders.base import current_call, current_visual_mask
-from .generation_checks import COMPILED_FORWARD, checked_generate
+from .decoders.static_decode import COMPILED_PREFILL
+from .generation_checks import checked_generate
 from .methods import CrossAttentionTrim, FastV
 from .model_copy import plain_deepcopy, refuse_pickle
 from .models import DecoderLayout, ModelAdapter, adapter_for
@@ -157,8 +158,12 @@ def _install(model: nn.Module, adapter: ModelAdapter, pruned: GraphDecoder) -> N
 
     @functools.wraps(forward)
     def forward_with_visual_mask(*args, **kwargs):
-        if torch.compiler.is_compiling():
-            raise ValueError(COMPILED_FORWARD)
+        if torch.compiler.is_compiling():  # a compiled step: the stand-in reads its state off the cache
+            if pruned.method.keep < 1.0 and any(
+                name.startswith("pixel_values") and value is not None for name, value in kwargs.items()
+            ):
+                raise ValueError(COMPILED_PREFILL.format("images"))
+            return forward(*args, **kwargs)
         bound = signature.bind_partial(*args, **kwargs).arguments
         if bound.get("labels") is not None:
             raise ValueError(

@@ -8,7 +8,7 @@ import functools
 
 import pytest
 import torch
-from transformers import CompileConfig, DynamicCache, StaticCache
+from transformers import DynamicCache, StaticCache
 
 import graphprune as gp
 from graphprune.testing import (
@@ -187,20 +187,3 @@ def test_plain_4d_mask_equals_its_2d_mask(built):
     four_d = (causal[None] & mask[:, None, :])[:, None]
     got = pruned(**{**inputs, "attention_mask": four_d}).logits[:, -1]
     assert torch.equal(got, pruned(**inputs).logits[:, -1])
-
-
-def test_hf_compiled_generate_is_refused_in_one_line(built):
-    _, pruned, _, inputs = built("llava")
-    config = CompileConfig(fullgraph=True, dynamic=False)
-    config._compile_all_devices = True  # compile on CPU too
-    with pytest.raises(ValueError, match=r"^graphprune's optimized forward does not run under torch\.compile.*"):
-        greedy(pruned, inputs, cache_implementation="static", compile_config=config)
-
-
-@pytest.mark.compile
-@torch.no_grad()
-def test_compiled_forward_names_graphprune(built):
-    """A ``torch.compile`` of the optimized model's forward (``fullgraph``) stops with graphprune's reason."""
-    _, pruned, _, inputs = built("llava")
-    with pytest.raises(Exception, match="graphprune's optimized forward does not run under torch.compile"):
-        torch.compile(pruned.forward, fullgraph=True)(**inputs)

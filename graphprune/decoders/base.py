@@ -19,6 +19,7 @@ from ..graph_cache import GraphCache, capturing
 from ..model_copy import refuse_part_copy
 from ..models import DecoderLayout
 from ..registry import handler_for
+from . import static_decode
 
 # what the stand-in returns: a plain decoder's output fields plus ``router_logits`` (None: the graphs compute
 # none), which a mixture-of-experts model (Qwen3-VL-MoE) reads off its decoder's output
@@ -146,6 +147,12 @@ class PrunedCache:
     # a static cache's: the positions each layer holds, first in its buffers (None for a dynamic cache)
     lengths: list[int] | None = None
 
+    def caught_up(self, past: int) -> None:
+        """A static cache's held lengths, given the ``past`` positions its layer 0 holds now: steps run elsewhere
+        (compiled, ``static_decode``) moved every layer on by as many positions."""
+        if self.lengths is not None and past != self.lengths[0]:
+            self.lengths = [length + past - self.lengths[0] for length in self.lengths]
+
     def length(self, cache, layer_idx: int) -> int:
         """The positions that ``cache``'s layer ``layer_idx`` holds."""
         return cache.layers[layer_idx].keys.shape[2] if self.lengths is None else self.lengths[layer_idx]
@@ -195,11 +202,30 @@ class GraphDecoder:
         refuse_part_copy()
 
     def __call__(self, *args, **kwargs):
+        if torch.compiler.is_compiling():  # HF's compiled generate, a torch.compile of the model's forward
+            return self._compiled_call(*args, **kwargs)
         if capturing(self.decoder):  # a capture at a new dtype or device traces the decoder's own forward
             return self._original(*args, **kwargs)
         return self._run(*args, **kwargs)
 
     def _run(self, *args, **kwargs):
+        raise NotImplementedError
+
+    def _compiled_call(self, *args, past_key_values=None, **kwargs):
+        """A call under ``torch.compile``: the one-token step over a static cache that a pruned prefill filled
+        (``static_decode``), the decoder's own forward on a cache no pruned prefill filled, else an error."""
+        state = getattr(past_key_values, static_decode.STATE_ATTR, None)
+        if isinstance(state, str):
+            raise ValueError(state)
+        embeds = kwargs.get("inputs_embeds")
+        new_tokens = (embeds if embeds is not None else kwargs.get("input_ids")).shape[1]
+        if new_tokens != 1 and (state is not None or self.method.keep < 1.0):
+            raise ValueError(static_decode.COMPILED_PREFILL.format(f"{new_tokens} tokens"))
+        if state is None:
+            return self._original(*args, past_key_values=past_key_values, **kwargs)
+        return self._static_step(state, past_key_values, **kwargs)
+
+    def _static_step(self, state, cache, **kwargs) -> DecoderOutput:
         raise NotImplementedError
 
     @property
@@ -243,6 +269,9 @@ class GraphDecoder:
         generation = current_generation.get() if runners[KEY_MASK_DECODE] is not None else None
         lengths = [outputs[1 + 2 * i].shape[2] for i in range(self.layout.num_layers)] if static else None
         self._cache_states[cache] = PrunedCache(selection[0], selection[1], unpadded, generation, lengths=lengths)
+        step = runners[KEY_MASK_DECODE] if static else None
+        dtype = None if step is None else self.key_mask_dtype()
+        static_decode.record(cache, self.method, step, dtype, inputs[1], selection[1])
         return DecoderOutput(last_hidden_state=hidden, past_key_values=cache), selection
 
     def _decode(self, graph: int, inputs: list, cache, state: PrunedCache, extra: tuple = ()) -> DecoderOutput:
@@ -261,6 +290,8 @@ class GraphDecoder:
             elif (new := keys.shape[2] - held[layer_idx]) > 0:
                 layer.update(keys[:, :, -new:], values[:, :, -new:])
                 state.lengths[layer_idx] += new
+        if state.lengths is not None:
+            static_decode.synced(cache, state.lengths)
         return DecoderOutput(last_hidden_state=outputs[0], past_key_values=cache)
 
     def key_mask_dtype(self) -> torch.dtype:

@@ -15,6 +15,7 @@ from ..padding import padding_mask, refuse_right_padding, right_padded
 from ..passes import cross_attention_budget, cross_attention_trim, cross_attention_trim_decode
 from ..registry import MethodHandler, register_method
 from ..report import Report
+from . import static_decode
 from .base import (
     DECODE,
     GraphDecoder,
@@ -78,6 +79,8 @@ class CrossAttentionTrimDecoder(GraphDecoder):
             use_cache=use_cache,
         )
         state = self._cache_states.get(cache) if past > 0 else None
+        if past == 0:
+            static_decode.forget(cache)
         if past > 0 and state is None:
             refuse_prompt_in_parts(self.method.keep < 1.0 and cross_attention_states is not None)
             return self._original(**args, **kwargs)

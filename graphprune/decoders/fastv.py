@@ -15,10 +15,12 @@ from ..padding import padding_mask, refuse_right_padding, right_padded
 from ..passes import fastv, fastv_budget, fastv_decode
 from ..registry import MethodHandler, register_method
 from ..report import Report
+from . import static_decode
 from .base import (
     DECODE,
     KEY_MASK_DECODE,
     UNMASKED_DECODE,
+    DecoderOutput,
     GraphDecoder,
     PrunedCache,
     brings_images,
@@ -75,11 +77,22 @@ class FastVDecoder(GraphDecoder):
             refuse_outputs(kwargs)
             if not plain:
                 refuse_custom_mask()
+            state.caught_up(past)
             return self._decode_step(inputs_embeds, mask, position_ids, past_key_values, state)
+        static_decode.forget(past_key_values)
         out = self._prefill_step(inputs_embeds, mask, plain, position_ids, past_key_values, use_cache, kwargs)
         if out is None:  # nothing to prune: the unmodified model, on the call's own mask
             return self._original(inputs_embeds=inputs_embeds, use_cache=use_cache, **args, **kwargs)
         return out
+
+    def _static_step(self, state, cache, inputs_embeds=None, input_ids=None, position_ids=None, **kwargs):
+        """The compiled one-token step over the whole buffers of a static cache (``static_decode``)."""
+        inputs_embeds, _ = self._embeddings(input_ids, inputs_embeds, True)
+        refuse_outputs(kwargs)
+        if position_ids is not None:
+            position_ids = self._graph_positions(position_ids, inputs_embeds.shape[0], 0, 1, inputs_embeds.device)
+        hidden = static_decode.decode_step(state, cache, inputs_embeds, position_ids)
+        return DecoderOutput(last_hidden_state=hidden, past_key_values=cache)
 
     def _prefill_step(self, inputs_embeds, attention_mask, plain: bool, position_ids, cache, use_cache, kwargs):
         """The pruned prefill's output; None where the call prunes nothing (keep=1.0, no visual token)."""

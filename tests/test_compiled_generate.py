@@ -1,0 +1,120 @@
+"""HF's compiled generate over a static cache (``compile_config``, ``fullgraph=True``): the decode steps run the
+one-token step over the whole static buffers (``decoders/static_decode.py``) and give eager graphprune's tokens; at
+keep=1.0 the unmodified model's compiled tokens."""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import pytest
+import torch
+from transformers import CompileConfig, StaticCache
+
+import graphprune as gp
+from graphprune.testing import llava_inputs, mllama_inputs, qwen2_vl_inputs, tiny_llava, tiny_mllama, tiny_qwen2_vl
+
+from .helpers import BATCH, LOGITS_RTOL, MLLAMA_BATCH, QWEN_SAMPLES
+
+pytestmark = pytest.mark.compile
+
+STEPS = 5
+# family -> (build, inputs builder, batch, pruning method)
+FAMILIES = {
+    "llava": (tiny_llava, llava_inputs, BATCH, gp.FastV(k=2, keep=0.5)),
+    "qwen2_vl": (
+        functools.partial(tiny_qwen2_vl, version="2"),
+        qwen2_vl_inputs,
+        QWEN_SAMPLES,
+        gp.FastV(k=1, keep=0.25),
+    ),
+}
+
+
+def compile_config() -> CompileConfig:
+    config = CompileConfig(fullgraph=True, dynamic=False)
+    config._compile_all_devices = True  # HF compiles on a GPU only, unless told
+    return config
+
+
+@torch.no_grad()
+def greedy(model, inputs: dict, **options):
+    """Greedy tokens and logits of ``generate`` over a static cache, and the cache it leaves."""
+    out = model.generate(
+        **inputs,
+        max_new_tokens=STEPS,
+        do_sample=False,
+        output_logits=True,
+        return_dict_in_generate=True,
+        cache_implementation="static",
+        **options,
+    )
+    return out.sequences, torch.stack(out.logits, dim=1), out.past_key_values
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_compiled_generate_equals_eager(name):
+    build, make_inputs, samples, method = FAMILIES[name]
+    model = build()
+    inputs = make_inputs(model, samples)
+    pruned = gp.optimize(model, method)
+    ids, logits, _ = greedy(pruned, inputs)
+    for _ in range(2):  # the second call replays the compiled step on the reset cache of a new selection
+        got_ids, got_logits, cache = greedy(pruned, inputs, compile_config=compile_config())
+        assert torch.equal(got_ids, ids)
+        torch.testing.assert_close(got_logits, logits, rtol=LOGITS_RTOL, atol=1e-5)
+    held = [int(layer.get_seq_length()) for layer in cache.layers]
+    assert held[-1] < held[0] == inputs["input_ids"].shape[1] + STEPS - 1  # layers >= k hold the pruned length
+
+
+def test_compiled_generate_at_keep_one_is_unmodified_compiled():
+    model = tiny_llava()
+    inputs = llava_inputs(model, BATCH)
+    keep_one = gp.optimize(copy.deepcopy(model), gp.FastV(k=2, keep=1.0))
+    ids, logits, _ = greedy(model, inputs, compile_config=compile_config())
+    got_ids, got_logits, _ = greedy(keep_one, inputs, compile_config=compile_config())
+    assert torch.equal(got_ids, ids)
+    assert torch.equal(got_logits, logits)
+
+
+@torch.no_grad()
+def test_eager_steps_after_compiled_steps_continue_the_cache():
+    """A user's loop that runs some steps compiled, then eager ones, gets the all-eager logits."""
+    model = tiny_llava()
+    inputs = llava_inputs(model, BATCH)
+    pruned = gp.optimize(model, gp.FastV(k=2, keep=0.5))
+    compiled = torch.compile(pruned.forward, fullgraph=True, backend="eager")  # the step as HF compiles it, quicker
+    config = model.config.get_text_config(decoder=True)
+    length = inputs["input_ids"].shape[1] + STEPS
+
+    def loop(compiled_steps: int) -> torch.Tensor:
+        cache = StaticCache(config=config, max_cache_len=length)
+        out = pruned(**inputs, past_key_values=cache, use_cache=True)
+        mask, logits = inputs["attention_mask"], [out.logits[:, -1]]
+        for step in range(STEPS - 1):
+            token = logits[-1].argmax(-1, keepdim=True)
+            mask = torch.cat([mask, torch.ones_like(token)], dim=1)
+            forward = compiled if step < compiled_steps else pruned
+            out = forward(input_ids=token, attention_mask=mask, past_key_values=cache, use_cache=True)
+            logits.append(out.logits[:, -1])
+        return torch.stack(logits, dim=1)
+
+    torch.testing.assert_close(loop(compiled_steps=2), loop(compiled_steps=0), rtol=LOGITS_RTOL, atol=1e-5)
+
+
+@torch.no_grad()
+def test_compiled_prefill_is_refused_when_pruning():
+    model = tiny_llava()
+    inputs = llava_inputs(model, BATCH)
+    pruned = gp.optimize(model, gp.FastV(k=2, keep=0.5))
+    with pytest.raises(Exception, match="graphprune prunes the prompt eagerly and compiles only one-token decode"):
+        torch.compile(pruned.forward, fullgraph=True)(**inputs)
+
+
+def test_compiled_generate_over_a_trimmed_cache_is_refused():
+    """CrossAttentionTrim has no static-buffer step: its compiled steps are refused, naming graphprune."""
+    model = tiny_mllama()
+    inputs = mllama_inputs(model, MLLAMA_BATCH)
+    trimmed = gp.optimize(model, gp.CrossAttentionTrim(0.5, "topk"))
+    with pytest.raises(Exception, match="graphprune compiles decode steps only over a static cache"):
+        greedy(trimmed, inputs, compile_config=compile_config())
