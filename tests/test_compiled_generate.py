@@ -12,6 +12,7 @@ import torch
 from transformers import CompileConfig, StaticCache
 
 import graphprune as gp
+from graphprune.decoders import static_decode
 from graphprune.testing import llava_inputs, mllama_inputs, qwen2_vl_inputs, tiny_llava, tiny_mllama, tiny_qwen2_vl
 
 from .helpers import BATCH, LOGITS_RTOL, MLLAMA_BATCH, QWEN_SAMPLES
@@ -67,10 +68,19 @@ def test_compiled_generate_equals_eager(name):
     assert held[-1] < held[0] == inputs["input_ids"].shape[1] + STEPS - 1  # layers >= k hold the pruned length
 
 
-def test_compiled_generate_at_keep_one_is_unmodified_compiled():
-    model = tiny_llava()
-    inputs = llava_inputs(model, BATCH)
-    keep_one = gp.optimize(copy.deepcopy(model), gp.FastV(k=2, keep=1.0))
+# family -> (build, inputs builder, batch, the method at keep=1.0)
+KEEP_ONE = {
+    "llava": (tiny_llava, llava_inputs, BATCH, gp.FastV(k=2, keep=1.0)),
+    "mllama": (tiny_mllama, mllama_inputs, MLLAMA_BATCH, gp.CrossAttentionTrim(1.0, "topk")),
+}
+
+
+@pytest.mark.parametrize("name", KEEP_ONE)
+def test_compiled_generate_at_keep_one_is_unmodified_compiled(name):
+    build, make_inputs, samples, method = KEEP_ONE[name]
+    model = build()
+    inputs = make_inputs(model, samples)
+    keep_one = gp.optimize(copy.deepcopy(model), method)
     ids, logits, _ = greedy(model, inputs, compile_config=compile_config())
     got_ids, got_logits, _ = greedy(keep_one, inputs, compile_config=compile_config())
     assert torch.equal(got_ids, ids)
@@ -100,6 +110,25 @@ def test_eager_steps_after_compiled_steps_continue_the_cache():
         return torch.stack(logits, dim=1)
 
     torch.testing.assert_close(loop(compiled_steps=2), loop(compiled_steps=0), rtol=LOGITS_RTOL, atol=1e-5)
+
+
+@torch.no_grad()
+def test_a_reused_static_cache_keeps_the_step_state_in_place():
+    """A static cache reset and filled again (a loop that replays its graphs) holds the new selection's state in
+    the tensors of the first: a graph replay reads its inputs at fixed addresses."""
+    model = tiny_llava()
+    inputs = llava_inputs(model, BATCH)
+    pruned = gp.optimize(model, gp.FastV(k=2, keep=0.5))
+    config = model.config.get_text_config(decoder=True)
+    cache = StaticCache(config=config, max_cache_len=inputs["input_ids"].shape[1] + STEPS)
+    addresses = []
+    for prompt in (inputs, {**inputs, "pixel_values": inputs["pixel_values"].flip(0)}):
+        cache.reset()
+        pruned(**prompt, past_key_values=cache, use_cache=True)
+        state = getattr(cache, static_decode.STATE_ATTR)
+        addresses.append([tensor.data_ptr() for tensor in (state.prompt_valid, state.kept_valid, state.full_length)])
+    assert addresses[1] == addresses[0]
+    assert torch.equal(state.kept_valid[:, : state.pruned_length], pruned._graphprune.last_record.slot_valid)
 
 
 @torch.no_grad()

@@ -89,8 +89,9 @@ class FastVDecoder(GraphDecoder):
         """The compiled one-token step over the whole buffers of a static cache (``static_decode``)."""
         inputs_embeds, _ = self._embeddings(input_ids, inputs_embeds, True)
         refuse_outputs(kwargs)
-        if position_ids is not None:
-            position_ids = self._graph_positions(position_ids, inputs_embeds.shape[0], 0, 1, inputs_embeds.device)
+        if position_ids is None:  # the next position, as the eager step counts it
+            position_ids = state.full_length.view(1, 1)
+        position_ids = self._graph_positions(position_ids, inputs_embeds.shape[0], 0, 1, inputs_embeds.device)
         hidden = static_decode.decode_step(state, cache, inputs_embeds, position_ids)
         return DecoderOutput(last_hidden_state=hidden, past_key_values=cache)
 

@@ -11,8 +11,8 @@ row of a group writes the same slot).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
@@ -20,6 +20,8 @@ from .. import ops
 
 # the attribute of a cache that a pruned prefill filled: a ``StaticDecode``, or why a compiled step can't continue it
 STATE_ATTR = "_graphprune_static_decode"
+# the attribute that keeps the latest ``StaticDecode`` of a cache, whose tensors a later prefill reuses
+TENSORS_ATTR = "_graphprune_static_decode_tensors"
 
 COMPILED_PREFILL = (
     "graphprune prunes the prompt eagerly and compiles only one-token decode steps over a static cache; "
@@ -31,7 +33,7 @@ NOT_STATIC = (
 )
 
 
-@dataclass
+@dataclasses.dataclass
 class StaticDecode:
     """What the compiled one-token step over a static cache reads."""
 
@@ -75,9 +77,32 @@ def record(cache, method, step: Callable | None, key_mask_dtype, mask, kept_vali
         length(mask.shape[1]),
         length(kept_valid.shape[1]),
     )
-    for tensor in (state.prompt_valid, state.kept_valid, state.full_length, state.pruned_length):
-        torch._dynamo.mark_static_address(tensor)  # written in place or read as is: a graph replay keeps them
-    setattr(cache, STATE_ATTR, state)
+    setattr(cache, STATE_ATTR, _in_place(getattr(cache, TENSORS_ATTR, None), state))
+    setattr(cache, TENSORS_ATTR, getattr(cache, STATE_ATTR))
+
+
+def _in_place(previous: StaticDecode | None, state: StaticDecode) -> StaticDecode:
+    """``state`` in the tensors of ``previous`` (an earlier prefill's on the same cache) where they fit: a graph
+    replay reads its inputs at fixed addresses, as HF's static buffers are; else in its own, marked so."""
+    tensors = _tensors(state)
+    if previous is not None and [_form(t) for t in _tensors(previous)] == [_form(t) for t in tensors]:
+        for old, new in zip(_tensors(previous), tensors, strict=True):
+            old.copy_(new)
+        return dataclasses.replace(state, **{field: getattr(previous, field) for field in _TENSOR_FIELDS})
+    for tensor in tensors:
+        torch._dynamo.mark_static_address(tensor)
+    return state
+
+
+_TENSOR_FIELDS = ("prompt_valid", "kept_valid", "full_length", "pruned_length")
+
+
+def _tensors(state: StaticDecode) -> list[torch.Tensor]:
+    return [getattr(state, field) for field in _TENSOR_FIELDS]
+
+
+def _form(tensor: torch.Tensor) -> tuple:
+    return tensor.shape, tensor.dtype, tensor.device
 
 
 def synced(cache, lengths: list[int]) -> None:
@@ -90,8 +115,7 @@ def synced(cache, lengths: list[int]) -> None:
 
 def decode_step(state: StaticDecode, cache, inputs_embeds: torch.Tensor, position_ids) -> torch.Tensor:
     """One new position per sample over ``cache``'s whole buffers: the hidden states; the cache and the state's
-    counts take the new position. ``position_ids`` in the graph's form, or None (the next position)."""
-    batch = inputs_embeds.shape[0]
+    counts take the new position. ``position_ids`` in the graph's form."""
     layers = cache.layers
     buffers = layers[0].keys.shape[2]
     slots = torch.arange(buffers - 1, device=inputs_embeds.device)
@@ -100,8 +124,6 @@ def decode_step(state: StaticDecode, cache, inputs_embeds: torch.Tensor, positio
         for valid, held in ((state.prompt_valid, state.full_length), (state.kept_valid, state.pruned_length))
     ]
     key_masks = [ops.key_mask_form(visible, state.key_mask_dtype) for visible in seen]
-    if position_ids is None:
-        position_ids = state.full_length.view(1, 1).expand(batch, 1)
     past = [tensor[:, :, :-1] for layer in layers for tensor in (layer.keys, layer.values)]
     outputs = state.step(inputs_embeds, position_ids, *past, *key_masks)
     for layer_idx, layer in enumerate(layers):
