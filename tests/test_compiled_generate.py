@@ -88,28 +88,43 @@ def test_compiled_generate_at_keep_one_is_unmodified_compiled(name):
 
 
 @torch.no_grad()
-def test_eager_steps_after_compiled_steps_continue_the_cache():
-    """A user's loop that runs some steps compiled, then eager ones, gets the all-eager logits."""
+def own_loop(pruned, inputs: dict, compiled_steps: int, hole: bool = False) -> torch.Tensor:
+    """Greedy prefill then one-token steps over a static cache, the first ``compiled_steps`` compiled (fullgraph, as
+    HF compiles them); with ``hole``, the later steps' mask hides sample 0's first new position: every step's logits."""
+    compiled = torch.compile(pruned.forward, fullgraph=True, backend="eager")  # the trace is what is tested: quicker
+    config = pruned.config.get_text_config(decoder=True)
+    cache = StaticCache(config=config, max_cache_len=inputs["input_ids"].shape[1] + STEPS)
+    out = pruned(**inputs, past_key_values=cache, use_cache=True)
+    mask, logits = inputs["attention_mask"], [out.logits[:, -1]]
+    for step in range(STEPS - 1):
+        token = logits[-1].argmax(-1, keepdim=True)
+        mask = torch.cat([mask, torch.ones_like(token)], dim=1)
+        if hole and step == 1:
+            mask[0, -2] = 0
+        forward = compiled if step < compiled_steps else pruned
+        out = forward(input_ids=token, attention_mask=mask, past_key_values=cache, use_cache=True)
+        logits.append(out.logits[:, -1])
+    return torch.stack(logits, dim=1)
+
+
+@pytest.fixture(scope="module")
+def pruned_llava():
     model = tiny_llava()
-    inputs = llava_inputs(model, BATCH)
-    pruned = gp.optimize(model, gp.FastV(k=2, keep=0.5))
-    compiled = torch.compile(pruned.forward, fullgraph=True, backend="eager")  # the step as HF compiles it, quicker
-    config = model.config.get_text_config(decoder=True)
-    length = inputs["input_ids"].shape[1] + STEPS
+    return gp.optimize(model, gp.FastV(k=2, keep=0.5)), llava_inputs(model, BATCH)
 
-    def loop(compiled_steps: int) -> torch.Tensor:
-        cache = StaticCache(config=config, max_cache_len=length)
-        out = pruned(**inputs, past_key_values=cache, use_cache=True)
-        mask, logits = inputs["attention_mask"], [out.logits[:, -1]]
-        for step in range(STEPS - 1):
-            token = logits[-1].argmax(-1, keepdim=True)
-            mask = torch.cat([mask, torch.ones_like(token)], dim=1)
-            forward = compiled if step < compiled_steps else pruned
-            out = forward(input_ids=token, attention_mask=mask, past_key_values=cache, use_cache=True)
-            logits.append(out.logits[:, -1])
-        return torch.stack(logits, dim=1)
 
-    torch.testing.assert_close(loop(compiled_steps=2), loop(compiled_steps=0), rtol=LOGITS_RTOL, atol=1e-5)
+def test_eager_steps_after_compiled_steps_continue_the_cache(pruned_llava):
+    """A user's loop that runs some steps compiled, then eager ones, gets the all-eager logits."""
+    pruned, inputs = pruned_llava
+    torch.testing.assert_close(own_loop(pruned, inputs, 2), own_loop(pruned, inputs, 0), rtol=LOGITS_RTOL, atol=1e-5)
+
+
+def test_compiled_steps_read_their_own_mask(pruned_llava):
+    """A compiled step sees what its mask lets it see (here a hidden earlier new position), as an eager one."""
+    pruned, inputs = pruned_llava
+    want = own_loop(pruned, inputs, 0, hole=True)
+    assert not torch.allclose(want, own_loop(pruned, inputs, 0), rtol=LOGITS_RTOL, atol=1e-5)  # the hole counts
+    torch.testing.assert_close(own_loop(pruned, inputs, STEPS, hole=True), want, rtol=LOGITS_RTOL, atol=1e-5)
 
 
 @torch.no_grad()

@@ -85,14 +85,16 @@ class FastVDecoder(GraphDecoder):
             return self._original(inputs_embeds=inputs_embeds, use_cache=use_cache, **args, **kwargs)
         return out
 
-    def _static_step(self, state, cache, inputs_embeds=None, input_ids=None, position_ids=None, **kwargs):
+    def _static_step(
+        self, state, cache, inputs_embeds=None, input_ids=None, position_ids=None, attention_mask=None, **kwargs
+    ):
         """The compiled one-token step over the whole buffers of a static cache (``static_decode``)."""
         inputs_embeds, _ = self._embeddings(input_ids, inputs_embeds, True)
         refuse_outputs(kwargs)
         if position_ids is None:  # the next position, as the eager step counts it
             position_ids = state.full_length.view(1, 1)
         position_ids = self._graph_positions(position_ids, inputs_embeds.shape[0], 0, 1, inputs_embeds.device)
-        hidden = static_decode.decode_step(state, cache, inputs_embeds, position_ids)
+        hidden = static_decode.decode_step(state, cache, inputs_embeds, position_ids, attention_mask)
         return DecoderOutput(last_hidden_state=hidden, past_key_values=cache)
 
     def _prefill_step(self, inputs_embeds, attention_mask, plain: bool, position_ids, cache, use_cache, kwargs):

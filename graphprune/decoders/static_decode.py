@@ -3,8 +3,9 @@
 Every shape is static (the step reads each layer's whole ``[B, H, M, D]`` buffer), nothing is read on the host, and
 the state is an attribute of the cache object (set by the eager prefill), so Dynamo traces the step in one graph.
 The step runs the key-mask decode graph (``capture.key_mask_decode``) on the first ``M - 1`` slots of every buffer
-with the new position last; its key masks are computed in the step from tensors stored at the prefill: which slots
-of the prompt are real (layers < k) or kept (layers >= k), and how many slots each group holds. The new keys and
+with the new position last; its key masks are computed in the step from the step's mask (by position: layers < k
+hold position p in slot p) and tensors stored at the prefill: the kept slots' validity (layers >= k hold the kept
+positions first, then the later ones in order) and how many slots each group holds. The new keys and
 values are then written in place at that count (the kept slots are left-padded to the batch's most kept, so every
 row of a group writes the same slot).
 """
@@ -44,6 +45,7 @@ class StaticDecode:
     kept_valid: torch.Tensor  # [B, M] bool: the kept slots' validity, then True
     full_length: torch.Tensor  # 0-d long: positions held by layers < k (where the next one is written)
     pruned_length: torch.Tensor  # 0-d long: slots held by layers >= k
+    kept_count: torch.Tensor  # 0-d long: slots the prefill kept (P'), before those of later positions
 
 
 def forget(cache) -> None:
@@ -76,6 +78,7 @@ def record(cache, method, step: Callable | None, key_mask_dtype, mask, kept_vali
         grown(kept_valid),
         length(mask.shape[1]),
         length(kept_valid.shape[1]),
+        length(kept_valid.shape[1]),
     )
     setattr(cache, STATE_ATTR, _in_place(getattr(cache, TENSORS_ATTR, None), state))
     setattr(cache, TENSORS_ATTR, getattr(cache, STATE_ATTR))
@@ -94,7 +97,7 @@ def _in_place(previous: StaticDecode | None, state: StaticDecode) -> StaticDecod
     return state
 
 
-_TENSOR_FIELDS = ("prompt_valid", "kept_valid", "full_length", "pruned_length")
+_TENSOR_FIELDS = ("prompt_valid", "kept_valid", "full_length", "pruned_length", "kept_count")
 
 
 def _tensors(state: StaticDecode) -> list[torch.Tensor]:
@@ -113,17 +116,19 @@ def synced(cache, lengths: list[int]) -> None:
         state.pruned_length.fill_(lengths[-1])
 
 
-def decode_step(state: StaticDecode, cache, inputs_embeds: torch.Tensor, position_ids) -> torch.Tensor:
+def decode_step(state: StaticDecode, cache, inputs_embeds: torch.Tensor, position_ids, attention_mask) -> torch.Tensor:
     """One new position per sample over ``cache``'s whole buffers: the hidden states; the cache and the state's
-    counts take the new position. ``position_ids`` in the graph's form."""
+    counts take the new position. ``position_ids`` in the graph's form; ``attention_mask`` the step's own."""
     layers = cache.layers
     buffers = layers[0].keys.shape[2]
     slots = torch.arange(buffers - 1, device=inputs_embeds.device)
-    seen = [
-        torch.cat([valid[:, :-1] & (slots < held), valid[:, -1:]], dim=1)  # the last key: the new position
-        for valid, held in ((state.prompt_valid, state.full_length), (state.kept_valid, state.pruned_length))
-    ]
-    key_masks = [ops.key_mask_form(visible, state.key_mask_dtype) for visible in seen]
+    seen = _seen(state, attention_mask, buffers)  # [B, M]: by position, the current one included
+    new = seen.index_select(1, state.full_length.view(1))  # the new position, the graph's last key
+    shift = state.full_length - state.pruned_length  # a slot after the kept ones holds the position this further
+    later = seen.gather(1, (slots + shift).clamp(max=buffers - 1).expand(seen.shape[0], -1))
+    kept = torch.where(slots < state.kept_count, state.kept_valid[:, :-1], later & (slots < state.pruned_length))
+    visible = torch.cat([seen[:, :-1] & (slots < state.full_length), new], 1), torch.cat([kept, new], 1)
+    key_masks = [ops.key_mask_form(keys, state.key_mask_dtype) for keys in visible]
     past = [tensor[:, :, :-1] for layer in layers for tensor in (layer.keys, layer.values)]
     outputs = state.step(inputs_embeds, position_ids, *past, *key_masks)
     for layer_idx, layer in enumerate(layers):
@@ -135,3 +140,22 @@ def decode_step(state: StaticDecode, cache, inputs_embeds: torch.Tensor, positio
     state.full_length.add_(1)
     state.pruned_length.add_(1)
     return outputs[0]
+
+
+def _seen(state: StaticDecode, attention_mask, buffers: int) -> torch.Tensor:
+    """``[B, M]`` bool, by position: what the step's new position sees, read off the step's mask (HF's 4-D one over
+    the buffers, or its dict holding one, or a 2-D one over the positions so far); without one, every real position
+    of the prompt and every later one up to the new."""
+    if isinstance(attention_mask, dict):
+        attention_mask = attention_mask.get("full_attention")
+    if attention_mask is None:
+        positions = torch.arange(buffers, device=state.prompt_valid.device)
+        return state.prompt_valid & (positions <= state.full_length)
+    if attention_mask.dim() == 4:
+        row = attention_mask[:, 0, -1]
+        seen = row if row.dtype == torch.bool else row == 0
+    else:
+        seen = attention_mask.bool()
+    if seen.shape[1] < buffers:
+        seen = torch.cat([seen, seen.new_zeros(seen.shape[0], buffers - seen.shape[1])], dim=1)
+    return seen[:, :buffers]
