@@ -32,6 +32,8 @@ from .helpers import (
     visual_units,
 )
 
+pytestmark = pytest.mark.usefixtures("capture_once")  # one capture per family model
+
 NEW_TOKENS = 5
 FIRST_VARIANTS = [(name, family.variants[0]) for name, family in FAMILIES.items()]
 SAMPLING = dict(do_sample=True, top_k=0, top_p=1.0, temperature=1.0)
