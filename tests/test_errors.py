@@ -7,6 +7,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import graphprune as gp
 from graphprune import optimized
 
+pytestmark = pytest.mark.usefixtures("capture_once")  # one capture per session model (conftest)
+
 
 def _untouched(model):
     return not {"forward", "generate", "_graphprune"} & set(vars(model))

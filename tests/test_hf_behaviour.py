@@ -13,6 +13,8 @@ import graphprune as gp
 from graphprune import optimized
 from graphprune.models import adapter_for
 
+pytestmark = pytest.mark.usefixtures("capture_once")  # one capture per session model (conftest)
+
 ADDED = {"forward", "generate", "__deepcopy__", "__reduce_ex__", "_graphprune"}
 REFUSED_MODE = r"^graphprune does not support .*; use greedy or sampling, or graphprune.restore\(model\) first$"
 

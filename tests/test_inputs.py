@@ -17,6 +17,8 @@ from graphprune.testing import llava_inputs, mllama_inputs, qwen2_vl_inputs, tin
 
 from .helpers import BATCH, MLLAMA_BATCH
 
+pytestmark = pytest.mark.usefixtures("capture_once")  # one capture per session model (conftest)
+
 FASTV = gp.FastV(k=2, keep=0.5)
 TRIMS = [gp.CrossAttentionTrim(keep=0.5, select=select) for select in ("head_union", "topk")]
 QWEN2_VL_BATCH = [(3, [(8, 8)], [], 4), (2, [(4, 8)], [(4, 4, 4)], 3), (5, [], [], 2)]  # 16 | 8 + 16 | 0 visual
