@@ -20,9 +20,12 @@ _CAPTURES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # decoder ->
 
 
 def pytest_collection_modifyitems(items):
-    """Each file's tier markers from its name: ``export`` for the ONNX export files, ``vllm`` for ``tests/vllm``."""
+    """Markers derived from others and from file names: ``compile`` tests are ``slow``; ``export`` marks the ONNX
+    export files, ``vllm`` the files of ``tests/vllm``."""
     for item in items:
         path = Path(item.fspath)
+        if item.get_closest_marker("compile"):
+            item.add_marker(pytest.mark.slow)
         if path.name.startswith("test_export"):
             item.add_marker(pytest.mark.export)
         if path.parent.name == "vllm":

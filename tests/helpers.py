@@ -167,9 +167,22 @@ FAMILIES = {
         (gp.CrossAttentionTrim(0.5, "head_union"), gp.CrossAttentionTrim(0.5, "topk")),
     ),
 }
-# The contract suite's cases: every family with each of its methods.
-CASES = [(name, method) for name, family in FAMILIES.items() for method in family.methods]
-VARIANTS = [(name, method) for name, family in FAMILIES.items() for method in family.variants]
+
+
+def first_fast(pairs: list[tuple]) -> list:
+    """``(family name, method)`` pairs as pytest params: each family's first method in the fast tier, the rest
+    ``slow`` (the full tier)."""
+    seen = set()
+    params = []
+    for name, method in pairs:
+        params.append(pytest.param(name, method, marks=pytest.mark.slow if name in seen else ()))
+        seen.add(name)
+    return params
+
+
+# The contract suite's cases: every family with each of its methods (the fast tier: the first of each).
+CASES = first_fast([(name, method) for name, family in FAMILIES.items() for method in family.methods])
+VARIANTS = first_fast([(name, method) for name, family in FAMILIES.items() for method in family.variants])
 
 
 @torch.no_grad()
