@@ -43,7 +43,7 @@ def imported(name: str, path: Path, known: dict[str, Path]) -> set[str]:
         if target and target != name:  # what the statement names, even a package above this module
             edges.add(target)
         target = target.rpartition(".")[0]
-        while target and not name.startswith(target + "."):  # the packages whose __init__ runs on the way
+        while target and target != name and not name.startswith(target + "."):  # the packages run on the way
             edges.add(target)
             target = target.rpartition(".")[0]
     return edges
@@ -87,6 +87,11 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_import_graph_has_no_cycles():
     assert cycles(import_graph()) == []
+
+
+def test_no_module_imports_the_package_root():
+    graph = import_graph()
+    assert [name for name, targets in graph.items() if "graphprune" in targets] == []
 
 
 def test_cycle_finder_finds_a_cycle():
