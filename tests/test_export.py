@@ -31,7 +31,11 @@ MLLAMA_EXPORT_BATCH = [(1, [4, 2], 3), (2, [2], 4), (0, [1], 6)]
 
 # Tiny LLaVA with 2 layers (16 visual tokens per image; layer 1 pruned); BATCH: samples with 1, 2 and 0 images
 model, inputs, exported = export_fixtures(
-    lambda: tiny_llava(num_layers=2, seed=2), METHOD, lambda model: llava_inputs(model, BATCH), "llava"
+    lambda: tiny_llava(num_layers=2, seed=2),
+    METHOD,
+    lambda model: llava_inputs(model, BATCH),
+    "llava",
+    share="tiny-llava-fastv",
 )
 
 

@@ -22,7 +22,11 @@ from .helpers import BATCH, export_fixtures  # noqa: E402
 
 GRAPHS = ("vision", "embed", "prefill", "decode")
 model, inputs, exported = export_fixtures(
-    lambda: tiny_llava(num_layers=2, seed=2), gp.FastV(k=1, keep=0.5), lambda m: llava_inputs(m, BATCH), "llava"
+    lambda: tiny_llava(num_layers=2, seed=2),
+    gp.FastV(k=1, keep=0.5),
+    lambda m: llava_inputs(m, BATCH),
+    "llava",
+    share="tiny-llava-fastv",
 )
 
 
