@@ -222,6 +222,7 @@ def test_right_padded_batch_with_nothing_to_prune_runs_the_unmodified_model(llav
         assert torch.equal(llava.generate(**right, max_new_tokens=NEW_TOKENS, do_sample=False), expected_ids)
 
 
+@pytest.mark.slow
 def test_ort_generator_refuses_right_padding_as_pytorch_does(tmp_path):
     pytest.importorskip("onnxruntime", reason="the ONNX extra is not installed: pip install graphprune[onnx]")
     model = tiny_llava(num_layers=2, seed=2)
