@@ -12,6 +12,8 @@ Usage::
         ids = model.generate(**inputs, max_new_tokens=32)
 """
 
+from . import export
+from ._version import __version__ as __version__
 from .explain import Report, explain
 from .fidelity import sweep
 from .flops import flops
@@ -19,10 +21,6 @@ from .methods import CrossAttentionTrim, FastV
 from .models import UnsupportedModelError, supported_classes
 from .passes import PassError
 from .runtime import last_record, optimize, optimized, restore
-
-__version__ = "0.1.0"
-
-from . import export  # noqa: E402  (after __version__, which the manifest records)
 
 __all__ = [
     "CrossAttentionTrim",
