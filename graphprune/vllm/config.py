@@ -24,6 +24,10 @@ ARCHITECTURES = {
         "GraphpruneLlavaNextForConditionalGeneration",
         "graphprune.vllm.llava_next:FastVLlavaNext",
     ),
+    "LlavaOnevisionForConditionalGeneration": (
+        "GraphpruneLlavaOnevisionForConditionalGeneration",
+        "graphprune.vllm.llava_onevision:FastVLlavaOnevision",
+    ),
     "Qwen2VLForConditionalGeneration": (
         "GraphpruneQwen2VLForConditionalGeneration",
         "graphprune.vllm.qwen2_vl:FastVQwen2VL",
