@@ -237,6 +237,27 @@ def save_internvl_processor(config, path: str | Path) -> None:
     tokenizer(config.text_config.vocab_size, "<IMG_CONTEXT>", named=INTERNVL_TOKENS).save_pretrained(path)
 
 
+def save_internvl(model: nn.Module, path: str | Path) -> Path:
+    """Save a ``tiny_internvl`` model and its full ``InternVLProcessor`` (with its video processor, which needs
+    torchvision: the vLLM venv has it) to ``path``; returns ``path``."""
+    from transformers import InternVLProcessor, InternVLVideoProcessor
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+    path = Path(path)
+    model.save_pretrained(path)
+    config, vision = model.config, model.config.vision_config
+    size = {"height": vision.image_size[0], "width": vision.image_size[1]}
+    processor = InternVLProcessor(
+        image_processor=GotOcr2ImageProcessorPil(size=size, crop_to_patches=True, min_patches=1, max_patches=6),
+        tokenizer=tokenizer(config.text_config.vocab_size, "<IMG_CONTEXT>", named=INTERNVL_TOKENS),
+        video_processor=InternVLVideoProcessor(size=size),
+        image_seq_length=int((vision.image_size[0] // vision.patch_size[0] * config.downsample_ratio) ** 2),
+        chat_template="{% for m in messages %}{{ m['content'] }}{% endfor %}",
+    )
+    processor.save_pretrained(path)
+    return path
+
+
 def idefics3_image_seq_len(config) -> int:
     """Features per tile of an Idefics3 / SmolVLM config: the tile's patches, pixel-shuffled by ``scale_factor``."""
     vision = config.vision_config

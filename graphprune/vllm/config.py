@@ -24,6 +24,10 @@ ARCHITECTURES = {
         "GraphpruneLlavaNextForConditionalGeneration",
         "graphprune.vllm.llava_next:FastVLlavaNext",
     ),
+    "InternVLForConditionalGeneration": (
+        "GraphpruneInternVLForConditionalGeneration",
+        "graphprune.vllm.internvl:FastVInternVL",
+    ),
     "LlavaOnevisionForConditionalGeneration": (
         "GraphpruneLlavaOnevisionForConditionalGeneration",
         "graphprune.vllm.llava_onevision:FastVLlavaOnevision",

@@ -16,10 +16,14 @@ class FastVModel:
 
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
-        config = vllm_config.model_config.hf_config
-        visual = tuple(getattr(config, field) for field in self.visual_token_fields)
+        visual = self.visual_token_ids(vllm_config)
         self.fastv = PrunedDecoder(self.language_model.model, method_of(vllm_config), visual, vllm_config)
         runner.install()
+
+    def visual_token_ids(self, vllm_config) -> tuple[int, ...]:
+        """The ids at the positions FastV ranks in the prompts vLLM's processor makes: ``visual_token_fields``."""
+        config = vllm_config.model_config.hf_config
+        return tuple(getattr(config, field) for field in self.visual_token_fields)
 
     def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None, **kwargs):
         with self.fastv.step(input_ids):
