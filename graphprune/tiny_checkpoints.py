@@ -264,6 +264,14 @@ def idefics3_image_seq_len(config) -> int:
     return (vision.image_size // vision.patch_size) ** 2 // config.scale_factor**2
 
 
+def save_idefics3(model: nn.Module, path: str | Path) -> Path:
+    """Save a ``tiny_idefics3`` model (``version="idefics3"``) and its ``Idefics3Processor`` to ``path``."""
+    path = Path(path)
+    model.save_pretrained(path)
+    save_idefics3_processor(model.config, path)
+    return path
+
+
 def save_idefics3_processor(config, path: str | Path) -> None:
     """Save the processor that fits an ``Idefics3Config`` (tiles of the tower's image size, images resized to a
     longest edge of two tiles); for a ``SmolVLMConfig`` only its image processor and tokenizer (transformers

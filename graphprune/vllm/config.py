@@ -24,6 +24,10 @@ ARCHITECTURES = {
         "GraphpruneLlavaNextForConditionalGeneration",
         "graphprune.vllm.llava_next:FastVLlavaNext",
     ),
+    "Idefics3ForConditionalGeneration": (
+        "GraphpruneIdefics3ForConditionalGeneration",
+        "graphprune.vllm.idefics3:FastVIdefics3",
+    ),
     "InternVLForConditionalGeneration": (
         "GraphpruneInternVLForConditionalGeneration",
         "graphprune.vllm.internvl:FastVInternVL",
