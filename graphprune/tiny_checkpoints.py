@@ -265,10 +265,23 @@ def idefics3_image_seq_len(config) -> int:
 
 
 def save_idefics3(model: nn.Module, path: str | Path) -> Path:
-    """Save a ``tiny_idefics3`` model (``version="idefics3"``) and its ``Idefics3Processor`` to ``path``."""
+    """Save a ``tiny_idefics3`` model and its processor to ``path``: ``Idefics3Processor``, or for SmolVLM the full
+    ``SmolVLMProcessor`` (its video processor needs torchvision, the processor num2words); returns ``path``."""
     path = Path(path)
     model.save_pretrained(path)
     save_idefics3_processor(model.config, path)
+    if model.config.model_type == "smolvlm":
+        from transformers import AutoTokenizer, SmolVLMProcessor, SmolVLMVideoProcessor
+        from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
+
+        processor = SmolVLMProcessor(
+            image_processor=SmolVLMImageProcessorPil.from_pretrained(path),
+            tokenizer=AutoTokenizer.from_pretrained(path),
+            video_processor=SmolVLMVideoProcessor(),
+            image_seq_len=idefics3_image_seq_len(model.config),
+            chat_template="{% for m in messages %}{{ m['content'] }}{% endfor %}",
+        )
+        processor.save_pretrained(path)
     return path
 
 

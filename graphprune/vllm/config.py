@@ -36,6 +36,10 @@ ARCHITECTURES = {
         "GraphpruneLlavaOnevisionForConditionalGeneration",
         "graphprune.vllm.llava_onevision:FastVLlavaOnevision",
     ),
+    "SmolVLMForConditionalGeneration": (
+        "GraphpruneSmolVLMForConditionalGeneration",
+        "graphprune.vllm.idefics3:FastVSmolVLM",
+    ),
     "Qwen2VLForConditionalGeneration": (
         "GraphpruneQwen2VLForConditionalGeneration",
         "graphprune.vllm.qwen2_vl:FastVQwen2VL",

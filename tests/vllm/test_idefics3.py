@@ -1,12 +1,12 @@
-"""FastV in vLLM on Idefics3 (image splitting into tiles plus a global tile, pixel-shuffle connector): greedy tokens
-equal graphprune's HF path."""
+"""FastV in vLLM on Idefics3 and SmolVLM (image splitting into tiles plus a global tile, pixel-shuffle connector):
+greedy tokens equal graphprune's HF path."""
 
 from __future__ import annotations
 
 import pytest
 
 pytest.importorskip("vllm", reason="vLLM is not installed: the vLLM plugin tests run in .venv-vllm (.ci/vllm-venv)")
-from transformers import Idefics3ForConditionalGeneration
+from transformers import Idefics3ForConditionalGeneration, SmolVLMForConditionalGeneration
 
 import graphprune as gp
 from graphprune.testing import tiny_idefics3
@@ -23,18 +23,24 @@ REQUESTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def case(tmp_path_factory):
-    model = tiny_idefics3(image_size=32, hidden_size=128, intermediate_size=256, num_heads=4, num_kv_heads=2)
-    path = save_idefics3(model, tmp_path_factory.mktemp("idefics3"))
+MODEL_CLASSES = {"idefics3": Idefics3ForConditionalGeneration, "smolvlm": SmolVLMForConditionalGeneration}
+
+
+@pytest.fixture(scope="module", params=list(MODEL_CLASSES))
+def case(request, tmp_path_factory):
+    version = request.param
+    model = tiny_idefics3(
+        version=version, image_size=32, hidden_size=128, intermediate_size=256, num_heads=4, num_kv_heads=2
+    )
+    path = save_idefics3(model, tmp_path_factory.mktemp(version))
     llm = make_llm(path, {"method": "fastv", "k": 2, "keep": 0.5})
-    yield llm, path
+    yield llm, path, MODEL_CLASSES[version]
     close(llm)
 
 
 def test_greedy_tokens_equal_hf_path(case):
-    llm, path = case
+    llm, path, model_class = case
     method = gp.FastV(k=2, keep=0.5)
-    expected = hf_tokens(Idefics3ForConditionalGeneration, path, method, REQUESTS)
-    assert expected[:3] != hf_tokens(Idefics3ForConditionalGeneration, path, None, REQUESTS[:3])
+    expected = hf_tokens(model_class, path, method, REQUESTS)
+    assert expected[:3] != hf_tokens(model_class, path, None, REQUESTS[:3])
     assert vllm_tokens(llm, REQUESTS) == expected
