@@ -226,6 +226,32 @@ def save_qwen3_vl_processor(config, path: str | Path) -> None:
     tokenizer(config.text_config.vocab_size, "<|image_pad|>", "<|video_pad|>").save_pretrained(path)
 
 
+def save_qwen3_vl(model: nn.Module, path: str | Path) -> Path:
+    """Save a ``tiny_qwen3_vl`` model and its full ``Qwen3VLProcessor`` (with its video processor, which needs
+    torchvision: the vLLM venv has it) to ``path``; returns ``path``."""
+    from transformers import AutoTokenizer, Qwen3VLProcessor, Qwen3VLVideoProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    path = Path(path)
+    model.save_pretrained(path)
+    save_qwen3_vl_processor(model.config, path)
+    vision = model.config.vision_config
+    patch = vision.patch_size * vision.spatial_merge_size
+    processor = Qwen3VLProcessor(
+        image_processor=Qwen2VLImageProcessorPil.from_pretrained(path),
+        tokenizer=AutoTokenizer.from_pretrained(path),
+        video_processor=Qwen3VLVideoProcessor(
+            size={"shortest_edge": patch * patch, "longest_edge": 64 * patch * patch},
+            patch_size=vision.patch_size,
+            temporal_patch_size=vision.temporal_patch_size,
+            merge_size=vision.spatial_merge_size,
+        ),
+        chat_template="{% for m in messages %}{{ m['content'] }}{% endfor %}",
+    )
+    processor.save_pretrained(path)
+    return path
+
+
 def save_internvl_processor(config, path: str | Path) -> None:
     """Save the image processor (GOT-OCR2's, PIL backend) and tokenizer of the ``InternVLProcessor`` that fits an
     ``InternVLConfig``: tiles of the tower's image size, 1 to 6 tiles (and a thumbnail) per image."""

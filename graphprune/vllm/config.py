@@ -36,6 +36,10 @@ ARCHITECTURES = {
         "GraphpruneLlavaOnevisionForConditionalGeneration",
         "graphprune.vllm.llava_onevision:FastVLlavaOnevision",
     ),
+    "Qwen3VLForConditionalGeneration": (
+        "GraphpruneQwen3VLForConditionalGeneration",
+        "graphprune.vllm.qwen3_vl:FastVQwen3VL",
+    ),
     "SmolVLMForConditionalGeneration": (
         "GraphpruneSmolVLMForConditionalGeneration",
         "graphprune.vllm.idefics3:FastVSmolVLM",
