@@ -30,6 +30,15 @@ def make_llm(path, graphprune: dict | None = None, **overrides):
     return LLM(**(settings | overrides))
 
 
+def engine_config(path, graphprune: dict | None = None, **settings):
+    """The ``VllmConfig`` an engine on ``path`` would start with (where the plugin's config check runs)."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    if graphprune is not None:
+        settings["additional_config"] = {"graphprune": graphprune}
+    return EngineArgs(model=str(path), dtype="float32", max_model_len=512, **settings).create_engine_config()
+
+
 def close(llm) -> None:
     from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
