@@ -227,13 +227,18 @@ def save_qwen3_vl_processor(config, path: str | Path) -> None:
 
 
 def save_qwen3_vl(model: nn.Module, path: str | Path) -> Path:
-    """Save a ``tiny_qwen3_vl`` model and its full ``Qwen3VLProcessor`` (with its video processor, which needs
-    torchvision: the vLLM venv has it) to ``path``; returns ``path``."""
+    """Save a ``tiny_qwen3_vl`` model (dense or MoE: experts in the hub's layout) and its full ``Qwen3VLProcessor``
+    (with its video processor, which needs torchvision: the vLLM venv has it) to ``path``; returns ``path``."""
     from transformers import AutoTokenizer, Qwen3VLProcessor, Qwen3VLVideoProcessor
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     path = Path(path)
+    if model.config.model_type == "qwen3_vl_moe":  # HF always renormalises the top-k weights; vLLM reads this key
+        model.config.text_config.norm_topk_prob = True
     model.save_pretrained(path)
+    if model.config.model_type == "qwen3_vl_moe":  # the hub's fused experts: [E, H, 2I] and [E, I, H]
+        experts = ("experts.gate_up_proj", "experts.down_proj")
+        _rewrite_keys(path, str, lambda key, tensor: tensor.transpose(1, 2) if key.endswith(experts) else tensor)
     save_qwen3_vl_processor(model.config, path)
     vision = model.config.vision_config
     patch = vision.patch_size * vision.spatial_merge_size
@@ -355,12 +360,13 @@ def save_gemma3_processor(config, path: str | Path) -> None:
     processor.save_pretrained(path)
 
 
-def _rewrite_keys(path: Path, rename) -> None:
+def _rewrite_keys(path: Path, rename, convert=lambda key, tensor: tensor) -> None:
+    """Rename every saved tensor's key (``rename(key)``) and convert it (``convert(key, tensor)``, the old key)."""
     from safetensors import safe_open
 
     for file in path.glob("*.safetensors"):
         with safe_open(file, "pt") as handle:
-            tensors = {rename(key): handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+            tensors = {rename(key): convert(key, handle.get_tensor(key)) for key in handle.keys()}  # noqa: SIM118
         save_file({key: value.contiguous() for key, value in tensors.items()}, file, metadata={"format": "pt"})
 
 

@@ -40,6 +40,10 @@ ARCHITECTURES = {
         "GraphpruneQwen3VLForConditionalGeneration",
         "graphprune.vllm.qwen3_vl:FastVQwen3VL",
     ),
+    "Qwen3VLMoeForConditionalGeneration": (
+        "GraphpruneQwen3VLMoeForConditionalGeneration",
+        "graphprune.vllm.qwen3_vl:FastVQwen3VLMoe",
+    ),
     "InternVLForConditionalGeneration": (
         "GraphpruneInternVLForConditionalGeneration",
         "graphprune.vllm.internvl:FastVInternVL",

@@ -57,8 +57,8 @@ def test_unsupported_architecture_lists_supported(tmp_path):
     expected = (
         "graphprune does not support LlamaForCausalLM in vLLM; supported architectures: LlavaForConditionalGeneration, "
         "LlavaNextForConditionalGeneration, LlavaOnevisionForConditionalGeneration, Qwen2VLForConditionalGeneration, "
-        "Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration, InternVLForConditionalGeneration, "
-        "Idefics3ForConditionalGeneration, SmolVLMForConditionalGeneration"
+        "Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration, Qwen3VLMoeForConditionalGeneration, "
+        "InternVLForConditionalGeneration, Idefics3ForConditionalGeneration, SmolVLMForConditionalGeneration"
     )
     with pytest.raises(ValueError, match=re.escape(expected)):
         engine_config(tmp_path, {"method": "fastv"})
