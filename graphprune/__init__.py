@@ -15,7 +15,7 @@ Usage::
 from .explain import Report, explain
 from .fidelity import sweep
 from .flops import flops
-from .methods import CrossAttentionTrim, FastV
+from .methods import DART, CrossAttentionTrim, FastV
 from .models import UnsupportedModelError, supported_classes
 from .passes import PassError
 from .runtime import last_record, optimize, optimized, restore
@@ -26,6 +26,7 @@ from . import export  # noqa: E402  (after __version__, which the manifest recor
 
 __all__ = [
     "CrossAttentionTrim",
+    "DART",
     "FastV",
     "PassError",
     "Report",
