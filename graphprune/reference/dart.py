@@ -97,7 +97,9 @@ def dart_reference(
     return FastVReference(kept, scores, logits, key_visible, visual, position_ids)
 
 
-def dart_reference_generate(model, method: DART, input_ids, attention_mask=None, max_new_tokens=8, sample=False, **inputs):
+def dart_reference_generate(
+    model, method: DART, input_ids, attention_mask=None, max_new_tokens=8, sample=False, **inputs
+):
     """DART generation in mask mode (``fastv_reference_generate`` with ``dart_reference``'s prefill)."""
     return fastv_reference_generate(
         model, method, input_ids, attention_mask, max_new_tokens, sample, prefill=dart_reference, **inputs
