@@ -1,15 +1,16 @@
 """DART (arXiv 2502.11494): the pass equals the independent eager reference (``graphprune.reference.dart``) on
 LLaVA, Qwen2-VL and Qwen3-VL (kept sets, logits, greedy tokens), a left-padded batch gives each sample what it
-gives alone, keep=1.0 is the unmodified model exactly, ``explain`` reports the kept positions, and the config is
-validated like FastV's."""
+gives alone, keep=1.0 is the unmodified model exactly, ``explain`` reports the kept positions, the config is
+validated like FastV's, and an ONNX export gives PyTorch's tokens under ONNX Runtime."""
 
 import pytest
 import torch
 
 import graphprune as gp
+from graphprune.export.trt_parser import TensorRTSupportError
 from graphprune.reference import dart_reference, dart_reference_generate
 
-from .helpers import FAMILIES, LOGITS_RTOL, rel_error, slot_positions
+from .helpers import FAMILIES, LOGITS_RTOL, assert_ort_equals_generate, rel_error, slot_positions
 
 NEW_TOKENS = 4
 NAMES = ["LlavaForConditionalGeneration", "Qwen2VLForConditionalGeneration", "Qwen3VLForConditionalGeneration"]
@@ -89,3 +90,16 @@ def test_dart_differs_from_fastv_and_is_validated(family_models):
 def test_dart_refused_where_it_does_not_fit(family_models):
     with pytest.raises(ValueError, match="DART does not fit MllamaForConditionalGeneration"):
         gp.optimize(family_models("MllamaForConditionalGeneration"), gp.DART())
+
+
+@torch.no_grad()
+def test_onnx_export_gives_pytorch_tokens_and_the_tensorrt_rules_refuse_it(family_models, tmp_path):
+    """ONNX Runtime on a DART export: PyTorch's greedy tokens and first logits. DART's pivot count is computed in
+    float64 inside the graph, which TensorRT's parser refuses: the default (TensorRT-checked) export says so."""
+    model = family_models("LlavaForConditionalGeneration")
+    batch = FAMILIES["LlavaForConditionalGeneration"].inputs(model, FAMILIES["LlavaForConditionalGeneration"].samples)
+    with gp.optimized(model, gp.DART(k=2, keep=0.5)):
+        with pytest.raises(TensorRTSupportError, match="float64"):
+            gp.export.onnx(model, tmp_path / "checked", example_inputs=batch)
+        gp.export.onnx(model, tmp_path / "ort", example_inputs=batch, trt_version=None)
+        assert_ort_equals_generate(model, batch, tmp_path / "ort")
