@@ -25,7 +25,7 @@ from .fastv import (
     visual_positions,
 )
 
-PIVOT_SCORE = 2.0  # the score the pass reports at visual pivots
+PIVOT_SCORE = 2.0  # plus pivots - rank: the score the pass reports at a visual pivot
 
 
 def _by_norm(positions: list[int], norms: torch.Tensor) -> list[int]:
@@ -36,8 +36,8 @@ def _by_norm(positions: list[int], norms: torch.Tensor) -> list[int]:
 def _select(method: DART, visual: list[int], real: list[int], norms: torch.Tensor, features: torch.Tensor):
     """One sample's kept visual positions (sorted) and ``{position: score}`` for its visual positions."""
     forced = [real[-1]] if real[-1] in visual else []
-    count = n_keep(method.keep, len(visual))
-    visual_pivots = _by_norm([j for j in visual if j not in forced], norms)[: min(method.pivots, count - len(forced))]
+    room = n_keep(method.keep, len(visual)) - len(forced)
+    visual_pivots = _by_norm([j for j in visual if j not in forced], norms)[: method.pivots]
     text = [j for j in real if j > visual[0] and j not in visual]
     pivots = visual_pivots + _by_norm(text, norms)[: method.text_pivots]
     others = [j for j in visual if j not in forced and j not in visual_pivots]
@@ -45,9 +45,11 @@ def _select(method: DART, visual: list[int], real: list[int], norms: torch.Tenso
     for p in pivots:
         for j in others:
             duplication[j] = max(duplication[j], float(F.cosine_similarity(features[j], features[p], dim=0)))
-    chosen = sorted(others, key=lambda j: (duplication[j], j))[: count - len(forced) - len(visual_pivots)]
-    scores = {j: PIVOT_SCORE for j in visual_pivots} | {j: -duplication[j] for j in others}
-    return sorted(forced + visual_pivots + chosen), scores
+    kept_pivots = visual_pivots[:room]
+    chosen = sorted(others, key=lambda j: (duplication[j], j))[: room - len(kept_pivots)]
+    scores = {j: PIVOT_SCORE + method.pivots - rank for rank, j in enumerate(visual_pivots)}
+    scores |= {j: -duplication[j] for j in others}
+    return sorted(forced + kept_pivots + chosen), scores
 
 
 @torch.no_grad()
