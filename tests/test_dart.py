@@ -108,3 +108,22 @@ def test_onnx_export_passes_the_tensorrt_rules_and_gives_pytorch_tokens(family_m
     with gp.optimized(model, gp.DART(k=2, keep=0.5)):
         gp.export.onnx(model, tmp_path / "ort", example_inputs=batch)
         assert_ort_equals_generate(model, batch, tmp_path / "ort")
+
+
+@pytest.mark.compile
+@torch.no_grad()
+def test_compiled_equals_reference(family_models):
+    """torch.compile (inductor) of DART's pruned graphs: the reference's kept sets, logits and greedy tokens."""
+    model = family_models("LlavaForConditionalGeneration")
+    batch = FAMILIES["LlavaForConditionalGeneration"].inputs(model, FAMILIES["LlavaForConditionalGeneration"].samples)
+    method = gp.DART(k=2, keep=0.5)
+    reference = dart_reference(model, method, **batch)
+    expected_ids = dart_reference_generate(model, method, **batch, max_new_tokens=NEW_TOKENS)
+    with gp.optimized(model, method, compile=True):
+        logits = model(**batch).logits
+        kept = gp.explain(model, **batch).kept
+        ids = model.generate(**batch, max_new_tokens=NEW_TOKENS, do_sample=False)
+        assert isinstance(model._graphprune.decoder.graphs.runners()[0], torch._dynamo.eval_frame.OptimizedModule)
+    assert all(torch.equal(a, b) for a, b in zip(kept, reference.kept, strict=True))
+    assert rel_error(logits[:, -1], reference.logits[:, -1]) <= LOGITS_RTOL
+    assert torch.equal(ids, expected_ids)
