@@ -92,6 +92,20 @@ def test_dart_differs_from_fastv_and_is_validated(family_models):
         gp.optimize(model, gp.DART(k=4))
     assert not hasattr(model, "_graphprune")
     assert gp.methods.method_from_dict(gp.methods.method_to_dict(gp.DART(k=3, pivots=2))) == gp.DART(k=3, pivots=2)
+    assert gp.flops(model.config, gp.DART(k=2, keep=0.5), 612, 576) == gp.flops(model.config, gp.FastV(), 612, 576)
+
+
+@torch.no_grad()
+def test_sampling_equals_the_reference(family_models):
+    model = family_models("LlavaForConditionalGeneration")
+    batch = FAMILIES["LlavaForConditionalGeneration"].inputs(model, FAMILIES["LlavaForConditionalGeneration"].samples)
+    method = gp.DART(k=2, keep=0.5)
+    torch.manual_seed(7)
+    expected = dart_reference_generate(model, method, **batch, max_new_tokens=NEW_TOKENS, sample=True)
+    with gp.optimized(model, method):
+        torch.manual_seed(7)
+        ids = model.generate(**batch, max_new_tokens=NEW_TOKENS, do_sample=True, top_k=0, top_p=1.0, temperature=1.0)
+    assert torch.equal(ids, expected)
 
 
 def test_dart_refused_where_it_does_not_fit(family_models):
