@@ -17,13 +17,14 @@ from ._version import __version__ as __version__
 from .explain import Report, explain
 from .fidelity import sweep
 from .flops import flops
-from .methods import CrossAttentionTrim, FastV
+from .methods import DART, CrossAttentionTrim, FastV
 from .models import UnsupportedModelError, supported_classes
 from .passes import PassError
 from .runtime import last_record, optimize, optimized, restore
 
 __all__ = [
     "CrossAttentionTrim",
+    "DART",
     "FastV",
     "PassError",
     "Report",

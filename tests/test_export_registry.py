@@ -47,7 +47,10 @@ def test_a_method_and_its_manifest_entry_convert_both_ways(method, entry):
 @pytest.mark.parametrize(
     ("entry", "match"),
     [
-        ({"name": "Other", "keep": 0.5}, r"graphprune method name must be one of \['CrossAttentionTrim', 'FastV'\]"),
+        (
+            {"name": "Other", "keep": 0.5},
+            r"graphprune method name must be one of \['CrossAttentionTrim', 'DART', 'FastV'\]",
+        ),
         ({"name": ["FastV"]}, "graphprune method name must be one of"),
         ({"name": "FastV", "k": 2, "ratio": 0.5}, r"graphprune's FastV takes k, keep, query; got also \['ratio'\]"),
         ({"name": "CrossAttentionTrim", "keep": "half"}, "keep must be a fraction in"),
