@@ -12,20 +12,19 @@ Usage::
         ids = model.generate(**inputs, max_new_tokens=32)
 """
 
+from . import export
+from ._version import __version__ as __version__
 from .explain import Report, explain
 from .fidelity import sweep
 from .flops import flops
-from .methods import CrossAttentionTrim, FastV
+from .methods import DART, CrossAttentionTrim, FastV
 from .models import UnsupportedModelError, supported_classes
 from .passes import PassError
 from .runtime import last_record, optimize, optimized, restore
 
-__version__ = "0.1.0"
-
-from . import export  # noqa: E402  (after __version__, which the manifest records)
-
 __all__ = [
     "CrossAttentionTrim",
+    "DART",
     "FastV",
     "PassError",
     "Report",

@@ -35,11 +35,10 @@ from torch.utils._pytree import tree_flatten
 from transformers import DynamicCache
 
 from . import masks, ops
-from .models import DecoderLayout
+from .layout import KEY_MASK, KEY_MASK_DTYPE, LAYOUT_KEY, DecoderLayout
+from .passes import _graph
 
 logger = logging.getLogger(__name__)
-
-LAYOUT_KEY = "graphprune_layout"
 
 
 def _flat_cache(cache: DynamicCache) -> list[torch.Tensor]:
@@ -307,18 +306,12 @@ def unmasked_decode(gm: fx.GraphModule, decoder: nn.Module) -> fx.GraphModule | 
     return unmasked if unmasked is not None and _drop_attention_mask(unmasked) else None
 
 
-KEY_MASK = "graphprune_key_mask"
-KEY_MASK_DTYPE = "graphprune_key_mask_dtype"
-
-
 def key_mask_decode(gm: fx.GraphModule, decoder: nn.Module) -> fx.GraphModule | None:
     """The decode graph for one new token, given its mask as the caller keeps it: ``graphprune_key_mask [B, P + 1]``
     (which keys the query sees, in the form of the captured mask: bool or additive, ``meta[KEY_MASK_DTYPE]``) in
     place of ``attention_mask``, read by every layer as a ``[B, 1, 1, P + 1]`` view (``ops.key_mask_rows``); the
     mask's construction from ``attention_mask`` is gone. Shares ``gm``'s parameters. None where the mask is not
     plain padding (as ``causal_prefill``) or the graph reads ``attention_mask`` elsewhere."""
-    from .passes import _graph  # the passes' helpers import this module
-
     layout = gm.meta[LAYOUT_KEY]
     if not _plain_causal(layout, decoder):
         return None

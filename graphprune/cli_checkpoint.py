@@ -44,8 +44,9 @@ def preset_method(parser: argparse.ArgumentParser, args: argparse.Namespace, fas
 
 def run_explain(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """``graphprune explain --model CHECKPOINT``: one pruned prefill on ``--image``, printed and drawn."""
-    from . import explain, optimize
     from .checkpoints import processor_inputs
+    from .explain import explain
+    from .runtime import optimize
 
     image = _image(parser, args.image)
     try:
@@ -68,10 +69,10 @@ def run_explain(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
 def run_export(parser: argparse.ArgumentParser, args: argparse.Namespace, trt_version: str) -> int:
     """``graphprune export --model CHECKPOINT``: the optimized checkpoint exported with example inputs made by its
     processor from ``--image`` (default: a random picture) and ``--prompt``, then checked as the demo export is."""
-    from . import optimize
     from .checkpoints import processor_inputs
     from .export.demo import export_and_check
     from .export.trt_parser import TensorRTSupportError
+    from .runtime import optimize
     from .tiny_checkpoints import random_image
 
     image = _image(parser, args.image) if args.image else random_image(0, 224)

@@ -9,8 +9,10 @@ import time
 
 import torch
 
-from . import CrossAttentionTrim, FastV, explain, optimize, restore
+from .explain import explain
+from .methods import CrossAttentionTrim, FastV
 from .reference import cross_attention_trim_reference, fastv_reference_generate, trimmed_mask_mode
+from .runtime import optimize, restore
 from .testing import features_per_tile, image_tokens_per_image, llava_inputs, mllama_inputs, tiny_llava, tiny_mllama
 
 # the demo models' sizes (the command line checks its arguments against them before building a model)

@@ -34,6 +34,22 @@ def _checked_keep(keep) -> float:
     return plain
 
 
+def _checked_k(k) -> int:
+    """``k`` (the first pruned layer) as a plain int >= 1; a ``ValueError`` otherwise."""
+    plain = _plain(k, numbers.Integral)
+    if plain is None or plain < 1:
+        raise ValueError(
+            "k must be an int >= 1 (an integral number or 0-d integer tensor: the first pruned layer, "
+            f"1 <= k < num_layers); got {k!r}"
+        )
+    return plain
+
+
+def _check_layers(k: int, num_layers: int) -> None:
+    if not 1 <= k < num_layers:
+        raise ValueError(f"k must satisfy 1 <= k < {num_layers} (the decoder's layer count); got k={k}")
+
+
 def n_keep(keep: float, n_visual):
     """``ceil(keep * n_visual)``, where a product within 1e-6 of an integer counts as that integer (``0.3 * 10``),
     and at least 1 where ``n_visual`` is (a positive ``keep`` never drops every visual token).
@@ -80,21 +96,53 @@ class FastV:
     query: str = "last"
 
     def __post_init__(self) -> None:
-        k = _plain(self.k, numbers.Integral)
-        if k is None or k < 1:
-            raise ValueError(
-                "k must be an int >= 1 (an integral number or 0-d integer tensor: the first pruned layer, "
-                f"1 <= k < num_layers); got {self.k!r}"
-            )
-        object.__setattr__(self, "k", k)  # plain Python numbers: repr, equality, hashing and JSON as for ints
+        object.__setattr__(self, "k", _checked_k(self.k))  # plain Python numbers: repr, equality, hashing, JSON
         object.__setattr__(self, "keep", _checked_keep(self.keep))
         if self.query not in _QUERIES:
             raise ValueError(f"query must be one of {_QUERIES}; got {self.query!r}")
 
     def check_layers(self, num_layers: int) -> None:
         """Raise ``ValueError`` unless ``1 <= k < num_layers``."""
-        if not 1 <= self.k < num_layers:
-            raise ValueError(f"k must satisfy 1 <= k < {num_layers} (the decoder's layer count); got k={self.k}")
+        _check_layers(self.k, num_layers)
+
+
+@dataclass(frozen=True)
+class DART:
+    """DART (Wen et al., "Stop Looking for Important Tokens in Multimodal Language Models: Duplication Matters
+    More", arXiv 2502.11494): after decoder layer ``k - 1``, keep the visual tokens that duplicate others least.
+
+    Pivots are the tokens whose layer ``k - 1`` keys have the largest L1 norms (``pivots`` visual ones, kept, and
+    ``text_pivots`` text ones after the first visual token); the other kept visual tokens are those least similar
+    (cosine of the hidden states entering layer ``k``) to their most similar pivot. Layers ``k .. L-1`` run on
+    every text token plus ``ceil(keep * n_visual)`` visual tokens, as for FastV (the last real position always
+    among them). The rule in full: ``graphprune/passes/dart.py``.
+
+    Args:
+        k: the first layer that runs on the pruned sequence, ``1 <= k < num_layers`` (the paper: 2).
+        keep: the fraction of visual tokens kept, in (0, 1].
+        pivots: visual pivot tokens per sample, ``>= 1`` (the paper's code: 4).
+        text_pivots: text pivot tokens per sample, ``>= 0`` (the paper's code: 4).
+    """
+
+    k: int = 2
+    keep: float = 0.5
+    pivots: int = 4
+    text_pivots: int = 4
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "k", _checked_k(self.k))
+        object.__setattr__(self, "keep", _checked_keep(self.keep))
+        for name, low in (("pivots", 1), ("text_pivots", 0)):
+            value = _plain(getattr(self, name), numbers.Integral)
+            if value is None or value < low:
+                raise ValueError(
+                    f"{name} must be an int >= {low} (pivot tokens per sample); got {getattr(self, name)!r}"
+                )
+            object.__setattr__(self, name, value)
+
+    def check_layers(self, num_layers: int) -> None:
+        """Raise ``ValueError`` unless ``1 <= k < num_layers``."""
+        _check_layers(self.k, num_layers)
 
 
 @dataclass(frozen=True)
@@ -128,10 +176,10 @@ class CrossAttentionTrim:
             )
 
 
-Method = FastV | CrossAttentionTrim
+Method = FastV | DART | CrossAttentionTrim
 
 
-METHODS = (FastV, CrossAttentionTrim)  # what method_from_dict rebuilds, by class name
+METHODS = (FastV, DART, CrossAttentionTrim)  # what method_from_dict rebuilds, by class name
 
 
 def method_to_dict(method: Method) -> dict:

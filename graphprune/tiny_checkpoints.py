@@ -171,6 +171,32 @@ IDEFICS3_TOKENS = {
 }
 
 
+def save_llava_onevision(model: nn.Module, path: str | Path) -> Path:
+    """Save a ``tiny_llava_onevision`` model and its full ``LlavaOnevisionProcessor`` (with its video processor,
+    which needs torchvision: the vLLM venv has it) to ``path`` in the hub layout; returns ``path``."""
+    from transformers import LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+        LlavaOnevisionImageProcessorPil,
+    )
+
+    path = Path(path)
+    model.save_pretrained(path)
+    _rewrite_keys(path, lambda key: key.replace("vision_tower.", "vision_tower.vision_model.", 1))
+    config, side = model.config, model.config.vision_config.image_size
+    size = {"height": side, "width": side}
+    processor = LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessorPil(size=size, image_grid_pinpoints=config.image_grid_pinpoints),
+        tokenizer=tokenizer(config.text_config.vocab_size),
+        video_processor=LlavaOnevisionVideoProcessor(size=size),
+        num_image_tokens=(side // config.vision_config.patch_size) ** 2,
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+        vision_aspect_ratio=config.vision_aspect_ratio,
+        chat_template="{% for m in messages %}{{ m['content'] }}{% endfor %}",
+    )
+    processor.save_pretrained(path)
+    return path
+
+
 def save_llava_onevision_processor(config, path: str | Path) -> None:
     """Save the image processor (PIL backend) and tokenizer of the ``LlavaOnevisionProcessor`` that fits a
     ``LlavaOnevisionConfig``: one crop is the tower's image size, the any-resolution grids are the config's."""
@@ -200,6 +226,37 @@ def save_qwen3_vl_processor(config, path: str | Path) -> None:
     tokenizer(config.text_config.vocab_size, "<|image_pad|>", "<|video_pad|>").save_pretrained(path)
 
 
+def save_qwen3_vl(model: nn.Module, path: str | Path) -> Path:
+    """Save a ``tiny_qwen3_vl`` model (dense or MoE: experts in the hub's layout) and its full ``Qwen3VLProcessor``
+    (with its video processor, which needs torchvision: the vLLM venv has it) to ``path``; returns ``path``."""
+    from transformers import AutoTokenizer, Qwen3VLProcessor, Qwen3VLVideoProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    path = Path(path)
+    if model.config.model_type == "qwen3_vl_moe":  # HF always renormalises the top-k weights; vLLM reads this key
+        model.config.text_config.norm_topk_prob = True
+    model.save_pretrained(path)
+    if model.config.model_type == "qwen3_vl_moe":  # the hub's fused experts: [E, H, 2I] and [E, I, H]
+        experts = ("experts.gate_up_proj", "experts.down_proj")
+        _rewrite_keys(path, str, lambda key, tensor: tensor.transpose(1, 2) if key.endswith(experts) else tensor)
+    save_qwen3_vl_processor(model.config, path)
+    vision = model.config.vision_config
+    patch = vision.patch_size * vision.spatial_merge_size
+    processor = Qwen3VLProcessor(
+        image_processor=Qwen2VLImageProcessorPil.from_pretrained(path),
+        tokenizer=AutoTokenizer.from_pretrained(path),
+        video_processor=Qwen3VLVideoProcessor(
+            size={"shortest_edge": patch * patch, "longest_edge": 64 * patch * patch},
+            patch_size=vision.patch_size,
+            temporal_patch_size=vision.temporal_patch_size,
+            merge_size=vision.spatial_merge_size,
+        ),
+        chat_template="{% for m in messages %}{{ m['content'] }}{% endfor %}",
+    )
+    processor.save_pretrained(path)
+    return path
+
+
 def save_internvl_processor(config, path: str | Path) -> None:
     """Save the image processor (GOT-OCR2's, PIL backend) and tokenizer of the ``InternVLProcessor`` that fits an
     ``InternVLConfig``: tiles of the tower's image size, 1 to 6 tiles (and a thumbnail) per image."""
@@ -211,10 +268,52 @@ def save_internvl_processor(config, path: str | Path) -> None:
     tokenizer(config.text_config.vocab_size, "<IMG_CONTEXT>", named=INTERNVL_TOKENS).save_pretrained(path)
 
 
+def save_internvl(model: nn.Module, path: str | Path) -> Path:
+    """Save a ``tiny_internvl`` model and its full ``InternVLProcessor`` (with its video processor, which needs
+    torchvision: the vLLM venv has it) to ``path``; returns ``path``."""
+    from transformers import InternVLProcessor, InternVLVideoProcessor
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+    path = Path(path)
+    model.save_pretrained(path)
+    config, vision = model.config, model.config.vision_config
+    size = {"height": vision.image_size[0], "width": vision.image_size[1]}
+    processor = InternVLProcessor(
+        image_processor=GotOcr2ImageProcessorPil(size=size, crop_to_patches=True, min_patches=1, max_patches=6),
+        tokenizer=tokenizer(config.text_config.vocab_size, "<IMG_CONTEXT>", named=INTERNVL_TOKENS),
+        video_processor=InternVLVideoProcessor(size=size),
+        image_seq_length=int((vision.image_size[0] // vision.patch_size[0] * config.downsample_ratio) ** 2),
+        chat_template="{% for m in messages %}{{ m['content'] }}{% endfor %}",
+    )
+    processor.save_pretrained(path)
+    return path
+
+
 def idefics3_image_seq_len(config) -> int:
     """Features per tile of an Idefics3 / SmolVLM config: the tile's patches, pixel-shuffled by ``scale_factor``."""
     vision = config.vision_config
     return (vision.image_size // vision.patch_size) ** 2 // config.scale_factor**2
+
+
+def save_idefics3(model: nn.Module, path: str | Path) -> Path:
+    """Save a ``tiny_idefics3`` model and its processor to ``path``: ``Idefics3Processor``, or for SmolVLM the full
+    ``SmolVLMProcessor`` (its video processor needs torchvision, the processor num2words); returns ``path``."""
+    path = Path(path)
+    model.save_pretrained(path)
+    save_idefics3_processor(model.config, path)
+    if model.config.model_type == "smolvlm":
+        from transformers import AutoTokenizer, SmolVLMProcessor, SmolVLMVideoProcessor
+        from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
+
+        processor = SmolVLMProcessor(
+            image_processor=SmolVLMImageProcessorPil.from_pretrained(path),
+            tokenizer=AutoTokenizer.from_pretrained(path),
+            video_processor=SmolVLMVideoProcessor(),
+            image_seq_len=idefics3_image_seq_len(model.config),
+            chat_template="{% for m in messages %}{{ m['content'] }}{% endfor %}",
+        )
+        processor.save_pretrained(path)
+    return path
 
 
 def save_idefics3_processor(config, path: str | Path) -> None:
@@ -261,12 +360,13 @@ def save_gemma3_processor(config, path: str | Path) -> None:
     processor.save_pretrained(path)
 
 
-def _rewrite_keys(path: Path, rename) -> None:
+def _rewrite_keys(path: Path, rename, convert=lambda key, tensor: tensor) -> None:
+    """Rename every saved tensor's key (``rename(key)``) and convert it (``convert(key, tensor)``, the old key)."""
     from safetensors import safe_open
 
     for file in path.glob("*.safetensors"):
         with safe_open(file, "pt") as handle:
-            tensors = {rename(key): handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+            tensors = {rename(key): convert(key, handle.get_tensor(key)) for key in handle.keys()}  # noqa: SIM118
         save_file({key: value.contiguous() for key, value in tensors.items()}, file, metadata={"format": "pt"})
 
 

@@ -9,6 +9,7 @@ import functools
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -167,9 +168,29 @@ FAMILIES = {
         (gp.CrossAttentionTrim(0.5, "head_union"), gp.CrossAttentionTrim(0.5, "topk")),
     ),
 }
-# The contract suite's cases: every family with each of its methods.
-CASES = [(name, method) for name, family in FAMILIES.items() for method in family.methods]
-VARIANTS = [(name, method) for name, family in FAMILIES.items() for method in family.variants]
+
+
+# one family per method kind: where the fast tier runs the contract's checks that do not depend on the family
+REPRESENTATIVES = ("LlavaForConditionalGeneration", "MllamaForConditionalGeneration")
+
+
+def first_fast(pairs: list[tuple], families=None) -> list:
+    """``(family name, method)`` pairs as pytest params: each family's first method in the fast tier (only those of
+    ``families``, if given), the rest ``slow`` (the full tier)."""
+    seen = set()
+    params = []
+    for name, method in pairs:
+        fast = name not in seen and (families is None or name in families)
+        params.append(pytest.param(name, method, marks=() if fast else pytest.mark.slow))
+        seen.add(name)
+    return params
+
+
+# The contract suite's cases: every family with each of its methods (the fast tier: the first of each).
+CASE_PAIRS = [(name, method) for name, family in FAMILIES.items() for method in family.methods]
+VARIANT_PAIRS = [(name, method) for name, family in FAMILIES.items() for method in family.variants]
+CASES = first_fast(CASE_PAIRS)
+VARIANTS = first_fast(VARIANT_PAIRS)
 
 
 @torch.no_grad()
@@ -286,10 +307,17 @@ def expected_cache_lengths(model, method, inputs: dict, kept: list[torch.Tensor]
     return [lengths.get(layer, seq_len) for layer in range(text.num_hidden_layers)]
 
 
-def export_fixtures(build: Callable, method, make_inputs: Callable, folder: str, names=("model", "inputs", "exported")):
+_SHARED_EXPORTS: dict[str, Path] = {}  # share key -> the export folder, for the session
+
+
+def export_fixtures(
+    build: Callable, method, make_inputs: Callable, folder: str, names=("model", "inputs", "exported"), share=None
+):
     """Module-scoped fixtures, named ``names``: the model ``build()`` optimised with ``method`` while the module
     runs, ``make_inputs(model)``, and its ONNX export into a fresh ``folder`` (which ``export.onnx`` validates
-    against PyTorch on those inputs). Assign them to the same names in the test module."""
+    against PyTorch on those inputs). Assign them to the same names in the test module. Modules that give the same
+    ``share`` key (the same deterministic build, method and inputs) share one export per session: read it, or copy
+    it before changing it."""
     model_name, inputs_name, exported_name = names
 
     @pytest.fixture(scope="module", name=model_name)
@@ -304,8 +332,13 @@ def export_fixtures(build: Callable, method, make_inputs: Callable, folder: str,
 
     @pytest.fixture(scope="module", name=exported_name)
     def exported(request, tmp_path_factory):
+        if share in _SHARED_EXPORTS:
+            return _SHARED_EXPORTS[share]
         model, inputs = request.getfixturevalue(model_name), request.getfixturevalue(inputs_name)
-        return gp.export.onnx(model, tmp_path_factory.mktemp("export") / folder, example_inputs=inputs)
+        path = gp.export.onnx(model, tmp_path_factory.mktemp("export") / folder, example_inputs=inputs)
+        if share is not None:
+            _SHARED_EXPORTS[share] = path
+        return path
 
     return model, inputs, exported
 

@@ -15,6 +15,8 @@ from graphprune.testing import qwen2_vl_inputs, tiny_qwen2_vl
 
 from .helpers import LOGITS_RTOL, rel_error
 
+pytestmark = pytest.mark.slow  # the full tier only (CONTRIBUTING.md)
+
 
 def _qwen2_vl():
     """Qwen2-VL: M-RoPE positions [3, B, N], an image and a video of different grids, left padding."""

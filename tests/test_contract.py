@@ -22,9 +22,12 @@ from .helpers import (
     CASES,
     FAMILIES,
     LOGITS_RTOL,
+    REPRESENTATIVES,
+    VARIANT_PAIRS,
     VARIANTS,
     assert_clear_cut,
     expected_cache_lengths,
+    first_fast,
     positional,
     reference_run,
     rel_error,
@@ -32,8 +35,12 @@ from .helpers import (
     visual_units,
 )
 
+pytestmark = pytest.mark.usefixtures("capture_once")  # one capture per family model
+
 NEW_TOKENS = 5
-FIRST_VARIANTS = [(name, family.variants[0]) for name, family in FAMILIES.items()]
+FIRST_VARIANTS = first_fast([(name, family.variants[0]) for name, family in FAMILIES.items()], REPRESENTATIVES)
+# checks of the runtime more than of a family: in the fast tier for one family per method kind
+SHARED_VARIANTS = first_fast(VARIANT_PAIRS, REPRESENTATIVES)
 SAMPLING = dict(do_sample=True, top_k=0, top_p=1.0, temperature=1.0)
 
 
@@ -101,7 +108,7 @@ def test_pass_equals_reference_and_caches_fewer_positions(model_and_batch, name,
     assert decoded == expected_cache_lengths(model, method, batch, kept, NEW_TOKENS - 1)  # the last is not fed back
 
 
-@pytest.mark.parametrize(("name", "method"), VARIANTS, ids=case_id)
+@pytest.mark.parametrize(("name", "method"), SHARED_VARIANTS, ids=case_id)
 @torch.no_grad()
 def test_batch_equals_each_sample_alone_text_only_is_exact_and_restore_is_exact(model_and_batch, name, method):
     """A left-padded batch (different lengths and visual counts) gives each sample what it gives alone, and
@@ -163,6 +170,7 @@ def test_sampling_and_eos_equal_the_reference(model_and_batch, name, method):
         assert torch.equal(row[:end], expected[:end])
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_eager_attention_model_equals_reference(llava_eager):
     llava = FAMILIES["LlavaForConditionalGeneration"]

@@ -16,6 +16,8 @@ from graphprune.testing import features_per_tile, mllama_inputs, tiny_mllama
 
 from .helpers import MLLAMA_BATCH
 
+pytestmark = pytest.mark.usefixtures("capture_once")  # one capture per session model (conftest)
+
 
 def _readers(gm, node):
     return {(layer_index(user, gm.meta["graphprune_layout"]), module_path(user)) for user in node.users}

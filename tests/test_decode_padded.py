@@ -17,6 +17,8 @@ from graphprune.runtime import optimized_state
 from graphprune.testing import llava_inputs, qwen2_vl_inputs, tiny_llava, tiny_qwen2_vl
 from tests.test_host_syncs import _counted
 
+pytestmark = pytest.mark.usefixtures("capture_once")  # one capture per session model (conftest)
+
 SDPA = torch.ops.aten.scaled_dot_product_attention.default
 METHOD = gp.FastV(k=2, keep=0.5)
 PADDED = [(5, 1, 4), (2, 2, 3), (6, 0, 3)]

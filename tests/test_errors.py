@@ -8,6 +8,8 @@ import graphprune as gp
 from graphprune import optimized
 from graphprune.reference import cross_attention_trim_reference
 
+pytestmark = pytest.mark.usefixtures("capture_once")  # one capture per session model (conftest)
+
 
 def _untouched(model):
     return not {"forward", "generate", "_graphprune"} & set(vars(model))

@@ -31,7 +31,11 @@ MLLAMA_EXPORT_BATCH = [(1, [4, 2], 3), (2, [2], 4), (0, [1], 6)]
 
 # Tiny LLaVA with 2 layers (16 visual tokens per image; layer 1 pruned); BATCH: samples with 1, 2 and 0 images
 model, inputs, exported = export_fixtures(
-    lambda: tiny_llava(num_layers=2, seed=2), METHOD, lambda model: llava_inputs(model, BATCH), "llava"
+    lambda: tiny_llava(num_layers=2, seed=2),
+    METHOD,
+    lambda model: llava_inputs(model, BATCH),
+    "llava",
+    share="tiny-llava-fastv",
 )
 
 
@@ -189,6 +193,7 @@ def test_tensorrt_export_compiles_every_graph(inputs, tmp_path):
     assert gp.export.Manifest.read(folder).format == "torch_tensorrt"
 
 
+@pytest.mark.slow
 def test_unpruned_export_is_the_baseline_with_the_same_tokens(model, inputs, tmp_path):
     folder = gp.export.onnx(model, tmp_path / "unpruned", example_inputs=inputs, prune=False)
     manifest = gp.export.Manifest.read(folder)
@@ -210,6 +215,7 @@ mllama_model, mllama_batch, mllama_exported = export_fixtures(
 )
 
 
+@pytest.mark.slow
 def test_mllama_export_trims_inside_the_prefill_graph_with_a_constant_k(mllama_exported):
     manifest = gp.export.Manifest.read(mllama_exported)
     assert sorted(manifest.graphs) == sorted(MLLAMA_GRAPHS)
@@ -232,6 +238,7 @@ def test_mllama_export_trims_inside_the_prefill_graph_with_a_constant_k(mllama_e
     assert "TopK" not in node_types(mllama_exported, "decode")
 
 
+@pytest.mark.slow
 def test_mllama_graphs_are_accepted_by_the_tensorrt_parser_rules(mllama_exported):
     for graph in MLLAMA_GRAPHS:
         assert gp.export.tensorrt_support(onnx.load(str(mllama_exported / f"{graph}.onnx"))) == [], graph
@@ -241,11 +248,13 @@ def test_mllama_graphs_are_accepted_by_the_tensorrt_parser_rules(mllama_exported
         assert_profiles_ordered(trt_profiles(manifest, max_text=max_text, max_new_tokens=max_new_tokens))
 
 
+@pytest.mark.slow
 def test_mllama_ort_greedy_tokens_equal_pytorch(mllama_model, mllama_batch, mllama_exported):
     expected = mllama_model.generate(**mllama_batch, max_new_tokens=6, do_sample=False)
     assert torch.equal(gp.export.OrtGenerator(mllama_exported).generate(**mllama_batch, max_new_tokens=6), expected)
 
 
+@pytest.mark.slow
 def test_mllama_ort_prefill_logits_match_pytorch(mllama_model, mllama_batch, mllama_exported):
     out = mllama_model.generate(
         **mllama_batch, max_new_tokens=1, do_sample=False, output_logits=True, return_dict_in_generate=True
@@ -254,6 +263,7 @@ def test_mllama_ort_prefill_logits_match_pytorch(mllama_model, mllama_batch, mll
     assert rel_error(logits, out.logits[0]) <= LOGITS_RTOL
 
 
+@pytest.mark.slow
 def test_mllama_other_batch_shapes_run_on_the_same_export(mllama_model, mllama_exported):
     """One image slot, batch 1, a sample without an image: the axes are dynamic, the budget holds."""
     for samples in ([(3, [3], 9)], [(1, [1], 2), (7, [2, 4], 1), (2, [], 5), (4, [4], 2)]):
@@ -262,6 +272,7 @@ def test_mllama_other_batch_shapes_run_on_the_same_export(mllama_model, mllama_e
         assert torch.equal(gp.export.OrtGenerator(mllama_exported).generate(**inputs, max_new_tokens=4), expected)
 
 
+@pytest.mark.slow
 def test_mllama_more_images_than_the_budget_or_no_image_is_a_clear_error(mllama_model, mllama_exported):
     generator = gp.export.OrtGenerator(mllama_exported)
     with pytest.raises(ValueError, match="at most 2: export again with a larger max_images"):
@@ -270,6 +281,7 @@ def test_mllama_more_images_than_the_budget_or_no_image_is_a_clear_error(mllama_
         generator.generate(**mllama_inputs(mllama_model, [(4, [], 2)]), max_new_tokens=2)
 
 
+@pytest.mark.slow
 def test_head_union_export_is_refused_and_says_what_to_use(tmp_path):
     model = tiny_mllama(num_layers=4, cross_attention_layers=(1, 3))
     inputs = mllama_inputs(model, MLLAMA_EXPORT_BATCH)
@@ -280,6 +292,7 @@ def test_head_union_export_is_refused_and_says_what_to_use(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_mllama_unpruned_export_is_the_baseline_with_the_same_tokens(mllama_model, mllama_batch, tmp_path):
     folder = gp.export.onnx(mllama_model, tmp_path / "unpruned", example_inputs=mllama_batch, prune=False)
     assert gp.export.Manifest.read(folder).method is None and "TopK" not in node_types(folder, "prefill")

@@ -15,6 +15,8 @@ from graphprune.testing import llava_inputs, qwen2_vl_inputs, tiny_llava, tiny_q
 
 from .helpers import BATCH, export_fixtures  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the full tier only (CONTRIBUTING.md)
+
 METHOD = gp.FastV(k=1, keep=0.5)
 GRAPHS = ("vision", "embed", "prefill", "decode")
 QWEN_SAMPLES = [(3, [(8, 8)], [], 4), (2, [(4, 8)], [], 3)]  # 16 | 8 image tokens, left-padded

@@ -14,6 +14,8 @@ from graphprune.testing import idefics3_inputs, tiny_idefics3  # noqa: E402
 from .helpers import assert_ort_equals_generate, export_fixtures  # noqa: E402
 from .onnx_graph import assert_profiles_ordered, top_k_constants  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the full tier only (CONTRIBUTING.md)
+
 METHOD = gp.FastV(k=1, keep=0.5)
 # (text_before, image grids, text_after), 4 features per tile: 2x2 + global | 1x1 and 1x2 + global | 1x1
 SAMPLES = [(3, [(2, 2)], 4), (2, [(1, 1), (1, 2)], 3), (5, [(1, 1)], 2)]

@@ -14,6 +14,8 @@ from graphprune.testing import internvl_inputs, tiny_internvl  # noqa: E402
 from .helpers import assert_ort_equals_generate, export_fixtures  # noqa: E402
 from .onnx_graph import assert_profiles_ordered, top_k_constants  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the full tier only (CONTRIBUTING.md)
+
 METHOD = gp.FastV(k=1, keep=0.5)
 GRAPHS = ("vision", "embed", "prefill", "decode")
 # (text_before, tiles per image, text_after), 4 features per tile: 20 | 12 + 4 (two images) | 8 visual tokens

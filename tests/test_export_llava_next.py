@@ -19,6 +19,8 @@ from graphprune.testing import llava_next_inputs, tiny_llava_next  # noqa: E402
 from .helpers import FAMILIES, assert_ort_equals_generate, export_fixtures  # noqa: E402
 from .onnx_graph import assert_profiles_ordered, top_k_constants  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the full tier only (CONTRIBUTING.md)
+
 METHOD = gp.FastV(k=1, keep=0.5)
 GRAPHS = ("vision", "embed", "prefill", "decode")
 # the contract suite's batch: a wide image (52 tokens) | a square and a tall one (88 + 46) | text only

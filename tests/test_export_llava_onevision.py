@@ -26,6 +26,8 @@ from graphprune.testing import llava_onevision_inputs, tiny_llava_onevision  # n
 from .helpers import assert_ort_equals_generate, export_fixtures, rel_error  # noqa: E402
 from .onnx_graph import assert_profiles_ordered, top_k_constants  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the full tier only (CONTRIBUTING.md)
+
 METHOD = gp.FastV(k=1, keep=0.5)
 GRAPHS = ("vision", "embed", "prefill", "decode")
 # (text_before, image sizes, videos, text_after): a 32 x 26 image, its 8 x 6 unpadded grid shrunk to 6 x 4

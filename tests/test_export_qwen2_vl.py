@@ -21,6 +21,8 @@ from graphprune.testing import qwen2_vl_inputs, tiny_qwen2_vl  # noqa: E402
 from .helpers import LOGITS_RTOL, rel_error, unmodified_generate  # noqa: E402
 from .onnx_graph import assert_profiles_ordered, top_k_constants  # noqa: E402
 
+pytestmark = [pytest.mark.slow, pytest.mark.versions]  # the full tier; and with the lowest transformers (.ci/run)
+
 METHOD = gp.FastV(k=1, keep=0.5)
 GRAPHS = ("vision", "embed", "prefill", "decode")
 # (text_before, image grids, video grids, text_after): 16 | 8 + 16 (video) | 0 visual tokens, left-padded

@@ -23,6 +23,8 @@ from graphprune.testing import qwen3_vl_inputs, tiny_qwen3_vl  # noqa: E402
 from .helpers import LOGITS_RTOL, assert_ort_equals_generate, export_fixtures, rel_error  # noqa: E402
 from .onnx_graph import assert_profiles_ordered, top_k_constants  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the full tier only (CONTRIBUTING.md)
+
 METHOD = gp.FastV(k=1, keep=0.5)
 GRAPHS = ("vision", "embed", "prefill", "decode")
 # (text_before, image grids, video grids, text_after): 16 | 8 + 8 (a video of 2 frames) | 0 visual tokens, left-padded

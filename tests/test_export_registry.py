@@ -47,7 +47,10 @@ def test_a_method_and_its_manifest_entry_convert_both_ways(method, entry):
 @pytest.mark.parametrize(
     ("entry", "match"),
     [
-        ({"name": "Other", "keep": 0.5}, r"graphprune method name must be one of \['CrossAttentionTrim', 'FastV'\]"),
+        (
+            {"name": "Other", "keep": 0.5},
+            r"graphprune method name must be one of \['CrossAttentionTrim', 'DART', 'FastV'\]",
+        ),
         ({"name": ["FastV"]}, "graphprune method name must be one of"),
         ({"name": "FastV", "k": 2, "ratio": 0.5}, r"graphprune's FastV takes k, keep, query; got also \['ratio'\]"),
         ({"name": "CrossAttentionTrim", "keep": "half"}, "keep must be a fraction in"),
@@ -137,6 +140,7 @@ def exported_on_a_terminal(tmp_path_factory):
         return folder, sys.stderr.getvalue()
 
 
+@pytest.mark.slow
 def test_an_export_shows_a_bar_per_graph_written_and_validated(exported_on_a_terminal):
     _, shown = exported_on_a_terminal
     for step in ("graphprune: ONNX export", "graphprune: validation against PyTorch"):
@@ -146,6 +150,7 @@ def test_an_export_shows_a_bar_per_graph_written_and_validated(exported_on_a_ter
         assert named == list(GRAPHS), step
 
 
+@pytest.mark.slow
 def test_ort_generator_refuses_an_export_of_an_unregistered_family(exported_on_a_terminal, tmp_path):
     folder = shutil.copytree(exported_on_a_terminal[0], tmp_path / "copy")
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -159,6 +164,7 @@ def test_ort_generator_refuses_an_export_of_an_unregistered_family(exported_on_a
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "family"),
     [

@@ -28,7 +28,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # the one export of this module; tests copy it
 model, inputs, exported = export_fixtures(
-    lambda: tiny_llava(num_layers=2, seed=2), METHOD, lambda model: llava_inputs(model, BATCH), "llava"
+    lambda: tiny_llava(num_layers=2, seed=2),
+    METHOD,
+    lambda model: llava_inputs(model, BATCH),
+    "llava",
+    share="tiny-llava-fastv",
 )
 
 
@@ -71,6 +75,7 @@ def test_overwrite_refuses_the_current_folder_even_when_it_is_an_export(model, i
     assert snapshot(copy.parent) == before
 
 
+@pytest.mark.slow
 def test_overwrite_refuses_the_home_folder_and_takes_an_empty_folder_elsewhere(
     model, inputs, copy, tmp_path, monkeypatch
 ):
@@ -143,6 +148,7 @@ class Abort(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_an_export_and_removes_a_killed_exports_folder_only(model, inputs, copy, tmp_path):
     """An export is replaced, nothing left beside it; the export removes what a killed one left (graphprune's
     marker inside, its process gone); a look-alike folder without the marker, and a running export's, stay."""

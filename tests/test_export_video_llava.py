@@ -14,6 +14,8 @@ from graphprune.testing import tiny_video_llava, video_llava_inputs  # noqa: E40
 from .helpers import assert_ort_equals_generate, export_fixtures  # noqa: E402
 from .onnx_graph import assert_profiles_ordered, top_k_constants  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the full tier only (CONTRIBUTING.md)
+
 METHOD = gp.FastV(k=1, keep=0.5)
 GRAPHS = ("vision", "video", "embed", "prefill", "decode")
 # (text_before, images, videos, text_after): 16 + 136 | 136 (video only) | 16 (image only) visual tokens

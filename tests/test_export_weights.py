@@ -37,6 +37,8 @@ from graphprune.testing import (  # noqa: E402
 
 from .export_sizes import LOADED_ONCE, assert_weights_stored_once, ort_memory, parameter_bytes  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the full tier only (CONTRIBUTING.md)
+
 FASTV, TRIM = gp.FastV(k=1, keep=0.5), gp.CrossAttentionTrim(keep=0.5, select="topk")
 WIDE = dict(hidden_size=128, intermediate_size=256, vocab_size=16384)  # weights outweigh the graphs (their
 # nodes carry the exporter's stack traces: ~0.3-0.4 MB per graph)

@@ -17,6 +17,8 @@ from graphprune.reference import fastv_reference, fastv_reference_generate
 
 from .helpers import FAMILIES, LOGITS_RTOL, rel_error
 
+pytestmark = pytest.mark.usefixtures("capture_once")  # one capture per session model (conftest)
+
 FASTV_FAMILIES = [name for name, family in FAMILIES.items() if isinstance(family.methods[0], gp.FastV)]
 MROPE_FAMILIES = [
     "Qwen2VLForConditionalGeneration",

@@ -17,6 +17,8 @@ from graphprune.reference.fastv_gemma3 import (
 )
 from graphprune.testing import gemma3_inputs, tiny_gemma3
 
+pytestmark = pytest.mark.usefixtures("capture_once")  # one capture per model (conftest)
+
 SAMPLES = [(3, 2, 4), (2, 1, 3)]  # two images, then one: left padding, 21 positions > the window of 8
 
 
@@ -114,7 +116,7 @@ def test_gathering_to_kept_positions_is_exact_only_with_original_distances(model
 # --- graphprune's FastV on Gemma 3 (sdpa, the default attention), against the reference above ---
 STEPS = 12  # decode steps: past the window of 8 from the prompt's last position on
 METHOD = gp.FastV(k=2, keep=0.5)  # layer 1, global, ranks
-METHODS = [METHOD, gp.FastV(k=1, keep=0.5, query="mean")]  # ... and layer 0, sliding, ranks
+METHODS = [METHOD, pytest.param(gp.FastV(k=1, keep=0.5, query="mean"), marks=pytest.mark.slow)]  # ... layer 0, sliding
 
 
 @pytest.fixture(scope="module")

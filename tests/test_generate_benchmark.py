@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from benchmarks import generate
 from benchmarks.harness import llava_inputs, tiny_llava
 from benchmarks.original_fastv import OriginalFastV
+
+pytestmark = pytest.mark.slow  # the full tier only (CONTRIBUTING.md)
 
 
 def test_tiny_run_times_ttft_decode_and_total_of_every_variant(tmp_path):

@@ -12,6 +12,8 @@ from benchmarks import gpu_suite
 from benchmarks.harness import llava_inputs, shared_copy, tiny_llava
 from benchmarks.original_fastv import OriginalFastV
 
+pytestmark = pytest.mark.slow  # the full tier only (CONTRIBUTING.md)
+
 # per case, --smoke's (tokens, visual tokens, kept visual tokens): the two at 36 + 576 + 28 tokens, the
 # newer families at their CPU preset's sample (benchmarks/prefill_families.py)
 SMOKE_COUNTS = {

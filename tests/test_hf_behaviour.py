@@ -13,6 +13,8 @@ import graphprune as gp
 from graphprune import optimized
 from graphprune.models import adapter_for
 
+pytestmark = pytest.mark.usefixtures("capture_once")  # one capture per session model (conftest)
+
 ADDED = {"forward", "generate", "__deepcopy__", "__reduce_ex__", "_graphprune"}
 REFUSED_MODE = r"^graphprune does not support .*; use greedy or sampling, or graphprune.restore\(model\) first$"
 
@@ -37,7 +39,7 @@ def _plain(model) -> bool:
     return not ADDED & set(vars(model)) and "forward" not in vars(adapter_for(model).decoder(model))
 
 
-@pytest.mark.parametrize("family", ["llava", "mllama"])
+@pytest.mark.parametrize("family", ["llava", pytest.param("mllama", marks=pytest.mark.slow)])
 def test_deepcopy_is_an_independent_optimized_model(families, family):
     model, inputs, method = families[family]
     unmodified = last_logits(model, inputs)
@@ -165,7 +167,7 @@ def _bf16(inputs: dict) -> dict:
     return {name: value.to(torch.bfloat16) if value.is_floating_point() else value for name, value in inputs.items()}
 
 
-@pytest.mark.parametrize("family", ["llava", "mllama"])
+@pytest.mark.parametrize("family", ["llava", pytest.param("mllama", marks=pytest.mark.slow)])
 def test_cast_after_optimize_is_optimize_after_cast(families, family):
     fixture, inputs, method = families[family]
     model = copy.deepcopy(fixture).to(torch.bfloat16).to(torch.float32)  # weights that a bfloat16 round trip keeps

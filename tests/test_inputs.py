@@ -17,6 +17,8 @@ from graphprune.testing import llava_inputs, mllama_inputs, qwen2_vl_inputs, tin
 
 from .helpers import BATCH, MLLAMA_BATCH
 
+pytestmark = pytest.mark.usefixtures("capture_once")  # one capture per session model (conftest)
+
 FASTV = gp.FastV(k=2, keep=0.5)
 TRIMS = [gp.CrossAttentionTrim(keep=0.5, select=select) for select in ("head_union", "topk")]
 QWEN2_VL_BATCH = [(3, [(8, 8)], [], 4), (2, [(4, 8)], [(4, 4, 4)], 3), (5, [], [], 2)]  # 16 | 8 + 16 | 0 visual
@@ -220,6 +222,7 @@ def test_right_padded_batch_with_nothing_to_prune_runs_the_unmodified_model(llav
         assert torch.equal(llava.generate(**right, max_new_tokens=NEW_TOKENS, do_sample=False), expected_ids)
 
 
+@pytest.mark.slow
 def test_ort_generator_refuses_right_padding_as_pytorch_does(tmp_path):
     pytest.importorskip("onnxruntime", reason="the ONNX extra is not installed: pip install graphprune[onnx]")
     model = tiny_llava(num_layers=2, seed=2)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from graphprune import CrossAttentionTrim, FastV
+from graphprune import DART, CrossAttentionTrim, FastV
 from graphprune.method_strings import method_string, parse_method, parse_methods
 
 
@@ -15,6 +15,7 @@ from graphprune.method_strings import method_string, parse_method, parse_methods
         ("trim:keep=0.25,select=topk", CrossAttentionTrim(keep=0.25, select="topk")),
         ("cross_attention_trim:keep=0.5", CrossAttentionTrim(keep=0.5)),
         ("CrossAttentionTrim", CrossAttentionTrim()),
+        ("dart:k=3,keep=0.25,pivots=2,text_pivots=0", DART(k=3, keep=0.25, pivots=2, text_pivots=0)),
     ],
 )
 def test_a_method_string_names_its_method(text, method):
@@ -29,7 +30,7 @@ def test_methods_are_separated_by_semicolons():
 @pytest.mark.parametrize(
     ("text", "match"),
     [
-        ("fastw:k=2", "unknown method 'fastw' (methods: fastv, crossattentiontrim, trim)"),
+        ("fastw:k=2", "unknown method 'fastw' (methods: fastv, dart, crossattentiontrim, trim)"),
         ("fastv:k=2,kep=0.5", "graphprune's FastV takes k, keep, query; got also ['kep']"),
         ("fastv:k", "'k' is not OPTION=VALUE"),
         ("fastv:k=", "'k=' is not OPTION=VALUE"),

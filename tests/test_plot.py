@@ -160,6 +160,7 @@ def test_without_matplotlib_plot_is_a_one_line_import_error(tmp_path, monkeypatc
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_cli_explain_image_writes_the_picture(tmp_path):
     from PIL import Image
 

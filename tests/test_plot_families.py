@@ -10,6 +10,8 @@ import graphprune as gp
 from graphprune import testing
 from tests.test_plot import FASTV, check, explained, visual_positions
 
+pytestmark = pytest.mark.slow  # the full tier only (CONTRIBUTING.md)
+
 pytest.importorskip("matplotlib")
 
 

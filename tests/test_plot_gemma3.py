@@ -9,6 +9,8 @@ from graphprune import testing
 from tests.test_plot import FASTV, explained
 from tests.test_plot_families import check_family, image_positions
 
+pytestmark = pytest.mark.slow  # the full tier only (CONTRIBUTING.md)
+
 pytest.importorskip("matplotlib")
 
 SAMPLES = [(3, 2, 4), (2, 1, 3), (4, 0, 2)]  # two images, one, none

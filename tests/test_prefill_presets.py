@@ -12,6 +12,8 @@ from benchmarks.prefill import PRESET_GROUPS
 from benchmarks.prefill_families import FAMILY_PRESETS, run_family
 from graphprune.models import adapter_for
 
+pytestmark = pytest.mark.slow  # the full tier only (CONTRIBUTING.md)
+
 # preset: (model class, visual tokens of its sample), as each preset's comment forms them
 VISUAL = {
     "llava-onevision-cpu": ("LlavaOnevisionForConditionalGeneration", 744),

@@ -31,6 +31,8 @@ from transformers import AutoProcessor, AutoTokenizer  # noqa: E402
 
 from graphprune.tiny_checkpoints import random_image, save_llava_next, save_llava_processor, tokenizer  # noqa: E402
 
+pytestmark = [pytest.mark.slow, pytest.mark.versions]  # the full tier; and with the lowest transformers (.ci/run)
+
 NEW_TOKENS = 5
 CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
 QWEN_IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"

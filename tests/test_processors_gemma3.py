@@ -23,6 +23,8 @@ from transformers import AutoProcessor  # noqa: E402
 
 from graphprune.tiny_checkpoints import random_image, save_gemma3_processor  # noqa: E402
 
+pytestmark = [pytest.mark.slow, pytest.mark.versions]  # the full tier; and with the lowest transformers (.ci/run)
+
 PROMPTS = [
     "w9 w10 <start_of_image> w11 <start_of_image> w12 w13",  # two images
     "w20 <start_of_image> w30 w31",  # one

@@ -33,6 +33,8 @@ from graphprune.tiny_checkpoints import (  # noqa: E402
 
 from .test_processors import _CALL, QWEN_IMAGE, assert_contract  # noqa: E402
 
+pytestmark = [pytest.mark.slow, pytest.mark.versions]  # the full tier; and with the lowest transformers (.ci/run)
+
 
 def _image_processor(path, family: str, name: str):
     """``name`` (a PIL-backend image processor of ``transformers.models.<family>``) loaded from ``path``."""

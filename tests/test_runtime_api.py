@@ -11,6 +11,8 @@ from graphprune import registry
 from graphprune.decoders import FastVDecoder, PrefillRecord, TrimRecord
 from graphprune.models import adapter_for
 
+pytestmark = pytest.mark.usefixtures("capture_once")  # one capture per session model (conftest)
+
 
 @dataclasses.dataclass(frozen=True)
 class _NewMethod(gp.FastV):

@@ -11,6 +11,8 @@ from graphprune.reference import fastv_reference, fastv_reference_generate
 
 from .helpers import FAMILIES, LOGITS_RTOL, rel_error
 
+pytestmark = pytest.mark.slow  # the full tier only (CONTRIBUTING.md)
+
 INTERNVL = "InternVLForConditionalGeneration"
 
 

@@ -22,7 +22,11 @@ from .helpers import BATCH, export_fixtures  # noqa: E402
 
 GRAPHS = ("vision", "embed", "prefill", "decode")
 model, inputs, exported = export_fixtures(
-    lambda: tiny_llava(num_layers=2, seed=2), gp.FastV(k=1, keep=0.5), lambda m: llava_inputs(m, BATCH), "llava"
+    lambda: tiny_llava(num_layers=2, seed=2),
+    gp.FastV(k=1, keep=0.5),
+    lambda m: llava_inputs(m, BATCH),
+    "llava",
+    share="tiny-llava-fastv",
 )
 
 
@@ -106,6 +110,7 @@ def test_an_unknown_version_is_refused_naming_the_accepted_ones(call, capsys):
     assert all(version in message for version in TABLES), message
 
 
+@pytest.mark.slow
 def test_the_export_passes_10_3_and_10_15_and_says_which_jetpack_it_fits(exported):
     files = {graph: f"{graph}.onnx" for graph in GRAPHS}
     fit = export_fit(exported, files)
@@ -120,6 +125,7 @@ def test_the_export_passes_10_3_and_10_15_and_says_which_jetpack_it_fits(exporte
     assert "| LLaVA-1.5-7B | 7.06 B | 14.1 GB | 28.3 GB | AGX Orin 32 GB, AGX Orin 64 GB | AGX Orin 64 GB |" in guide
 
 
+@pytest.mark.slow
 def test_export_with_trt_8_5_is_refused_and_writes_nothing(model, inputs, tmp_path):
     out = tmp_path / "jetpack5"
     with pytest.raises(
@@ -131,6 +137,7 @@ def test_export_with_trt_8_5_is_refused_and_writes_nothing(model, inputs, tmp_pa
         gp.export.onnx(model, out, example_inputs=inputs, trt_version="11")
 
 
+@pytest.mark.slow
 def test_export_graphs_count_and_clamp_without_int64_cumsum_or_clip(exported):
     """The ranking and placement count in float32 and clamp with Max/Min (the int64 forms TensorRT 10 refuses)."""
     for graph in ("embed", "prefill"):

@@ -16,8 +16,8 @@ from transformers.modeling_outputs import MoeModelOutputWithPast
 
 from ..capture import KEY_MASK_DTYPE, capture_decode, capture_prefill, causal_prefill, key_mask_decode, unmasked_decode
 from ..graph_cache import GraphCache, capturing
+from ..layout import DecoderLayout
 from ..model_copy import refuse_part_copy
-from ..models import DecoderLayout
 from ..registry import handler_for
 from . import static_decode
 

@@ -9,8 +9,8 @@ import torch
 
 from .. import ops
 from ..flops import cross_attention_flops, cross_attention_trim_flops, kv_bytes
+from ..layout import DecoderLayout
 from ..methods import CrossAttentionTrim
-from ..models import DecoderLayout
 from ..padding import padding_mask, refuse_right_padding, right_padded
 from ..passes import cross_attention_budget, cross_attention_trim, cross_attention_trim_decode
 from ..registry import MethodHandler, register_method

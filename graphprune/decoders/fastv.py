@@ -9,8 +9,8 @@ import torch
 from .. import ops
 from ..capture import deepstack_inputs
 from ..flops import fastv_flops, kv_bytes
+from ..layout import DecoderLayout
 from ..methods import FastV
-from ..models import DecoderLayout
 from ..padding import padding_mask, refuse_right_padding, right_padded
 from ..passes import fastv, fastv_budget, fastv_decode
 from ..registry import MethodHandler, register_method

@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from torch import nn
 
     from .graph_export import GraphExport
-    from .manifest import Manifest
 
 DECODER_KEYS = ("num_layers", "num_kv_heads", "head_dim", "hidden_size", "vocab_size", "pad_token_id", "eos_token_id")
 BUDGETS = ("max_images", "max_visual_tokens")  # the visual budget keywords of export.onnx and export.tensorrt
@@ -60,12 +59,13 @@ class ExportFamily:
         """Update the pruned export's cache bookkeeping in ``state`` after a decode step (default: it is fixed)."""
 
     @classmethod
-    def trt_axes(cls, manifest: Manifest, max_batch: int, max_text: int, max_new_tokens: int) -> dict:
-        """``{axis name: (min, opt, max)}`` for every dynamic axis of the export's graphs (TensorRT profiles)."""
+    def trt_axes(cls, manifest, max_batch: int, max_text: int, max_new_tokens: int) -> dict:
+        """``{axis name: (min, opt, max)}`` for every dynamic axis of the export's graphs (TensorRT profiles);
+        ``manifest``: the export's ``Manifest`` (``manifest.py``, which reads this registry)."""
         raise NotImplementedError
 
     @classmethod
-    def recipe_notes(cls, manifest: Manifest) -> tuple[str, str, str]:
+    def recipe_notes(cls, manifest) -> tuple[str, str, str]:
         """The pruning, visual budget and cache lines of the ``TENSORRT.md`` written next to the ONNX files."""
         raise NotImplementedError
 

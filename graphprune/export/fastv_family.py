@@ -118,7 +118,7 @@ class FastVFamily(ExportFamily):
     def recipe_notes(cls, manifest: Manifest) -> tuple[str, str, str]:
         budget, method = manifest.visual_budget, manifest.method
         pruning = (
-            f"FastV k={method['k']} keep={method['keep']} query={method['query']}: the ranking (TopK with a constant "
+            f"{' '.join(f'{key}={value}' for key, value in method.items())}: the ranking (TopK with a constant "
             f"K={budget['top_k']}, sorted) and gather nodes sit inside prefill.onnx after layer {method['k'] - 1}."
             if method
             else "none (an unpruned baseline export)."

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import __version__
+from .._version import __version__
 from ..methods import method_to_dict
 from ..runtime import optimized_state
 from .family import export_family

@@ -49,6 +49,6 @@ class Gemma3Adapter(ModelAdapter):
         return (model.config.image_token_id,)
 
     def stand_in(self, default: type) -> type:
-        from ..decoders.fastv_gemma3 import Gemma3FastVDecoder  # decoders import models: imported on use
+        from ..decoders.fastv_gemma3 import Gemma3FastVDecoder  # on use: adapters load without the decoders
 
         return Gemma3FastVDecoder

@@ -10,8 +10,7 @@ import sympy
 import torch
 from torch import fx
 
-from ..capture import LAYOUT_KEY
-from ..models import DecoderLayout
+from ..layout import LAYOUT_KEY, DecoderLayout
 
 logger = logging.getLogger("graphprune.passes")
 

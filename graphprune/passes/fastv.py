@@ -16,6 +16,8 @@ and ``graphprune_slot_valid`` (``[B, S]``, see ``ops.fastv_select``) and ``graph
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import fx
 
 from .. import ops
@@ -30,7 +32,6 @@ def fastv(gm: fx.GraphModule, method: FastV) -> fx.GraphModule:
     layout = _graph.layout_of(gm, PASS)
     method.check_layers(layout.num_layers)
     k = method.k
-    boundary = _graph.first_node_of_layer(gm, layout, k)
     query_states = _graph.attention_query(
         gm, PASS, f"{layout.layers}.{k - 1}.{layout.attention}", layout.query_proj, layout.key_proj
     )
@@ -38,6 +39,25 @@ def fastv(gm: fx.GraphModule, method: FastV) -> fx.GraphModule:
     seq = _graph.symbol(_graph.placeholder(gm, "inputs_embeds").meta["val"].shape[1])
     # the decoder's own per-layer masks (Gemma 3: sliding window, image blocks): rank with layer k - 1's
     layer_mask = _graph.layer_mask(gm, PASS, layout, k - 1, seq) if layout.layer_masks else None
+
+    def scores(visual_mask: fx.Node, attention_mask: fx.Node) -> fx.Node:
+        args = (query_states, key_states, attention_mask, layout.scaling, method.query, layer_mask)
+        return gm.graph.call_function(ops.fastv_scores, args)
+
+    gathered = insert_pruning(gm, PASS, method, scores)
+    return _graph.finish(
+        gm, PASS, f"k={k} keep={method.keep} query={method.query}; gathered for layers >= {k}: {gathered}"
+    )
+
+
+def insert_pruning(gm: fx.GraphModule, pass_name: str, method, scores: Callable) -> list[str]:
+    """Before layer ``method.k``: ``graphprune_scores = scores(visual_mask, attention_mask)`` (a node it inserts),
+    FastV's selection of ``ceil(method.keep * n_visual)`` visual positions by those scores, and the gathers of every
+    node that layers ``>= k`` read along the sequence; adds the inputs and outputs the module docstring names.
+    Returns the names of the gathered nodes (the caller finishes the rewrite)."""
+    layout = _graph.layout_of(gm, pass_name)
+    boundary = _graph.first_node_of_layer(gm, layout, method.k)
+    seq = _graph.symbol(_graph.placeholder(gm, "inputs_embeds").meta["val"].shape[1])
     crossing = _graph.crossing_nodes(gm, boundary)
 
     visual_mask = _graph.add_placeholder(gm, "graphprune_visual_mask")
@@ -45,15 +65,9 @@ def fastv(gm: fx.GraphModule, method: FastV) -> fx.GraphModule:
     attention_mask = _graph.placeholder(gm, "attention_mask")
     graph = gm.graph
     with graph.inserting_before(boundary):
-        scores = _graph.named(
-            graph.call_function(
-                ops.fastv_scores,
-                (query_states, key_states, attention_mask, layout.scaling, method.query, layer_mask),
-            ),
-            "scores",
-        )
+        ranking = _graph.named(scores(visual_mask, attention_mask), "scores")
         index, valid = _graph.insert_selection(
-            gm, ops.fastv_select, (scores, visual_mask, attention_mask, slots, method.keep)
+            gm, ops.fastv_select, (ranking, visual_mask, attention_mask, slots, method.keep)
         )
         pruned_length = _graph.size_of(gm, index, 1, "pruned_length")
         gathers = {
@@ -62,11 +76,9 @@ def fastv(gm: fx.GraphModule, method: FastV) -> fx.GraphModule:
         }
         gathered = []
         for node, users in crossing.items():
-            replacement = _graph.stand_in(gm, PASS, node, seq, pruned_length, gathers)
+            replacement = _graph.stand_in(gm, pass_name, node, seq, pruned_length, gathers)
             if replacement is not None:
                 _graph.repoint(node, replacement, users)
                 gathered.append(node.name)
-    _graph.append_outputs(gm, [index, valid, scores])
-    return _graph.finish(
-        gm, PASS, f"k={k} keep={method.keep} query={method.query}; gathered for layers >= {k}: {gathered}"
-    )
+    _graph.append_outputs(gm, [index, valid, ranking])
+    return gathered

@@ -25,7 +25,7 @@ import torch
 from torch import fx
 
 from .. import ops
-from ..capture import KEY_MASK
+from ..layout import KEY_MASK
 from ..methods import FastV
 from . import _graph
 

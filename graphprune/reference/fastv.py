@@ -242,19 +242,22 @@ def fastv_reference(
 
 @torch.no_grad()
 def fastv_reference_generate(
-    model, method: FastV, input_ids, attention_mask=None, max_new_tokens=8, sample=False, **inputs
+    model, method: FastV, input_ids, attention_mask=None, max_new_tokens=8, sample=False, prefill=None, **inputs
 ):
     """FastV generation in mask mode, positions as HF ``generate`` makes them; returns prompt + new ids.
 
     Each new token's position ids are the previous ones plus 1 (every row, for M-RoPE), as HF
     ``generate`` advances them. Greedy, or with ``sample=True`` plain multinomial sampling from the
     softmax (HF's ``do_sample`` with ``top_k=0``, ``top_p=1``, ``temperature=1``), drawing from
-    torch's global generator as HF does.
+    torch's global generator as HF does. ``prefill`` (default ``fastv_reference``) makes the mask-mode prefill of
+    another method that prunes the same way (``reference.dart``).
     """
     lm = adapter_for(model).decoder(model)
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
     cache = DynamicCache(config=lm.config)
-    prefill = fastv_reference(model, method, input_ids, attention_mask, generation=True, cache=cache, **inputs)
+    prefill = (prefill or fastv_reference)(
+        model, method, input_ids, attention_mask, generation=True, cache=cache, **inputs
+    )
     ids, logits = input_ids, prefill.logits[:, -1]
     real, key_visible = attention_mask.bool(), prefill.key_visible
     next_position = prefill.position_ids[..., -1:] + 1

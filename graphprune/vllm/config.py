@@ -24,6 +24,10 @@ ARCHITECTURES = {
         "GraphpruneLlavaNextForConditionalGeneration",
         "graphprune.vllm.llava_next:FastVLlavaNext",
     ),
+    "LlavaOnevisionForConditionalGeneration": (
+        "GraphpruneLlavaOnevisionForConditionalGeneration",
+        "graphprune.vllm.llava_onevision:FastVLlavaOnevision",
+    ),
     "Qwen2VLForConditionalGeneration": (
         "GraphpruneQwen2VLForConditionalGeneration",
         "graphprune.vllm.qwen2_vl:FastVQwen2VL",
@@ -31,6 +35,35 @@ ARCHITECTURES = {
     "Qwen2_5_VLForConditionalGeneration": (
         "GraphpruneQwen2_5_VLForConditionalGeneration",
         "graphprune.vllm.qwen2_vl:FastVQwen2_5_VL",
+    ),
+    "Qwen3VLForConditionalGeneration": (
+        "GraphpruneQwen3VLForConditionalGeneration",
+        "graphprune.vllm.qwen3_vl:FastVQwen3VL",
+    ),
+    "Qwen3VLMoeForConditionalGeneration": (
+        "GraphpruneQwen3VLMoeForConditionalGeneration",
+        "graphprune.vllm.qwen3_vl:FastVQwen3VLMoe",
+    ),
+    "InternVLForConditionalGeneration": (
+        "GraphpruneInternVLForConditionalGeneration",
+        "graphprune.vllm.internvl:FastVInternVL",
+    ),
+    "Idefics3ForConditionalGeneration": (
+        "GraphpruneIdefics3ForConditionalGeneration",
+        "graphprune.vllm.idefics3:FastVIdefics3",
+    ),
+    "SmolVLMForConditionalGeneration": (
+        "GraphpruneSmolVLMForConditionalGeneration",
+        "graphprune.vllm.idefics3:FastVSmolVLM",
+    ),
+}
+
+# HF architecture vLLM serves and graphprune prunes in HF -> why FastV in vLLM refuses it
+REFUSED = {
+    "Gemma3ForConditionalGeneration": (
+        "its sliding-window layers >= k would slide over the kept tokens' compacted KV instead of original positions, "
+        "and its bidirectional image attention (vLLM's mm_prefix ranges) is not remapped to the kept image tokens; "
+        "prune it with graphprune's HF path (gp.optimize)"
     ),
 }
 
@@ -67,6 +100,8 @@ def apply(vllm_config: Any) -> None:
         return
     model_config = vllm_config.model_config
     architecture = model_config.architecture
+    if architecture in REFUSED:
+        raise ValueError(f"graphprune: FastV in vLLM does not serve {architecture}: {REFUSED[architecture]}")
     if architecture not in ARCHITECTURES:
         raise ValueError(
             f"graphprune does not support {architecture} in vLLM; supported architectures: {', '.join(ARCHITECTURES)}"

@@ -30,6 +30,15 @@ def make_llm(path, graphprune: dict | None = None, **overrides):
     return LLM(**(settings | overrides))
 
 
+def engine_config(path, graphprune: dict | None = None, **settings):
+    """The ``VllmConfig`` an engine on ``path`` would start with (where the plugin's config check runs)."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    if graphprune is not None:
+        settings["additional_config"] = {"graphprune": graphprune}
+    return EngineArgs(model=str(path), dtype="float32", max_model_len=512, **settings).create_engine_config()
+
+
 def close(llm) -> None:
     from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
@@ -39,18 +48,26 @@ def close(llm) -> None:
     cleanup_dist_env_and_memory()
 
 
-def vllm_tokens(llm, requests: list[tuple[str, list]], max_new_tokens: int = MAX_NEW_TOKENS) -> list[list[int]]:
-    """Greedy new tokens for ``(prompt, images)`` requests submitted together (one flattened batch)."""
+def multimodal_data(images: list, videos: list = ()) -> dict:
+    """vLLM's ``multi_modal_data`` of a request: its images and videos (``[frames, H, W, 3]`` arrays), if any."""
+    return {name: items for name, items in (("image", images), ("video", list(videos))) if items}
+
+
+def vllm_tokens(llm, requests: list[tuple], max_new_tokens: int = MAX_NEW_TOKENS) -> list[list[int]]:
+    """Greedy new tokens for ``(prompt, images[, videos])`` requests submitted together (one flattened batch)."""
     from vllm import SamplingParams
 
-    prompts = [{"prompt": text, "multi_modal_data": {"image": images}} if images else text for text, images in requests]
+    prompts = [
+        {"prompt": text, "multi_modal_data": multimodal_data(*media)} if any(media) else text
+        for text, *media in requests
+    ]
     params = SamplingParams(max_tokens=max_new_tokens, temperature=0.0, ignore_eos=True)
     return [list(out.outputs[0].token_ids) for out in llm.generate(prompts, params, use_tqdm=False)]
 
 
 @torch.no_grad()
 def hf_tokens(
-    model_class, path, method: gp.FastV | None, requests: list[tuple[str, list]], max_new_tokens: int = MAX_NEW_TOKENS
+    model_class, path, method: gp.FastV | None, requests: list[tuple], max_new_tokens: int = MAX_NEW_TOKENS
 ) -> list[list[int]]:
     """graphprune's HF path: the same checkpoint in transformers, ``gp.optimize`` (unless None), greedy ``generate``."""
     from transformers import AutoProcessor
@@ -61,8 +78,9 @@ def hf_tokens(
     if method is not None:
         gp.optimize(model, method)
     tokens = []
-    for text, images in requests:
-        inputs = processor(text=text, images=images or None, return_tensors="pt")
+    for text, images, *videos in requests:
+        videos = videos[0] if videos else None
+        inputs = processor(text=text, images=images or None, videos=videos or None, return_tensors="pt")
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         tokens.append(out[0, inputs["input_ids"].shape[1] :].tolist())
     return tokens

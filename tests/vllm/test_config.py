@@ -14,19 +14,13 @@ import graphprune as gp
 from graphprune.testing import tiny_llava
 from graphprune.tiny_checkpoints import save_llava
 
+from .helpers import engine_config
+
 
 @pytest.fixture(scope="module")
 def llava(tmp_path_factory):
     model = tiny_llava(hidden_size=128, intermediate_size=256, num_heads=4, num_kv_heads=2, num_layers=4)
     return save_llava(model, tmp_path_factory.mktemp("llava"))
-
-
-def engine_config(path, graphprune=None, **settings):
-    from vllm.engine.arg_utils import EngineArgs
-
-    if graphprune is not None:
-        settings["additional_config"] = {"graphprune": graphprune}
-    return EngineArgs(model=str(path), dtype="float32", max_model_len=512, **settings).create_engine_config()
 
 
 def fastv_message(**kwargs) -> str:
@@ -62,7 +56,9 @@ def test_unsupported_architecture_lists_supported(tmp_path):
     llama.save_pretrained(tmp_path)
     expected = (
         "graphprune does not support LlamaForCausalLM in vLLM; supported architectures: LlavaForConditionalGeneration, "
-        "LlavaNextForConditionalGeneration, Qwen2VLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration"
+        "LlavaNextForConditionalGeneration, LlavaOnevisionForConditionalGeneration, Qwen2VLForConditionalGeneration, "
+        "Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration, Qwen3VLMoeForConditionalGeneration, "
+        "InternVLForConditionalGeneration, Idefics3ForConditionalGeneration, SmolVLMForConditionalGeneration"
     )
     with pytest.raises(ValueError, match=re.escape(expected)):
         engine_config(tmp_path, {"method": "fastv"})

@@ -1,6 +1,6 @@
 """A prompt ending with a visual token (SPEC FastV step 3): its last position is always kept and counts as one of the
 ``ceil(keep * n_visual)`` kept visual tokens, so layers >= k compute ``n_real - n_visual + ceil(keep * n_visual)``
-rows per prompt, whatever the scores. Tokens equal graphprune's eager reference (mask mode) with that selection rule.
+rows per prompt, whatever the scores. Tokens equal graphprune's eager reference (mask mode) and its HF path.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import graphprune.reference.fastv as reference
 from graphprune.testing import tiny_llava
 from graphprune.tiny_checkpoints import random_image, save_llava
 
-from .helpers import MAX_NEW_TOKENS, close, make_llm, vllm_tokens
+from .helpers import MAX_NEW_TOKENS, close, hf_tokens, make_llm, vllm_tokens
 from .test_llava import N_VISUAL
 
 METHOD = gp.FastV(k=2, keep=0.25)
@@ -81,23 +81,9 @@ def test_kept_count_is_logged_per_request_at_debug_level(case):
     assert re.fullmatch(expected, message), message
 
 
-def _select_keeping_the_last(scores: torch.Tensor, visual: torch.Tensor, keep: float) -> list[torch.Tensor]:
-    """SPEC FastV step 3's selection, from its words (unpadded samples): the last position, when visual, is kept and
-    is one of the ``ceil(keep * n_visual)``; the others are the best-scoring visual positions, ties to the earlier."""
-    kept = []
-    for b in range(scores.shape[0]):
-        positions = visual[b].nonzero().flatten().tolist()
-        count = max(gp.methods.n_keep(keep, len(positions)), 1) if positions else 0
-        last = [visual.shape[1] - 1] if visual[b, -1] else []
-        rest = sorted((j for j in positions if j not in last), key=lambda j: (-float(scores[b, j]), j))
-        kept.append(torch.tensor(sorted(last + rest[: count - len(last)]), dtype=torch.long))
-    return kept
-
-
 @torch.no_grad()
-def test_greedy_tokens_equal_the_reference(case, monkeypatch):
+def test_greedy_tokens_equal_the_reference_and_the_hf_path(case):
     llm, path = case
-    monkeypatch.setattr(reference, "_select", _select_keeping_the_last)
     processor = AutoProcessor.from_pretrained(path)
     model = LlavaForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
     expected = []
@@ -106,3 +92,4 @@ def test_greedy_tokens_equal_the_reference(case, monkeypatch):
         ids = reference.fastv_reference_generate(model, METHOD, **inputs, max_new_tokens=MAX_NEW_TOKENS)
         expected.append(ids[0, inputs["input_ids"].shape[1] :].tolist())
     assert vllm_tokens(llm, REQUESTS) == expected
+    assert hf_tokens(LlavaForConditionalGeneration, path, METHOD, REQUESTS) == expected
