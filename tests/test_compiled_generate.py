@@ -23,6 +23,7 @@ STEPS = 5
 # family -> (build, inputs builder, batch, pruning method)
 FAMILIES = {
     "llava": (tiny_llava, llava_inputs, BATCH, gp.FastV(k=2, keep=0.5)),
+    "llava_dart": (tiny_llava, llava_inputs, BATCH, gp.DART(k=2, keep=0.5)),
     "qwen2_vl": (
         functools.partial(tiny_qwen2_vl, version="2"),
         qwen2_vl_inputs,

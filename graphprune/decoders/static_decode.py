@@ -30,7 +30,7 @@ COMPILED_PREFILL = (
 )
 NOT_STATIC = (
     "graphprune compiles decode steps only over a static cache (cache_implementation='static' or a StaticCache) "
-    "that a FastV prefill filled; this {} was filled by {}: run the decode steps uncompiled (no compile_config)"
+    "that a FastV or DART prefill filled; this {} was filled by {}: run the decode steps uncompiled (no compile_config)"
 )
 
 
