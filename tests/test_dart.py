@@ -34,7 +34,7 @@ def assert_clear_cut(reference, method, margin: float = 1e-5) -> None:
 
 
 @pytest.mark.parametrize("method", METHODS, ids=str)
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [NAMES[0], *(pytest.param(name, marks=pytest.mark.slow) for name in NAMES[1:])])
 @torch.no_grad()
 def test_pass_equals_reference(family_models, name, method):
     model = family_models(name)
@@ -114,6 +114,7 @@ def test_dart_refused_where_it_does_not_fit(family_models):
 
 
 @torch.no_grad()
+@pytest.mark.slow
 def test_onnx_export_passes_the_tensorrt_rules_and_gives_pytorch_tokens(family_models, tmp_path):
     """ONNX Runtime on a DART export (checked against TensorRT 10's parser rules): PyTorch's greedy tokens and
     first logits."""

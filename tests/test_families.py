@@ -65,7 +65,9 @@ def test_each_batch_has_samples_with_different_visual_counts_and_several_spans(f
     assert max(_spans(row) for row in visual) >= 2
 
 
-@pytest.mark.parametrize("name", MROPE_FAMILIES)
+@pytest.mark.parametrize(
+    "name", [MROPE_FAMILIES[0], *(pytest.param(name, marks=pytest.mark.slow) for name in MROPE_FAMILIES[1:])]
+)
 @torch.no_grad()
 def test_mrope_decode_steps_without_position_ids_continue_from_rope_deltas(family_models, name):
     """A hand-written decode loop passes no position ids: the model derives them from its ``rope_deltas``

@@ -231,6 +231,7 @@ def llava_export(request, tmp_path_factory):
 
 
 @torch.no_grad()
+@pytest.mark.slow
 def test_export_of_a_prompt_ending_with_a_visual_token_gives_the_reference_tokens(llava_export):
     """ONNX Runtime's tokens and first logits equal PyTorch's, and both the reference's; the constant top-k K is
     ``ceil(keep * 16)`` (at least 1); the last real position is kept, among ``n_keep`` visual tokens."""

@@ -55,7 +55,11 @@ def _replace_parameters(model, state_dict, buffers):
     model.load_state_dict(state_dict)
 
 
-@pytest.mark.parametrize("reload", [_load_assigned, _load_onto_empty, _replace_parameters], ids=lambda f: f.__name__)
+@pytest.mark.parametrize(
+    "reload",
+    [_load_assigned, *(pytest.param(f, marks=pytest.mark.slow) for f in (_load_onto_empty, _replace_parameters))],
+    ids=lambda f: f.__name__,
+)
 @torch.no_grad()
 def test_replaced_weights_give_a_fresh_optimize_tokens(reloaded, reload):
     other, buffers, inputs, expected = reloaded

@@ -55,6 +55,11 @@ FASTV = ["llava", "qwen2_vl"]
 OWN_LOOP = ["llava"]
 
 
+def _fast_first(names: list[str]) -> list:
+    """``names`` as parameters, the first in the fast tier and the others slow."""
+    return [names[0], *(pytest.param(name, marks=pytest.mark.slow) for name in names[1:])]
+
+
 @pytest.fixture(scope="module")
 def built():
     """Per family: the unmodified model, its optimised copies (pruning, keep=1.0) and the batch; built on first use."""
@@ -142,7 +147,7 @@ def test_static_cache_is_reused_by_a_second_prompt(built, name):
     torch.testing.assert_close(again, own_loop(pruned, inputs, DynamicCache()), rtol=LOGITS_RTOL, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", [*FASTV, "mllama"])
+@pytest.mark.parametrize("name", _fast_first([*FASTV, "mllama"]))
 def test_generate_with_static_cache_equals_dynamic(built, name):
     _, pruned, _, inputs = built(name)
     ids, logits = greedy(pruned, inputs)
@@ -152,7 +157,7 @@ def test_generate_with_static_cache_equals_dynamic(built, name):
         torch.testing.assert_close(static_logits, logits, rtol=LOGITS_RTOL, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", [*FASTV, "mllama", "gemma3"])
+@pytest.mark.parametrize("name", _fast_first([*FASTV, "mllama", "gemma3"]))
 def test_generate_with_static_cache_at_keep_one_is_unmodified_bit_exact(built, name):
     model, _, keep_one, inputs = built(name)
     ids, logits = greedy(model, inputs, cache_implementation="static")
