@@ -202,9 +202,10 @@ class GraphDecoder:
         refuse_part_copy()
 
     def __call__(self, *args, **kwargs):
-        if torch.compiler.is_compiling():  # HF's compiled generate, a torch.compile of the model's forward
+        # HF's compiled generate, a torch.compile of the model's forward; not graphprune's own capture (torch.export)
+        if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
             return self._compiled_call(*args, **kwargs)
-        if capturing(self.decoder):  # a capture at a new dtype or device traces the decoder's own forward
+        if capturing(self.decoder):  # a capture (new dtype, device or weights) traces the decoder's own forward
             return self._original(*args, **kwargs)
         return self._run(*args, **kwargs)
 
