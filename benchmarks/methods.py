@@ -40,7 +40,11 @@ from benchmarks.harness import (  # noqa: E402
 )
 from graphprune.models import adapter_for  # noqa: E402
 
-SAMPLE = (35, 1, 29)  # text tokens, images, text tokens: 576 visual + 64 text tokens, as prefill.py's cpu-small
+PRESETS = {
+    # prefill.py's cpu-small: LLaVA-1.5 proportions at a size 2 CPU cores run; 576 visual + 64 text tokens
+    "cpu-small": dict(model=dict(**CPU_DECODER, vocab_size=32064, image_size=336, patch_size=14), sample=(35, 1, 29)),
+    "tiny": dict(model=dict(num_layers=8), sample=(5, 1, 4)),  # the test's: 16 visual tokens
+}
 
 
 def methods(num_layers: int) -> dict:
@@ -62,25 +66,30 @@ def equal_flops_keep(config, make, n_tokens: int, n_visual: int, fraction: float
     return best[1], best[2]
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.5, 0.3])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-small")
     args = parser.parse_args(argv)
     device, sync = torch.device(args.device), sync_for(torch.device(args.device))
     torch.manual_seed(0)
-    model = tiny_llava(**CPU_DECODER, vocab_size=32064, image_size=336, patch_size=14, attn_implementation="sdpa")
-    model = model.to(device).eval()
-    inputs = {key: value.to(device) for key, value in llava_inputs(model, [SAMPLE]).items()}
+    preset = PRESETS[args.preset]
+    model = tiny_llava(**preset["model"], attn_implementation="sdpa").to(device).eval()
+    inputs = {key: value.to(device) for key, value in llava_inputs(model, [preset["sample"]]).items()}
     n_tokens = inputs["input_ids"].shape[1]
     n_visual = int(adapter_for(model).visual_mask(model, inputs["input_ids"], None).sum())
-    print(f"model: LLaVA-1.5-shaped, {CPU_DECODER}, {n_tokens} tokens ({n_visual} visual), {device_name(device)}")
+    text = model.config.text_config
+    print(
+        f"model: {args.preset} LLaVA, {text.num_hidden_layers} layers, hidden {text.hidden_size}, {n_tokens} tokens "
+        f"({n_visual} visual), {device_name(device)}"
+    )
 
     rows = []
     for fraction in args.fractions:
         variants, settings = {"unmodified": model}, {}
-        for name, make in methods(CPU_DECODER["num_layers"]).items():
+        for name, make in methods(text.num_hidden_layers).items():
             keep, reached = equal_flops_keep(model.config, make, n_tokens, n_visual, fraction)
             settings[name] = (make(keep), reached)
             variants[name] = gp.optimize(shared_copy(model), settings[name][0])
@@ -90,12 +99,18 @@ def main(argv=None) -> None:
         base = statistics.median(times["unmodified"])
         for name, (method, reached) in settings.items():
             ratio = statistics.median(times[name]) / base
-            keep = f"{method.keep:.3f}"
-            rows.append([fraction, name, keep, f"{reached:.3f}", f"{ratio:.3f}", f"{ratio / reached:.2f}"])
+            rows.append(dict(target=fraction, method=method, flops_fraction=reached, prefill_ratio=ratio))
         for name in settings:
             gp.restore(variants[name])
     print(f"\nunmodified prefill: {base * 1e3:.0f} ms (last fraction's rounds)")
-    print(table(["target FLOPs", "method", "keep", "FLOPs fraction", "prefill ratio", "ratio / FLOPs"], rows))
+    header = ["target FLOPs", "method", "keep", "FLOPs fraction", "prefill ratio", "ratio / FLOPs"]
+    cells = [
+        [row["target"], type(row["method"]).__name__, f"{row['method'].keep:.3f}", f"{row['flops_fraction']:.3f}"]
+        + [f"{row['prefill_ratio']:.3f}", f"{row['prefill_ratio'] / row['flops_fraction']:.2f}"]
+        for row in rows
+    ]
+    print(table(header, cells))
+    return rows
 
 
 if __name__ == "__main__":
