@@ -10,6 +10,7 @@ from typing import Any
 
 from vllm.logger import init_logger
 
+from ..families import FAMILIES
 from ..methods import FastV
 
 logger = init_logger("vllm.graphprune")  # a child of vLLM's logger: vLLM's handler, level and format
@@ -17,55 +18,10 @@ logger = init_logger("vllm.graphprune")  # a child of vLLM's logger: vLLM's hand
 KEY = "graphprune"
 METHODS = ("fastv",)
 ACCEPTED_KEYS = ("method", "k", "keep", "query")
-# HF architecture -> (vLLM architecture name graphprune registers, "module:Class" of its model)
-ARCHITECTURES = {
-    "LlavaForConditionalGeneration": ("GraphpruneLlavaForConditionalGeneration", "graphprune.vllm.llava:FastVLlava"),
-    "LlavaNextForConditionalGeneration": (
-        "GraphpruneLlavaNextForConditionalGeneration",
-        "graphprune.vllm.llava_next:FastVLlavaNext",
-    ),
-    "LlavaOnevisionForConditionalGeneration": (
-        "GraphpruneLlavaOnevisionForConditionalGeneration",
-        "graphprune.vllm.llava_onevision:FastVLlavaOnevision",
-    ),
-    "Qwen2VLForConditionalGeneration": (
-        "GraphpruneQwen2VLForConditionalGeneration",
-        "graphprune.vllm.qwen2_vl:FastVQwen2VL",
-    ),
-    "Qwen2_5_VLForConditionalGeneration": (
-        "GraphpruneQwen2_5_VLForConditionalGeneration",
-        "graphprune.vllm.qwen2_vl:FastVQwen2_5_VL",
-    ),
-    "Qwen3VLForConditionalGeneration": (
-        "GraphpruneQwen3VLForConditionalGeneration",
-        "graphprune.vllm.qwen3_vl:FastVQwen3VL",
-    ),
-    "Qwen3VLMoeForConditionalGeneration": (
-        "GraphpruneQwen3VLMoeForConditionalGeneration",
-        "graphprune.vllm.qwen3_vl:FastVQwen3VLMoe",
-    ),
-    "InternVLForConditionalGeneration": (
-        "GraphpruneInternVLForConditionalGeneration",
-        "graphprune.vllm.internvl:FastVInternVL",
-    ),
-    "Idefics3ForConditionalGeneration": (
-        "GraphpruneIdefics3ForConditionalGeneration",
-        "graphprune.vllm.idefics3:FastVIdefics3",
-    ),
-    "SmolVLMForConditionalGeneration": (
-        "GraphpruneSmolVLMForConditionalGeneration",
-        "graphprune.vllm.idefics3:FastVSmolVLM",
-    ),
-}
-
+# HF architecture -> (vLLM architecture name graphprune registers, "module:Class" of its model): the families' records
+ARCHITECTURES = {name: target for family in FAMILIES for name, target in family.vllm.items()}
 # HF architecture vLLM serves and graphprune prunes in HF -> why FastV in vLLM refuses it
-REFUSED = {
-    "Gemma3ForConditionalGeneration": (
-        "its sliding-window layers >= k would slide over the kept tokens' compacted KV instead of original positions, "
-        "and its bidirectional image attention (vLLM's mm_prefix ranges) is not remapped to the kept image tokens; "
-        "prune it with graphprune's HF path (gp.optimize)"
-    ),
-}
+REFUSED = {name: reason for family in FAMILIES for name, reason in family.vllm_refused.items()}
 
 
 def parse(additional_config: Any) -> FastV | None:
@@ -104,7 +60,7 @@ def apply(vllm_config: Any) -> None:
         raise ValueError(f"graphprune: FastV in vLLM does not serve {architecture}: {REFUSED[architecture]}")
     if architecture not in ARCHITECTURES:
         raise ValueError(
-            f"graphprune does not support {architecture} in vLLM; supported architectures: {', '.join(ARCHITECTURES)}"
+            f"graphprune does not support {architecture} in vLLM; supported architectures: {', '.join(sorted(ARCHITECTURES))}"
         )
     try:
         method.check_layers(model_config.hf_text_config.num_hidden_layers)
