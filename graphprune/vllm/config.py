@@ -60,7 +60,8 @@ def apply(vllm_config: Any) -> None:
         raise ValueError(f"graphprune: FastV in vLLM does not serve {architecture}: {REFUSED[architecture]}")
     if architecture not in ARCHITECTURES:
         raise ValueError(
-            f"graphprune does not support {architecture} in vLLM; supported architectures: {', '.join(sorted(ARCHITECTURES))}"
+            f"graphprune does not support {architecture} in vLLM; supported architectures: "
+            f"{', '.join(sorted(ARCHITECTURES))}"
         )
     try:
         method.check_layers(model_config.hf_text_config.num_hidden_layers)

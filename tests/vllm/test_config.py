@@ -55,10 +55,11 @@ def test_unsupported_architecture_lists_supported(tmp_path):
     llama.architectures = ["LlamaForCausalLM"]
     llama.save_pretrained(tmp_path)
     expected = (
-        "graphprune does not support LlamaForCausalLM in vLLM; supported architectures: LlavaForConditionalGeneration, "
+        "graphprune does not support LlamaForCausalLM in vLLM; supported architectures: "
+        "Idefics3ForConditionalGeneration, InternVLForConditionalGeneration, LlavaForConditionalGeneration, "
         "LlavaNextForConditionalGeneration, LlavaOnevisionForConditionalGeneration, Qwen2VLForConditionalGeneration, "
         "Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration, Qwen3VLMoeForConditionalGeneration, "
-        "InternVLForConditionalGeneration, Idefics3ForConditionalGeneration, SmolVLMForConditionalGeneration"
+        "SmolVLMForConditionalGeneration"
     )
     with pytest.raises(ValueError, match=re.escape(expected)):
         engine_config(tmp_path, {"method": "fastv"})

@@ -13,6 +13,7 @@ from transformers import (
     SmolVLMForConditionalGeneration,
 )
 
+from ...methods import FastV
 from ...testing.common import (
     IMAGE_TOKEN_ID,
     PAD_TOKEN_ID,
@@ -23,7 +24,6 @@ from ...testing.common import (
     text_ids,
     vision_tower,
 )
-from ...methods import FastV
 from ...testing.contract import ContractCase
 
 CLASSES = {

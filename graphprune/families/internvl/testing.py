@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import InternVLConfig, InternVLForConditionalGeneration
 
+from ...methods import FastV
 from ...testing.common import (
     IMAGE_TOKEN_ID,
     PAD_TOKEN_ID,
@@ -15,7 +16,6 @@ from ...testing.common import (
     text_ids,
     vision_tower,
 )
-from ...methods import FastV
 from ...testing.contract import ContractCase
 
 

@@ -7,6 +7,7 @@ import itertools
 import torch
 from transformers import LlavaConfig, LlavaForConditionalGeneration
 
+from ...methods import FastV
 from ...testing.common import (
     IMAGE_TOKEN_ID,
     PAD_TOKEN_ID,
@@ -17,7 +18,6 @@ from ...testing.common import (
     sample_generators,
     text_ids,
 )
-from ...methods import FastV
 from ...testing.contract import ContractCase
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
 
-from ...testing.common import IMAGE_TOKEN_ID, grid_pinpoints, left_padded, sample_generators, text_ids
-from ..llava.testing import llava_family
 from ...methods import FastV
+from ...testing.common import IMAGE_TOKEN_ID, grid_pinpoints, left_padded, sample_generators, text_ids
 from ...testing.contract import ContractCase
+from ..llava.testing import llava_family
 
 
 def tiny_llava_next(*, image_size: int = 16, patch_size: int = 4, **decoder) -> LlavaNextForConditionalGeneration:

@@ -8,6 +8,7 @@ import math
 import torch
 from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
 
+from ...methods import FastV
 from ...testing.common import (
     IMAGE_TOKEN_ID,
     PAD_TOKEN_ID,
@@ -20,7 +21,6 @@ from ...testing.common import (
     text_ids,
     vision_tower,
 )
-from ...methods import FastV
 from ...testing.contract import ContractCase
 
 

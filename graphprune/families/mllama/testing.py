@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import MllamaConfig, MllamaForConditionalGeneration
 
+from ...methods import CrossAttentionTrim
 from ...testing.common import (
     IMAGE_TOKEN_ID,
     PAD_TOKEN_ID,
@@ -14,7 +15,6 @@ from ...testing.common import (
     text_ids,
     vision_tower,
 )
-from ...methods import CrossAttentionTrim
 from ...testing.contract import ContractCase
 
 

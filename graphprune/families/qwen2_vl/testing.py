@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-
 import math
 
 import torch
@@ -14,6 +13,7 @@ from transformers import (
     Qwen2VLForConditionalGeneration,
 )
 
+from ...methods import FastV
 from ...testing.common import (
     IMAGE_TOKEN_ID,
     QWEN2_VL_TOKEN_IDS,
@@ -26,7 +26,6 @@ from ...testing.common import (
     text_config,
     text_ids,
 )
-from ...methods import FastV
 from ...testing.contract import ContractCase
 
 

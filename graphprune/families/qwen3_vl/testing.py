@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-
 import math
 
 import torch
@@ -14,10 +13,10 @@ from transformers import (
     Qwen3VLMoeForConditionalGeneration,
 )
 
-from ...testing.common import QWEN2_VL_TOKEN_IDS, TinyDecoder, text_config
-from ..qwen2_vl.testing import QWEN_SAMPLES, mrope_inputs
 from ...methods import FastV
+from ...testing.common import QWEN2_VL_TOKEN_IDS, TinyDecoder, text_config
 from ...testing.contract import ContractCase
+from ..qwen2_vl.testing import QWEN_SAMPLES, mrope_inputs
 
 
 def tiny_qwen3_vl(
