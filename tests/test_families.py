@@ -35,9 +35,7 @@ OWN_SUITES = {"Gemma3ForConditionalGeneration": "test_gemma3.py"}
 def test_every_registered_class_is_in_the_contract_suite():
     tested = set(FAMILIES) | set(OWN_SUITES)
     missing = [name for adapter in adapters() for name in adapter.model_classes if name not in tested]
-    assert not missing, (
-        f"model classes without a test: {missing}; add them to their family's testing.CONTRACT"
-    )
+    assert not missing, f"model classes without a test: {missing}; add them to their family's testing.CONTRACT"
     assert set(supported_classes()) == tested
     assert all((Path(__file__).parent / module).exists() for module in OWN_SUITES.values())
 
