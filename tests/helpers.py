@@ -22,6 +22,9 @@ from graphprune.reference import (
     fastv_reference_generate,
     trimmed_mask_mode,
 )
+from graphprune.testing import BATCH as BATCH
+from graphprune.testing import MLLAMA_BATCH as MLLAMA_BATCH
+from graphprune.testing import QWEN_SAMPLES as QWEN_SAMPLES
 from graphprune.testing import family_modules, features_per_tile
 
 LOGITS_RTOL = 1e-4
