@@ -31,7 +31,6 @@ from ...export.fastv_family import OPT_TEXT
 from ...export.graph_export import GraphExport
 from ...export.mllama_vision import MllamaMasks, MllamaVision
 from ...methods import n_keep, n_slots
-from ...passes import cross_attention_budget
 from ...runtime import optimize
 
 IMAGE_INPUTS = ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask", "cross_attention_mask")
@@ -79,7 +78,7 @@ def _export_graphs(model: nn.Module, state, example_inputs: dict, max_images: in
     seq, cross = {0: "batch", 1: "sequence"}, ("cross_attention_mask", "full_text_row_masked_out_mask")
 
     if prune:
-        prefill_graph = cross_attention_budget(copy_graph(state.decoder.prefill_graph), max_features)
+        prefill_graph = state.handler.budget_pass(copy_graph(state.decoder.prefill_graph), max_features)
         decode_graph = state.decoder.decode_graph
         valid = ops.valid_features(cross_mask, row_mask, attention_mask).sum(-1)
         slots = torch.arange(n_slots(method.keep, valid, valid), device=input_ids.device)
