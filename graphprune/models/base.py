@@ -62,9 +62,6 @@ class ModelAdapter:
         """Why ``gp.export`` cannot export the family yet, where it has a reason to give."""
         return self.family.export_refusal
 
-    def matches(self, model: nn.Module) -> bool:
-        return type(model).__name__ in self.model_classes
-
     def decoder(self, model: nn.Module) -> nn.Module:
         raise NotImplementedError
 
