@@ -1,5 +1,5 @@
 """Idefics3 and SmolVLM in vLLM (``Idefics3ForConditionalGeneration``, ``SmolVLMForConditionalGeneration``) with
-FastV: mirrors ``graphprune/models/idefics3.py``.
+FastV: mirrors the family's ``adapter.py``.
 
 Every tile's pixel-shuffled features (the grid's tiles and the global tile) sit at ``image_token_id`` and are ranked
 as one pool; the tokens around them (``<fake_token_around_image>``, ``<row_r_col_c>``) are text.

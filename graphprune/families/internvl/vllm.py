@@ -1,5 +1,5 @@
 """InternVL (transformers' ``InternVLForConditionalGeneration``, InternVL3 ``-hf`` checkpoints) in vLLM with FastV:
-mirrors ``graphprune/models/internvl.py``.
+mirrors the family's ``adapter.py``.
 
 vLLM serves this architecture with its ``InternS1ForConditionalGeneration``. Its processor puts image features at
 ``<IMG_CONTEXT>`` (``image_token_id``) and video features at the processor's ``<video>`` token, where HF's puts

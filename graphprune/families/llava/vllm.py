@@ -1,4 +1,4 @@
-"""LLaVA-1.5 in vLLM (``LlavaForConditionalGeneration``) with FastV: mirrors ``graphprune/models/llava.py``."""
+"""LLaVA-1.5 in vLLM (``LlavaForConditionalGeneration``) with FastV: mirrors the family's ``adapter.py``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""LLaVA-NeXT in vLLM (``LlavaNextForConditionalGeneration``) with FastV: mirrors ``graphprune/models/llava_next.py``.
+"""LLaVA-NeXT in vLLM (``LlavaNextForConditionalGeneration``) with FastV: mirrors the family's ``adapter.py``.
 
 Every token of an image's any-resolution packing (base crop, grid, row newlines) is an image token and is ranked.
 """

@@ -1,5 +1,5 @@
 """LLaVA-OneVision in vLLM (``LlavaOnevisionForConditionalGeneration``) with FastV: mirrors
-``graphprune/models/llava_onevision.py``.
+the family's ``adapter.py``.
 
 Images (any-resolution crops and grid-row newlines) and videos (pooled frames and a newline) are ranked as one pool.
 """

@@ -1,4 +1,4 @@
-"""Qwen2-VL and Qwen2.5-VL in vLLM with FastV: mirrors ``graphprune/models/qwen2_vl.py``.
+"""Qwen2-VL and Qwen2.5-VL in vLLM with FastV: mirrors the family's ``adapter.py``.
 
 Positions are M-RoPE's ``[3, N]``; layers >= k get all three rows of the kept positions.
 """

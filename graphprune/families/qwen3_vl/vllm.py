@@ -1,4 +1,4 @@
-"""Qwen3-VL and Qwen3-VL-MoE in vLLM with FastV: mirrors ``graphprune/models/qwen3_vl.py``.
+"""Qwen3-VL and Qwen3-VL-MoE in vLLM with FastV: mirrors the family's ``adapter.py``.
 
 Positions are interleaved M-RoPE's ``[3, N]`` (every row is gathered, as for Qwen2-VL). DeepStack adds one
 vision-tower level per row to the outputs of the first decoder layers; the levels added after a layer >= k that runs
