@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import graphprune
+from graphprune import tiny_checkpoints
 from graphprune.export.family import ExportFamily, export_families
 from graphprune.families import FAMILIES, Family, resolve
 from graphprune.methods import METHODS
@@ -21,7 +22,7 @@ from graphprune.models import ModelAdapter, adapters, supported_classes
 from graphprune.testing import ContractCase, family_modules
 
 FOLDERS = sorted(path.parent.name for path in (Path(graphprune.__file__).parent / "families").glob("*/__init__.py"))
-LAYERS = {"adapter", "testing", "layout", "export", "vllm"}  # the modules a family folder may hold
+LAYERS = {"adapter", "testing", "layout", "export", "vllm", "checkpoint"}  # the modules a family folder may hold
 
 
 def test_every_folder_has_one_record_and_the_records_are_the_folders():
@@ -59,6 +60,10 @@ def test_a_folder_holds_its_layers_and_its_record_names_them(folder):
         assert importlib.util.find_spec(target.partition(":")[0]) is not None
     assert set(family.vllm_refused) <= set(family.model_classes) - set(family.vllm)
     assert ("vllm" in modules) == bool(family.vllm)
+    assert ("checkpoint" in modules) == bool(family.checkpoint)
+    if family.checkpoint:
+        checkpoint = importlib.import_module(family.checkpoint)
+        assert checkpoint.__all__ and all(hasattr(checkpoint, name) for name in checkpoint.__all__)
 
 
 def test_every_registry_lists_exactly_the_records():
@@ -66,6 +71,8 @@ def test_every_registry_lists_exactly_the_records():
     assert supported_classes() == sorted(name for family in FAMILIES for name in family.model_classes)
     assert sorted(export_families()) == sorted(family.name for family in FAMILIES if family.export)
     assert family_modules() == [importlib.import_module(family.testing) for family in FAMILIES]
+    savers = [name for module in tiny_checkpoints.family_modules() for name in module.__all__]
+    assert len(savers) == len(set(savers)) and all(getattr(tiny_checkpoints, name) for name in savers)
 
 
 def test_a_record_refuses_a_reference_that_is_not_module_colon_attribute():

@@ -27,6 +27,7 @@ class Family:
     export_refusal: str = ""  # why ``gp.export`` cannot export it yet, where it has a reason to give
     vllm: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # HF arch -> (vLLM name, "module:Class")
     vllm_refused: Mapping[str, str] = field(default_factory=dict)  # HF arch vLLM serves -> why the plugin refuses
+    checkpoint: str | None = None  # its module of hub-layout savers (``save_<family>``, ``__all__``; tests, vLLM)
 
     def __post_init__(self):
         references = [self.adapter, self.plot_layout, *(target for _, target in self.vllm.values())]

@@ -9,6 +9,7 @@ FAMILY = Family(
     methods=(FastV,),
     adapter=f"{__name__}.adapter:Gemma3Adapter",
     testing=f"{__name__}.testing",
+    checkpoint=f"{__name__}.checkpoint",
     plot_layout=f"{__name__}.layout:layouts",
     export_refusal="its exported graphs would need the image blocks and sliding-window masks as inputs of their own",
     vllm_refused={

@@ -9,6 +9,7 @@ FAMILY = Family(
     methods=(FastV, DART),
     adapter=f"{__name__}.adapter:Qwen2VLAdapter",
     testing=f"{__name__}.testing",
+    checkpoint=f"{__name__}.checkpoint",
     plot_layout=f"{__name__}.layout:layouts",
     export=f"{__name__}.export:Qwen2VLExport",
     vllm={

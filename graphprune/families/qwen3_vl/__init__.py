@@ -9,6 +9,7 @@ FAMILY = Family(
     methods=(FastV, DART),
     adapter=f"{__name__}.adapter:Qwen3VLAdapter",
     testing=f"{__name__}.testing",
+    checkpoint=f"{__name__}.checkpoint",
     plot_layout="graphprune.families.qwen2_vl.layout:layouts",
     export=f"{__name__}.export:Qwen3VLExport",
     vllm={
