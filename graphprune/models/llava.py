@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..methods import DART, FastV
+from ..methods import DART, FastV, PDrop
 from .base import DecoderLayout, ModelAdapter, self_attention_layout
 
 
@@ -13,7 +13,7 @@ class LlavaAdapter(ModelAdapter):
 
     name = "llava"
     model_classes = ("LlavaForConditionalGeneration",)
-    methods = (FastV, DART)
+    methods = (FastV, DART, PDrop)
 
     def decoder(self, model: nn.Module) -> nn.Module:
         return model.model.language_model

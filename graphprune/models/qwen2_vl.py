@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..methods import DART, FastV
+from ..methods import DART, FastV, PDrop
 from .base import DecoderLayout, ModelAdapter, self_attention_layout
 
 MROPE_ROWS = 3
@@ -23,7 +23,7 @@ class Qwen2VLAdapter(ModelAdapter):
 
     name = "qwen2-vl"
     model_classes = ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration")
-    methods = (FastV, DART)
+    methods = (FastV, DART, PDrop)
 
     def decoder(self, model: nn.Module) -> nn.Module:
         return model.model.language_model
