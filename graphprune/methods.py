@@ -157,8 +157,8 @@ class PDrop:
     always among them); layers ``layers[s] ..`` run on the survivors. The rule in full: ``graphprune/passes/pdrop.py``.
 
     Args:
-        layers: the first layer of each pruned stage, strictly increasing, ``1 <= l < num_layers`` (the paper's
-            LLaVA-1.5-7B schedule: 8, 16, 24).
+        layers: the first layer of each pruned stage (an int: one stage), strictly increasing,
+            ``1 <= l < num_layers`` (the paper's LLaVA-1.5-7B schedule: 8, 16, 24).
         keep: the fraction of the previous stage's visual tokens each stage keeps (the paper's lambda: 0.5).
         query: ``"last"`` (the paper's last instruction token: the last real position) or ``"mean"``, as FastV.
     """
@@ -169,6 +169,8 @@ class PDrop:
 
     def __post_init__(self) -> None:
         layers = self.layers if isinstance(self.layers, Sequence) and not isinstance(self.layers, str) else None
+        if _plain(self.layers, numbers.Integral) is not None:  # one stage
+            layers = [self.layers]
         checked = None if layers is None else [_plain(layer, numbers.Integral) for layer in layers]
         if not checked or None in checked or checked[0] < 1 or any(b <= a for a, b in itertools.pairwise(checked)):
             raise ValueError(

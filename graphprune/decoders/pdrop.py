@@ -49,13 +49,6 @@ class StagedCache(PrunedCache):
         return [*self.earlier, self]
 
 
-def _refuse_export(*_) -> None:
-    raise ValueError(
-        "graphprune's ONNX and TensorRT export does not carry PDrop yet (its graphs hold one pruned stage): export a "
-        "FastV or DART model, or call graphprune.restore(model) first"
-    )
-
-
 class PDropDecoder(FastVDecoder):
     """FastV's stand-in with PDrop's graphs: per-stage slots in, one pruned cache per stage, the general decode
     graph only (its one-token forms hold one pruned group)."""
@@ -173,7 +166,7 @@ HANDLER = register_method(
         decoder=PDropDecoder,
         prefill_pass=pdrop,
         decode_pass=pdrop_decode,
-        budget_pass=_refuse_export,
+        budget_pass=None,  # no export yet: gp.export refuses it
         check_layout=_check_layout,
         report=_report,
         flops=pdrop_flops,

@@ -23,6 +23,8 @@ from .fastv import _add_deepstack, _additive_mask, decoder_inputs, eager_attenti
 class PDropReference:
     kept: list[torch.Tensor]  # per sample: sorted visual positions surviving every stage
     stages: list[list[torch.Tensor]]  # per stage, per sample: the sorted visual positions it keeps
+    survivors: list[list[torch.Tensor]]  # per stage, per sample: the visual positions it ranked
+    rankings: list[torch.Tensor]  # per stage [B, N]: the query row's head-mean probabilities
     scores: torch.Tensor  # [B, N]: stage + probability at the positions each stage ranked (the last one's)
     logits: torch.Tensor  # [B, N, V]; meaningful at the positions that reach the last layer
     key_visible: list[torch.Tensor]  # per layer [B, N]: the keys it attends (real text and its stage's visual)
@@ -63,7 +65,7 @@ def pdrop_reference(
     rows = torch.arange(input_ids.shape[1])
     visual = visual_positions(model, input_ids) & real
     survivors = [visual[b].nonzero().flatten().tolist() for b in range(real.shape[0])]
-    visible, per_layer, stages = real.clone(), [], []
+    visible, per_layer, stages, ranked, rankings = real.clone(), [], [], [], []
     scores = torch.zeros(real.shape)
     with eager_attention(lm.config):
         for layer_idx, layer in enumerate(lm.layers):
@@ -78,14 +80,16 @@ def pdrop_reference(
             hidden = _add_deepstack(hidden, deepstack, layer_idx)
             if layer_idx + 1 in method.layers:
                 stage = method.layers.index(layer_idx + 1)
+                ranked.append([torch.tensor(positions, dtype=torch.long) for positions in survivors])
                 survivors, row = _stage(method, probs, visible, survivors)
                 scores = torch.where(visible, row + stage, scores)
+                rankings.append(row)
                 stages.append([torch.tensor(kept, dtype=torch.long) for kept in survivors])
                 visible = real & ~visual
                 for b, kept in enumerate(survivors):
                     visible[b, kept] = True
     logits = model.lm_head(lm.norm(hidden))
-    return PDropReference(stages[-1], stages, scores, logits, per_layer, visual, position_ids)
+    return PDropReference(stages[-1], stages, ranked, rankings, scores, logits, per_layer, visual, position_ids)
 
 
 @torch.no_grad()
