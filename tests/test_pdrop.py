@@ -2,17 +2,19 @@
 on LLaVA and Qwen2-VL (M-RoPE) at every stage (kept sets, logits, greedy and sampled tokens), each stage's layers
 cache only that stage's survivors, a left-padded batch gives each sample what it gives alone, keep=1.0 is the
 unmodified model exactly, one stage is FastV, ``gp.flops`` gives the paper's FLOPs, and what PDrop does not run
-(static caches, export, Gemma 3, Mllama, bad configs) is refused in one line."""
+(compiled generate, export, Mllama, bad configs) is refused in one line; a static cache gives a dynamic one's
+tokens."""
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlavaConfig
+from transformers import CompileConfig, LlamaConfig, LlavaConfig
 
 import graphprune as gp
 from graphprune.reference import pdrop_reference, pdrop_reference_generate
 
 from .helpers import FAMILIES, LOGITS_RTOL, rel_error, slot_positions
 
+pytestmark = pytest.mark.usefixtures("capture_once")  # one capture per family model
 NEW_TOKENS = 4
 LLAVA, QWEN2_VL = "LlavaForConditionalGeneration", "Qwen2VLForConditionalGeneration"
 METHODS = [
@@ -38,8 +40,15 @@ def _batch(model, name):
     return FAMILIES[name].inputs(model, FAMILIES[name].samples)
 
 
-@pytest.mark.parametrize("method", METHODS, ids=str)
-@pytest.mark.parametrize("name", [LLAVA, pytest.param(QWEN2_VL, marks=pytest.mark.slow)])
+CASES = [(LLAVA, METHODS[0])] + [
+    pytest.param(name, method, marks=pytest.mark.slow)
+    for name in (LLAVA, QWEN2_VL)
+    for method in METHODS
+    if (name, method) != (LLAVA, METHODS[0])
+]
+
+
+@pytest.mark.parametrize(("name", "method"), CASES, ids=str)
 @torch.no_grad()
 def test_pass_equals_reference(family_models, name, method):
     model = family_models(name)
@@ -105,6 +114,7 @@ def test_keep_one_is_exact_and_batch_equals_alone(family_models, name):
             assert torch.equal(alone_ids, ids[b, -len(alone_ids) :]), f"sample {b}"
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_one_stage_is_fastv(family_models):
     model = family_models(LLAVA)
@@ -118,6 +128,7 @@ def test_one_stage_is_fastv(family_models):
         assert torch.equal(model.generate(**batch, max_new_tokens=NEW_TOKENS, do_sample=False), fastv_ids)
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_sampling_equals_the_reference(family_models):
     model = family_models(LLAVA)
@@ -172,12 +183,19 @@ def test_pdrop_is_validated(family_models):
 
 
 @torch.no_grad()
-def test_static_cache_and_export_are_refused(family_models, tmp_path):
+def test_static_cache_equals_dynamic_compiled_generate_and_export_are_refused(family_models, tmp_path):
+    """Over HF's static cache each stage's buffers hold its own count: the tokens of a DynamicCache. HF's compiled
+    generate (its one-token step serves one pruned group) and ONNX export are refused in one line, naming PDrop."""
     model = family_models(LLAVA)
     batch = _batch(model, LLAVA)
     with gp.optimized(model, gp.PDrop(layers=(1, 2, 3), keep=0.5)):
-        with pytest.raises(ValueError, match="PDrop keeps one pruned cache length per stage"):
-            model.generate(**batch, max_new_tokens=2, do_sample=False, cache_implementation="static")
+        dynamic = model.generate(**batch, max_new_tokens=NEW_TOKENS + 2, do_sample=False)
+        static = model.generate(**batch, max_new_tokens=NEW_TOKENS + 2, do_sample=False, cache_implementation="static")
+        assert torch.equal(static, dynamic)
+        compile_config = CompileConfig(fullgraph=True, dynamic=False)
+        compile_config._compile_all_devices = True  # HF compiles only on CUDA otherwise
+        with pytest.raises(Exception, match=r"compiles decode steps only over .* filled by PDrop\(layers=\(1, 2, 3\)"):
+            model.generate(**batch, max_new_tokens=3, cache_implementation="static", compile_config=compile_config)
         with pytest.raises(ValueError, match="export does not carry PDrop yet"):
             gp.export.onnx(model, tmp_path / "onnx", example_inputs=batch)
         assert not (tmp_path / "onnx").exists()

@@ -2,7 +2,8 @@
 
 Each stage's layers cache only that stage's kept positions, so a decode step gives every stage its own slots
 (original positions, grown by the new ones) and passes the positions the unmodified model gives new tokens.
-Static caches (and with them HF's compiled generate) are refused: their one-token step holds one pruned group.
+Over HF's static cache each stage's layers hold their count first in their buffers (eager steps, as FastV's); HF's
+compiled generate is refused (``static_decode``'s compiled step serves one pruned group), naming PDrop.
 """
 
 from __future__ import annotations
@@ -33,11 +34,6 @@ from .base import (
 from .fastv import HANDLER as FASTV_HANDLER
 from .fastv import FastVDecoder, _decode_slots
 
-STATIC_REFUSED = (
-    "graphprune's PDrop keeps one pruned cache length per stage, which HF's static cache (cache_implementation="
-    "'static', a StaticCache, compile_config) does not hold: use a DynamicCache (generate's default), or FastV/DART"
-)
-
 
 @dataclass
 class StagedCache(PrunedCache):
@@ -61,8 +57,6 @@ class PDropDecoder(FastVDecoder):
     def _prefill(self, inputs: list, cache, use_cache: bool, unpadded: bool = False):
         """Run the prefill graph; with ``use_cache``, fill ``cache`` (a new ``DynamicCache`` if None) and record each
         stage's slots. Returns the output and the last stage's ``(keep_index, slot_valid, scores)``."""
-        if use_cache and cache is not None and static_layers(cache):
-            raise ValueError(STATIC_REFUSED)
         runners = self.graphs.runners()
         outputs = runners[CAUSAL_PREFILL if unpadded and runners[CAUSAL_PREFILL] is not None else PREFILL](*inputs)
         num_layers = self.layout.num_layers
@@ -71,15 +65,14 @@ class PDropDecoder(FastVDecoder):
         if not use_cache:
             return DecoderOutput(last_hidden_state=outputs[0]), selection
         cache = cache if cache is not None else DynamicCache(config=self.decoder.config)
+        static = static_layers(cache)
         for layer_idx in range(num_layers):
             _fill(cache, layer_idx, outputs[1 + 2 * layer_idx], outputs[2 + 2 * layer_idx])
+        lengths = [outputs[1 + 2 * i].shape[2] for i in range(num_layers)] if static else None
         earlier = [PrunedCache(index, valid) for index, valid in zip(stages[:-2:2], stages[1:-2:2], strict=True)]
-        self._cache_states[cache] = StagedCache(selection[0], selection[1], earlier=earlier)
+        self._cache_states[cache] = StagedCache(selection[0], selection[1], lengths=lengths, earlier=earlier)
         static_decode.record(cache, self.method, None, None, inputs[1], selection[1])
         return DecoderOutput(last_hidden_state=outputs[0], past_key_values=cache), selection
-
-    def _static_step(self, state, cache, **kwargs):
-        raise ValueError(STATIC_REFUSED)
 
     def _decode_step(self, inputs_embeds, attention_mask, position_ids, cache, state: StagedCache):
         batch, new_tokens = inputs_embeds.shape[:2]
@@ -89,7 +82,7 @@ class PDropDecoder(FastVDecoder):
         attention_mask = checked_decode_mask(attention_mask, batch, past, new_tokens, device)
         slots = []
         for stage, layer in zip(state.stages(), self.method.layers, strict=True):
-            slots += _decode_slots(stage, stage.length(cache, layer), past, new_tokens)
+            slots += _decode_slots(stage, state.length(cache, layer), past, new_tokens)
         return self._decode(DECODE, [inputs_embeds, attention_mask, position_ids], cache, state, tuple(slots))
 
 
