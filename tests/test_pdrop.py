@@ -17,6 +17,7 @@ from .helpers import FAMILIES, LOGITS_RTOL, rel_error, slot_positions
 pytestmark = pytest.mark.usefixtures("capture_once")  # one capture per family model
 NEW_TOKENS = 4
 LLAVA, QWEN2_VL = "LlavaForConditionalGeneration", "Qwen2VLForConditionalGeneration"
+QWEN3_VL, QWEN3_VL_MOE = "Qwen3VLForConditionalGeneration", "Qwen3VLMoeForConditionalGeneration"  # DeepStack, MoE
 METHODS = [
     gp.PDrop(layers=(1, 2, 3), keep=0.5),
     gp.PDrop(layers=(1, 3), keep=0.25, query="mean"),
@@ -40,12 +41,16 @@ def _batch(model, name):
     return FAMILIES[name].inputs(model, FAMILIES[name].samples)
 
 
-CASES = [(LLAVA, METHODS[0])] + [
-    pytest.param(name, method, marks=pytest.mark.slow)
-    for name in (LLAVA, QWEN2_VL)
-    for method in METHODS
-    if (name, method) != (LLAVA, METHODS[0])
-]
+CASES = (
+    [(LLAVA, METHODS[0])]
+    + [
+        pytest.param(name, method, marks=pytest.mark.slow)
+        for name in (LLAVA, QWEN2_VL)
+        for method in METHODS
+        if (name, method) != (LLAVA, METHODS[0])
+    ]
+    + [pytest.param(name, METHODS[0], marks=pytest.mark.slow) for name in (QWEN3_VL, QWEN3_VL_MOE)]
+)
 
 
 @pytest.mark.parametrize(("name", "method"), CASES, ids=str)
@@ -70,6 +75,29 @@ def test_pass_equals_reference(family_models, name, method):
         assert rel_error(logits[b, -len(slots[b]) :], reference.logits[b, slots[b]]) <= LOGITS_RTOL, f"sample {b}"
     assert torch.equal(ids, expected_ids)
     assert report.flops_after < report.flops_before and report.kv_bytes_after < report.kv_bytes_before
+
+
+@torch.no_grad()
+def test_the_last_real_position_survives_every_stage(family_models):
+    """SPEC FastV step 3 at every stage: sample 0 (left-padded) ends with an image token, which each stage keeps
+    among its count; kept sets, the last logits and greedy tokens equal the reference's."""
+    model = family_models(LLAVA)
+    batch = FAMILIES[LLAVA].inputs(model, [(3, 1, 0), (2, 1, 3)])
+    method = gp.PDrop(layers=(1, 2, 3), keep=0.25)
+    last = int(batch["attention_mask"][0].nonzero().max())
+    reference = pdrop_reference(model, method, **batch)
+    assert reference.visual[0, last] and int(batch["attention_mask"][0, 0]) == 0
+    assert all(last in stage[0].tolist() for stage in reference.stages)
+    assert [len(stage[0]) for stage in reference.stages] == method.stage_counts(int(reference.visual[0].sum()))
+    assert_clear_cut(reference)
+    expected_ids = pdrop_reference_generate(model, method, **batch, max_new_tokens=NEW_TOKENS)
+    with gp.optimized(model, method):
+        logits = model(**batch).logits[:, -1]
+        kept = gp.explain(model, **batch).kept
+        ids = model.generate(**batch, max_new_tokens=NEW_TOKENS, do_sample=False)
+    assert all(torch.equal(a, b) for a, b in zip(kept, reference.kept, strict=True))
+    assert rel_error(logits, reference.logits[:, -1]) <= LOGITS_RTOL
+    assert torch.equal(ids, expected_ids)
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..methods import DART, FastV
+from ..methods import DART, FastV, PDrop
 from .base import DecoderLayout, ModelAdapter, self_attention_layout
 from .qwen2_vl import MROPE_ROWS
 
@@ -21,7 +21,7 @@ class Qwen3VLAdapter(ModelAdapter):
 
     name = "qwen3-vl"
     model_classes = ("Qwen3VLForConditionalGeneration", "Qwen3VLMoeForConditionalGeneration")
-    methods = (FastV, DART)
+    methods = (FastV, DART, PDrop)
 
     def decoder(self, model: nn.Module) -> nn.Module:
         return model.model.language_model
