@@ -119,9 +119,9 @@ def measure(
     return rounds(callables, sync, repeats, label), first, outputs
 
 
-def greedy_generate(model, inputs: dict, new_tokens: int):
-    """``model.generate`` of exactly ``new_tokens`` greedy tokens."""
-    return model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+def greedy_generate(model, inputs: dict, new_tokens: int, **options):
+    """``model.generate`` of exactly ``new_tokens`` greedy tokens (``options``: more of generate's)."""
+    return model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, **options)
 
 
 def generate_rounds(
