@@ -37,7 +37,6 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import CompileConfig
 
 HERE = Path(__file__).resolve().parent
 sys.path[:] = [str(HERE.parent)] + [entry for entry in sys.path if Path(entry or ".").resolve() != HERE]
@@ -50,6 +49,7 @@ from benchmarks.harness import (  # noqa: E402
     cache_bytes,
     device_name,
     generate_rounds,
+    graph_replay_options,
     greedy_generate,
     llava_inputs,
     shared_copy,
@@ -68,14 +68,6 @@ PRESETS = {
 }
 VARIANTS = {"a": "unmodified", "b": "graphprune", "c": "original FastV"}
 MODES = ("eager", "compiled", "static")
-
-
-def static_options(device: torch.device) -> dict:
-    """``generate``'s options of the static mode, the same for (a) and (b): HF's static cache, its decode steps
-    compiled for graph replay (HF compiles on a GPU only unless told: told here, so a CPU run compiles too)."""
-    config = CompileConfig(fullgraph=True, dynamic=False, mode="reduce-overhead")
-    config._compile_all_devices = device.type == "cpu"
-    return dict(cache_implementation="static", compile_config=config)
 
 
 def _weight_bytes(model) -> int:
@@ -180,7 +172,7 @@ def run(args) -> dict:
         print(f"{mode}: gp.optimize took {time.perf_counter() - start:.1f} s", flush=True)
         if mode == "compiled":
             lm_a.forward = torch.compile(lm_a.forward)
-        options = static_options(device) if static else {}
+        options = graph_replay_options(device) if static else {}
         try:
             for batch in args.batch:
                 before, after = preset["text"]

@@ -38,7 +38,7 @@ def test_static_mode_times_the_unmodified_model_and_graphprune_over_hf_static_co
     assert [(run["mode"], run["batch"]) for run in result["runs"]] == [("eager", 1), ("static", 1)]
     assert set(result["runs"][1]["timings"]) == {"a", "b"}  # the original FastV code has no static form
     assert "static batch 1" in capsys.readouterr().out.split("every mode, medians")[1]  # side by side with eager
-    options = generate.static_options(torch.device("cpu"))
+    options = generate.graph_replay_options(torch.device("cpu"))
     assert options["cache_implementation"] == "static" and options["compile_config"].mode == "reduce-overhead"
 
 
