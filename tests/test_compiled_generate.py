@@ -14,7 +14,16 @@ from transformers.cache_utils import StaticLayer
 
 import graphprune as gp
 from graphprune.decoders import static_decode
-from graphprune.testing import llava_inputs, mllama_inputs, qwen2_vl_inputs, tiny_llava, tiny_mllama, tiny_qwen2_vl
+from graphprune.testing import (
+    gemma3_inputs,
+    llava_inputs,
+    mllama_inputs,
+    qwen2_vl_inputs,
+    tiny_gemma3,
+    tiny_llava,
+    tiny_mllama,
+    tiny_qwen2_vl,
+)
 from graphprune.testing.mllama import features_per_tile
 
 from .helpers import BATCH, LOGITS_RTOL, MLLAMA_BATCH, QWEN_SAMPLES
@@ -213,3 +222,13 @@ def test_compiled_step_over_a_dynamic_cache_is_refused():
         torch.compile(trimmed.forward, fullgraph=True, backend="eager")(
             **step, past_key_values=out.past_key_values, use_cache=True
         )
+
+
+def test_compiled_generate_over_gemma3_pruned_static_cache_is_refused():
+    """Gemma 3's pruned static cache runs eagerly (``tests/test_static_cache.py``); its decode graph builds sliding and
+    image-block masks, with no key-mask step to compile: refused, naming graphprune and what to do."""
+    model = tiny_gemma3(attn_implementation="eager", seed=2)
+    inputs = gemma3_inputs(model, [(3, 2, 4), (2, 1, 3)])
+    pruned = gp.optimize(model, gp.FastV(k=2, keep=0.5))
+    with pytest.raises(Exception, match="graphprune has no compiled one-token step for this decoder"):
+        greedy(pruned, inputs, compile_config=compile_config())

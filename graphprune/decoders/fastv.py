@@ -115,7 +115,7 @@ class FastVDecoder(GraphDecoder):
             return None
         refuse_outputs(kwargs)
         if use_cache and cache is not None:
-            static_layers(cache)  # a static cache that a pruned prefill cannot fill is refused first
+            self._check_cache(cache)
         if not plain:
             refuse_custom_mask()
         if right:
@@ -130,6 +130,10 @@ class FastVDecoder(GraphDecoder):
         )
         self.state.record(PrefillRecord(visual, mask, index, valid, scores))
         return out
+
+    def _check_cache(self, cache) -> None:
+        """Before a pruned prefill into ``cache``: a static cache it cannot fill is refused first."""
+        static_layers(cache)
 
     def _extra_inputs(self, inputs_embeds: torch.Tensor, kwargs: dict) -> list[torch.Tensor]:
         """The prefill graph's inputs after the position ids: the DeepStack ones (Qwen3-VL), if any."""

@@ -40,6 +40,12 @@ NOT_STATIC = (
     "uncompiled (no compile_config)"
 )
 
+NO_STEP = (
+    "graphprune has no compiled one-token step for this decoder, whose masks are not plain padding (sliding "
+    "windows, bidirectional image blocks: Gemma 3); this {} was filled by {}: run the decode steps uncompiled "
+    "(no compile_config)"
+)
+
 
 @dataclasses.dataclass
 class StaticDecode:
@@ -89,7 +95,7 @@ def record(cache, method, step: Callable | None, key_mask_dtype, mask, kept_vali
     ``mask`` ``[B, P]`` is the prompt's padding mask, ``kept_valid`` ``[B, P']`` the kept slots' validity."""
     buffers = cache.layers[0].keys.shape[2] if getattr(cache, "is_compileable", False) else None
     if step is None or buffers is None:
-        setattr(cache, STATE_ATTR, NOT_STATIC.format(type(cache).__name__, method))
+        setattr(cache, STATE_ATTR, (NOT_STATIC if buffers is None else NO_STEP).format(type(cache).__name__, method))
         return
 
     def length(n: int) -> torch.Tensor:
