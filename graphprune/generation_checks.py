@@ -9,7 +9,7 @@ selection is made once at the prompt as with ``use_cache=True`` (the tokens are 
 runs where asked for (``compile_config``: the decode steps over a static cache, ``decoders/static_decode.py``); HF's
 own compilation of a static cache's steps unasked (on a GPU) is turned off. A model optimized with
 ``compile="reduce-overhead"`` asks for it: its calls that name neither a cache nor a ``compile_config`` get HF's static
-cache and ``GRAPH_REPLAY_CONFIG``.
+cache and ``graph_replay_config()``.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ def optimize(model: nn.Module, method: FastV | CrossAttentionTrim, *, compile: b
     The decoder is captured as FX graphs, rewritten by the method's passes, and run instead of the
     decoder's forward (under ``torch.compile`` with inductor if ``compile=True``). ``compile="reduce-overhead"``
     (graph replay) does the same, and ``generate`` then defaults to HF's static cache with its one-token decode
-    steps compiled by HF for graph replay (``GRAPH_REPLAY_CONFIG``; CUDA graphs where HF compiles, on a GPU) unless
+    steps compiled by HF for graph replay (``graph_replay_config()``; CUDA graphs where HF compiles, on a GPU) unless
     the call names its own cache or ``compile_config``. Nothing is changed when an argument is wrong.
     ``graphprune.restore(model)`` undoes it.
     """
@@ -56,8 +56,8 @@ def optimize(model: nn.Module, method: FastV | CrossAttentionTrim, *, compile: b
     adapter, layout = _check(model, method)
     if compile == GRAPH_REPLAY and layout.sliding_window is not None:
         raise ValueError(
-            f"graphprune's compile=\"{GRAPH_REPLAY}\" decodes over HF's static cache, which holds only a window in "
-            f"{type(model).__name__}'s sliding layers; use compile=True or compile=False"
+            f"graphprune's compile=\"{GRAPH_REPLAY}\" compiles one-token decode steps, and {type(model).__name__}'s "
+            "have none to compile (its sliding-window and image-block masks are built per step); use compile=True"
         )
     stand_in = adapter.stand_in(handler_for(method).decoder)(adapter.decoder(model), method, layout, compile)
     _install(model, adapter, stand_in)

@@ -92,7 +92,7 @@ def test_unknown_compile_mode_is_refused_and_the_model_left_alone(compile):
 
 
 def test_graph_replay_mode_is_refused_for_a_sliding_window_decoder():
-    """Gemma 3's static cache keeps a window in its sliding layers: the pruned cache can't live there."""
+    """Gemma 3's pruned decode steps build sliding-window and image-block masks: no one-token step to compile."""
     model = tiny_gemma3(attn_implementation="eager")
     with pytest.raises(ValueError, match='graphprune\'s compile="reduce-overhead".*sliding'):
         gp.optimize(model, METHOD, compile=GRAPH_REPLAY)
