@@ -32,6 +32,7 @@ def test_tiny_run_times_ttft_decode_and_total_of_every_variant(tmp_path):
         assert fractions["kv_bytes"]["b"] < fractions["kv_bytes"]["a"]
 
 
+@pytest.mark.compile
 def test_static_mode_times_the_unmodified_model_and_graphprune_over_hf_static_compiled_generate(capsys):
     argv = ["--preset", "tiny", "--batch", "1", "--new-tokens", "2", "--repeats", "1", "--modes", "eager", "static"]
     result = generate.main(argv)

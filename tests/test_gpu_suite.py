@@ -111,6 +111,7 @@ def test_a_variant_that_fails_leaves_the_others_timed_and_a_case_over_the_budget
     assert "gpu_suite: skipped (time budget): qwen3-vl-8b" in out
 
 
+@pytest.mark.compile
 def test_graph_replay_times_both_over_hfs_static_compiled_generate(monkeypatch):
     """``--graph-replay``: (a) and (b) through generate over HF's static cache, compiled steps; no original code."""
     monkeypatch.delenv("OUT", raising=False)
