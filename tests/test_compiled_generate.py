@@ -1,6 +1,6 @@
 """HF's compiled generate over a static cache (``compile_config``, ``fullgraph=True``): the decode steps run the
-one-token step over the whole static buffers (``decoders/static_decode.py``) and give eager graphprune's tokens; at
-keep=1.0 the unmodified model's compiled tokens."""
+one-token step over the whole static buffers (``decoders/static_decode.py``: FastV and DART, and CrossAttentionTrim's
+``topk`` and ``head_union``) and give eager graphprune's tokens; at keep=1.0 the unmodified model's compiled tokens."""
 
 from __future__ import annotations
 
