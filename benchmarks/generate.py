@@ -6,7 +6,11 @@ Variants, side by side in one run over the same weights: (a) the unmodified mode
 (c) the original FastV code (``benchmarks/original_fastv.py``: eager attention at layer k-1) running
 ``generate``'s prefill, its decode steps those of (a) on the pruned cache; batch 1 only, as the original.
 Under compile, (a) is ``torch.compile(language_model.forward)``, (b) ``gp.optimize(..., compile=True)``, (c)
-its compiled segments, then (a)'s compiled forward.
+its compiled segments, then (a)'s compiled forward. The static mode is HF's own low-latency route for both (a) and
+(b): ``generate(cache_implementation="static", compile_config=CompileConfig(fullgraph=True, dynamic=False,
+mode="reduce-overhead"))``, the prefill eager (b: ``gp.optimize(..., compile="reduce-overhead")``, its pruned prefill
+under inductor), the one-token decode steps compiled by HF (CUDA graphs replayed on a GPU; on CPU the same compiled
+steps without graphs, HF told to compile there); (c) does not run in it.
 
 Per batch size and mode, interleaved rounds (order reversed every other round): TTFT = ``generate`` of 1
 token; total = ``generate`` of ``--new-tokens``; decode per new token = (total - TTFT) / (new tokens - 1).
@@ -21,6 +25,7 @@ over weights + full KV, at the prompt's length) where the KV cache dominates.
     python benchmarks/generate.py --batch 1 8 --no-compile --repeats 3
     python benchmarks/generate.py --batch 8 --no-compile --padded    # a left-padded batch
     python benchmarks/generate.py --device cuda --preset llava-1.5-7b
+    python benchmarks/generate.py --preset tiny --batch 1 8 --modes eager static    # static cache + graph replay
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from benchmarks.harness import (  # noqa: E402
     cache_bytes,
     device_name,
     generate_rounds,
+    graph_replay_options,
     greedy_generate,
     llava_inputs,
     shared_copy,
@@ -61,6 +67,7 @@ PRESETS = {
     "llava-1.5-7b": dict(model=dict(**LLAMA_7B, vocab_size=32064, image_size=336, patch_size=14), text=(36, 28)),
 }
 VARIANTS = {"a": "unmodified", "b": "graphprune", "c": "original FastV"}
+MODES = ("eager", "compiled", "static")
 
 
 def _weight_bytes(model) -> int:
@@ -79,12 +86,14 @@ def samples(before: int, after: int, batch: int, padded: bool) -> list[tuple[int
     return rows
 
 
-def time_batch(models: dict, original, inputs: dict, args, repeats: int, sync, label: str, compiled: bool) -> dict:
-    """TTFT, decode per token and total of each variant at one batch size and mode."""
+def time_batch(
+    models: dict, original, inputs: dict, args, repeats: int, sync, label: str, compiled: bool, options: dict
+) -> dict:
+    """TTFT, decode per token and total of each variant at one batch size and mode (``options``: generate's)."""
 
     def generate(key):
         if key != "c":
-            return lambda n: greedy_generate(models[key], inputs, n)
+            return lambda n: greedy_generate(models[key], inputs, n, **options)
 
         def run(n):
             with original.installed():
@@ -156,27 +165,28 @@ def run(args) -> dict:
         runs=[],
     )
     lm_a = model_a.model.language_model
-    for compiled in [False] if args.no_compile else [False, True]:
-        mode = "compiled" if compiled else "eager"
+    for mode in ["eager"] if args.no_compile else args.modes:
+        compiled, static = mode != "eager", mode == "static"
         start = time.perf_counter()
-        gp.optimize(model_b, method, compile=compiled)
+        gp.optimize(model_b, method, compile="reduce-overhead" if static else compiled)
         print(f"{mode}: gp.optimize took {time.perf_counter() - start:.1f} s", flush=True)
-        if compiled:
+        if mode == "compiled":
             lm_a.forward = torch.compile(lm_a.forward)
+        options = graph_replay_options(device) if static else {}
         try:
             for batch in args.batch:
                 before, after = preset["text"]
                 rows = samples(before, after, batch, args.padded)
                 inputs = {k: v.to(device) for k, v in llava_inputs(model_a, rows).items()}
                 original = None
-                if batch == 1:
+                if batch == 1 and not static:
                     visual = (inputs["input_ids"][0] == IMAGE_TOKEN_ID).nonzero().flatten()
                     original = OriginalFastV(model_a, method.k, method.keep, int(visual[0]), len(visual), compiled)
                 repeats = args.repeats if batch < 32 else args.repeats_b32
                 label = f"{mode} batch {batch}"
                 with torch.no_grad():
                     models = {"a": model_a, "b": model_b}
-                    timings = time_batch(models, original, inputs, args, repeats, sync, label, compiled)
+                    timings = time_batch(models, original, inputs, args, repeats, sync, label, compiled, options)
                 run_ = dict(mode=mode, batch=batch, tokens=inputs["input_ids"].shape[1], repeats=repeats)
                 run_ |= dict(padding=int((inputs["attention_mask"] == 0).sum()))
                 run_ |= dict(fractions=fractions(model_a, model_b, inputs, method.k), timings=timings)
@@ -186,6 +196,27 @@ def run(args) -> dict:
             gp.restore(model_b)
             lm_a.__dict__.pop("forward", None)
     return result
+
+
+def report_modes(runs: list[dict]) -> str:
+    """Per batch size, every mode side by side: the median TTFT and decode per token of (a) and (b), (b) over (a),
+    and each over the eager (a) of its batch."""
+    eager = {run_["batch"]: run_["timings"]["a"] for run_ in runs if run_["mode"] == "eager"}
+    rows = []
+    for run_ in runs:
+        a, b = (run_["timings"][key] for key in ("a", "b"))
+        row = [f"{run_['mode']} batch {run_['batch']}"]
+        for metric in ("ttft", "decode"):
+            base = eager.get(run_["batch"], {}).get(metric, {}).get("median_ms")
+            med_a, med_b = a[metric]["median_ms"], b[metric]["median_ms"]
+            row += [med_a, med_b, med_b / med_a, base / med_a if base else None, base / med_b if base else None]
+        rows.append(row)
+    header = ["mode, batch"] + [
+        f"{metric} {column}"
+        for metric in ("TTFT", "decode/tok")
+        for column in ("a ms", "b ms", "b/a", "eager a / a", "eager a / b")
+    ]
+    return "\nevery mode, medians (eager a / x: speed-up over the unmodified eager model)\n" + table(header, rows)
 
 
 def report_run(run_: dict) -> str:
@@ -217,7 +248,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--new-tokens", type=int, default=16, help="tokens per generate (default: 16)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (default: 3)")
     parser.add_argument("--repeats-b32", type=int, default=1, help="rounds at batch >= 32 (default: 1)")
-    parser.add_argument("--no-compile", action="store_true", help="eager only")
+    parser.add_argument("--no-compile", action="store_true", help="eager only (as --modes eager)")
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        choices=MODES,
+        default=["eager", "compiled"],
+        help="default: eager compiled; static: HF's static cache and compiled decode steps (graph replay)",
+    )
     parser.add_argument("--k", type=int, default=2, help="FastV k (default: 2)")
     parser.add_argument("--keep", type=float, default=0.5, help="FastV keep fraction (default: 0.5)")
     parser.add_argument("--padded", action="store_true", help="left-padded batch: sample i's prompt i tokens shorter")
@@ -228,6 +266,8 @@ def main(argv=None) -> dict:
     start = time.perf_counter()
     result = run(args)
     result["wall_s"] = time.perf_counter() - start
+    if len({run_["mode"] for run_ in result["runs"]}) > 1:
+        print(report_modes(result["runs"]))
     print(f"\nwall time {result['wall_s']:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

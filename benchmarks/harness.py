@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from transformers import CompileConfig
 
 # The tiny builders and token ids, imported here only (graphprune.testing).
 from graphprune.testing import (  # noqa: F401  (re-exported for the benchmarks)
@@ -119,9 +120,18 @@ def measure(
     return rounds(callables, sync, repeats, label), first, outputs
 
 
-def greedy_generate(model, inputs: dict, new_tokens: int):
-    """``model.generate`` of exactly ``new_tokens`` greedy tokens."""
-    return model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+def graph_replay_options(device: torch.device) -> dict:
+    """``generate``'s options for HF's low-latency route, the same for the unmodified model and graphprune: HF's
+    static cache, its one-token decode steps compiled for graph replay (CUDA graphs on a GPU). HF compiles on a GPU
+    only unless told: told here on a CPU, which then compiles the same steps without graphs."""
+    config = CompileConfig(fullgraph=True, dynamic=False, mode="reduce-overhead")
+    config._compile_all_devices = device.type == "cpu"
+    return dict(cache_implementation="static", compile_config=config)
+
+
+def greedy_generate(model, inputs: dict, new_tokens: int, **options):
+    """``model.generate`` of exactly ``new_tokens`` greedy tokens (``options``: more of generate's)."""
+    return model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, **options)
 
 
 def generate_rounds(

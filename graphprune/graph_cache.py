@@ -67,9 +67,9 @@ def placement(tensors: list[dict]) -> tuple:
 
 class GraphCache:
     """The graphs of ``GraphDecoder._capture`` (prefill, decode, and their special forms or None) per placement of
-    the decoder's weights, under ``torch.compile`` on request."""
+    the decoder's weights, under ``torch.compile`` on request (``compile``: optimize's, False or its mode)."""
 
-    def __init__(self, decoder: nn.Module, capture: Capture, compile: bool, graphs: dict | None = None):
+    def __init__(self, decoder: nn.Module, capture: Capture, compile: bool | str, graphs: dict | None = None):
         self.decoder = decoder
         self.compile = compile
         self._capture = capture

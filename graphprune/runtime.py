@@ -30,7 +30,7 @@ from torch import nn
 from .decoders import GraphDecoder
 from .decoders.base import ModelCall, current_call
 from .decoders.static_decode import COMPILED_PREFILL
-from .generation_checks import checked_generate
+from .generation_checks import GRAPH_REPLAY, checked_generate
 from .methods import CrossAttentionTrim, FastV
 from .model_copy import plain_deepcopy, refuse_pickle
 from .models import DecoderLayout, ModelAdapter, adapter_for
@@ -42,18 +42,33 @@ STATE_ATTR = "_graphprune"
 _prefill_sink: contextvars.ContextVar[list | None] = contextvars.ContextVar("graphprune_prefill_sink", default=None)
 
 
-def optimize(model: nn.Module, method: FastV | CrossAttentionTrim, *, compile: bool = False) -> nn.Module:
+def optimize(model: nn.Module, method: FastV | CrossAttentionTrim, *, compile: bool | str = False) -> nn.Module:
     """Prune ``model``'s visual tokens with ``method``, in place; returns the model.
 
     The decoder is captured as FX graphs, rewritten by the method's passes, and run instead of the
-    decoder's forward (under ``torch.compile`` with inductor if ``compile=True``). Nothing is
-    changed when an argument is wrong. ``graphprune.restore(model)`` undoes it.
+    decoder's forward (under ``torch.compile`` with inductor if ``compile=True``). ``compile="reduce-overhead"``
+    (graph replay) does the same, and ``generate`` then defaults to HF's static cache with its one-token decode
+    steps compiled by HF for graph replay (``graph_replay_config()``; CUDA graphs where HF compiles, on a GPU) unless
+    the call names its own cache or ``compile_config``. Nothing is changed when an argument is wrong.
+    ``graphprune.restore(model)`` undoes it.
     """
+    _check_compile(compile)
     adapter, layout, handler = _check(model, method)
-    stand_in = adapter.stand_in(handler.decoder)(adapter.decoder(model), method, layout, compile, handler=handler)
+    stand_in_class = adapter.stand_in(handler.decoder)
+    if compile == GRAPH_REPLAY and stand_in_class.no_compiled_step:
+        raise ValueError(
+            f'graphprune\'s compile="{GRAPH_REPLAY}" compiles one-token decode steps, and {type(method).__name__} '
+            f"on {type(model).__name__} has none ({stand_in_class.no_compiled_step}); use compile=True"
+        )
+    stand_in = stand_in_class(adapter.decoder(model), method, layout, compile, handler=handler)
     _install(model, adapter, stand_in)
     logger.info("graphprune: %s on %s (%s)", method, type(model).__name__, "compiled" if compile else "eager")
     return model
+
+
+def _check_compile(compile) -> None:
+    if compile not in (False, True, GRAPH_REPLAY) or not isinstance(compile, (bool, str)):
+        raise ValueError(f'graphprune.optimize takes compile=False, True or "{GRAPH_REPLAY}"; got {compile!r}')
 
 
 def restore(model: nn.Module) -> nn.Module:
@@ -69,7 +84,9 @@ def restore(model: nn.Module) -> nn.Module:
 
 
 @contextlib.contextmanager
-def optimized(model: nn.Module, method: FastV | CrossAttentionTrim, *, compile: bool = False) -> Iterator[nn.Module]:
+def optimized(
+    model: nn.Module, method: FastV | CrossAttentionTrim, *, compile: bool | str = False
+) -> Iterator[nn.Module]:
     """``with graphprune.optimized(model, method):`` the model optimized inside the block, restored after it
     (also when the block raises)."""
     optimize(model, method, compile=compile)
@@ -184,7 +201,8 @@ def _install(model: nn.Module, adapter: ModelAdapter, pruned: GraphDecoder) -> N
         return clone
 
     model.forward = forward_with_visual_mask
-    model.generate = checked_generate(model, model.generate, pruned.method)
+    replay = pruned.graphs.compile == GRAPH_REPLAY
+    model.generate = checked_generate(model, model.generate, pruned.method, graph_replay=replay)
     model.__deepcopy__ = deepcopy_optimized
     model.__reduce_ex__ = refuse_pickle
     decoder.forward = pruned

@@ -8,6 +8,7 @@ import weakref
 from pathlib import Path
 
 import pytest
+import torch
 from torch import fx
 
 import graphprune.decoders.base
@@ -30,6 +31,14 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.export)
         if path.parent.name == "vllm":
             item.add_marker(pytest.mark.vllm)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo(request):
+    """A ``compile`` test starts with Dynamo's caches empty: the models of one process share the code objects it
+    compiles (``Module.__call__``, the optimized forward), whose entries would reach its recompile limit (8)."""
+    if request.node.get_closest_marker("compile"):
+        torch._dynamo.reset()
 
 
 def _captured_once(capture, step: str):

@@ -32,6 +32,17 @@ def test_tiny_run_times_ttft_decode_and_total_of_every_variant(tmp_path):
         assert fractions["kv_bytes"]["b"] < fractions["kv_bytes"]["a"]
 
 
+@pytest.mark.compile
+def test_static_mode_times_the_unmodified_model_and_graphprune_over_hf_static_compiled_generate(capsys):
+    argv = ["--preset", "tiny", "--batch", "1", "--new-tokens", "2", "--repeats", "1", "--modes", "eager", "static"]
+    result = generate.main(argv)
+    assert [(run["mode"], run["batch"]) for run in result["runs"]] == [("eager", 1), ("static", 1)]
+    assert set(result["runs"][1]["timings"]) == {"a", "b"}  # the original FastV code has no static form
+    assert "static batch 1" in capsys.readouterr().out.split("every mode, medians")[1]  # side by side with eager
+    options = generate.graph_replay_options(torch.device("cpu"))
+    assert options["cache_implementation"] == "static" and options["compile_config"].mode == "reduce-overhead"
+
+
 def test_original_fastv_inside_generate_puts_back_a_forward_set_on_the_decoder():
     model = tiny_llava(num_layers=4)
     lm = model.model.language_model

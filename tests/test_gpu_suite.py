@@ -109,3 +109,14 @@ def test_a_variant_that_fails_leaves_the_others_timed_and_a_case_over_the_budget
     out, err = capsys.readouterr()
     assert "injected capture failure" in err
     assert "gpu_suite: skipped (time budget): qwen3-vl-8b" in out
+
+
+@pytest.mark.compile
+def test_graph_replay_times_both_over_hfs_static_compiled_generate(monkeypatch):
+    """``--graph-replay``: (a) and (b) through generate over HF's static cache, compiled steps; no original code."""
+    monkeypatch.delenv("OUT", raising=False)
+    argv = ["--smoke", "--device", "cpu", "--graph-replay", "--cases", "llava-1.5-7b", "--repeats", "1"]
+    result = gpu_suite.main([*argv, "--new-tokens", "2", "--no-batch8"])
+    (case,) = result["results"]
+    assert result["graph_replay"] and [batch["batch"] for batch in case["batches"]] == [1]
+    assert set(case["batches"][0]["decode"]) == {"a", "b"}

@@ -11,6 +11,7 @@ from transformers import CompileConfig, LlamaConfig, LlavaConfig
 
 import graphprune as gp
 from graphprune.reference import pdrop_reference, pdrop_reference_generate
+from graphprune.testing import tiny_llava
 
 from .helpers import FAMILIES, LOGITS_RTOL, rel_error, slot_positions
 
@@ -228,7 +229,7 @@ def test_static_cache_equals_dynamic_compiled_generate_and_export_are_refused(fa
         assert torch.equal(static, dynamic)
         compile_config = CompileConfig(fullgraph=True, dynamic=False)
         compile_config._compile_all_devices = True  # HF compiles only on CUDA otherwise
-        with pytest.raises(Exception, match=r"compiles decode steps only over .* filled by PDrop\(layers=\(1, 2, 3\)"):
+        with pytest.raises(Exception, match=r"no compiled one-token step .* filled by PDrop\(layers=\(1, 2, 3\)"):
             model.generate(**batch, max_new_tokens=3, cache_implementation="static", compile_config=compile_config)
         with pytest.raises(ValueError, match="export does not carry PDrop yet"):
             gp.export.onnx(model, tmp_path / "onnx", example_inputs=batch)
@@ -252,3 +253,10 @@ def test_compiled_equals_reference(family_models):
     assert all(torch.equal(a, b) for a, b in zip(kept, reference.kept, strict=True))
     assert rel_error(logits[:, -1], reference.logits[:, -1]) <= LOGITS_RTOL
     assert torch.equal(ids, expected_ids)
+
+
+def test_graph_replay_mode_is_refused_for_pdrop_before_the_model_changes():
+    model = tiny_llava(num_layers=4)
+    with pytest.raises(ValueError, match='compile="reduce-overhead".*PDrop on LlavaForConditionalGeneration has none'):
+        gp.optimize(model, gp.PDrop(layers=(1, 2), keep=0.5), compile="reduce-overhead")
+    assert not hasattr(model, "_graphprune")

@@ -9,6 +9,7 @@ import functools
 import pytest
 import torch
 from transformers import DynamicCache, StaticCache
+from transformers.cache_utils import StaticSlidingWindowLayer
 
 import graphprune as gp
 from graphprune.testing import (
@@ -147,7 +148,7 @@ def test_static_cache_is_reused_by_a_second_prompt(built, name):
     torch.testing.assert_close(again, own_loop(pruned, inputs, DynamicCache()), rtol=LOGITS_RTOL, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", _fast_first([*FASTV, "mllama"]))
+@pytest.mark.parametrize("name", _fast_first([*FASTV, "mllama", "gemma3"]))
 def test_generate_with_static_cache_equals_dynamic(built, name):
     _, pruned, _, inputs = built(name)
     ids, logits = greedy(pruned, inputs)
@@ -166,11 +167,21 @@ def test_generate_with_static_cache_at_keep_one_is_unmodified_bit_exact(built, n
     assert torch.equal(got_logits, logits)
 
 
-def test_gemma3_pruned_over_static_cache_is_refused(built):
-    """Gemma 3's static cache holds a window per sliding layer; the pruned graphs need every key: refused."""
+def test_gemma3_pruned_over_its_hybrid_static_cache_equals_dynamic(built):
+    """Gemma 3's static cache holds a window per sliding layer (shorter than this prompt); a pruned prefill gives
+    those layers every position (static layers as long as the full ones): a ``DynamicCache``'s logits, layers >= k
+    at the pruned length."""
     _, pruned, _, inputs = built("gemma3")
-    with pytest.raises(ValueError, match="graphprune.*static.*Gemma 3|graphprune.*sliding"):
-        greedy(pruned, inputs, cache_implementation="static")
+    config = text_config(pruned)
+    assert config.sliding_window < inputs["input_ids"].shape[1]
+    dynamic, dynamic_cache = own_loop_cache(pruned, inputs, DynamicCache(config=config))
+    cache = StaticCache(config=config, max_cache_len=inputs["input_ids"].shape[1] + STEPS)
+    assert any(type(layer) is StaticSlidingWindowLayer for layer in cache.layers)
+    static, static_cache = own_loop_cache(pruned, inputs, cache)
+    torch.testing.assert_close(static, dynamic, rtol=LOGITS_RTOL, atol=1e-5)
+    held = [layer.keys.shape[2] for layer in dynamic_cache.layers]
+    assert held[-1] < held[0]
+    assert [int(layer.get_seq_length()) for layer in static_cache.layers] == held
 
 
 @torch.no_grad()

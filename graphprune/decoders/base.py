@@ -159,11 +159,16 @@ class PrunedCache:
     # a static cache's: the positions each layer holds, first in its buffers (None for a dynamic cache)
     lengths: list[int] | None = None
 
-    def caught_up(self, past: int) -> None:
-        """A static cache's held lengths, given the ``past`` positions its layer 0 holds now: steps run elsewhere
-        (compiled, ``static_decode``) moved every layer on by as many positions."""
-        if self.lengths is not None and past != self.lengths[0]:
-            self.lengths = [length + past - self.lengths[0] for length in self.lengths]
+    def caught_up(self, past: int, growing: list[int] | None = None) -> None:
+        """A static cache's held lengths, given the ``past`` positions the first of its ``growing`` layers (those
+        that cache every new position; None: all) holds now: steps run elsewhere (compiled, ``static_decode``) moved
+        every growing layer on by as many positions."""
+        if self.lengths is None:
+            return
+        growing = range(len(self.lengths)) if growing is None else growing
+        moved = past - self.lengths[growing[0]]
+        for layer_idx in growing:
+            self.lengths[layer_idx] += moved
 
     def length(self, cache, layer_idx: int) -> int:
         """The positions that ``cache``'s layer ``layer_idx`` holds."""
@@ -176,16 +181,18 @@ class GraphDecoder:
     cache it filled. ``graphs`` (placement -> graphs) is given for a deep copy, captured now otherwise.
     ``optimize`` sets ``state`` (the model's optimized state), which records each prefill.
     ``decodes_unmasked``: the method's decode pass also takes the one-token forms of the decode graph
-    (``capture.unmasked_decode``, ``capture.key_mask_decode``)."""
+    (``capture.unmasked_decode``, ``capture.key_mask_decode``). ``no_compiled_step``: why the stand-in has no
+    one-token step to compile over a static cache (``static_decode``), or None where it has one."""
 
     decodes_unmasked = False
+    no_compiled_step: str | None = None
 
     def __init__(
         self,
         decoder: nn.Module,
         method,
         layout: DecoderLayout,
-        compile: bool,
+        compile: bool | str,
         graphs: dict | None = None,
         *,
         handler: MethodHandler,
@@ -292,10 +299,15 @@ class GraphDecoder:
         generation = current_generation.get() if runners[KEY_MASK_DECODE] is not None else None
         lengths = [outputs[1 + 2 * i].shape[2] for i in range(self.layout.num_layers)] if static else None
         self._cache_states[cache] = PrunedCache(selection[0], selection[1], unpadded, generation, lengths=lengths)
-        step = runners[KEY_MASK_DECODE] if static else None
+        self._record_static(cache, static, inputs, selection)
+        return DecoderOutput(last_hidden_state=hidden, past_key_values=cache), selection
+
+    def _record_static(self, cache, static: bool, inputs: list, selection: tuple) -> None:
+        """After a pruned prefill of ``inputs`` into ``cache`` (``static``: HF's static layers), what a compiled
+        one-token step over it reads (``static_decode``), or why it can't continue it."""
+        step = self.graphs.runners()[KEY_MASK_DECODE] if static else None
         dtype = None if step is None else self.key_mask_dtype()
         static_decode.record(cache, self.method, step, dtype, inputs[1], selection[1])
-        return DecoderOutput(last_hidden_state=hidden, past_key_values=cache), selection
 
     def _decode(self, graph: int, inputs: list, cache, state: PrunedCache, extra: tuple = ()) -> DecoderOutput:
         """Run the decode graph ``graph`` (``DECODE``, ``UNMASKED_DECODE``, ``KEY_MASK_DECODE``) on ``inputs``, then

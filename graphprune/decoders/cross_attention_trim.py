@@ -18,6 +18,7 @@ from ..report import Report
 from . import static_decode
 from .base import (
     DECODE,
+    DecoderOutput,
     GraphDecoder,
     PrunedCache,
     checked_decode_mask,
@@ -26,6 +27,11 @@ from .base import (
     refuse_custom_mask,
     refuse_outputs,
     refuse_prompt_in_parts,
+)
+
+NEW_IMAGES = (
+    "graphprune: new images in a call that continues a trimmed cache are not supported; "
+    "start a new generation with all images in the prompt"
 )
 
 
@@ -86,13 +92,11 @@ class CrossAttentionTrimDecoder(GraphDecoder):
             return self._original(**args, **kwargs)
         if state is not None:
             if cross_attention_states is not None:
-                raise ValueError(
-                    "graphprune: new images in a call that continues a trimmed cache are not supported; "
-                    "start a new generation with all images in the prompt"
-                )
+                raise ValueError(NEW_IMAGES)
             refuse_outputs(kwargs)
             if not plain:
                 refuse_custom_mask()
+            state.caught_up(past, self.layout.self_attention_layers)
             return self._decode_step(inputs_embeds, mask, position_ids, args, cache, state)
         if cross_attention_states is None:  # text only: no cross-attention layer runs, nothing is trimmed
             none = torch.zeros(batch, 0, dtype=torch.bool, device=inputs_embeds.device)
@@ -100,6 +104,38 @@ class CrossAttentionTrimDecoder(GraphDecoder):
             self.state.record(TrimRecord(full, none, none.long(), none, None))
             return self._original(**args, **kwargs)
         return self._prefill_step(inputs_embeds, mask, plain, args, kwargs)
+
+    def _static_step(
+        self,
+        state,
+        cache,
+        input_ids=None,
+        inputs_embeds=None,
+        position_ids=None,
+        attention_mask=None,
+        cross_attention_states=None,
+        cross_attention_mask=None,
+        full_text_row_masked_out_mask=None,
+        **kwargs,
+    ):
+        """The compiled one-token step over the whole buffers of a static cache (``static_decode``)."""
+        if cross_attention_states is not None:
+            raise ValueError(NEW_IMAGES)
+        inputs_embeds, _ = self._embeddings(input_ids, inputs_embeds, True)
+        refuse_outputs(kwargs)
+        batch = inputs_embeds.shape[0]
+        if position_ids is None:  # the next position, as the eager step counts it
+            position_ids = state.full_length.view(1, 1)
+        masks = self._cross_masks(
+            cross_attention_mask, full_text_row_masked_out_mask, batch, 1, state.features, inputs_embeds
+        )
+        step = static_decode.cross_decode_step
+        hidden = step(state, cache, inputs_embeds, position_ids.expand(batch, 1), attention_mask, masks)
+        return DecoderOutput(last_hidden_state=hidden, past_key_values=cache)
+
+    def _record_static(self, cache, static: bool, inputs: list, selection: tuple) -> None:
+        step = self.graphs.runners()[DECODE] if static else None
+        static_decode.record_cross(cache, self.method, self.layout, step, inputs[1], *selection[:2])
 
     def _cross_masks(self, cross_mask, row_mask, batch: int, new_tokens: int, features: int, like: torch.Tensor):
         """The model's masks, or the ones that mean "every row attends every feature" when absent."""

@@ -122,7 +122,7 @@ class FastVDecoder(GraphDecoder):
             return None
         refuse_outputs(kwargs)
         if use_cache and cache is not None:
-            static_layers(cache)  # a static cache that a pruned prefill cannot fill is refused first
+            self._check_cache(cache)
         if not plain:
             refuse_custom_mask()
         if right:
@@ -141,6 +141,10 @@ class FastVDecoder(GraphDecoder):
     def _kept_visual(self, n_visual: torch.Tensor) -> list[torch.Tensor]:
         """Per pruning stage, the visual positions each sample keeps (``n_visual`` ``[B]``); FastV has one stage."""
         return [n_keep(self.method.keep, n_visual)]
+
+    def _check_cache(self, cache) -> None:
+        """Before a pruned prefill into ``cache``: a static cache it cannot fill is refused first."""
+        static_layers(cache)
 
     def _extra_inputs(self, inputs_embeds: torch.Tensor, kwargs: dict) -> list[torch.Tensor]:
         """The prefill graph's inputs after the position ids: the DeepStack ones (Qwen3-VL), if any."""

@@ -50,6 +50,7 @@ class PDropDecoder(FastVDecoder):
     graph only (its one-token forms hold one pruned group)."""
 
     decodes_unmasked = False
+    no_compiled_step = "its stages cache their own kept counts, and the compiled step holds one pruned group"
 
     def _kept_visual(self, n_visual: torch.Tensor) -> list[torch.Tensor]:
         return self.method.stage_counts(n_visual)

@@ -1,12 +1,12 @@
 """Idefics3 and SmolVLM: pixel-shuffled tiles and a global image; Llama decoder."""
 
-from ...methods import DART, FastV
+from ...methods import DART, FastV, PDrop
 from ..record import Family
 
 FAMILY = Family(
     name="idefics3",
     model_classes=("Idefics3ForConditionalGeneration", "SmolVLMForConditionalGeneration"),
-    methods=(FastV, DART),
+    methods=(FastV, DART, PDrop),
     adapter=f"{__name__}.adapter:Idefics3Adapter",
     testing=f"{__name__}.testing",
     checkpoint=f"{__name__}.checkpoint",

@@ -1,12 +1,12 @@
 """InternVL3 (``InternVLForConditionalGeneration``): pixel-shuffled tiles; Qwen2 decoder."""
 
-from ...methods import DART, FastV
+from ...methods import DART, FastV, PDrop
 from ..record import Family
 
 FAMILY = Family(
     name="internvl",
     model_classes=("InternVLForConditionalGeneration",),
-    methods=(FastV, DART),
+    methods=(FastV, DART, PDrop),
     adapter=f"{__name__}.adapter:InternVLAdapter",
     testing=f"{__name__}.testing",
     checkpoint=f"{__name__}.checkpoint",

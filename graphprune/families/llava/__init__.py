@@ -1,12 +1,12 @@
 """LLaVA-1.5 (``LlavaForConditionalGeneration``): a Llama-family decoder behind a CLIP tower."""
 
-from ...methods import DART, FastV
+from ...methods import DART, FastV, PDrop
 from ..record import Family
 
 FAMILY = Family(
     name="llava",
     model_classes=("LlavaForConditionalGeneration",),
-    methods=(FastV, DART),
+    methods=(FastV, DART, PDrop),
     adapter=f"{__name__}.adapter:LlavaAdapter",
     testing=f"{__name__}.testing",
     checkpoint=f"{__name__}.checkpoint",

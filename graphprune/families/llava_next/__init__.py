@@ -1,12 +1,12 @@
 """LLaVA-NeXT (``LlavaNextForConditionalGeneration``): any-resolution crops, packed with newlines."""
 
-from ...methods import DART, FastV
+from ...methods import DART, FastV, PDrop
 from ..record import Family
 
 FAMILY = Family(
     name="llava-next",
     model_classes=("LlavaNextForConditionalGeneration",),
-    methods=(FastV, DART),
+    methods=(FastV, DART, PDrop),
     adapter=f"{__name__}.adapter:LlavaNextAdapter",
     testing=f"{__name__}.testing",
     checkpoint=f"{__name__}.checkpoint",

@@ -1,12 +1,12 @@
 """LLaVA-OneVision (``LlavaOnevisionForConditionalGeneration``): images, crops and videos; Qwen2."""
 
-from ...methods import DART, FastV
+from ...methods import DART, FastV, PDrop
 from ..record import Family
 
 FAMILY = Family(
     name="llava-onevision",
     model_classes=("LlavaOnevisionForConditionalGeneration",),
-    methods=(FastV, DART),
+    methods=(FastV, DART, PDrop),
     adapter=f"{__name__}.adapter:LlavaOnevisionAdapter",
     testing=f"{__name__}.testing",
     checkpoint=f"{__name__}.checkpoint",

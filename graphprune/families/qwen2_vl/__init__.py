@@ -1,12 +1,12 @@
 """Qwen2-VL and Qwen2.5-VL: M-RoPE positions ``[3, B, N]``, images and videos."""
 
-from ...methods import DART, FastV
+from ...methods import DART, FastV, PDrop
 from ..record import Family
 
 FAMILY = Family(
     name="qwen2-vl",
     model_classes=("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration"),
-    methods=(FastV, DART),
+    methods=(FastV, DART, PDrop),
     adapter=f"{__name__}.adapter:Qwen2VLAdapter",
     testing=f"{__name__}.testing",
     checkpoint=f"{__name__}.checkpoint",

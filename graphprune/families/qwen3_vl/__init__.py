@@ -1,12 +1,12 @@
 """Qwen3-VL and Qwen3-VL-MoE: interleaved M-RoPE and DeepStack; the Qwen-VL picture layout."""
 
-from ...methods import DART, FastV
+from ...methods import DART, FastV, PDrop
 from ..record import Family
 
 FAMILY = Family(
     name="qwen3-vl",
     model_classes=("Qwen3VLForConditionalGeneration", "Qwen3VLMoeForConditionalGeneration"),
-    methods=(FastV, DART),
+    methods=(FastV, DART, PDrop),
     adapter=f"{__name__}.adapter:Qwen3VLAdapter",
     testing=f"{__name__}.testing",
     checkpoint=f"{__name__}.checkpoint",

@@ -1,12 +1,12 @@
 """Video-LLaVA (``VideoLlavaForConditionalGeneration``): images and videos through one LLaVA decoder."""
 
-from ...methods import DART, FastV
+from ...methods import DART, FastV, PDrop
 from ..record import Family
 
 FAMILY = Family(
     name="video-llava",
     model_classes=("VideoLlavaForConditionalGeneration",),
-    methods=(FastV, DART),
+    methods=(FastV, DART, PDrop),
     adapter=f"{__name__}.adapter:VideoLlavaAdapter",
     testing=f"{__name__}.testing",
     plot_layout=f"{__name__}.layout:layouts",
