@@ -69,15 +69,13 @@ class PrunedDecoder:
 
         self.requests = requests
         try:
-            metadata = self._metadata(self.attentions[self.method.k - 1].layer_name)
-            if metadata is None:  # no attention metadata: nothing is cached or ranked
-                pass
-            elif is_decode_only(metadata.query_start_loc, metadata.seq_lens):
+            metadata = self._metadata(self.attentions[self.method.k - 1].layer_name)  # None: nothing to cache
+            if metadata is not None and is_decode_only(metadata.query_start_loc, metadata.seq_lens):
                 counts = self.dropped_counts
                 plan = plan_decode(metadata.query_start_loc, metadata.seq_lens, metadata.block_table, counts)
                 if plan is not None:
                     self._prune_metadata(plan, gathered=False)
-            else:
+            elif metadata is not None:
                 self.ranking = True
                 get_forward_context().skip_compiled = True  # vLLM's decorator then calls the decoder's forward
             yield
