@@ -27,7 +27,16 @@ from torch import nn
 
 from ..methods import FastV
 from .kv_cache import KeptTokensSpec
-from .selection import DroppedCounts, Plan, Scheduled, is_decode_only, kept_mask, plan_decode, plan_step
+from .selection import (
+    DroppedCounts,
+    Plan,
+    Scheduled,
+    is_decode_only,
+    kept_mask,
+    plan_decode,
+    plan_step,
+    require_scheduled,
+)
 
 METADATA_FIELDS = ("query_start_loc", "seq_lens", "block_table")  # what plan_step reads from the backend's metadata
 
@@ -90,6 +99,9 @@ class PrunedDecoder:
 
     @contextlib.contextmanager
     def step(self, input_ids: torch.Tensor | None) -> Iterator[None]:
+        """One forward of the model (never compiled: vLLM compiles the decoder inside it)."""
+        if input_ids is not None and self._metadata(self.attentions[self.method.k - 1].layer_name) is not None:
+            require_scheduled(self.requests, torch.isin(input_ids, self.visual_ids.to(input_ids.device)))
         self.input_ids = input_ids
         try:
             yield

@@ -159,6 +159,15 @@ def plan_step(
     return _layout(keep, query_lens, seqs, prefill, block_table[:n_reqs, 0], dropped_counts)
 
 
+def require_scheduled(scheduled: Scheduled | None, visual: torch.Tensor) -> None:
+    """A step with visual tokens needs its requests from vLLM's model runner: without them nothing ranks it."""
+    if scheduled is None and bool(visual.any()):
+        raise RuntimeError(
+            "graphprune: a prefill with visual tokens but no prompt lengths from vLLM's model runner "
+            "(graphprune.vllm.runner's hook on GPUModelRunner._model_forward did not run)"
+        )
+
+
 def is_decode_only(query_start_loc: torch.Tensor, seq_lens: torch.Tensor) -> bool:
     """Whether every request of the step decodes one token (no prefill: nothing to rank, no row dropped)."""
     n_reqs = query_start_loc.numel() - 1
