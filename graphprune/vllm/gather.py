@@ -184,11 +184,11 @@ class PrunedDecoder:
         block_size = self.vllm_config.cache_config.block_size
         for metadata, names in groups.values():
             self._check_blocks(names[0], plan.blocks_needed(block_size))
-            slot_mapping = plan.slot_mapping(metadata.block_table, block_size)
-            common_slots = slot_mapping
-            if not gathered:
+            kept_slots = plan.slot_mapping(metadata.block_table, block_size)
+            slot_mapping = kept_slots
+            if not gathered:  # the step's every row, padding included
                 slot_mapping = torch.full_like(context.slot_mapping[names[0]], PAD_SLOT_ID)
-                slot_mapping[: common_slots.numel()] = common_slots
+                slot_mapping[: kept_slots.numel()] = kept_slots
             common = CommonAttentionMetadata(
                 query_start_loc=plan.query_start_loc,
                 query_start_loc_cpu=plan.query_start_loc.cpu(),
@@ -198,7 +198,7 @@ class PrunedDecoder:
                 max_query_len=plan.max_query_len,
                 max_seq_len=plan.max_seq_len,
                 block_table_tensor=metadata.block_table,
-                slot_mapping=common_slots,
+                slot_mapping=kept_slots,
             )
             pruned = self._builder(names).build(0, common)
             for name in names:
