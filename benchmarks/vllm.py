@@ -244,7 +244,7 @@ def load_mode(args, preset: dict, path: Path, config, method: dict) -> dict:
     per_token = kv_bytes_per_token(config, preset["dtype"])
     request_tokens = 600 + args.new_tokens  # 576 visual + ~25 text + the new tokens
     budgets = {
-        "no": per_token * (max(args.concurrency) + 2) * request_tokens,
+        "no": per_token * 2 * max(args.concurrency) * request_tokens,  # twice what the most requests need
         "yes": int(per_token * args.pressure_requests * request_tokens),
     }
     results = {}
