@@ -289,7 +289,7 @@ def describe(llm, pressure: str, kind: str, kv_bytes: int) -> None:
 
 def print_load(results: dict, args) -> None:
     """The side-by-side table and the issue's two targets."""
-    header = " | ".join(f"{name}" for name in LOAD_ENGINES)
+    header = f"({' / '.join(LOAD_ENGINES)})"
     print(f"| KV pressure | concurrency | tok/s: {header} | running: {header} | preemptions: {header} |")
     print("|---|---|---|---|---|")
     for pressure in ("no", "yes"):
