@@ -6,7 +6,16 @@ import pytest
 import torch
 
 import graphprune as gp
-from graphprune.vllm.selection import DroppedCounts, Scheduled, kept_mask, plan_step, visual_budget
+from graphprune.vllm.selection import (
+    DroppedCounts,
+    Scheduled,
+    is_decode_only,
+    kept_mask,
+    plan_decode,
+    plan_step,
+    require_scheduled,
+    visual_budget,
+)
 
 HEAD_DIM = 8
 
@@ -82,19 +91,53 @@ def test_a_recomputed_request_is_ranked_on_its_prompt():
     assert counts.read(torch.tensor([3])).tolist() == [2]
 
 
-def test_visual_prefill_without_prompt_lengths_is_refused():
+def test_visual_step_without_the_runners_requests_is_refused():
     with pytest.raises(RuntimeError, match="^graphprune: a prefill with visual tokens but no prompt lengths"):
-        plan_step(
-            torch.zeros(3, HEAD_DIM),
-            torch.zeros(3, HEAD_DIM),
-            torch.tensor([False, True, True]),
-            query_start_loc=torch.tensor([0, 3], dtype=torch.int32),
-            seq_lens=torch.tensor([3], dtype=torch.int32),
-            block_table=torch.tensor([[4]], dtype=torch.int32),
-            scheduled=None,
-            dropped_counts=DroppedCounts(),
-            rank=_rank,
-        )
+        require_scheduled(None, torch.tensor([False, True, True]))
+    require_scheduled(None, torch.zeros(3, dtype=torch.bool))  # a dummy run's step: nothing to rank
+    require_scheduled(Scheduled(["r"], torch.tensor([3]), {}), torch.tensor([False, True, True]))
+
+
+@pytest.mark.parametrize(
+    "query_start_loc, seq_lens, decode_only",
+    [
+        ([0, 1, 2], [10, 6], True),
+        ([0, 1, 7], [10, 6], False),  # a prefill beside a decode
+        ([0, 1], [1], False),  # a 1-token prompt's prefill
+        ([0, 1], [5], True),
+    ],
+)
+def test_is_decode_only(query_start_loc, seq_lens, decode_only):
+    assert is_decode_only(torch.tensor(query_start_loc), torch.tensor(seq_lens)) is decode_only
+
+
+def test_a_decode_only_step_is_planned_from_the_metadata_alone():
+    """Planned before the (compiled) forward: every row kept, the KV lengths and slots of layers >= k shifted by
+    each request's dropped count, as ``plan_step`` lays them out."""
+    counts = DroppedCounts()
+    counts.write(torch.tensor([7, 2]), torch.tensor([3, 0]))
+    metadata = dict(
+        query_start_loc=torch.tensor([0, 1, 2], dtype=torch.int32),
+        seq_lens=torch.tensor([10, 6], dtype=torch.int32),
+        block_table=torch.tensor([[7, 8, 9], [2, 3, 0]], dtype=torch.int32),
+    )
+    plan = plan_decode(**metadata, dropped_counts=counts)
+    assert plan.index.tolist() == [0, 1] and plan.seq_lens.tolist() == [7, 6]
+    assert plan.slot_mapping(metadata["block_table"], 4).tolist() == [8 * 4 + 2, 3 * 4 + 1]
+    scheduled = Scheduled(["a", "b"], torch.tensor([5, 6]), {})
+    stepped = plan_step(
+        torch.zeros(2, HEAD_DIM),
+        torch.zeros(2, HEAD_DIM),
+        torch.zeros(2, dtype=torch.bool),
+        **metadata,
+        scheduled=scheduled,
+        dropped_counts=counts,
+        rank=_rank,
+    )
+    assert all(torch.equal(getattr(plan, name), getattr(stepped, name)) for name in ("index", "seq_lens", "logical"))
+    assert counts.read(torch.tensor([7, 2])).tolist() == [3, 0]  # decodes record nothing
+    counts.write(torch.tensor([7]), torch.tensor([0]))
+    assert plan_decode(**metadata, dropped_counts=counts) is None  # nothing dropped: plain vLLM's metadata
 
 
 def test_a_visual_last_prompt_position_is_kept_as_one_of_the_count():

@@ -110,7 +110,7 @@ def _refuse(vllm_config: Any) -> None:
 
 
 def _force_safe_settings(vllm_config: Any) -> None:
-    """Whole prompts per step, no shared prefix blocks, eager execution: each with a warning when it changes."""
+    """Whole prompts per step, no shared prefix blocks, no full CUDA graphs: each with a warning when it changes."""
     scheduler, cache, model_config = vllm_config.scheduler_config, vllm_config.cache_config, vllm_config.model_config
     if scheduler.enable_chunked_prefill:
         scheduler.enable_chunked_prefill = False
@@ -135,9 +135,27 @@ def _force_safe_settings(vllm_config: Any) -> None:
     if cache.enable_prefix_caching:
         cache.enable_prefix_caching = False
         logger.warning("graphprune: prefix caching disabled (layers >= k cache only the kept tokens of a prompt)")
-    if not model_config.enforce_eager:
-        model_config.enforce_eager = True
-        logger.warning("graphprune: enforce_eager set (the kept subset's size is data-dependent: no compile/graphs)")
+    _piecewise_cuda_graphs_only(vllm_config.compilation_config)
+
+
+def _piecewise_cuda_graphs_only(compilation_config: Any) -> None:
+    """No full CUDA graphs: they replay the attention metadata the runner built for layers >= k, not the kept
+    tokens' (which graphprune puts in the forward context); piecewise graphs run attention outside the graphs.
+
+    Compilation stays on: steps with a prefill run the decoder eagerly (they rank), decode-only steps its compiled
+    code (``gather.PrunedDecoder.scheduled``); ``enforce_eager`` is the user's.
+    """
+    from vllm.config import CUDAGraphMode
+
+    mode = compilation_config.cudagraph_mode
+    if mode is not None and mode.has_full_cudagraphs():
+        logger.warning(
+            "graphprune: cudagraph_mode %s changed to PIECEWISE (a full CUDA graph would replay the attention "
+            "metadata of every token for layers >= k, which hold the kept tokens only)",
+            mode.name,
+        )
+    if mode is None or mode.has_full_cudagraphs():
+        compilation_config.cudagraph_mode = CUDAGraphMode.PIECEWISE
 
 
 def _use_graphprune_model(model_config: Any, architecture: str) -> None:

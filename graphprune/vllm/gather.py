@@ -2,7 +2,11 @@
 
 Forward hooks on one vLLM decoder (``decoder.layers[i].self_attn.attn`` is vLLM's ``Attention``):
 
-- layer k-1's ``Attention`` sees q and k after RoPE: the step is planned there (``selection.plan_step``);
+- a step with a prefill runs eagerly (the runner's forward context gets ``skip_compiled``): layer k-1's
+  ``Attention`` sees q and k after RoPE, and the step is planned there (``selection.plan_step``);
+- a decode-only step is planned before the forward (``selection.plan_decode``, from the metadata alone: no row is
+  dropped, only layers >= k's KV lengths and slots move), and runs under vLLM's compilation: the hooks below do
+  nothing in it (vLLM traces the decoder once, with the hooks idle, and then calls the compiled code without guards);
 - layers >= k report a ``KeptTokensSpec`` (``kv_cache.py``): they form their own KV cache group(s), whose blocks the
   scheduler allocates for the kept tokens only;
 - layer k's input (positions, hidden states, residual) is gathered to the kept rows, and each KV cache group of
@@ -23,7 +27,16 @@ from torch import nn
 
 from ..methods import FastV
 from .kv_cache import KeptTokensSpec
-from .selection import DroppedCounts, Plan, Scheduled, kept_mask, plan_step
+from .selection import (
+    DroppedCounts,
+    Plan,
+    Scheduled,
+    is_decode_only,
+    kept_mask,
+    plan_decode,
+    plan_step,
+    require_scheduled,
+)
 
 METADATA_FIELDS = ("query_start_loc", "seq_lens", "block_table")  # what plan_step reads from the backend's metadata
 
@@ -41,6 +54,8 @@ class PrunedDecoder:
         self.dropped_counts = DroppedCounts()
         self.input_ids: torch.Tensor | None = None
         self.requests: Scheduled | None = None  # this step's requests, from the model runner (runner.py)
+        self.ranking = False  # this step has a prefill: it runs eagerly and layer k-1's hook plans it
+        self.ranked = False  # layer k-1's hook ran in this step
         self.plan: Plan | None = None
         self.full: tuple[torch.Tensor, torch.Tensor] | None = None  # layer k's input, all rows
         self.positions: torch.Tensor | None = None  # the kept rows' positions
@@ -57,47 +72,80 @@ class PrunedDecoder:
 
     @contextlib.contextmanager
     def scheduled(self, requests: Scheduled) -> Iterator[None]:
+        """One step of vLLM's model runner, inside its forward context: a decode-only step is planned here, before
+        the (compiled) forward; a step with a prefill is made to run eagerly, and must have been ranked by the end."""
+        from vllm.forward_context import get_forward_context
+
         self.requests = requests
         try:
+            metadata = self._metadata(self.attentions[self.method.k - 1].layer_name)  # None: nothing to cache
+            if metadata is not None and is_decode_only(metadata.query_start_loc, metadata.seq_lens):
+                counts = self.dropped_counts
+                plan = plan_decode(metadata.query_start_loc, metadata.seq_lens, metadata.block_table, counts)
+                if plan is not None:
+                    self._prune_metadata(plan, gathered=False)
+            elif metadata is not None:
+                self.ranking = True
+                get_forward_context().skip_compiled = True  # vLLM's decorator then calls the decoder's forward
             yield
+            if self.ranking and not self.ranked:
+                raise RuntimeError(
+                    "graphprune: a step with a prefill ran without FastV's ranking hook (layer k-1); the decoder's "
+                    "compiled code ran instead of its eager forward"
+                )
         finally:
-            self.requests = None
+            self._restore_metadata()
+            self.requests, self.ranking, self.ranked = None, False, False
 
     @contextlib.contextmanager
     def step(self, input_ids: torch.Tensor | None) -> Iterator[None]:
+        """One forward of the model (never compiled: vLLM compiles the decoder inside it)."""
+        if input_ids is not None and self._metadata(self.attentions[self.method.k - 1].layer_name) is not None:
+            require_scheduled(self.requests, torch.isin(input_ids, self.visual_ids.to(input_ids.device)))
         self.input_ids = input_ids
         try:
             yield
         finally:
-            from vllm.forward_context import get_forward_context, is_forward_context_available
+            self.input_ids, self.plan, self.full, self.positions = None, None, None, None
 
-            if self.restore and is_forward_context_available():
-                context = get_forward_context()
-                for name, (metadata, slots) in self.restore.items():
-                    context.attn_metadata[name] = metadata
-                    context.slot_mapping[name] = slots
-            self.input_ids, self.plan, self.full, self.positions, self.restore = None, None, None, None, {}
-
-    def _plan(self, attention: nn.Module, args: tuple) -> None:
+    def _metadata(self, layer_name: str):
+        """The step's attention metadata of one layer, from the forward context; None in dummy and profile runs."""
         from vllm.forward_context import get_forward_context, is_forward_context_available
 
-        self.plan = None
-        if self.input_ids is None or not is_forward_context_available():
-            return
+        if not is_forward_context_available():
+            return None
         metadata = get_forward_context().attn_metadata
         if isinstance(metadata, list):
             raise RuntimeError(
                 "graphprune: FastV in vLLM does not support micro-batching (per-ubatch attention metadata)"
             )
-        metadata = metadata.get(attention.layer_name) if isinstance(metadata, dict) else None
+        metadata = metadata.get(layer_name) if isinstance(metadata, dict) else None
         if metadata is None:
-            return
+            return None
         missing = [field for field in METADATA_FIELDS if not hasattr(metadata, field)]
         if missing:
             raise RuntimeError(
                 f"graphprune: {type(metadata).__name__} lacks {missing}; FastV in vLLM supports the attention backends "
                 f"whose metadata has {list(METADATA_FIELDS)} (CPU_ATTN, FLASH_ATTN, TRITON_ATTN, FLEX_ATTENTION)"
             )
+        return metadata
+
+    def _restore_metadata(self) -> None:
+        from vllm.forward_context import get_forward_context, is_forward_context_available
+
+        if self.restore and is_forward_context_available():
+            context = get_forward_context()
+            for name, (metadata, slots) in self.restore.items():
+                context.attn_metadata[name] = metadata
+                context.slot_mapping[name] = slots
+        self.restore = {}
+
+    def _plan(self, attention: nn.Module, args: tuple) -> None:
+        self.plan = None
+        if not self.ranking or self.input_ids is None:
+            return
+        metadata = self._metadata(attention.layer_name)
+        self.ranked = True
         query, key = args[0], args[1]
         n_tokens = int(metadata.query_start_loc[-1])
         visual = torch.isin(self.input_ids[:n_tokens], self.visual_ids.to(self.input_ids.device))
@@ -118,12 +166,16 @@ class PrunedDecoder:
             rank,
         )
         if self.plan is not None:
-            self._prune_metadata(self.plan)
+            self._prune_metadata(self.plan, gathered=True)
 
-    def _prune_metadata(self, plan: Plan) -> None:
-        """Give each KV cache group of layers >= k metadata and slots over the kept rows, in its own block table."""
+    def _prune_metadata(self, plan: Plan, gathered: bool) -> None:
+        """Give each KV cache group of layers >= k metadata and slots over the kept rows, in its own block table.
+
+        ``gathered``: layers >= k run on the kept rows only (``_gather``); else on every row of the step, padding
+        included, whose slots are vLLM's ``PAD_SLOT_ID`` (not written)."""
         from vllm.forward_context import get_forward_context
         from vllm.v1.attention.backend import CommonAttentionMetadata
+        from vllm.v1.attention.backends.utils import PAD_SLOT_ID
 
         context = get_forward_context()
         groups: dict[int, tuple[object, list[str]]] = {}  # the runner builds one metadata object per group
@@ -132,7 +184,11 @@ class PrunedDecoder:
         block_size = self.vllm_config.cache_config.block_size
         for metadata, names in groups.values():
             self._check_blocks(names[0], plan.blocks_needed(block_size))
-            slot_mapping = plan.slot_mapping(metadata.block_table, block_size)
+            kept_slots = plan.slot_mapping(metadata.block_table, block_size)
+            slot_mapping = kept_slots
+            if not gathered:  # the step's every row, padding included
+                slot_mapping = torch.full_like(context.slot_mapping[names[0]], PAD_SLOT_ID)
+                slot_mapping[: kept_slots.numel()] = kept_slots
             common = CommonAttentionMetadata(
                 query_start_loc=plan.query_start_loc,
                 query_start_loc_cpu=plan.query_start_loc.cpu(),
@@ -142,7 +198,7 @@ class PrunedDecoder:
                 max_query_len=plan.max_query_len,
                 max_seq_len=plan.max_seq_len,
                 block_table_tensor=metadata.block_table,
-                slot_mapping=slot_mapping,
+                slot_mapping=kept_slots,
             )
             pruned = self._builder(names).build(0, common)
             for name in names:

@@ -127,7 +127,7 @@ def plan_step(
     query_start_loc: torch.Tensor,
     seq_lens: torch.Tensor,
     block_table: torch.Tensor,
-    scheduled: Scheduled | None,
+    scheduled: Scheduled,
     dropped_counts: DroppedCounts,
     rank: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
 ) -> Plan | None:
@@ -140,7 +140,6 @@ def plan_step(
     n_reqs = query_start_loc.numel() - 1
     starts, ends = query_start_loc[:-1].long(), query_start_loc[1:].long()
     query_lens, seqs = ends - starts, seq_lens[:n_reqs].long()
-    first_blocks = block_table[:n_reqs, 0]
     prefill = query_lens == seqs
     partial = ~prefill & (query_lens != 1)
     if bool(partial.any()):
@@ -153,19 +152,53 @@ def plan_step(
     keep = torch.ones(n_tokens, dtype=torch.bool, device=query.device)
     for row in prefill.nonzero().flatten().tolist():
         start, end = int(starts[row]), int(ends[row])
-        if scheduled is None:
-            if visual[start:end].any():
-                raise RuntimeError(
-                    "graphprune: a prefill with visual tokens but no prompt lengths from vLLM's model runner "
-                    "(graphprune.vllm.runner's hook on GPUModelRunner._model_forward did not run)"
-                )
-            continue
         prompt_end = start + int(scheduled.prompt_lens[row])  # a recomputed request's generated tokens: all kept
         if visual[start:prompt_end].any():
             keep[start:prompt_end] = rank(query[start:prompt_end], key[start:prompt_end], visual[start:prompt_end])
             _log_kept(scheduled.request_ids[row], keep[start:prompt_end], visual[start:prompt_end], end - prompt_end)
-    rows = torch.repeat_interleave(torch.arange(n_reqs, device=query.device), query_lens)
-    kept_per_row = torch.zeros(n_reqs, dtype=torch.long, device=query.device).index_add_(0, rows, keep.long())
+    return _layout(keep, query_lens, seqs, prefill, block_table[:n_reqs, 0], dropped_counts)
+
+
+def require_scheduled(scheduled: Scheduled | None, visual: torch.Tensor) -> None:
+    """A step with visual tokens needs its requests from vLLM's model runner: without them nothing ranks it."""
+    if scheduled is None and bool(visual.any()):
+        raise RuntimeError(
+            "graphprune: a prefill with visual tokens but no prompt lengths from vLLM's model runner "
+            "(graphprune.vllm.runner's hook on GPUModelRunner._model_forward did not run)"
+        )
+
+
+def is_decode_only(query_start_loc: torch.Tensor, seq_lens: torch.Tensor) -> bool:
+    """Whether every request of the step decodes one token (no prefill: nothing to rank, no row dropped)."""
+    n_reqs = query_start_loc.numel() - 1
+    query_lens = query_start_loc[1:] - query_start_loc[:-1]
+    return bool(((query_lens == 1) & (seq_lens[:n_reqs] > 1)).all())
+
+
+def plan_decode(
+    query_start_loc: torch.Tensor, seq_lens: torch.Tensor, block_table: torch.Tensor, dropped_counts: DroppedCounts
+) -> Plan | None:
+    """``plan_step`` of a decode-only step (``is_decode_only``): every row kept, each request's KV lengths and slots
+    in layers >= k shifted by its dropped count; planned before the forward, from the metadata alone."""
+    n_reqs = query_start_loc.numel() - 1
+    query_lens = (query_start_loc[1:] - query_start_loc[:-1]).long()
+    keep = torch.ones(int(query_start_loc[-1]), dtype=torch.bool, device=query_start_loc.device)
+    prefill = torch.zeros(n_reqs, dtype=torch.bool, device=query_start_loc.device)
+    return _layout(keep, query_lens, seq_lens[:n_reqs].long(), prefill, block_table[:n_reqs, 0], dropped_counts)
+
+
+def _layout(
+    keep: torch.Tensor,
+    query_lens: torch.Tensor,
+    seqs: torch.Tensor,
+    prefill: torch.Tensor,
+    first_blocks: torch.Tensor,
+    dropped_counts: DroppedCounts,
+) -> Plan | None:
+    """The ``Plan`` of a step whose kept rows are ``keep``; records the prefills' dropped counts."""
+    n_reqs, device = query_lens.numel(), keep.device
+    rows = torch.repeat_interleave(torch.arange(n_reqs, device=device), query_lens)
+    kept_per_row = torch.zeros(n_reqs, dtype=torch.long, device=device).index_add_(0, rows, keep.long())
     dropped = torch.where(prefill, query_lens - kept_per_row, dropped_counts.read(first_blocks))
     dropped_counts.write(first_blocks[prefill], dropped[prefill])
     if n_reqs == 0 or not bool(dropped.any()):
@@ -174,7 +207,7 @@ def plan_step(
     base = seqs - query_lens - torch.where(prefill, 0, dropped)  # logical slot of each row's first new kept token
     new_starts = torch.cumsum(kept_per_row, 0) - kept_per_row
     kept_rows = rows[index]
-    logical = base[kept_rows] + torch.arange(index.numel(), device=query.device) - new_starts[kept_rows]
+    logical = base[kept_rows] + torch.arange(index.numel(), device=device) - new_starts[kept_rows]
     new_seq_lens = base + kept_per_row
     return Plan(
         index=index,
@@ -184,7 +217,7 @@ def plan_step(
         logical=logical,
         max_query_len=int(kept_per_row.max()),
         max_seq_len=int(new_seq_lens.max()),
-        n_tokens=n_tokens,
+        n_tokens=int(keep.numel()),
     )
 
 

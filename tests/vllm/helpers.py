@@ -19,7 +19,6 @@ def make_llm(path, graphprune: dict | None = None, **overrides):
         model=str(path),
         dtype="float32",
         max_model_len=512,
-        enforce_eager=True,
         block_size=32,
         max_num_seqs=8,
         limit_mm_per_prompt={"image": 2},

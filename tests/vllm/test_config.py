@@ -9,6 +9,7 @@ import pytest
 
 pytest.importorskip("vllm", reason="vLLM is not installed: the vLLM plugin tests run in .venv-vllm (.ci/vllm-venv)")
 from transformers import LlamaConfig
+from vllm.config import CompilationConfig, CompilationMode, CUDAGraphMode
 
 import graphprune as gp
 from graphprune.testing import tiny_llava
@@ -88,16 +89,41 @@ def test_safe_settings_are_forced_with_a_warning(llava):
     assert scheduler.max_num_encoder_input_tokens == scheduler.encoder_cache_size == scheduler.max_num_batched_tokens
     assert scheduler.disable_chunked_mm_input
     assert not config.cache_config.enable_prefix_caching
-    assert config.model_config.enforce_eager
+    # compilation stays as plain vLLM has it (CPU: one Dynamo trace, inductor): decode-only steps run compiled
+    plain = engine_config(llava, enforce_eager=False)
+    assert not config.model_config.enforce_eager
+    assert config.compilation_config.mode == plain.compilation_config.mode == CompilationMode.DYNAMO_TRACE_ONCE
+    assert config.compilation_config.backend == plain.compilation_config.backend == "inductor"
     assert config.model_config.architecture == "GraphpruneLlavaForConditionalGeneration"
     warned = " ".join(record.getMessage() for record in records if record.levelno == logging.WARNING)
-    for setting in ("chunked prefill", "max_num_batched_tokens", "prefix caching", "enforce_eager"):
+    for setting in ("chunked prefill", "max_num_batched_tokens", "prefix caching"):
         assert setting in warned
     active = [record.getMessage() for record in records if record.levelno == logging.INFO]
+    assert "enforce_eager" not in warned
     assert active == [
         "graphprune: FastV active on LlavaForConditionalGeneration: k=2, keep=0.5, query=last (layers 2-3 of 4 "
         "compute and hold KV blocks for every text token and ceil(keep * n_visual) visual tokens per request)"
     ]
+
+
+@pytest.mark.parametrize(
+    "mode, expected",
+    [
+        (None, CUDAGraphMode.PIECEWISE),  # unset: vLLM's default would add full decode graphs
+        (CUDAGraphMode.FULL_DECODE_ONLY, CUDAGraphMode.PIECEWISE),
+        (CUDAGraphMode.FULL_AND_PIECEWISE, CUDAGraphMode.PIECEWISE),
+        (CUDAGraphMode.FULL, CUDAGraphMode.PIECEWISE),
+        (CUDAGraphMode.PIECEWISE, CUDAGraphMode.PIECEWISE),
+        (CUDAGraphMode.NONE, CUDAGraphMode.NONE),
+    ],
+)
+def test_no_full_cuda_graphs(mode, expected):
+    """A full CUDA graph replays the runner's attention metadata for layers >= k, not the kept tokens' (GPU hosts)."""
+    from graphprune.vllm.config import _piecewise_cuda_graphs_only
+
+    compilation = CompilationConfig(cudagraph_mode=mode)
+    _piecewise_cuda_graphs_only(compilation)
+    assert compilation.cudagraph_mode == expected
 
 
 def test_without_the_key_settings_are_untouched(llava):

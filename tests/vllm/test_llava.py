@@ -45,31 +45,34 @@ def test_greedy_tokens_equal_hf_path(pruned, checkpoint):
 
 
 def _record(model) -> None:
-    """Hooks that log the rows each decoder layer computes and the sequence lengths each attention layer reads."""
-    from vllm.forward_context import get_forward_context
-
+    """Record, per attention call, the rows each layer computes and the sequence lengths it reads (the backend's
+    ``impl.forward`` runs at every step, compiled or not), and which layers ran their Python forward (a pre-hook added
+    after vLLM compiled the decoder fires only where the decoder runs eagerly)."""
     decoder = model.language_model.model
     model.recorded, model.recording = [], []
 
-    def rows(index):
-        return lambda layer, args: model.recorded.append(("rows", index, args[1].shape[0]))
+    def eager(index):
+        return lambda layer, args: model.recorded.append(("eager", index, None))
 
-    def seq_lens(index, name):
-        def hook(attention, args):
-            metadata = get_forward_context().attn_metadata[name]
+    def attention_call(index, impl):
+        forward = impl.forward
+
+        def recording(layer, query, key, value, kv_cache, metadata, *args, **kwargs):
+            model.recorded.append(("rows", index, metadata.num_actual_tokens))
             model.recorded.append(("seq_lens", index, metadata.seq_lens.tolist()))
+            return forward(layer, query, key, value, kv_cache, metadata, *args, **kwargs)
 
-        return hook
+        impl.forward = recording
+        return lambda: delattr(impl, "forward")
 
     for index, layer in enumerate(decoder.layers):
-        attention = layer.self_attn.attn
-        model.recording.append(layer.register_forward_pre_hook(rows(index)))
-        model.recording.append(attention.register_forward_pre_hook(seq_lens(index, attention.layer_name)))
+        model.recording.append(layer.register_forward_pre_hook(eager(index)).remove)
+        model.recording.append(attention_call(index, layer.self_attn.attn.impl))
 
 
 def _stop(model) -> list:
-    for handle in model.recording:
-        handle.remove()
+    for remove in model.recording:
+        remove()
     return model.recorded
 
 
@@ -82,15 +85,22 @@ def test_layers_from_k_compute_kept_tokens_and_decode_attends_kept_positions(pru
     prompt_lens = [len(text.split()) - 1 + N_VISUAL for text, _ in requests]
     dropped = N_VISUAL - gp.methods.n_keep(method.keep, N_VISUAL)
     n_layers = 4
-    prefill_rows = [value for kind, _, value in recorded[: 2 * n_layers] if kind == "rows"]
+    attention = [event for event in recorded if event[0] != "eager"]
+    prefill_rows = [value for kind, _, value in attention[: 2 * n_layers] if kind == "rows"]
     assert prefill_rows[: method.k] == [sum(prompt_lens)] * method.k
     assert prefill_rows[method.k :] == [sum(prompt_lens) - 3 * dropped] * (n_layers - method.k)
-    decode = recorded[-2 * n_layers :]  # the last step: every request decodes its last token
+    decode = attention[-2 * n_layers :]  # the last step: every request decodes its last token
     full_lens = {tuple(value) for kind, index, value in decode if kind == "seq_lens" and index < method.k}
     pruned_lens = {tuple(value) for kind, index, value in decode if kind == "seq_lens" and index >= method.k}
     assert full_lens == {tuple(n + MAX_NEW_TOKENS - 1 for n in prompt_lens)}
     assert pruned_lens == {tuple(n + MAX_NEW_TOKENS - 1 - dropped for n in prompt_lens)}
     assert {value for kind, index, value in decode if kind == "rows"} == {3}
+    # the prefill step ran the decoder eagerly (it ranks), the decode steps vLLM's compiled decoder
+    assert len(attention) == 2 * n_layers * MAX_NEW_TOKENS
+    assert [index for kind, index, _ in recorded if kind == "eager"] == list(range(n_layers))
+    eager = [position for position, event in enumerate(recorded) if event[0] == "eager"]
+    second_step = [position for position, event in enumerate(recorded) if event[0] != "eager"][2 * n_layers]
+    assert max(eager) < second_step
 
 
 def test_request_arriving_while_others_decode(pruned, checkpoint):
