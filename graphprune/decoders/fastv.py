@@ -230,8 +230,9 @@ def _check_layout(method: FastV, layout: DecoderLayout) -> None:
     method.check_layers(layout.num_layers)
 
 
-def _report(model, state, record: PrefillRecord, element: int) -> Report:
-    """``explain``'s report of a FastV prefill: kept visual positions per sample, FLOPs, KV bytes."""
+def pruned_tokens_report(model, state, record: PrefillRecord, element: int, flops, cached: list[int]) -> Report:
+    """``explain``'s report of a prefill that pruned visual tokens: the visual positions each sample's last pruned
+    layers see, FLOPs by ``flops`` (the method's ``gp.flops`` count), KV bytes with ``cached[layer]`` positions."""
     method, config = state.method, model.config
     kept, n_visual, n_tokens = [], [], []
     before = after = 0
@@ -240,15 +241,20 @@ def _report(model, state, record: PrefillRecord, element: int) -> Report:
         kept.append(slots[record.visual_mask[b, slots]].cpu())
         n_visual.append(int(record.visual_mask[b].sum()))
         n_tokens.append(int(record.attention_mask[b].sum()))
-        sample_before, sample_after = fastv_flops(config, method, n_tokens[b], n_visual[b])
+        sample_before, sample_after = flops(config, method, n_tokens[b], n_visual[b])
         before, after = before + sample_before, after + sample_after
     batch, seq_len = record.visual_mask.shape
-    num_layers = state.layout.num_layers
-    pruned_layers = num_layers - method.k if record.scores is not None else 0
-    kv_before = kv_bytes(config, [seq_len] * num_layers, element, batch)
-    cached = [seq_len] * (num_layers - pruned_layers) + [record.keep_index.shape[1]] * pruned_layers
+    kv_before = kv_bytes(config, [seq_len] * len(cached), element, batch)
     kv_after = kv_bytes(config, cached, element, batch)
     return Report(method, kept, n_visual, n_tokens, record.scores, before, after, kv_before, kv_after)
+
+
+def _report(model, state, record: PrefillRecord, element: int) -> Report:
+    """``explain``'s report of a FastV prefill: kept visual positions per sample, FLOPs, KV bytes."""
+    num_layers, seq_len = state.layout.num_layers, record.visual_mask.shape[1]
+    pruned_layers = num_layers - state.method.k if record.scores is not None else 0
+    cached = [seq_len] * (num_layers - pruned_layers) + [record.keep_index.shape[1]] * pruned_layers
+    return pruned_tokens_report(model, state, record, element, fastv_flops, cached)
 
 
 HANDLER = register_method(

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
-from ..flops import _text_config, kv_bytes
+from ..flops import _text_config
 from ..layout import DecoderLayout
 from ..methods import PDrop
 from ..passes import pdrop, pdrop_decode
@@ -32,7 +32,7 @@ from .base import (
     static_layers,
 )
 from .fastv import HANDLER as FASTV_HANDLER
-from .fastv import FastVDecoder, _decode_slots
+from .fastv import FastVDecoder, _decode_slots, pruned_tokens_report
 
 
 @dataclass
@@ -121,36 +121,14 @@ def pdrop_flops(config, method: PDrop, n_tokens: int, n_visual: int) -> tuple[in
 def _report(model, state, record, element: int) -> Report:
     """``explain``'s report of a PDrop prefill: ``kept[i]``, sample i's visual positions that survive every stage
     (those layers ``>= layers[-1]`` see); FLOPs (PDrop's paper count) and KV bytes with each stage's slots."""
-    method, config = state.method, model.config
-    kept, n_visual, n_tokens = [], [], []
-    before = after = 0
-    for b in range(record.visual_mask.shape[0]):
-        slots = record.keep_index[b][record.slot_valid[b]]
-        kept.append(slots[record.visual_mask[b, slots]].cpu())
-        n_visual.append(int(record.visual_mask[b].sum()))
-        n_tokens.append(int(record.attention_mask[b].sum()))
-        sample_before, sample_after = pdrop_flops(config, method, n_tokens[b], n_visual[b])
-        before, after = before + sample_before, after + sample_after
-    batch, seq_len = record.visual_mask.shape
-    num_layers = state.layout.num_layers
+    num_layers, seq_len = state.layout.num_layers, record.visual_mask.shape[1]
     cached = [seq_len] * num_layers
     if record.scores is not None:  # each stage's layers hold its longest sample's kept count
         real, visual = record.attention_mask.sum(dim=-1), record.visual_mask.sum(dim=-1)
-        bounds = [*method.layers, num_layers]
-        for start, end, count in zip(bounds[:-1], bounds[1:], method.stage_counts(visual), strict=True):
+        bounds = [*state.method.layers, num_layers]
+        for start, end, count in zip(bounds[:-1], bounds[1:], state.method.stage_counts(visual), strict=True):
             cached[start:end] = [int((real - visual + count).max())] * (end - start)
-    kv_before = kv_bytes(config, [seq_len] * num_layers, element, batch)
-    return Report(
-        method,
-        kept,
-        n_visual,
-        n_tokens,
-        record.scores,
-        before,
-        after,
-        kv_before,
-        kv_bytes(config, cached, element, batch),
-    )
+    return pruned_tokens_report(model, state, record, element, pdrop_flops, cached)
 
 
 HANDLER = register_method(

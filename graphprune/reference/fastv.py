@@ -276,22 +276,29 @@ def fastv_reference(
 def fastv_reference_generate(
     model, method: FastV, input_ids, attention_mask=None, max_new_tokens=8, sample=False, prefill=None, **inputs
 ):
-    """FastV generation in mask mode, positions as HF ``generate`` makes them; returns prompt + new ids.
-
-    Each new token's position ids are the previous ones plus 1 (every row, for M-RoPE), as HF
-    ``generate`` advances them. Greedy, or with ``sample=True`` plain multinomial sampling from the
-    softmax (HF's ``do_sample`` with ``top_k=0``, ``top_p=1``, ``temperature=1``), drawing from
-    torch's global generator as HF does. ``prefill`` (default ``fastv_reference``) makes the mask-mode prefill of
-    another method that prunes the same way (``reference.dart``).
-    """
+    """FastV generation in mask mode, positions as HF ``generate`` makes them; returns prompt + new ids
+    (``mask_mode_generate``). ``prefill`` (default ``fastv_reference``) makes the mask-mode prefill of another
+    method that prunes the same way (``reference.dart``)."""
     lm = adapter_for(model).decoder(model)
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
     cache = DynamicCache(config=lm.config)
     prefill = (prefill or fastv_reference)(
         model, method, input_ids, attention_mask, generation=True, cache=cache, **inputs
     )
+    visible = [attention_mask.bool()] * method.k + [prefill.key_visible] * (len(lm.layers) - method.k)
+    return mask_mode_generate(model, prefill, visible, cache, input_ids, max_new_tokens, sample)
+
+
+def mask_mode_generate(model, prefill, visible: list[torch.Tensor], cache, input_ids, max_new_tokens: int, sample):
+    """New tokens after a mask-mode ``prefill`` (its ``logits`` and ``position_ids``) that filled ``cache``: each
+    layer attends the prompt keys its ``visible[layer] [B, N]`` allows, and every new token.
+
+    Each new token's position ids are the previous ones plus 1 (every row, for M-RoPE), as HF ``generate``
+    advances them. Greedy, or with ``sample=True`` plain multinomial sampling from the softmax (HF's ``do_sample``
+    with ``top_k=0``, ``top_p=1``, ``temperature=1``), drawing from torch's global generator as HF does.
+    """
+    lm = adapter_for(model).decoder(model)
     ids, logits = input_ids, prefill.logits[:, -1]
-    real, key_visible = attention_mask.bool(), prefill.key_visible
     next_position = prefill.position_ids[..., -1:] + 1
     for _ in range(max_new_tokens):
         if sample:
@@ -301,15 +308,13 @@ def fastv_reference_generate(
         ids = torch.cat([ids, token], dim=1)
         if ids.shape[1] == input_ids.shape[1] + max_new_tokens:
             break
-        real = torch.cat([real, torch.ones_like(token, dtype=torch.bool)], dim=1)
-        key_visible = torch.cat([key_visible, torch.ones_like(token, dtype=torch.bool)], dim=1)
-        query = torch.tensor([real.shape[1] - 1])
+        visible = [torch.cat([keys, torch.ones_like(token, dtype=torch.bool)], dim=1) for keys in visible]
+        query = torch.tensor([visible[0].shape[1] - 1])
         hidden = lm.get_input_embeddings()(token)
         rope = lm.rotary_emb(hidden, position_ids=next_position)
         with eager_attention(lm.config):
-            for layer_idx, layer in enumerate(lm.layers):
-                visible = real if layer_idx < method.k else key_visible
-                mask = _additive_mask(visible, query, hidden.dtype)
+            for layer, keys in zip(lm.layers, visible, strict=True):
+                mask = _additive_mask(keys, query, hidden.dtype)
                 hidden = layer(hidden, attention_mask=mask, position_embeddings=rope, past_key_values=cache)
         logits = model.lm_head(lm.norm(hidden))[:, -1]
         next_position = next_position + 1

@@ -16,7 +16,15 @@ from transformers import DynamicCache
 
 from ..methods import PDrop, n_keep
 from ..models import adapter_for
-from .fastv import _add_deepstack, _additive_mask, decoder_inputs, eager_attention, ranking_attention, visual_positions
+from .fastv import (
+    _add_deepstack,
+    _additive_mask,
+    decoder_inputs,
+    eager_attention,
+    mask_mode_generate,
+    ranking_attention,
+    visual_positions,
+)
 
 
 @dataclass
@@ -96,31 +104,9 @@ def pdrop_reference(
 def pdrop_reference_generate(
     model, method: PDrop, input_ids, attention_mask=None, max_new_tokens=8, sample=False, **inputs
 ):
-    """PDrop generation in mask mode, positions as HF ``generate`` makes them (each new token's are the previous
-    ones plus 1); greedy, or with ``sample=True`` multinomial from the softmax (HF's ``do_sample`` with ``top_k=0``,
-    ``top_p=1``, ``temperature=1``) with torch's global generator. Returns prompt + new ids."""
-    lm = adapter_for(model).decoder(model)
+    """PDrop generation in mask mode (``reference.fastv.mask_mode_generate``, each layer over its stage's keys);
+    returns prompt + new ids."""
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-    cache = DynamicCache(config=lm.config)
+    cache = DynamicCache(config=adapter_for(model).decoder(model).config)
     prefill = pdrop_reference(model, method, input_ids, attention_mask, generation=True, cache=cache, **inputs)
-    ids, logits, visible = input_ids, prefill.logits[:, -1], prefill.key_visible
-    next_position = prefill.position_ids[..., -1:] + 1
-    for _ in range(max_new_tokens):
-        if sample:
-            token = torch.multinomial(logits.float().softmax(dim=-1), num_samples=1)
-        else:
-            token = logits.argmax(dim=-1, keepdim=True)
-        ids = torch.cat([ids, token], dim=1)
-        if ids.shape[1] == input_ids.shape[1] + max_new_tokens:
-            break
-        visible = [torch.cat([keys, torch.ones_like(token, dtype=torch.bool)], dim=1) for keys in visible]
-        query = torch.tensor([visible[0].shape[1] - 1])
-        hidden = lm.get_input_embeddings()(token)
-        rope = lm.rotary_emb(hidden, position_ids=next_position)
-        with eager_attention(lm.config):
-            for layer, keys in zip(lm.layers, visible, strict=True):
-                mask = _additive_mask(keys, query, hidden.dtype)
-                hidden = layer(hidden, attention_mask=mask, position_embeddings=rope, past_key_values=cache)
-        logits = model.lm_head(lm.norm(hidden))[:, -1]
-        next_position = next_position + 1
-    return ids
+    return mask_mode_generate(model, prefill, prefill.key_visible, cache, input_ids, max_new_tokens, sample)
