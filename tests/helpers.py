@@ -71,6 +71,24 @@ def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return float((actual - expected).abs().max() / expected.abs().max())
 
 
+def assert_batch_equals_alone(model, batch: dict, samples, make_inputs, new_tokens: int) -> list[torch.Tensor]:
+    """An optimized ``model`` gives each of ``samples`` alone (``make_inputs(model, [sample], seed=b)``) what it gives
+    in the left-padded ``batch``: the last logits, the kept positions (shifted by its padding) and the greedy tokens.
+    Returns the batch's kept positions."""
+    logits = model(**batch).logits[:, -1]
+    kept = gp.explain(model, **batch).kept
+    ids = model.generate(**batch, max_new_tokens=new_tokens, do_sample=False)
+    pad = batch["attention_mask"].shape[1] - batch["attention_mask"].sum(dim=1)
+    for b, sample in enumerate(samples):
+        alone = make_inputs(model, [sample], seed=b)
+        assert torch.equal(alone["input_ids"][0], batch["input_ids"][b, pad[b] :])
+        assert rel_error(model(**alone).logits[0, -1], logits[b]) <= LOGITS_RTOL, f"sample {b}"
+        assert torch.equal(gp.explain(model, **alone).kept[0] + pad[b], kept[b]), f"sample {b}"
+        alone_ids = model.generate(**alone, max_new_tokens=new_tokens, do_sample=False)[0]
+        assert torch.equal(alone_ids, ids[b, -len(alone_ids) :]), f"sample {b}"
+    return kept
+
+
 def prefill_record(model):
     """The record of the optimised model's last pruned prefill (``keep_index``, ``slot_valid``, ...)."""
     return gp.last_record(model)

@@ -9,7 +9,14 @@ import torch
 import graphprune as gp
 from graphprune.reference import dart_reference, dart_reference_generate
 
-from .helpers import FAMILIES, LOGITS_RTOL, assert_ort_equals_generate, rel_error, slot_positions
+from .helpers import (
+    FAMILIES,
+    LOGITS_RTOL,
+    assert_batch_equals_alone,
+    assert_ort_equals_generate,
+    rel_error,
+    slot_positions,
+)
 
 NEW_TOKENS = 4
 NAMES = ["LlavaForConditionalGeneration", "Qwen2VLForConditionalGeneration", "Qwen3VLForConditionalGeneration"]
@@ -66,16 +73,7 @@ def test_keep_one_is_exact_and_batch_equals_alone(family_models, name):
     with gp.optimized(model, gp.DART(keep=1.0)):
         assert torch.equal(model(**batch).logits, expected)
     with gp.optimized(model, gp.DART(k=2, keep=0.5)):
-        logits = model(**batch).logits[:, -1]
-        kept = gp.explain(model, **batch).kept
-        ids = model.generate(**batch, max_new_tokens=NEW_TOKENS, do_sample=False)
-        pad = batch["attention_mask"].shape[1] - batch["attention_mask"].sum(dim=1)
-        for b, sample in enumerate(family.samples):
-            alone = family.inputs(model, [sample], seed=b)
-            assert rel_error(model(**alone).logits[0, -1], logits[b]) <= LOGITS_RTOL, f"sample {b}"
-            assert torch.equal(gp.explain(model, **alone).kept[0] + pad[b], kept[b]), f"sample {b}"
-            alone_ids = model.generate(**alone, max_new_tokens=NEW_TOKENS, do_sample=False)[0]
-            assert torch.equal(alone_ids, ids[b, -len(alone_ids) :]), f"sample {b}"
+        assert_batch_equals_alone(model, batch, family.samples, family.inputs, NEW_TOKENS)
 
 
 def test_dart_differs_from_fastv_and_is_validated(family_models):

@@ -22,6 +22,7 @@ from graphprune.testing.common import PAD_TOKEN_ID
 from .helpers import (
     FAMILIES,
     LOGITS_RTOL,
+    assert_batch_equals_alone,
     assert_clear_cut,
     assert_ort_equals_generate,
     expected_cache_lengths,
@@ -163,19 +164,9 @@ def test_batch_equals_each_sample_alone_for_a_prompt_ending_with_a_visual_token(
     """Each sample gives alone what it gives in the batch, its last real position kept (when visual) both ways."""
     model, samples, make_inputs, method = case
     batch = make_inputs(model, samples)
-    pad = batch["attention_mask"].shape[1] - batch["attention_mask"].sum(dim=1)
     with optimized(model, method):
-        logits = model(**batch).logits[:, -1]
-        kept = gp.explain(model, **batch).kept
+        kept = assert_batch_equals_alone(model, batch, samples, make_inputs, NEW_TOKENS)
         assert _last_positions(batch)[0] in kept[0].tolist()
-        ids = model.generate(**batch, max_new_tokens=NEW_TOKENS, do_sample=False)
-        for b, sample in enumerate(samples):
-            alone = make_inputs(model, [sample], seed=b)
-            assert torch.equal(alone["input_ids"][0], batch["input_ids"][b, pad[b] :])
-            assert rel_error(model(**alone).logits[0, -1], logits[b]) <= LOGITS_RTOL, f"sample {b}"
-            assert torch.equal(gp.explain(model, **alone).kept[0] + pad[b], kept[b]), f"sample {b}"
-            alone_ids = model.generate(**alone, max_new_tokens=NEW_TOKENS, do_sample=False)[0]
-            assert torch.equal(alone_ids, ids[b, -len(alone_ids) :]), f"sample {b}"
 
 
 @torch.no_grad()

@@ -13,7 +13,7 @@ import graphprune as gp
 from graphprune.reference import pdrop_reference, pdrop_reference_generate
 from graphprune.testing import tiny_llava
 
-from .helpers import FAMILIES, LOGITS_RTOL, rel_error, slot_positions
+from .helpers import FAMILIES, LOGITS_RTOL, assert_batch_equals_alone, rel_error, slot_positions
 
 pytestmark = pytest.mark.usefixtures("capture_once")  # one capture per family model
 NEW_TOKENS = 4
@@ -137,16 +137,7 @@ def test_keep_one_is_exact_and_batch_equals_alone(family_models, name):
         assert torch.equal(model(**batch).logits, expected)
         assert torch.equal(model.generate(**batch, max_new_tokens=NEW_TOKENS, do_sample=False), expected_ids)
     with gp.optimized(model, gp.PDrop(layers=(1, 2, 3), keep=0.5)):
-        logits = model(**batch).logits[:, -1]
-        kept = gp.explain(model, **batch).kept
-        ids = model.generate(**batch, max_new_tokens=NEW_TOKENS, do_sample=False)
-        pad = batch["attention_mask"].shape[1] - batch["attention_mask"].sum(dim=1)
-        for b, sample in enumerate(family.samples):
-            alone = family.inputs(model, [sample], seed=b)
-            assert rel_error(model(**alone).logits[0, -1], logits[b]) <= LOGITS_RTOL, f"sample {b}"
-            assert torch.equal(gp.explain(model, **alone).kept[0] + pad[b], kept[b]), f"sample {b}"
-            alone_ids = model.generate(**alone, max_new_tokens=NEW_TOKENS, do_sample=False)[0]
-            assert torch.equal(alone_ids, ids[b, -len(alone_ids) :]), f"sample {b}"
+        assert_batch_equals_alone(model, batch, family.samples, family.inputs, NEW_TOKENS)
 
 
 @pytest.mark.slow
