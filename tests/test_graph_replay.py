@@ -59,6 +59,7 @@ def generate_calls(monkeypatch):
     return model, calls
 
 
+@pytest.mark.compile  # HF compiles the decode steps
 @torch.no_grad()
 def test_graph_replay_mode_generates_over_a_static_compiled_cache(generate_calls):
     model, calls = generate_calls

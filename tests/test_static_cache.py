@@ -167,6 +167,7 @@ def test_generate_with_static_cache_at_keep_one_is_unmodified_bit_exact(built, n
     assert torch.equal(got_logits, logits)
 
 
+@pytest.mark.slow  # fast tier: the static cache of one family (CONTRIBUTING.md)
 def test_gemma3_pruned_over_its_hybrid_static_cache_equals_dynamic(built):
     """Gemma 3's static cache holds a window per sliding layer (shorter than this prompt); a pruned prefill gives
     those layers every position (static layers as long as the full ones): a ``DynamicCache``'s logits, layers >= k
