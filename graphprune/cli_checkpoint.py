@@ -160,11 +160,11 @@ def _load(parser: argparse.ArgumentParser, args: argparse.Namespace, methods=Non
     """``(model, processor, method)`` of ``args``: the methods (``methods``, else ``--method`` or the family's
     method from --k/--keep/...) checked against the checkpoint's config before its weights load."""
     from .checkpoints import load, load_config, model_class
-    from .models import ADAPTERS
+    from .models import adapters
 
     try:
         config = load_config(args.model)
-        family = next(adapter for adapter in ADAPTERS if model_class(config).__name__ in adapter.model_classes)
+        family = next(adapter for adapter in adapters() if model_class(config).__name__ in adapter.model_classes)
     except CheckpointError as error:
         parser.error(str(error))
     if methods is None:

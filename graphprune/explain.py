@@ -6,7 +6,6 @@ import torch
 from torch import nn
 
 from .plot import visual_layouts
-from .registry import handler_for
 from .report import Report
 from .runtime import optimized_state, recorded_prefills
 
@@ -22,6 +21,6 @@ def explain(model: nn.Module, **inputs) -> Report:
     if not records:
         raise ValueError("graphprune.explain runs one prefill: pass a prompt without past_key_values")
     element = next(model.parameters()).element_size()
-    report = handler_for(state.method).report(model, state, records[-1], element)
-    report.layouts = visual_layouts(model, state.adapter.name, inputs)
+    report = state.handler.report(model, state, records[-1], element)
+    report.unit, report.layouts = state.handler.unit, visual_layouts(model, state.adapter.name, inputs)
     return report

@@ -15,7 +15,8 @@ ALIASES = {"trim": "CrossAttentionTrim"}
 EXAMPLE = "fastv:k=2,keep=0.5"
 
 
-def _class_name(name: str) -> str | None:
+def class_name(name: str) -> str | None:
+    """The method class name that ``name`` means (any case, ``_``/``-`` ignored, or an alias); None if none."""
     key = name.strip().lower().replace("_", "").replace("-", "")
     names = {kind.__name__.lower(): kind.__name__ for kind in METHODS} | ALIASES
     return names.get(key)
@@ -34,7 +35,7 @@ def parse_method(text: str) -> Method:
     """The method that ``text`` (``NAME[:OPTION=VALUE,...]``) names; else a one-line ``ValueError`` saying what
     was wrong and what is accepted."""
     name, _, options = text.partition(":")
-    entry: dict = {"name": _class_name(name)}
+    entry: dict = {"name": class_name(name)}
     try:
         if entry["name"] is None:
             accepted = ", ".join([kind.__name__.lower() for kind in METHODS] + list(ALIASES))

@@ -70,7 +70,7 @@ def keep_counts(visual_mask: torch.Tensor, keep: float) -> torch.Tensor:
 
 
 def _counts_and_budget(candidates: torch.Tensor, keep: float, most: int | None) -> tuple[torch.Tensor, int]:
-    """Per-sample kept counts ``[B]`` of the ``candidates`` mask, and the top-k's K (``_best``'s budget).
+    """Per-sample kept counts ``[B]`` of the ``candidates`` mask, and the top-k's K (``best_per_sample``'s budget).
 
     K is the axis length; with ``most`` (the most candidates a sample may hold, for export) it is the
     constant ``max(n_keep(keep, most), 1)`` and the counts come from a constant table (no float64 in
@@ -82,7 +82,7 @@ def _counts_and_budget(candidates: torch.Tensor, keep: float, most: int | None) 
     return table[clamp_int(candidates.sum(dim=-1), high=most)], max(n_keep(keep, most), 1)
 
 
-def _best(ranked: torch.Tensor, counts: torch.Tensor, budget: int) -> torch.Tensor:
+def best_per_sample(ranked: torch.Tensor, counts: torch.Tensor, budget: int) -> torch.Tensor:
     """The ``counts`` best entries along the last axis of ``ranked`` (invalid ones ``-inf``), ties to the lower index.
 
     No sort (ONNX has no stable one): a top-k of ``budget`` (>= every count) finds the cut score, a
@@ -115,7 +115,7 @@ def fastv_select(
     and ``valid [B, S]`` (False for the padding slots at the front of shorter samples; their index
     repeats the sample's first kept position so that they hold finite values).
 
-    No sort: ``_best`` cuts, and a scatter lays the kept positions out. The top-k's K is the sequence
+    No sort: ``best_per_sample`` cuts, and a scatter lays the kept positions out. The top-k's K is the sequence
     length, or, when ``max_visual`` (the most visual positions a sample may hold) is given, the
     constant ``ceil(keep * max_visual)`` that TensorRT needs (``_counts_and_budget``).
     """
@@ -126,7 +126,7 @@ def fastv_select(
     forced = visual_mask & real & (positions == last)  # the last real position, when visual: always kept
     counts, budget = _counts_and_budget(visual_mask, keep, max_visual)
     ranked = torch.where(visual_mask & ~forced, scores.float(), float("-inf"))
-    chosen = _best(ranked, (counts - forced.sum(dim=-1))[:, None], budget) | forced
+    chosen = best_per_sample(ranked, (counts - forced.sum(dim=-1))[:, None], budget) | forced
     kept = real & (~visual_mask | chosen)
     n_slots = slots.shape[0]
     padding = n_slots - kept.sum(dim=-1, keepdim=True)
@@ -256,7 +256,7 @@ def cross_attention_select(
     Ties go to the lower index (graphprune's rule for arXiv 2504.00557). Returns ``index [B, K']``
     (feature per slot; padding slots hold the lowest unkept features) and ``slot_valid [B, K']``.
 
-    No sort: see ``_best``; a scatter lays the kept features out. Its top-k's K is the feature count,
+    No sort: see ``best_per_sample``; a scatter lays the kept features out. Its top-k's K is the feature count,
     or, with ``max_features`` (the most features a sample may hold, for export), the constant
     ``ceil(keep · max_features)`` (``_counts_and_budget``).
     """
@@ -265,10 +265,10 @@ def cross_attention_select(
     counts = counts[:, None]
     if select == "head_union":
         ranked = torch.where(valid[:, None], scores.float(), float("-inf"))
-        kept = _best(ranked, counts[:, None].expand(-1, scores.shape[1], 1), budget).any(dim=1) & valid
+        kept = best_per_sample(ranked, counts[:, None].expand(-1, scores.shape[1], 1), budget).any(dim=1) & valid
         n_slots = int(kept.sum(dim=-1).max())
     else:
-        kept = _best(torch.where(valid, scores.float().mean(dim=1), float("-inf")), counts, budget) & valid
+        kept = best_per_sample(torch.where(valid, scores.float().mean(dim=1), float("-inf")), counts, budget) & valid
         n_slots = slots.shape[0]
     n_kept = kept.sum(dim=-1, keepdim=True)
     target = torch.where(kept, running_count(kept, -1) - 1, n_kept + running_count(~kept, -1) - 1)  # kept first

@@ -1,7 +1,9 @@
 """The method registry: per method type (``FastV``, ``CrossAttentionTrim``), what graphprune runs for it.
 
 Each method's handler is registered by the module of its decoder stand-in (``graphprune/decoders/``),
-so a new method is one new module there; ``optimize``, ``explain`` and ``flops`` look its handler up.
+so a new method is one new module there. Each entry point looks its handler up once: ``optimize`` (which keeps
+it on the optimized model's state, where ``explain``, the stand-in's passes and the export's budget pass read it)
+and ``flops``.
 """
 
 from __future__ import annotations

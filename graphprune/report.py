@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import torch
 
 from .methods import CrossAttentionTrim, FastV
-from .registry import handler_for
 
 
 @dataclass
@@ -43,6 +42,7 @@ class Report:
     kv_bytes_after: int
     kept_per_tile: list[torch.Tensor] | None = None
     layouts: list | None = None  # per sample, its visual units' cells (``graphprune.plot.SampleLayout``), from explain
+    unit: str = "visual units"  # what ``kept`` holds, as the method's handler names it (set by explain)
 
     def plot(self, path, dpi: int = 100):
         """Save a PNG at ``path`` of each sample's pictures (images, crops, frames, tiles) under the grid of their
@@ -57,7 +57,7 @@ class Report:
         return [len(kept) for kept in self.kept]
 
     def __str__(self) -> str:
-        unit = handler_for(self.method).unit
+        unit = self.unit
         lines = [f"graphprune {self.method}"]
         for i, (kept, n_visual, n_tokens) in enumerate(zip(self.kept, self.n_visual, self.n_tokens, strict=True)):
             lines.append(f"  sample {i}: {n_tokens} tokens, kept {len(kept)}/{n_visual} {unit}: {_listing(kept)}")

@@ -28,13 +28,13 @@ import torch
 from torch import nn
 
 from .decoders import GraphDecoder
-from .decoders.base import current_call, current_visual_mask
+from .decoders.base import ModelCall, current_call
 from .decoders.static_decode import COMPILED_PREFILL
 from .generation_checks import checked_generate
 from .methods import CrossAttentionTrim, FastV
 from .model_copy import plain_deepcopy, refuse_pickle
 from .models import DecoderLayout, ModelAdapter, adapter_for
-from .registry import handler_for
+from .registry import MethodHandler, handler_for
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +49,8 @@ def optimize(model: nn.Module, method: FastV | CrossAttentionTrim, *, compile: b
     decoder's forward (under ``torch.compile`` with inductor if ``compile=True``). Nothing is
     changed when an argument is wrong. ``graphprune.restore(model)`` undoes it.
     """
-    adapter, layout = _check(model, method)
-    stand_in = adapter.stand_in(handler_for(method).decoder)(adapter.decoder(model), method, layout, compile)
+    adapter, layout, handler = _check(model, method)
+    stand_in = adapter.stand_in(handler.decoder)(adapter.decoder(model), method, layout, compile, handler=handler)
     _install(model, adapter, stand_in)
     logger.info("graphprune: %s on %s (%s)", method, type(model).__name__, "compiled" if compile else "eager")
     return model
@@ -91,6 +91,7 @@ class OptimizedState:
     """What ``optimize`` set up on a model, and the record of its latest prefill."""
 
     method: FastV | CrossAttentionTrim
+    handler: MethodHandler  # the method's, looked up once by optimize (``registry.handler_for``)
     adapter: ModelAdapter
     layout: DecoderLayout
     decoder: GraphDecoder  # the stand-in for the decoder's forward
@@ -124,8 +125,9 @@ def recorded_prefills():
         _prefill_sink.reset(token)
 
 
-def _check(model: nn.Module, method) -> tuple[ModelAdapter, DecoderLayout]:
-    """The model's adapter and decoder layout, once ``model`` and ``method`` are checked to fit."""
+def _check(model: nn.Module, method) -> tuple[ModelAdapter, DecoderLayout, MethodHandler]:
+    """The model's adapter and decoder layout and the method's handler, once ``model`` and ``method`` are checked
+    to fit."""
     if not isinstance(model, nn.Module):
         raise TypeError(
             f"graphprune.optimize expects a transformers model (torch.nn.Module); got {type(model).__name__}"
@@ -146,7 +148,7 @@ def _check(model: nn.Module, method) -> tuple[ModelAdapter, DecoderLayout]:
     handler.check_layout(method, layout)
     if model.training:
         raise ValueError("graphprune optimizes inference; call model.eval() before graphprune.optimize")
-    return adapter, layout
+    return adapter, layout, handler
 
 
 def _install(model: nn.Module, adapter: ModelAdapter, pruned: GraphDecoder) -> None:
@@ -170,12 +172,11 @@ def _install(model: nn.Module, adapter: ModelAdapter, pruned: GraphDecoder) -> N
                 "graphprune prunes the prefill and returns no loss; call graphprune.restore(model) to train"
             )
         visual = functools.partial(adapter.visual_mask, model, bound.get("input_ids"), bound.get("inputs_embeds"))
-        token, call = current_visual_mask.set(visual), current_call.set(bound)
+        token = current_call.set(ModelCall(bound, visual))
         try:
             return forward(*args, **kwargs)
         finally:
-            current_call.reset(call)
-            current_visual_mask.reset(token)
+            current_call.reset(token)
 
     def deepcopy_optimized(memo):
         clone = plain_deepcopy(model, memo, saved)
@@ -187,7 +188,7 @@ def _install(model: nn.Module, adapter: ModelAdapter, pruned: GraphDecoder) -> N
     model.__deepcopy__ = deepcopy_optimized
     model.__reduce_ex__ = refuse_pickle
     decoder.forward = pruned
-    pruned.state = OptimizedState(pruned.method, adapter, pruned.layout, pruned, saved)
+    pruned.state = OptimizedState(pruned.method, pruned.handler, adapter, pruned.layout, pruned, saved)
     setattr(model, STATE_ATTR, pruned.state)
 
 

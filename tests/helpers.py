@@ -1,12 +1,11 @@
-"""Helpers and the one list of families x methods that the contract suite (tests/test_contract.py) runs over.
+"""Helpers and the one list of families x methods that the contract suite (tests/test_contract.py) runs over,
+read from the family folders.
 
 Every read of graphprune's per-call prefill record goes through :func:`prefill_record`.
 """
 
 from __future__ import annotations
 
-import functools
-import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,151 +22,16 @@ from graphprune.reference import (
     fastv_reference_generate,
     trimmed_mask_mode,
 )
-from graphprune.testing import (
-    features_per_tile,
-    idefics3_inputs,
-    internvl_inputs,
-    llava_inputs,
-    llava_next_inputs,
-    llava_onevision_inputs,
-    mllama_inputs,
-    qwen2_vl_inputs,
-    qwen3_vl_inputs,
-    tiny_idefics3,
-    tiny_internvl,
-    tiny_llava,
-    tiny_llava_next,
-    tiny_llava_onevision,
-    tiny_mllama,
-    tiny_qwen2_vl,
-    tiny_qwen3_vl,
-    tiny_video_llava,
-    video_llava_inputs,
-)
+from graphprune.testing import BATCH as BATCH
+from graphprune.testing import MLLAMA_BATCH as MLLAMA_BATCH
+from graphprune.testing import QWEN_SAMPLES as QWEN_SAMPLES
+from graphprune.testing import family_modules, features_per_tile
 
-# (text_before, n_images, text_after): 16 visual tokens per image; left-padded to the longest.
-BATCH = [(5, 1, 4), (2, 2, 3), (6, 0, 3)]
-# (text_before, tiles per image, text_after): 17 features per tile, 4 tile slots per image.
-MLLAMA_BATCH = [(1, [4], 5), (2, [2], 3), (0, [1], 6)]
-QWEN_SAMPLES = [(3, [(8, 8)], [], 4), (2, [(4, 8)], [(4, 4, 4)], 3), (5, [], [], 2)]  # 16 | 8 + 16 video | 0 visual
 LOGITS_RTOL = 1e-4
 
-
-@dataclass(frozen=True)
-class Family:
-    """A registered model class, its tiny model and batches, and the methods the contract suite runs on it."""
-
-    build: Callable  # () -> model
-    inputs: Callable  # (model, samples, seed=0) -> inputs; sample i alone is inputs(model, [samples[i]], seed=i)
-    samples: list  # the batch: samples with different visual counts, in the inputs builder's format
-    text_only: list  # a batch without visual input
-    methods: tuple  # pass == reference for each (the first is also the one restore runs)
-    variants: tuple  # keep=1 (at keep 1.0), text-only, batch == alone, sampling, eos
-
-
-FASTV_VARIANT = (gp.FastV(k=2, keep=0.5),)
-FAMILIES = {
-    "LlavaForConditionalGeneration": Family(
-        tiny_llava,
-        llava_inputs,
-        BATCH,
-        [(7, 0, 3), (4, 0, 2)],
-        tuple(itertools.starmap(gp.FastV, itertools.product((1, 2, 3), (0.25, 0.5, 0.75), ("last", "mean")))),
-        (gp.FastV(k=2, keep=0.5), gp.FastV(k=2, keep=0.5, query="mean")),
-    ),
-    # 52 | 88 + 46 (two images, two spans) | 0 visual tokens
-    "LlavaNextForConditionalGeneration": Family(
-        tiny_llava_next,
-        llava_next_inputs,
-        [(3, [(16, 32)], 4), (2, [(32, 32), (20, 12)], 3), (5, [], 2)],
-        [(4, [], 3), (6, [], 2)],
-        (gp.FastV(k=2, keep=0.5), gp.FastV(k=1, keep=0.25, query="mean")),
-        FASTV_VARIANT,
-    ),
-    # 52 (any-resolution) | 17 + 17 (two one-crop images) + 17 (video) | 17 (video only): Qwen2 decoder
-    "LlavaOnevisionForConditionalGeneration": Family(
-        tiny_llava_onevision,
-        llava_onevision_inputs,
-        [(3, [(16, 32)], 0, 4), (2, [(32, 32), (20, 12)], 1, 3), (5, [], 1, 2)],
-        [(4, [], 0, 3), (6, [], 0, 2)],
-        (gp.FastV(k=2, keep=0.5), gp.FastV(k=1, keep=0.25, query="mean")),
-        FASTV_VARIANT,
-    ),
-    # 16 + 136 | 136 (video only) | 16 (image only)
-    "VideoLlavaForConditionalGeneration": Family(
-        tiny_video_llava,
-        video_llava_inputs,
-        [(3, 1, 1, 4), (2, 0, 1, 3), (5, 1, 0, 2)],
-        [(4, 0, 0, 3), (6, 0, 0, 2)],
-        (gp.FastV(k=2, keep=0.5), gp.FastV(k=1, keep=0.25, query="mean")),
-        FASTV_VARIANT,
-    ),
-    "Qwen2VLForConditionalGeneration": Family(
-        functools.partial(tiny_qwen2_vl, version="2"),
-        qwen2_vl_inputs,
-        QWEN_SAMPLES,
-        [(4, [], [], 3), (6, [], [], 2)],
-        (gp.FastV(k=2, keep=0.5), gp.FastV(k=1, keep=0.25, query="mean")),
-        FASTV_VARIANT,
-    ),
-    "Qwen2_5_VLForConditionalGeneration": Family(
-        functools.partial(tiny_qwen2_vl, version="2.5"),
-        qwen2_vl_inputs,
-        QWEN_SAMPLES,
-        [(4, [], [], 3), (6, [], [], 2)],
-        (gp.FastV(k=2, keep=0.5), gp.FastV(k=1, keep=0.25, query="mean")),
-        FASTV_VARIANT,
-    ),
-    # tiles of 4 features: 5 tiles | 3 + 1 (two images, two spans) | 2 tiles; Qwen2 decoder
-    "InternVLForConditionalGeneration": Family(
-        tiny_internvl,
-        internvl_inputs,
-        [(3, [5], 4), (2, [3, 1], 3), (5, [2], 2)],
-        [(4, [], 3), (6, [], 2)],
-        (gp.FastV(k=2, keep=0.5), gp.FastV(k=1, keep=0.25, query="mean")),
-        FASTV_VARIANT,
-    ),
-    # tiles of 4 features, each block between text tokens: 2x2 grid + global | 1x1, 1x2 + global | 1x1; Llama
-    **{
-        name: Family(
-            functools.partial(tiny_idefics3, version=version),
-            idefics3_inputs,
-            [(3, [(2, 2)], 4), (2, [(1, 1), (1, 2)], 3), (5, [(1, 1)], 2)],
-            [(4, [], 3), (6, [], 2)],
-            (gp.FastV(k=2, keep=0.5), gp.FastV(k=1, keep=0.25, query="mean")),
-            FASTV_VARIANT,
-        )
-        for name, version in [
-            ("Idefics3ForConditionalGeneration", "idefics3"),
-            ("SmolVLMForConditionalGeneration", "smolvlm"),
-        ]
-    },
-    # DeepStack into layers 0-2 of 4: k below (1), at (2) and above (3) the last DeepStack layer
-    "Qwen3VLForConditionalGeneration": Family(
-        tiny_qwen3_vl,
-        qwen3_vl_inputs,
-        QWEN_SAMPLES,
-        [(4, [], [], 3), (6, [], [], 2)],
-        (gp.FastV(k=1, keep=0.5), gp.FastV(k=2, keep=0.25, query="mean"), gp.FastV(k=3, keep=0.5)),
-        FASTV_VARIANT,
-    ),
-    "Qwen3VLMoeForConditionalGeneration": Family(
-        functools.partial(tiny_qwen3_vl, moe=True),
-        qwen3_vl_inputs,
-        QWEN_SAMPLES,
-        [(4, [], [], 3), (6, [], [], 2)],
-        (gp.FastV(k=2, keep=0.5),),
-        FASTV_VARIANT,
-    ),
-    "MllamaForConditionalGeneration": Family(
-        tiny_mllama,
-        mllama_inputs,
-        MLLAMA_BATCH,
-        [(4, [], 3), (6, [], 2)],
-        tuple(gp.CrossAttentionTrim(keep, select) for select in ("head_union", "topk") for keep in (0.25, 0.5)),
-        (gp.CrossAttentionTrim(0.5, "head_union"), gp.CrossAttentionTrim(0.5, "topk")),
-    ),
-}
+# The contract suite's matrix: every model class of every family folder's ``testing.CONTRACT``
+# (``graphprune/families/<name>/testing.py``; ``graphprune.testing.ContractCase``).
+FAMILIES = {name: case for module in family_modules() for name, case in module.CONTRACT.items()}
 
 
 # one family per method kind: where the fast tier runs the contract's checks that do not depend on the family

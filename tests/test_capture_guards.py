@@ -33,6 +33,7 @@ def _with_guard(condition):
     return model
 
 
+@pytest.mark.slow  # fast tier: CONTRIBUTING.md
 @torch.no_grad()
 def test_a_guard_that_holds_for_every_length_is_accepted():
     model, plain = _with_guard(_always_true), tiny_qwen2_vl()

@@ -1,6 +1,7 @@
 """The test suite's capture cache (``capture_once`` in tests/conftest.py): one capture per session decoder, and
 each ``optimize`` its own rewritten graphs on the decoder's own parameters."""
 
+import pytest
 import torch
 
 import graphprune as gp
@@ -29,6 +30,7 @@ def test_a_second_optimize_reuses_the_capture_and_gets_its_own_graphs(llava, bat
     assert 0 < len(report.kept[0]) < report.n_visual[0]
 
 
+@pytest.mark.slow  # fast tier: CONTRIBUTING.md
 def test_a_replaced_weight_is_captured_again(llava, capture_once):
     decoder = adapter_for(llava).decoder(llava)
     prefill_graph(llava, gp.FastV(k=1, keep=0.5))

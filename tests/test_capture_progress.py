@@ -9,6 +9,8 @@ import sys
 import termios
 from pathlib import Path
 
+import pytest
+
 import graphprune as gp
 from graphprune.testing import tiny_llava
 
@@ -42,6 +44,7 @@ def on_a_terminal(code: str) -> str:
     return written.decode(errors="replace")
 
 
+@pytest.mark.slow  # fast tier: CONTRIBUTING.md
 def test_the_bar_counts_each_layer_of_both_graphs_on_a_terminal_only(capfd):
     states = [line.split("|")[-1] for line in on_a_terminal(SCRIPT).replace("\r", "\n").splitlines()]
     counts = [state.split()[0] for state in states if "layer" in state]

@@ -147,6 +147,7 @@ def test_the_command_line_refuses_a_checkpoint_in_one_line_before_loading_it(
     )
 
 
+@pytest.mark.slow  # fast tier: CONTRIBUTING.md
 def test_explain_on_a_checkpoint_keeps_what_the_api_keeps(llava_folder, tmp_path):
     model, folder = llava_folder
     random_image(3, 48, 40).save(tmp_path / "image.png")

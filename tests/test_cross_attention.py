@@ -89,6 +89,7 @@ def test_selection_without_sort_keeps_the_best_ties_to_the_lower_index_in_order(
                 assert index[b][~slot_valid[b]].tolist() == unkept[: int((~slot_valid[b]).sum())]
 
 
+@pytest.mark.slow  # fast tier: CONTRIBUTING.md
 @torch.no_grad()
 def test_decode_reads_the_feature_count_off_the_first_cross_layer():
     """torch.export may read the (unified) feature count off any cross-attention layer's past; the

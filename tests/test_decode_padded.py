@@ -97,6 +97,7 @@ def test_padded_generate_equals_each_sample_alone_and_reference(attn):
     assert pruned.shape[1] >= out.past_key_values.layers[-1].keys.shape[2]
 
 
+@pytest.mark.slow  # fast tier: CONTRIBUTING.md
 @torch.no_grad()
 def test_padded_qwen2_vl_generate_equals_reference():
     """M-RoPE positions and the Qwen2 decoder: the key-mask graph exists and gives the reference's tokens."""

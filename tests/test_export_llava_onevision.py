@@ -13,14 +13,14 @@ import onnx  # noqa: E402
 
 import graphprune as gp  # noqa: E402
 from graphprune.export.anyres import blend_index, shrunk  # noqa: E402
-from graphprune.export.families.llava_onevision import (  # noqa: E402
+from graphprune.export.trt_profiles import trt_profiles  # noqa: E402
+from graphprune.families.llava_onevision.export import (  # noqa: E402
     BlendedFeatures,
     image_inputs,
     onevision_layout,
     video_inputs,
     vision_args,
 )
-from graphprune.export.trt_profiles import trt_profiles  # noqa: E402
 from graphprune.testing import llava_onevision_inputs, tiny_llava_onevision  # noqa: E402
 
 from .helpers import assert_ort_equals_generate, export_fixtures, rel_error  # noqa: E402

@@ -12,10 +12,10 @@ import onnx  # noqa: E402
 
 import graphprune as gp  # noqa: E402
 from graphprune import optimized  # noqa: E402
-from graphprune.export.families.qwen2_vl import vision_layout  # noqa: E402
 from graphprune.export.mrope import mrope_positions, token_types, video_intervals  # noqa: E402
 from graphprune.export.qwen2_vl_vision import vision_graph, vision_segments  # noqa: E402
 from graphprune.export.trt_profiles import trt_profiles  # noqa: E402
+from graphprune.families.qwen2_vl.export import vision_layout  # noqa: E402
 from graphprune.testing import qwen2_vl_inputs, tiny_qwen2_vl  # noqa: E402
 
 from .helpers import LOGITS_RTOL, rel_error, unmodified_generate  # noqa: E402

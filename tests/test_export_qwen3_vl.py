@@ -13,10 +13,10 @@ import onnx  # noqa: E402
 
 import graphprune as gp  # noqa: E402
 from graphprune import optimized  # noqa: E402
-from graphprune.export.families.qwen3_vl import Qwen3VLExport, position_table  # noqa: E402
 from graphprune.export.mrope import token_types  # noqa: E402
 from graphprune.export.qwen2_vl_vision import vision_positions  # noqa: E402
 from graphprune.export.trt_profiles import trt_profiles  # noqa: E402
+from graphprune.families.qwen3_vl.export import Qwen3VLExport, position_table  # noqa: E402
 from graphprune.runtime import optimized_state  # noqa: E402
 from graphprune.testing import qwen3_vl_inputs, tiny_qwen3_vl  # noqa: E402
 

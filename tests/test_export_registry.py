@@ -12,10 +12,10 @@ import pytest
 import graphprune as gp
 from graphprune import optimized  # noqa: E402
 from graphprune.export.demo import demo
-from graphprune.export.family import BUDGETS, FAMILIES, ExportFamily, export_family, register_family
+from graphprune.export.family import BUDGETS, ExportFamily, checked, export_families, export_family
 from graphprune.export.progress import progress
 from graphprune.methods import method_from_dict, method_to_dict
-from graphprune.models import ADAPTERS
+from graphprune.models import adapters
 from graphprune.runtime import optimized_state
 from graphprune.testing import llava_inputs, tiny_llava
 
@@ -70,9 +70,9 @@ def test_no_module_of_the_export_package_is_named_like_a_function_it_exports():
     assert gp.export.tensorrt.__module__ == "graphprune.export.tensorrt_export"
 
 
-def test_every_exportable_family_is_one_registered_class_of_a_model_adapter():
-    adapters = {adapter.name for adapter in ADAPTERS}
-    assert sorted(FAMILIES) == [
+def test_every_exportable_family_is_the_export_class_of_a_family_folder():
+    names = {adapter.name for adapter in adapters()}
+    assert sorted(export_families()) == [
         "idefics3",
         "internvl",
         "llava",
@@ -83,22 +83,21 @@ def test_every_exportable_family_is_one_registered_class_of_a_model_adapter():
         "qwen3-vl",
         "video-llava",
     ]
-    for name, family in FAMILIES.items():
-        assert issubclass(family, ExportFamily) and family.name == name and name in adapters
+    for name, family in export_families().items():
+        assert issubclass(family, ExportFamily) and family.name == name and name in names
         assert family.budget in BUDGETS and {"embed", "prefill", "decode"} <= set(family.graphs)
-        assert family.__module__ == f"graphprune.export.families.{name.replace('-', '_')}"
+        assert family.__module__ == f"graphprune.families.{name.replace('-', '_')}.export"
 
 
 @pytest.fixture
-def probe_family():
-    """A family registered for the test's duration, as a new module of ``export/families/`` registers one."""
+def probe_family(monkeypatch):
+    """A family exportable for the test's duration, as a new family folder's record with ``export`` makes one."""
 
-    @register_family
     class ProbeExport(ExportFamily):
         name, graphs, budget = "probe", ("embed", "prefill", "decode"), "max_visual_tokens"
 
-    yield ProbeExport
-    del FAMILIES["probe"]
+    monkeypatch.setitem(export_families(), "probe", checked(ProbeExport))
+    return ProbeExport
 
 
 def test_the_unsupported_family_error_lists_every_registered_family(probe_family):
@@ -112,13 +111,12 @@ def test_the_unsupported_family_error_lists_every_registered_family(probe_family
     )
 
 
-def test_a_registered_family_needs_a_known_budget_keyword():
+def test_an_export_family_needs_a_known_budget_keyword():
     class Wrong(ExportFamily):
         name, budget = "wrong", "max_tiles"
 
     with pytest.raises(ValueError, match=r"graphprune export family 'wrong': budget must be one of \('max_images'"):
-        register_family(Wrong)
-    assert "wrong" not in FAMILIES
+        checked(Wrong)
 
 
 def test_no_progress_bar_where_stderr_is_not_a_terminal(monkeypatch):
@@ -179,7 +177,7 @@ def test_ort_generator_refuses_an_export_of_an_unregistered_family(exported_on_a
 )
 def test_a_demo_name_builds_its_family_s_model_optimised_with_inputs(name, family):
     method = gp.CrossAttentionTrim(keep=0.5, select="topk") if family == "mllama" else gp.FastV(k=2, keep=0.5)
-    model, inputs = FAMILIES[family].demo(method, name)
+    model, inputs = export_families()[family].demo(method, name)
     state = optimized_state(model)
     assert state.adapter.name == family and state.method == method
     assert name != "qwen2.5-vl" or type(model).__name__ == "Qwen2_5_VLForConditionalGeneration"

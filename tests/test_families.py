@@ -12,8 +12,10 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import graphprune as gp
 from graphprune import optimized
-from graphprune.models import ADAPTERS, adapter_for, supported_classes
+from graphprune.families import FAMILIES as FAMILY_RECORDS
+from graphprune.models import adapter_for, adapters, supported_classes
 from graphprune.reference import fastv_reference, fastv_reference_generate
+from graphprune.testing import family_modules
 
 from .helpers import FAMILIES, LOGITS_RTOL, rel_error
 
@@ -28,14 +30,20 @@ MROPE_FAMILIES = [
 NEW_TOKENS = 5
 
 
-# registered classes whose rules the contract suite's reference lacks, with the test module that has their own
-OWN_SUITES = {"Gemma3ForConditionalGeneration": "test_gemma3.py"}
+# classes whose rules the contract suite's reference lacks, with the test module that has their own: their family's
+# testing.OWN_SUITE
+OWN_SUITES = {
+    name: module.OWN_SUITE
+    for module, family in zip(family_modules(), FAMILY_RECORDS, strict=True)
+    if hasattr(module, "OWN_SUITE")
+    for name in family.model_classes
+}
 
 
 def test_every_registered_class_is_in_the_contract_suite():
     tested = set(FAMILIES) | set(OWN_SUITES)
-    missing = [name for adapter in ADAPTERS for name in adapter.model_classes if name not in tested]
-    assert not missing, f"registered model classes without a test: {missing}; add them to tests/helpers.FAMILIES"
+    missing = [name for adapter in adapters() for name in adapter.model_classes if name not in tested]
+    assert not missing, f"model classes without a test: {missing}; add them to their family's testing.CONTRACT"
     assert set(supported_classes()) == tested
     assert all((Path(__file__).parent / module).exists() for module in OWN_SUITES.values())
 

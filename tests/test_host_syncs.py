@@ -134,6 +134,7 @@ def test_fastv_decode_does_no_work_outside_its_graph(llava):
         assert _by(step.work, "graphprune") == {}, step.work
 
 
+@pytest.mark.slow  # fast tier: CONTRIBUTING.md
 def test_cross_attention_trim_prefill_reads_the_device_once_and_decode_never():
     model = tiny_mllama()
     gp.optimize(model, gp.CrossAttentionTrim(keep=0.5, select="topk"))

@@ -112,3 +112,39 @@ def test_importing_graphprune_loads_no_optional_layer():
         subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split()
     )
     assert loaded.isdisjoint(OPTIONAL), sorted(loaded & set(OPTIONAL))
+
+
+def family_folder(name: str) -> str | None:
+    """``graphprune.families.<folder>`` for a module inside a family folder (its record and its layers)."""
+    parts = name.split(".")
+    return ".".join(parts[:3]) if len(parts) >= 3 and parts[1] == "families" and parts[2] != "record" else None
+
+
+def test_nothing_imports_a_family_folder_s_layers_but_that_folder_and_other_folders():
+    """The family folders are the top layer: the core reaches their adapter, export, vLLM, testing and layout
+    modules only through the records' "module:attribute" strings, never by an import."""
+    graph = import_graph()
+    upward = [
+        (name, target)
+        for name, targets in graph.items()
+        for target in targets
+        if family_folder(target) and target != family_folder(target) and not family_folder(name)
+    ]
+    assert upward == []
+
+
+def test_the_records_import_only_the_record_type_and_the_methods():
+    graph = import_graph()
+    records = [name for name in graph if name == "graphprune.families" or family_folder(name) == name]
+    assert len(records) > 10
+    allowed = {"graphprune.families.record", "graphprune.methods", *records}
+    assert {name: graph[name] - allowed for name in records} == {name: set() for name in records}
+
+
+def test_importing_the_records_loads_no_family_layer():
+    code = (
+        "import sys, graphprune, graphprune.families; "
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('graphprune.families.'))))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split()
+    assert loaded and all(family_folder(name) == name or name == "graphprune.families.record" for name in loaded)

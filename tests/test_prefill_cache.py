@@ -1,6 +1,7 @@
 """A pruned prefill puts its graph's keys and values into the cache as they are (issue 15 item 2): no copy of the
 whole cache onto the fresh layers' empty tensors, and the cache decodes as before."""
 
+import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -22,6 +23,7 @@ class EmptyConcatenations(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+@pytest.mark.slow  # fast tier: CONTRIBUTING.md
 @torch.no_grad()
 def test_pruned_prefill_fills_the_cache_without_copying_it_and_generates_the_references_tokens():
     model = tiny_llava(num_layers=4)

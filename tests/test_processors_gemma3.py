@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import graphprune as gp
+from graphprune.families.gemma3.testing import BOI_TOKEN_ID, EOI_TOKEN_ID
 from graphprune.reference.fastv_gemma3 import fastv_gemma3_reference, fastv_gemma3_reference_generate
 from graphprune.testing import IMAGE_TOKEN_ID, tiny_gemma3
-from graphprune.testing.gemma3 import BOI_TOKEN_ID, EOI_TOKEN_ID
 
 from .test_gemma3 import METHOD, STEPS, _pass_logits_at_kept, _same_kept
 

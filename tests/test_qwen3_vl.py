@@ -69,6 +69,7 @@ def test_fastv_gathers_the_deepstack_inputs_that_layers_from_k_read(captured, k)
             assert len(readers) == 1 and not readers[0].startswith("graphprune_"), name
 
 
+@pytest.mark.slow  # fast tier: CONTRIBUTING.md
 @torch.no_grad()
 def test_moe_decoder_token_counts_follow_the_pruned_length(family_models):
     """The MoE layers flatten batch x sequence (x experts per token) into one count; after the cut those counts
@@ -100,6 +101,7 @@ def test_compiled_prefill_and_decode_equal_reference(qwen3_vl):
     assert torch.equal(ids, expected_ids)
 
 
+@pytest.mark.slow  # fast tier: CONTRIBUTING.md
 @torch.no_grad()
 def test_explain_reports_the_cut(qwen3_vl):
     """k=3, above the last DeepStack layer: nothing to gather for DeepStack, one layer pruned (the ONNX export:

@@ -43,6 +43,7 @@ def test_fastv_float16_model_keeps_the_float32_ranking(compile):
     assert all(torch.equal(a, b) for a, b in zip(kept, reference.kept, strict=True))
 
 
+@pytest.mark.slow  # fast tier: CONTRIBUTING.md
 def test_cross_attention_trim_float16_model_keeps_the_float32_ranking():
     model = tiny_mllama(num_layers=4, cross_attention_layers=(1, 3), seed=1, qk_gain=0.05, dtype=torch.float16)
     inputs = mllama_inputs(model, [(2, [2], 3)])

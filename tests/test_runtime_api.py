@@ -117,3 +117,59 @@ def test_the_layout_is_computed_once_per_optimize(llava, monkeypatch):
     monkeypatch.setattr(type(adapter), "layout", counted)
     with gp.optimized(llava, gp.FastV(k=2)):
         assert calls == [llava]
+
+
+@dataclasses.dataclass(frozen=True)
+class _NewTrim(gp.CrossAttentionTrim):
+    """A method type of its own (CrossAttentionTrim's rule)."""
+
+
+@pytest.fixture
+def counted_lookups(monkeypatch):
+    """The method types ``registry.handler_for`` is asked for while the test runs."""
+    asked = []
+
+    class Counted(dict):
+        def get(self, key, default=None):
+            asked.append(key)
+            return super().get(key, default)
+
+    monkeypatch.setattr(registry, "_HANDLERS", Counted(registry._HANDLERS))
+    return asked
+
+
+@torch.no_grad()
+def test_optimize_looks_the_handler_up_once_and_explain_reads_it_off_the_model(llava, batch, counted_lookups):
+    with gp.optimized(llava, gp.FastV(k=2, keep=0.5)):
+        assert counted_lookups == [gp.FastV]
+        report = gp.explain(llava, **batch)
+        assert "visual tokens" in str(report) and counted_lookups == [gp.FastV]
+    gp.flops(llava.config, gp.FastV(k=2, keep=0.5), 40, 16)
+    assert counted_lookups == [gp.FastV, gp.FastV]  # flops is an entry point of its own
+
+
+@pytest.mark.parametrize(
+    ("model", "inputs", "new_method", "rule"),
+    [
+        ("llava", "batch", _NewMethod(k=2, keep=0.5), gp.FastV),
+        ("mllama", "mllama_batch", _NewTrim(0.5, "topk"), gp.CrossAttentionTrim),
+    ],
+)
+def test_an_export_makes_its_top_k_constant_by_the_method_s_budget_pass(
+    request, model, inputs, new_method, rule, monkeypatch
+):
+    from graphprune.export.onnx_export import family_graphs
+
+    model, inputs = request.getfixturevalue(model), request.getfixturevalue(inputs)
+    budgets = []
+    handler = registry.handler_for(rule(**dataclasses.asdict(new_method)))
+
+    def budget_pass(graph, budget):
+        budgets.append(budget)
+        return handler.budget_pass(graph, budget)
+
+    replaced = dataclasses.replace(handler, method=type(new_method), budget_pass=budget_pass)
+    monkeypatch.setitem(registry._HANDLERS, type(new_method), replaced)
+    with gp.optimized(model, new_method):
+        family_graphs(model, inputs, prune=True, max_images=None, max_visual_tokens=None)
+    assert len(budgets) == 1 and budgets[0] > 0

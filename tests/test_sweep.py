@@ -142,6 +142,7 @@ def test_bad_samples_are_one_line_errors(tmp_path):
     assert sample.images == [tmp_path / "a.png", "/b.png"] and sample.prompt == "w9"
 
 
+@pytest.mark.slow  # fast tier: CONTRIBUTING.md
 def test_the_command_line_sweeps_a_checkpoint(checkpoint, tmp_path):
     _, _, folder = checkpoint
     (tmp_path / "images").mkdir()

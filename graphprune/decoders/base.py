@@ -18,21 +18,32 @@ from ..capture import KEY_MASK_DTYPE, capture_decode, capture_prefill, causal_pr
 from ..graph_cache import GraphCache, capturing
 from ..layout import DecoderLayout
 from ..model_copy import refuse_part_copy
-from ..registry import handler_for
+from ..registry import MethodHandler
 from . import static_decode
 
 # what the stand-in returns: a plain decoder's output fields plus ``router_logits`` (None: the graphs compute
 # none), which a mixture-of-experts model (Qwen3-VL-MoE) reads off its decoder's output
 DecoderOutput = MoeModelOutputWithPast
 
-# what gives the [B, N] bool mask, True at visual positions (or None): set by the optimized model's forward around
-# the decoder call, called only by a prefill (a decode step does no work for it)
-current_visual_mask: contextvars.ContextVar[Callable[[], torch.Tensor | None] | None] = contextvars.ContextVar(
-    "graphprune_visual_mask", default=None
-)
-# the optimized model's call arguments by name, set around it: a stand-in whose decoder gets masks that the model
-# built (Gemma 3's dict) reads the 2-D mask and token types they came from
-current_call: contextvars.ContextVar[dict | None] = contextvars.ContextVar("graphprune_call", default=None)
+
+@dataclass(frozen=True)
+class ModelCall:
+    """The optimized model's call, as its forward saw it: its arguments by name (a stand-in whose decoder gets
+    masks that the model built, Gemma 3's dict, reads the 2-D mask and token types they came from) and what gives
+    its ``[B, N]`` bool mask, True at visual positions (or None; called only by a prefill)."""
+
+    arguments: dict
+    visual_mask: Callable[[], torch.Tensor | None]
+
+
+# the optimized model's call, set by its forward around the decoder call
+current_call: contextvars.ContextVar[ModelCall | None] = contextvars.ContextVar("graphprune_call", default=None)
+
+
+def call_argument(name: str):
+    """The argument ``name`` of the optimized model's call running now; None outside one or where it is not given."""
+    call = current_call.get()
+    return None if call is None else call.arguments.get(name)
 
 
 # the ``generate`` call running now (an object per call, None outside one): set by the optimized model's generate.
@@ -74,7 +85,8 @@ def refuse_custom_mask() -> None:
 def brings_images() -> bool:
     """Whether the optimized model's call (``current_call``) brings images or videos (pixel values, or HF's
     features encoded beforehand) for visual tokens among its inputs."""
-    call = current_call.get() or {}
+    call = current_call.get()
+    call = {} if call is None else call.arguments
     keywords = [value for value in call.values() if isinstance(value, dict)]  # the forward's **kwargs
     return any(
         value is not None and (name.startswith("pixel_values") or name == "mm_encoder_outputs")
@@ -168,9 +180,19 @@ class GraphDecoder:
 
     decodes_unmasked = False
 
-    def __init__(self, decoder: nn.Module, method, layout: DecoderLayout, compile: bool, graphs: dict | None = None):
+    def __init__(
+        self,
+        decoder: nn.Module,
+        method,
+        layout: DecoderLayout,
+        compile: bool,
+        graphs: dict | None = None,
+        *,
+        handler: MethodHandler,
+    ):
         self.decoder = decoder
         self.method = method
+        self.handler = handler  # the method's passes (``registry.MethodHandler``)
         self.layout = layout
         self.graphs = GraphCache(decoder, self._capture, compile, graphs)
         self.graphs.graphs()
@@ -183,7 +205,7 @@ class GraphDecoder:
         their forms for batches without padding, SDPA given no mask as HF gives it (the prefill's masking
         causally, the decode step's for one new token), and for one new token with key masks kept by the caller
         (``capture.key_mask_decode``); in the order of ``PREFILL`` .. ``KEY_MASK_DECODE``."""
-        handler = handler_for(self.method)
+        handler = self.handler
         captured, decode = capture_prefill(self.decoder, self.layout), capture_decode(self.decoder, self.layout)
         # copies, made before the passes rewrite `captured` and `decode`
         unpadded = causal_prefill(captured, self.decoder)
@@ -240,7 +262,7 @@ class GraphDecoder:
     def rebound(self, decoder: nn.Module, memo: dict) -> GraphDecoder:
         """This stand-in for ``decoder``, a deep copy of this one's decoder made with ``memo``."""
         layout, graphs = copy.deepcopy(self.layout, memo), self.graphs.copied_graphs(memo)
-        return type(self)(decoder, self.method, layout, self.graphs.compile, graphs)
+        return type(self)(decoder, self.method, layout, self.graphs.compile, graphs, handler=self.handler)
 
     def _embeddings(self, input_ids, inputs_embeds, use_cache) -> tuple[torch.Tensor, bool]:
         """The checked call's input embeddings and whether it caches."""

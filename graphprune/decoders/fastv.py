@@ -26,8 +26,8 @@ from .base import (
     brings_images,
     check_decode_mask,
     checked_decode_mask,
+    current_call,
     current_generation,
-    current_visual_mask,
     full_mask,
     refuse_custom_mask,
     refuse_outputs,
@@ -137,8 +137,8 @@ class FastVDecoder(GraphDecoder):
 
     def _visual_mask(self, batch: int, seq_len: int, device) -> torch.Tensor:
         """The call's visual mask (computed now, at prefill only), or none visual where it does not fit."""
-        visual = current_visual_mask.get()
-        visual = visual() if visual is not None else None
+        call = current_call.get()
+        visual = call.visual_mask() if call is not None else None
         if visual is None or visual.shape != (batch, seq_len):
             return torch.zeros(batch, seq_len, dtype=torch.bool, device=device)
         return visual.to(device)

@@ -15,7 +15,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from ..graph_cache import capturing
-from .base import current_call, static_layers
+from .base import call_argument, static_layers
 from .fastv import FastVDecoder
 
 # the masks argument of the current decoder call (the model's dict, or a tensor when called directly)
@@ -39,7 +39,7 @@ class Gemma3FastVDecoder(FastVDecoder):
         token = _call_masks.set(attention_mask)
         try:
             if isinstance(attention_mask, dict):  # the model built it from its own call's 2-D mask
-                attention_mask = (current_call.get() or {}).get("attention_mask")
+                attention_mask = call_argument("attention_mask")
             return super()._run(*args, attention_mask=attention_mask, **kwargs)
         finally:
             _call_masks.reset(token)
@@ -47,7 +47,7 @@ class Gemma3FastVDecoder(FastVDecoder):
     def _extra_inputs(self, inputs_embeds: torch.Tensor, kwargs: dict) -> list[torch.Tensor]:
         """``token_type_ids [B, N]`` of the model's call (zeros, no image block, where it has none)."""
         shape = inputs_embeds.shape[:2]
-        token_types = (current_call.get() or {}).get("token_type_ids")
+        token_types = call_argument("token_type_ids")
         if token_types is None:
             return [torch.zeros(shape, dtype=torch.long, device=inputs_embeds.device)]
         if token_types.shape != shape:

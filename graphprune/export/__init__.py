@@ -3,11 +3,10 @@
 ``onnx`` and ``tensorrt`` take a model that ``graphprune.optimize`` changed; the pruning (ranking and
 gather nodes) lives inside the exported decoder graph. The ONNX extra is optional:
 ``pip install graphprune[onnx]``. The functions live in ``onnx_export``, ``tensorrt_export`` and
-``trt_parser`` (no module here is named like a function it exports); each exportable family is a registered
-class in ``families/`` (``family.ExportFamily``).
+``trt_parser`` (no module here is named like a function it exports); each exportable family is a class
+(``family.ExportFamily``) in its family's folder, ``graphprune/families/<name>/export.py``.
 """
 
-from . import families  # noqa: F401  (registers every export family)
 from .manifest import Manifest
 from .onnx_export import onnx
 from .ort_generator import OrtGenerator

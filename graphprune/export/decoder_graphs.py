@@ -16,7 +16,6 @@ from torch import fx, nn
 from ..capture import capture_decode, capture_prefill, deepstack_names
 from ..methods import n_keep, n_slots
 from ..ops import clamp_int, running_count
-from ..passes import fastv_budget
 from .graph_export import GraphExport
 
 NEW_TOKENS = 2  # example decode length: 1 would specialise that axis
@@ -225,14 +224,14 @@ def decoder_graphs(
     ``prompt`` is ``(inputs_embeds, attention_mask, position_ids, visual_mask, deepstack)`` of the example
     batch (left-padded; ``deepstack``: the ``deepstack_names`` inputs, if any), ``step`` the
     ``(inputs_embeds, position_ids)`` of ``NEW_TOKENS`` tokens after it. ``max_visual`` visual tokens per
-    sample make the top-k K a constant (``fastv_budget``).
+    sample make the top-k K a constant (the method's ``budget_pass``).
     """
     embeds, attention_mask, positions, visual, deepstack = prompt
     new_embeds, new_positions = step
     layout = state.adapter.layout(model)
     method, num_layers, deepstack_inputs = state.method, layout.num_layers, deepstack_names(layout)
     if prune:
-        prefill_graph = fastv_budget(copy_graph(state.decoder.prefill_graph), max_visual)
+        prefill_graph = state.handler.budget_pass(copy_graph(state.decoder.prefill_graph), max_visual)
         decode_graph = state.decoder.decode_graph
         slots = torch.arange(n_slots(method.keep, attention_mask.sum(-1), visual.sum(-1)), device=embeds.device)
         prefill_args = (embeds, attention_mask, positions, *deepstack, visual, slots)

@@ -7,19 +7,19 @@ from pathlib import Path
 import torch
 
 from ..methods import Method
-from .families.llava import DEMO_LAYERS as FASTV_LAYERS
-from .family import FAMILIES
+from .family import export_families
+from .fastv_family import DEMO_LAYERS as FASTV_LAYERS
 from .trt_tables import DEFAULT as TRT_DEFAULT
 
 __all__ = ["FASTV_LAYERS", "demo", "demo_names", "export_and_check"]
 
 
 def _demo_families() -> dict:
-    return {name: kind for kind in FAMILIES.values() for name in kind.demo_names}
+    return {name: kind for kind in export_families().values() for name in kind.demo_names}
 
 
 def demo_names() -> list[str]:
-    """The demo model names of every registered export family, sorted (``graphprune export --model``'s choices)."""
+    """The demo model names of every export family, sorted (``graphprune export --model``'s choices)."""
     return sorted(_demo_families())
 
 

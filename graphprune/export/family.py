@@ -1,19 +1,21 @@
-"""The export family registry: one registered class per exportable model family (as optimum's exporters
-register one config per architecture), looked up by the model adapter's name.
+"""The export family registry: one class per exportable model family (as optimum's exporters register one
+config per architecture), looked up by the model adapter's name.
 
 A family says which graphs its export holds and how they are made, the keyword of its visual budget,
 what its manifest records, the host-side inputs that ONNX Runtime needs (``OrtGenerator``), its
-TensorRT axes and a demo model. Each family lives in its own module of ``graphprune/export/families/``,
-which is imported (and so registered) with the package.
+TensorRT axes and a demo model. Each is the ``export.py`` of its family's folder (``graphprune/families/<name>/``),
+named by the family's record and imported on first use.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
 
+from ..families import FAMILIES, resolve
 from ..models import UnsupportedModelError
 
 if TYPE_CHECKING:
@@ -26,7 +28,8 @@ BUDGETS = ("max_images", "max_visual_tokens")  # the visual budget keywords of e
 
 
 class ExportFamily:
-    """One exportable family; subclass it, set the class attributes, implement the hooks, ``@register_family``.
+    """One exportable family; subclass it, set the class attributes, implement the hooks, name it in the family's
+    record (``export="graphprune.families.<name>.export:Class"``).
 
     ``name``: the model adapter's name (``state.adapter.name``) it exports; ``graphs``: the graphs its
     export holds; ``budget``: its visual budget keyword (one of ``BUDGETS``); ``model_keys`` and
@@ -76,23 +79,26 @@ class ExportFamily:
         raise NotImplementedError
 
 
-FAMILIES: dict[str, type[ExportFamily]] = {}
-
-
-def register_family(family: type[ExportFamily]) -> type[ExportFamily]:
-    """Class decorator: ``family`` exports the models whose adapter is named ``family.name``."""
+def checked(family: type[ExportFamily]) -> type[ExportFamily]:
+    """``family``, if its budget keyword is one of ``BUDGETS``; a ``ValueError`` otherwise."""
     if family.budget not in BUDGETS:
         raise ValueError(f"graphprune export family {family.name!r}: budget must be one of {BUDGETS}")
-    FAMILIES[family.name] = family
     return family
 
 
+@functools.cache
+def export_families() -> dict[str, type[ExportFamily]]:
+    """Every exportable family by the adapter's name: the ``export`` class of each family record that has one."""
+    return {family.name: checked(resolve(family.export)) for family in FAMILIES if family.export}
+
+
 def export_family(name: str, what: str) -> type[ExportFamily]:
-    """The family registered as ``name``; an ``UnsupportedModelError`` that starts with ``what`` (what cannot
-    be exported or run, and why) and lists every registered family."""
-    if name not in FAMILIES:
-        raise UnsupportedModelError(f"{what}; exportable families: {', '.join(sorted(FAMILIES))}")
-    return FAMILIES[name]
+    """The export family of the adapter named ``name``; an ``UnsupportedModelError`` that starts with ``what``
+    (what cannot be exported or run, and why) and lists every exportable family."""
+    families = export_families()
+    if name not in families:
+        raise UnsupportedModelError(f"{what}; exportable families: {', '.join(sorted(families))}")
+    return families[name]
 
 
 def as_numpy(value, dtype=None) -> np.ndarray | None:

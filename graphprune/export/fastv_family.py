@@ -11,6 +11,7 @@ from .family import ExportFamily, as_numpy
 from .manifest import Manifest
 
 OPT_TEXT = 64  # text tokens of the TensorRT opt prompt (at most max_text)
+DEMO_LAYERS = 4  # the decoder layers of the FastV families' demo models (FastV's k must be below)
 
 
 class FastVFamily(ExportFamily):

@@ -7,7 +7,7 @@ from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 from ..methods import method_from_dict
-from .family import FAMILIES
+from .family import export_families
 
 FILE = "manifest.json"
 FORMATS = ("onnx", "torch_tensorrt")
@@ -87,7 +87,7 @@ class Manifest:
             raise ValueError(f"manifest weights must be a file name in the export folder; got {self.weights!r:.60}")
         if self.dtype not in DTYPES:
             raise ValueError(f"manifest dtype must be one of {DTYPES}; got {self.dtype!r:.60}")
-        family = FAMILIES.get(self.family)  # an unknown family is refused by what runs the export
+        family = export_families().get(self.family)  # an unknown family is refused by what runs the export
         for entry, required in (("model", "model_keys"), ("visual_budget", "budget_keys")):
             missing = [key for key in getattr(family, required, ()) if key not in getattr(self, entry)]
             if missing:

@@ -1,55 +1,44 @@
-"""Model adapters, one per architecture family, and the registry that picks one for a model."""
+"""The model adapters, one per family (``graphprune/families/<name>/adapter.py``, named by the family's record),
+and the lookup that picks one for a model."""
 
 from __future__ import annotations
 
+import functools
+
 from torch import nn
 
+from ..families import FAMILIES, Family, family_of_class, resolve
 from .base import DecoderLayout, ModelAdapter
-from .gemma3 import Gemma3Adapter
-from .idefics3 import Idefics3Adapter
-from .internvl import InternVLAdapter
-from .llava import LlavaAdapter
-from .llava_next import LlavaNextAdapter
-from .llava_onevision import LlavaOnevisionAdapter
-from .mllama import MllamaAdapter
-from .qwen2_vl import Qwen2VLAdapter
-from .qwen3_vl import Qwen3VLAdapter
-from .video_llava import VideoLlavaAdapter
-
-ADAPTERS: tuple[ModelAdapter, ...] = (
-    LlavaAdapter(),
-    LlavaNextAdapter(),
-    LlavaOnevisionAdapter(),
-    VideoLlavaAdapter(),
-    Qwen2VLAdapter(),
-    Qwen3VLAdapter(),
-    InternVLAdapter(),
-    Idefics3Adapter(),
-    MllamaAdapter(),
-    Gemma3Adapter(),
-)
-# classes graphprune knows and refuses, with the reason (models/<family>.py says what is missing)
-REFUSED: dict[str, str] = {}
 
 
 class UnsupportedModelError(TypeError):
     """The model is not of a class that graphprune has an adapter for."""
 
 
+@functools.cache
+def _adapter(family: Family) -> ModelAdapter:
+    return resolve(family.adapter)(family)
+
+
+def adapters() -> tuple[ModelAdapter, ...]:
+    """Every family's adapter, in the order of ``families.FAMILIES``."""
+    return tuple(_adapter(family) for family in FAMILIES)
+
+
 def supported_classes() -> list[str]:
-    return sorted(name for adapter in ADAPTERS for name in adapter.model_classes)
+    return sorted(name for family in FAMILIES for name in family.model_classes)
 
 
 def adapter_for(model: nn.Module) -> ModelAdapter:
-    """The adapter registered for ``model``'s class; ``UnsupportedModelError`` naming the supported ones if none."""
-    for adapter in ADAPTERS:
-        if adapter.matches(model):
-            return adapter
-    name = type(model).__name__
-    reason = f" yet: {REFUSED[name]}" if name in REFUSED else ""
-    raise UnsupportedModelError(
-        f"graphprune does not support {name}{reason}; supported model classes: {', '.join(supported_classes())}"
-    )
+    """The adapter of the family that accepts ``model``'s class; ``UnsupportedModelError`` naming the supported
+    classes if none."""
+    family = family_of_class(type(model).__name__)
+    if family is None:
+        raise UnsupportedModelError(
+            f"graphprune does not support {type(model).__name__}; supported model classes: "
+            f"{', '.join(supported_classes())}"
+        )
+    return _adapter(family)
 
 
-__all__ = ["ADAPTERS", "DecoderLayout", "ModelAdapter", "UnsupportedModelError", "adapter_for", "supported_classes"]
+__all__ = ["DecoderLayout", "ModelAdapter", "UnsupportedModelError", "adapter_for", "adapters", "supported_classes"]

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import functools
 import operator
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ..layout import DecoderLayout
+
+if TYPE_CHECKING:
+    from ..families.record import Family
 
 
 def self_attention_layout(
@@ -33,15 +37,30 @@ def self_attention_layout(
 
 
 class ModelAdapter:
-    """One model family: where its decoder is, how its positions are formed, which token ids are visual."""
+    """One model family: where its decoder is, how its positions are formed, which token ids are visual. Made for
+    the family's record (``graphprune/families/<name>/__init__.py``), which says its name, classes and methods."""
 
-    name: str = ""
-    model_classes: tuple[str, ...] = ()  # transformers class names this adapter accepts
-    methods: tuple[type, ...] = ()  # pruning methods that fit this family
-    export_refusal: str = ""  # why ``gp.export`` cannot export the family yet, where it has a reason to give
+    def __init__(self, family: Family):
+        self.family = family
 
-    def matches(self, model: nn.Module) -> bool:
-        return type(model).__name__ in self.model_classes
+    @property
+    def name(self) -> str:
+        return self.family.name
+
+    @property
+    def model_classes(self) -> tuple[str, ...]:
+        """The transformers class names this adapter accepts."""
+        return self.family.model_classes
+
+    @property
+    def methods(self) -> tuple[type, ...]:
+        """The pruning methods that fit this family."""
+        return self.family.methods
+
+    @property
+    def export_refusal(self) -> str:
+        """Why ``gp.export`` cannot export the family yet, where it has a reason to give."""
+        return self.family.export_refusal
 
     def decoder(self, model: nn.Module) -> nn.Module:
         raise NotImplementedError

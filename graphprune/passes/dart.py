@@ -45,7 +45,7 @@ _EPS = 1e-8  # torch.nn.functional.cosine_similarity's
 def _top(values: torch.Tensor, candidates: torch.Tensor, most: int) -> torch.Tensor:
     """``[B, N]`` bool: the ``most`` candidates with the largest ``values`` (all where fewer), ties to the earlier."""
     counts = candidates.new_full((candidates.shape[0], 1), most, dtype=torch.long)
-    return ops._best(torch.where(candidates, values, float("-inf")), counts, most) & candidates
+    return ops.best_per_sample(torch.where(candidates, values, float("-inf")), counts, most) & candidates
 
 
 def _rows(mask: torch.Tensor, most: int) -> tuple[torch.Tensor, torch.Tensor]:

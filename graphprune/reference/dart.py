@@ -15,15 +15,7 @@ from transformers import DynamicCache
 
 from ..methods import DART, n_keep
 from ..models import adapter_for
-from .fastv import (
-    FastVReference,
-    _add_deepstack,
-    _additive_mask,
-    decoder_inputs,
-    eager_attention,
-    fastv_reference_generate,
-    visual_positions,
-)
+from .fastv import FastVReference, fastv_reference_generate, mask_mode_prefill
 
 PIVOT_SCORE = 2.0  # plus pivots - rank: the score the pass reports at a visual pivot
 
@@ -57,26 +49,12 @@ def dart_reference(
     model, method: DART, input_ids, attention_mask=None, *, generation=False, cache=None, **inputs
 ) -> FastVReference:
     """One DART prefill of an unmodified model, in mask mode (fills ``cache`` if given); as ``fastv_reference``."""
-    lm = adapter_for(model).decoder(model)
-    method.check_layers(len(lm.layers))
-    seq_len = input_ids.shape[1]
-    attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-    hidden, position_ids, deepstack = decoder_inputs(
-        model, generation, input_ids=input_ids, attention_mask=attention_mask, **inputs
-    )
-    rope = lm.rotary_emb(hidden, position_ids=position_ids)
-    real = attention_mask.bool()
-    rows = torch.arange(seq_len)
-    cache = cache if cache is not None else DynamicCache(config=lm.config)
-    visual = visual_positions(model, input_ids)
-    with eager_attention(lm.config):
-        full_mask = _additive_mask(real, rows, hidden.dtype)
-        for layer_idx in range(method.k):
-            layer = lm.layers[layer_idx]
-            hidden = layer(hidden, attention_mask=full_mask, position_embeddings=rope, past_key_values=cache)
-            hidden = _add_deepstack(hidden, deepstack, layer_idx)
+    cache = cache if cache is not None else DynamicCache(config=adapter_for(model).decoder(model).config)
+    prefill = mask_mode_prefill(model, method, input_ids, attention_mask, generation, cache, inputs)
+    prefill.run(method.k, prefill.real)
     norms = cache.layers[method.k - 1].keys.float().abs().sum(dim=(1, 3))
-    features = lm.norm(hidden).float()
+    features = prefill.lm.norm(prefill.hidden).float()
+    real, visual = prefill.real, prefill.visual
     scores, kept = torch.zeros(real.shape), []
     key_visible = real & ~visual
     for b in range(real.shape[0]):
@@ -89,14 +67,7 @@ def dart_reference(
         key_visible[b, kept[b]] = True
         for j, score in sample_scores.items():
             scores[b, j] = score
-    pruned_mask = _additive_mask(key_visible, rows, hidden.dtype)
-    with eager_attention(lm.config):
-        for layer_idx in range(method.k, len(lm.layers)):
-            layer = lm.layers[layer_idx]
-            hidden = layer(hidden, attention_mask=pruned_mask, position_embeddings=rope, past_key_values=cache)
-            hidden = _add_deepstack(hidden, deepstack, layer_idx)
-    logits = model.lm_head(lm.norm(hidden))
-    return FastVReference(kept, scores, logits, key_visible, visual, position_ids)
+    return prefill.result(kept, scores, key_visible)
 
 
 def dart_reference_generate(

@@ -199,45 +199,77 @@ def ranked(probs: torch.Tensor, real: torch.Tensor, visual: torch.Tensor, method
     return scores, kept, key_visible
 
 
-def fastv_reference(
-    model, method: FastV, input_ids, attention_mask=None, *, generation=False, cache=None, **inputs
-) -> FastVReference:
-    """One FastV prefill of an unmodified model, in mask mode (fills ``cache`` if given).
+@dataclass
+class MaskModePrefill:
+    """One mask-mode prefill of an unmodified decoder: its inputs, and the hidden states after the layers run so far.
 
-    ``inputs`` are the model's other inputs (``pixel_values``, ``image_grid_thw``, ...); positions
-    are those of a forward, or with ``generation=True`` of ``generate``'s prefill.
-    """
+    ``run`` advances it layer by layer, each layer attending the keys ``key_visible`` allows (causally), as HF's
+    eager attention computes; every method's reference ranks between two ``run`` calls."""
+
+    model: torch.nn.Module
+    lm: torch.nn.Module  # the decoder
+    hidden: torch.Tensor  # [B, N, D]: entering layer ``done``
+    position_ids: torch.Tensor  # [B, N], or [3, B, N] for M-RoPE
+    rope: tuple
+    deepstack: list
+    real: torch.Tensor  # [B, N] bool: not padding
+    visual: torch.Tensor  # [B, N] bool
+    cache: DynamicCache | None
+    done: int = 0  # layers run so far
+
+    def mask(self, key_visible: torch.Tensor) -> torch.Tensor:
+        """The additive ``[B, 1, N, N]`` mask of every query over the keys ``key_visible`` holds."""
+        return _additive_mask(key_visible, torch.arange(self.hidden.shape[1]), self.hidden.dtype)
+
+    def run(self, until: int, key_visible: torch.Tensor) -> None:
+        """Layers ``done .. until - 1``, their keys restricted to ``key_visible`` (and causal)."""
+        mask = self.mask(key_visible)
+        with eager_attention(self.lm.config):
+            for layer_idx in range(self.done, until):
+                self.hidden = self.lm.layers[layer_idx](
+                    self.hidden, attention_mask=mask, position_embeddings=self.rope, past_key_values=self.cache
+                )
+                self.hidden = _add_deepstack(self.hidden, self.deepstack, layer_idx)
+        self.done = until
+
+    def result(self, kept: list[torch.Tensor], scores: torch.Tensor, key_visible: torch.Tensor) -> FastVReference:
+        """The remaining layers on ``key_visible``; the logits and what was kept."""
+        self.run(len(self.lm.layers), key_visible)
+        logits = self.model.lm_head(self.lm.norm(self.hidden))
+        return FastVReference(kept, scores, logits, key_visible, self.visual, self.position_ids)
+
+
+def mask_mode_prefill(model, method, input_ids, attention_mask, generation: bool, cache, inputs) -> MaskModePrefill:
+    """A ``MaskModePrefill`` before its first layer; ``inputs`` are the model's other inputs (``pixel_values``,
+    ``image_grid_thw``, ...), positions those of a forward, or with ``generation=True`` of ``generate``'s prefill."""
     lm = adapter_for(model).decoder(model)
     method.check_layers(len(lm.layers))
-    seq_len = input_ids.shape[1]
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
     hidden, position_ids, deepstack = decoder_inputs(
         model, generation, input_ids=input_ids, attention_mask=attention_mask, **inputs
     )
     rope = lm.rotary_emb(hidden, position_ids=position_ids)
-    real = attention_mask.bool()
-    rows = torch.arange(seq_len)
-    full_mask = _additive_mask(real, rows, hidden.dtype)
     visual = visual_positions(model, input_ids)
-    with eager_attention(lm.config):
-        for layer_idx in range(method.k):
-            layer = lm.layers[layer_idx]
-            if layer_idx == method.k - 1:
-                with ranking_attention(lm.config):
-                    _, probs = layer.self_attn(
-                        hidden_states=layer.input_layernorm(hidden), position_embeddings=rope, attention_mask=full_mask
-                    )
-            hidden = layer(hidden, attention_mask=full_mask, position_embeddings=rope, past_key_values=cache)
-            hidden = _add_deepstack(hidden, deepstack, layer_idx)
-    scores, kept, key_visible = ranked(probs, real, visual, method)
-    pruned_mask = _additive_mask(key_visible, rows, hidden.dtype)
-    with eager_attention(lm.config):
-        for layer_idx in range(method.k, len(lm.layers)):
-            layer = lm.layers[layer_idx]
-            hidden = layer(hidden, attention_mask=pruned_mask, position_embeddings=rope, past_key_values=cache)
-            hidden = _add_deepstack(hidden, deepstack, layer_idx)
-    logits = model.lm_head(lm.norm(hidden))
-    return FastVReference(kept, scores, logits, key_visible, visual, position_ids)
+    return MaskModePrefill(model, lm, hidden, position_ids, rope, deepstack, attention_mask.bool(), visual, cache)
+
+
+def fastv_reference(
+    model, method: FastV, input_ids, attention_mask=None, *, generation=False, cache=None, **inputs
+) -> FastVReference:
+    """One FastV prefill of an unmodified model, in mask mode (fills ``cache`` if given); ``inputs`` and positions
+    as ``mask_mode_prefill`` takes them."""
+    prefill = mask_mode_prefill(model, method, input_ids, attention_mask, generation, cache, inputs)
+    prefill.run(method.k - 1, prefill.real)
+    layer = prefill.lm.layers[method.k - 1]
+    with ranking_attention(prefill.lm.config):
+        _, probs = layer.self_attn(
+            hidden_states=layer.input_layernorm(prefill.hidden),
+            position_embeddings=prefill.rope,
+            attention_mask=prefill.mask(prefill.real),
+        )
+    prefill.run(method.k, prefill.real)
+    scores, kept, key_visible = ranked(probs, prefill.real, prefill.visual, method)
+    return prefill.result(kept, scores, key_visible)
 
 
 @torch.no_grad()

@@ -10,83 +10,38 @@ from typing import Any
 
 from vllm.logger import init_logger
 
-from ..methods import FastV
+from ..families import FAMILIES
+from ..method_strings import class_name
+from ..methods import FastV, method_from_dict
 
 logger = init_logger("vllm.graphprune")  # a child of vLLM's logger: vLLM's handler, level and format
 
 KEY = "graphprune"
-METHODS = ("fastv",)
-ACCEPTED_KEYS = ("method", "k", "keep", "query")
-# HF architecture -> (vLLM architecture name graphprune registers, "module:Class" of its model)
-ARCHITECTURES = {
-    "LlavaForConditionalGeneration": ("GraphpruneLlavaForConditionalGeneration", "graphprune.vllm.llava:FastVLlava"),
-    "LlavaNextForConditionalGeneration": (
-        "GraphpruneLlavaNextForConditionalGeneration",
-        "graphprune.vllm.llava_next:FastVLlavaNext",
-    ),
-    "LlavaOnevisionForConditionalGeneration": (
-        "GraphpruneLlavaOnevisionForConditionalGeneration",
-        "graphprune.vllm.llava_onevision:FastVLlavaOnevision",
-    ),
-    "Qwen2VLForConditionalGeneration": (
-        "GraphpruneQwen2VLForConditionalGeneration",
-        "graphprune.vllm.qwen2_vl:FastVQwen2VL",
-    ),
-    "Qwen2_5_VLForConditionalGeneration": (
-        "GraphpruneQwen2_5_VLForConditionalGeneration",
-        "graphprune.vllm.qwen2_vl:FastVQwen2_5_VL",
-    ),
-    "Qwen3VLForConditionalGeneration": (
-        "GraphpruneQwen3VLForConditionalGeneration",
-        "graphprune.vllm.qwen3_vl:FastVQwen3VL",
-    ),
-    "Qwen3VLMoeForConditionalGeneration": (
-        "GraphpruneQwen3VLMoeForConditionalGeneration",
-        "graphprune.vllm.qwen3_vl:FastVQwen3VLMoe",
-    ),
-    "InternVLForConditionalGeneration": (
-        "GraphpruneInternVLForConditionalGeneration",
-        "graphprune.vllm.internvl:FastVInternVL",
-    ),
-    "Idefics3ForConditionalGeneration": (
-        "GraphpruneIdefics3ForConditionalGeneration",
-        "graphprune.vllm.idefics3:FastVIdefics3",
-    ),
-    "SmolVLMForConditionalGeneration": (
-        "GraphpruneSmolVLMForConditionalGeneration",
-        "graphprune.vllm.idefics3:FastVSmolVLM",
-    ),
-}
-
+METHODS = ("fastv",)  # what ``method`` may name in vLLM (``method_strings.class_name`` reads it)
+# HF architecture -> (vLLM architecture name graphprune registers, "module:Class" of its model): the families' records
+ARCHITECTURES = {name: target for family in FAMILIES for name, target in family.vllm.items()}
 # HF architecture vLLM serves and graphprune prunes in HF -> why FastV in vLLM refuses it
-REFUSED = {
-    "Gemma3ForConditionalGeneration": (
-        "its sliding-window layers >= k would slide over the kept tokens' compacted KV instead of original positions, "
-        "and its bidirectional image attention (vLLM's mm_prefix ranges) is not remapped to the kept image tokens; "
-        "prune it with graphprune's HF path (gp.optimize)"
-    ),
-}
+REFUSED = {name: reason for family in FAMILIES for name, reason in family.vllm_refused.items()}
 
 
 def parse(additional_config: Any) -> FastV | None:
-    """The FastV config under ``additional_config["graphprune"]``; None without that key."""
+    """The FastV config under ``additional_config["graphprune"]`` (``method`` and the method's own parameters,
+    read by ``methods.method_from_dict``); None without that key."""
     if not isinstance(additional_config, dict) or KEY not in additional_config:
         return None
     raw = additional_config[KEY]
     if not isinstance(raw, dict):
         raise ValueError(f"graphprune: additional_config['graphprune'] must be a dict; got {raw!r}")
-    unknown = sorted(set(raw) - set(ACCEPTED_KEYS))
-    if unknown:
-        raise ValueError(
-            f"graphprune: unknown key(s) {unknown} in additional_config['graphprune']; accepted: {ACCEPTED_KEYS}"
-        )
     method = raw.get("method", "fastv")
-    if method not in METHODS:
+    name = class_name(method) if isinstance(method, str) else None
+    if name is None or name.lower() not in METHODS:
         raise ValueError(f"graphprune: method must be one of {METHODS} in vLLM; got {method!r}")
+    parameters = {key: value for key, value in raw.items() if key != "method"}
     try:
-        return FastV(**{name: value for name, value in raw.items() if name != "method"})
-    except ValueError as error:
-        raise ValueError(f"graphprune: {error}") from None
+        return method_from_dict({"name": name, **parameters})
+    except ValueError as error:  # the method's own message (its parameters, their values), named as graphprune's
+        message = str(error)
+        raise ValueError(message if message.startswith("graphprune") else f"graphprune: {message}") from None
 
 
 def method_of(vllm_config: Any) -> FastV | None:
@@ -104,7 +59,8 @@ def apply(vllm_config: Any) -> None:
         raise ValueError(f"graphprune: FastV in vLLM does not serve {architecture}: {REFUSED[architecture]}")
     if architecture not in ARCHITECTURES:
         raise ValueError(
-            f"graphprune does not support {architecture} in vLLM; supported architectures: {', '.join(ARCHITECTURES)}"
+            f"graphprune does not support {architecture} in vLLM; supported architectures: "
+            f"{', '.join(sorted(ARCHITECTURES))}"
         )
     try:
         method.check_layers(model_config.hf_text_config.num_hidden_layers)

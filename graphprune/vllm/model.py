@@ -1,5 +1,6 @@
 """What every vLLM model with FastV adds to vLLM's own class: a ``PrunedDecoder`` on its decoder, wrapped around
-each forward. A family module subclasses ``(FastVModel, vLLM's model class)`` and names its visual token ids."""
+each forward. A family's ``vllm.py`` (``graphprune/families/<name>/``) subclasses ``(FastVModel, vLLM's model
+class)`` and names its visual token ids."""
 
 from __future__ import annotations
 

@@ -39,11 +39,9 @@ def fastv_message(**kwargs) -> str:
         ({"keep": 1.5}, fastv_message(keep=1.5)),
         ({"query": "first"}, fastv_message(query="first")),
         ({"method": "sparsevlm"}, "graphprune: method must be one of ('fastv',) in vLLM; got 'sparsevlm'"),
-        (
-            {"k": 2, "ratio": 0.5},
-            "graphprune: unknown key(s) ['ratio'] in additional_config['graphprune']; "
-            "accepted: ('method', 'k', 'keep', 'query')",
-        ),
+        ({"k": 2, "ratio": 0.5}, "graphprune's FastV takes k, keep, query; got also ['ratio']"),
+        ({"method": "dart"}, "graphprune: method must be one of ('fastv',) in vLLM; got 'dart'"),
+        ({"method": ["fastv"]}, "graphprune: method must be one of ('fastv',) in vLLM; got ['fastv']"),
     ],
 )
 def test_bad_config_fails_at_engine_start_with_fastv_messages(llava, config, message):
@@ -56,10 +54,11 @@ def test_unsupported_architecture_lists_supported(tmp_path):
     llama.architectures = ["LlamaForCausalLM"]
     llama.save_pretrained(tmp_path)
     expected = (
-        "graphprune does not support LlamaForCausalLM in vLLM; supported architectures: LlavaForConditionalGeneration, "
+        "graphprune does not support LlamaForCausalLM in vLLM; supported architectures: "
+        "Idefics3ForConditionalGeneration, InternVLForConditionalGeneration, LlavaForConditionalGeneration, "
         "LlavaNextForConditionalGeneration, LlavaOnevisionForConditionalGeneration, Qwen2VLForConditionalGeneration, "
         "Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration, Qwen3VLMoeForConditionalGeneration, "
-        "InternVLForConditionalGeneration, Idefics3ForConditionalGeneration, SmolVLMForConditionalGeneration"
+        "SmolVLMForConditionalGeneration"
     )
     with pytest.raises(ValueError, match=re.escape(expected)):
         engine_config(tmp_path, {"method": "fastv"})
