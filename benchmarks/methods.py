@@ -4,7 +4,8 @@ For every target FLOPs fraction (``--fractions``), each method's ``keep`` is the
 (the paper's count) for this model and input is closest to the target; the table shows the fraction each method
 reaches, its measured prefill ratio and the ratio over the fraction (1.0: the time falls as fast as the FLOPs).
 FastV and DART prune once at layer ``k``; PyramidDrop prunes at several layers, keeping ``keep`` of the survivors at
-each, so it reaches a fraction with a larger ``keep``.
+each, so it reaches a fraction with a larger ``keep``; its fraction is its own paper's count (MLP ``3ndm``, FastV's
+``2ndm``: ``gp.flops``), so its column is comparable to the others' within about a percent.
 
 Model: the random-weight LLaVA-1.5-shaped CPU decoder of ``benchmarks/prefill.py`` (``cpu-small``: 8 layers,
 hidden 1024, 576 visual + 64 text tokens), SDPA attention, eager. What is timed is one prefill as ``generate``
@@ -52,6 +53,8 @@ def methods(num_layers: int) -> dict:
     return {
         "FastV": lambda keep: gp.FastV(k=2, keep=keep),
         "DART": lambda keep: gp.DART(k=2, keep=keep),
+        # the paper's 8/16/24 of 32: stages at a quarter, half and three quarters of the layers
+        "PDrop": lambda keep: gp.PDrop(layers=tuple(num_layers * quarter // 4 for quarter in (1, 2, 3)), keep=keep),
     }
 
 

@@ -17,7 +17,7 @@ from ._version import __version__ as __version__
 from .explain import Report, explain
 from .fidelity import sweep
 from .flops import flops
-from .methods import DART, CrossAttentionTrim, FastV
+from .methods import DART, CrossAttentionTrim, FastV, PDrop
 from .models import UnsupportedModelError, supported_classes
 from .passes import PassError
 from .runtime import last_record, optimize, optimized, restore
@@ -26,6 +26,7 @@ __all__ = [
     "CrossAttentionTrim",
     "DART",
     "FastV",
+    "PDrop",
     "PassError",
     "Report",
     "UnsupportedModelError",

@@ -9,7 +9,6 @@ from pathlib import Path
 from .checkpoints import DTYPES, CheckpointError
 from .fidelity.samples import DEFAULT_PROMPT
 from .method_strings import EXAMPLE, parse_method, parse_methods
-from .methods import FastV
 
 METHOD_FLAGS = ("k", "keep", "query", "select")  # the single-option flags that --method replaces
 
@@ -149,7 +148,7 @@ def _parsed(parser: argparse.ArgumentParser, args: argparse.Namespace):
 
 
 def _check_layers(parser: argparse.ArgumentParser, method, num_layers: int) -> None:
-    if isinstance(method, FastV):
+    if hasattr(method, "check_layers"):  # FastV, DART, PDrop: their layers against the checkpoint's count
         try:
             method.check_layers(num_layers)
         except ValueError as error:

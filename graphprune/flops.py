@@ -29,7 +29,8 @@ def flops(config, method, n_tokens: int, n_visual: int, formula: str = "paper") 
     with FastV, ``k·f(n) + (L-k)·f(n̂)`` where ``n̂ = n - (n_visual - ceil(keep·n_visual))``. For
     CrossAttentionTrim, ``n_tokens`` counts text tokens, ``n_visual`` visual features, and every
     cross-attention layer after the first counts ``ceil(keep·n_visual)`` features. ``ceil(keep·n_visual)``
-    is ``methods.n_keep``'s: at least 1 where ``n_visual`` is.
+    is ``methods.n_keep``'s: at least 1 where ``n_visual`` is. PDrop counts as its own paper does (per layer
+    ``4nd² + 2n²d + 3ndm``, each stage with its kept count; ``decoders.pdrop.pdrop_flops``).
     """
     if formula not in FORMULAS:
         raise ValueError(f"formula must be one of {FORMULAS}; got {formula!r}")

@@ -2,7 +2,8 @@
 
 ``NAME[:OPTION=VALUE,...]``; ``NAME`` is the method's class name in any case, with or without ``_``/``-``
 (``fastv``, ``crossattentiontrim``, ``cross_attention_trim``) or the short ``trim``; several methods are separated
-by ``;``. Values are read as int, then float, else kept as text; ``methods.method_from_dict`` checks them.
+by ``;``. Values are read as int, then float, else kept as text; ``/`` separates a sequence (``layers=8/16/24``).
+``methods.method_from_dict`` checks them.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ def class_name(name: str) -> str | None:
     return names.get(key)
 
 
-def _value(text: str) -> int | float | str:
+def _value(text: str) -> int | float | str | tuple:
+    if "/" in text:  # a sequence, as PDrop's layers=8/16/24
+        return tuple(_value(part.strip()) for part in text.split("/"))
     for kind in (int, float):
         try:
             return kind(text)
@@ -64,5 +67,8 @@ def parse_methods(text: str) -> list[Method]:
 
 def method_string(method: Method) -> str:
     """``method`` written the way ``parse_method`` reads it back (every option, in field order)."""
-    options = ",".join(f"{key}={value}" for key, value in asdict(method).items())
+    options = ",".join(
+        f"{key}={'/'.join(map(str, value)) if isinstance(value, tuple) else value}"
+        for key, value in asdict(method).items()
+    )
     return f"{type(method).__name__.lower()}:{options}"

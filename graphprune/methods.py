@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -146,6 +148,62 @@ class DART:
 
 
 @dataclass(frozen=True)
+class PDrop:
+    """PyramidDrop (Xing et al., "PyramidDrop: Accelerating Your Large Vision-Language Models via Pyramid Visual
+    Redundancy Reduction", CVPR 2025, arXiv 2410.17247): FastV's ranking at several stages.
+
+    Stage ``s`` ranks the visual tokens that survived stage ``s - 1`` by layer ``layers[s] - 1``'s attention (the
+    ``query`` row, as FastV) and keeps ``ceil(keep * survivors)`` of them (at least one; the last real position
+    always among them); layers ``layers[s] ..`` run on the survivors. The rule in full: ``graphprune/passes/pdrop.py``.
+
+    Args:
+        layers: the first layer of each pruned stage (an int: one stage), strictly increasing,
+            ``1 <= l < num_layers`` (the paper's LLaVA-1.5-7B schedule: 8, 16, 24).
+        keep: the fraction of the previous stage's visual tokens each stage keeps (the paper's lambda: 0.5).
+        query: ``"last"`` (the paper's last instruction token: the last real position) or ``"mean"``, as FastV.
+    """
+
+    layers: tuple[int, ...] = (8, 16, 24)
+    keep: float = 0.5
+    query: str = "last"
+
+    def __post_init__(self) -> None:
+        layers = self.layers if isinstance(self.layers, Sequence) and not isinstance(self.layers, str) else None
+        if _plain(self.layers, numbers.Integral) is not None:  # one stage
+            layers = [self.layers]
+        checked = None if layers is None else [_plain(layer, numbers.Integral) for layer in layers]
+        if not checked or None in checked or checked[0] < 1 or any(b <= a for a, b in itertools.pairwise(checked)):
+            raise ValueError(
+                "layers must be a non-empty, strictly increasing sequence of ints >= 1 (the first layer of each "
+                f"pruned stage, 1 <= l < num_layers); got {self.layers!r}"
+            )
+        object.__setattr__(self, "layers", tuple(checked))
+        object.__setattr__(self, "keep", _checked_keep(self.keep))
+        if self.query not in _QUERIES:
+            raise ValueError(f"query must be one of {_QUERIES}; got {self.query!r}")
+
+    @property
+    def k(self) -> int:
+        """The first pruned layer (``layers[0]``): layers below it run on every position."""
+        return self.layers[0]
+
+    def check_layers(self, num_layers: int) -> None:
+        """Raise ``ValueError`` unless every stage layer satisfies ``1 <= l < num_layers``."""
+        if self.layers[-1] >= num_layers:
+            raise ValueError(
+                f"layers must satisfy 1 <= l < {num_layers} (the decoder's layer count); got layers={list(self.layers)}"
+            )
+
+    def stage_counts(self, n_visual):
+        """The visual tokens each stage keeps, a list (one per stage) of ``n_keep`` applied to the previous count."""
+        counts = []
+        for _ in self.layers:
+            n_visual = n_keep(self.keep, n_visual)
+            counts.append(n_visual)
+        return counts
+
+
+@dataclass(frozen=True)
 class CrossAttentionTrim:
     """Trimmed Llama (arXiv 2504.00557): cross-attention visual-feature trimming for Mllama.
 
@@ -176,10 +234,10 @@ class CrossAttentionTrim:
             )
 
 
-Method = FastV | DART | CrossAttentionTrim
+Method = FastV | DART | PDrop | CrossAttentionTrim
 
 
-METHODS = (FastV, DART, CrossAttentionTrim)  # what method_from_dict rebuilds, by class name
+METHODS = (FastV, DART, PDrop, CrossAttentionTrim)  # what method_from_dict rebuilds, by class name
 
 
 def method_to_dict(method: Method) -> dict:

@@ -20,7 +20,8 @@ class MethodHandler:
     decoder: type  # stand-in for the decoder's forward (a decoders.base.GraphDecoder subclass)
     prefill_pass: Callable  # (captured prefill GraphModule, method) -> rewritten GraphModule
     decode_pass: Callable  # (captured decode GraphModule, method) -> rewritten GraphModule
-    budget_pass: Callable  # (pruned prefill GraphModule, budget) -> the same with a constant top-k size (export)
+    # (pruned prefill GraphModule, budget) -> the same with a constant top-k size (export); None: no export yet
+    budget_pass: Callable | None
     check_layout: Callable  # (method, DecoderLayout) -> None; ValueError when the decoder does not fit the method
     report: Callable  # (model, state, record, bytes per element) -> explain.Report
     flops: Callable  # (model config, method, n_tokens, n_visual) -> (before, after), the paper's count

@@ -15,7 +15,9 @@ class Report:
     count, and for the batch the decoder FLOPs and KV-cache bytes before and after pruning.
 
     FastV: ``kept[i]`` holds the sorted original positions of the visual tokens kept for sample i,
-    ``n_visual[i]`` its visual tokens. CrossAttentionTrim: ``kept[i]`` holds the sorted indices of the
+    ``n_visual[i]`` its visual tokens. PDrop: ``kept[i]`` holds the visual positions that survive every
+    stage (those the last stage's layers see), ``scores`` ``s + p`` at each position that stage s (0-based) ranked
+    last with probability p. CrossAttentionTrim: ``kept[i]`` holds the sorted indices of the
     kept features among sample i's flattened feature rows (images × tiles × patches),
     ``n_visual[i]`` its valid features, and ``kept_per_tile[i]`` ``[images, tiles]`` the fraction of
     each tile's features kept (0 for padding tiles).

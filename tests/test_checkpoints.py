@@ -126,9 +126,10 @@ def test_the_command_line_refuses_a_checkpoint_in_one_line_before_loading_it(
         (["--model", str(folder), "--method", "fastv:k=2,kep=0.5"], "bad method string 'fastv:k=2,kep=0.5'"),
         (
             ["--model", str(folder), "--method", "trim:keep=0.5"],
-            "llava checkpoints run FastV, DART; got CrossAttentionTrim",
+            "llava checkpoints run FastV, DART, PDrop; got CrossAttentionTrim",
         ),
         (["--model", str(folder), "--method", "fastv:k=3"], f"k must satisfy 1 <= k < {LAYERS}"),
+        (["--model", str(folder), "--method", "pdrop:layers=1/3"], f"layers must satisfy 1 <= l < {LAYERS}"),
         (["--model", str(folder), "--select", "topk"], "llava runs FastV (k, keep, query)"),
         (["--model", str(folder), "--method", "fastv", "--keep", "0.5"], "give --method or --keep, not both"),
         (["--model", "llava", "--method", "trim:keep=0.5"], "--model llava runs FastV; --method 'trim:keep=0.5' is"),

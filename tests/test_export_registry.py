@@ -49,7 +49,7 @@ def test_a_method_and_its_manifest_entry_convert_both_ways(method, entry):
     [
         (
             {"name": "Other", "keep": 0.5},
-            r"graphprune method name must be one of \['CrossAttentionTrim', 'DART', 'FastV'\]",
+            r"graphprune method name must be one of \['CrossAttentionTrim', 'DART', 'FastV', 'PDrop'\]",
         ),
         ({"name": ["FastV"]}, "graphprune method name must be one of"),
         ({"name": "FastV", "k": 2, "ratio": 0.5}, r"graphprune's FastV takes k, keep, query; got also \['ratio'\]"),

@@ -2,7 +2,7 @@
 
 import pytest
 
-from graphprune import DART, CrossAttentionTrim, FastV
+from graphprune import DART, CrossAttentionTrim, FastV, PDrop
 from graphprune.method_strings import method_string, parse_method, parse_methods
 
 
@@ -16,6 +16,8 @@ from graphprune.method_strings import method_string, parse_method, parse_methods
         ("cross_attention_trim:keep=0.5", CrossAttentionTrim(keep=0.5)),
         ("CrossAttentionTrim", CrossAttentionTrim()),
         ("dart:k=3,keep=0.25,pivots=2,text_pivots=0", DART(k=3, keep=0.25, pivots=2, text_pivots=0)),
+        ("pdrop:layers=8/16/24,keep=0.5", PDrop(layers=(8, 16, 24), keep=0.5)),
+        ("PDrop:layers=2,query=mean", PDrop(layers=(2,), query="mean")),
     ],
 )
 def test_a_method_string_names_its_method(text, method):
@@ -30,7 +32,8 @@ def test_methods_are_separated_by_semicolons():
 @pytest.mark.parametrize(
     ("text", "match"),
     [
-        ("fastw:k=2", "unknown method 'fastw' (methods: fastv, dart, crossattentiontrim, trim)"),
+        ("fastw:k=2", "unknown method 'fastw' (methods: fastv, dart, pdrop, crossattentiontrim, trim)"),
+        ("pdrop:layers=16/8", "layers must be a non-empty, strictly increasing sequence"),
         ("fastv:k=2,kep=0.5", "graphprune's FastV takes k, keep, query; got also ['kep']"),
         ("fastv:k", "'k' is not OPTION=VALUE"),
         ("fastv:k=", "'k=' is not OPTION=VALUE"),

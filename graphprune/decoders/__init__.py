@@ -1,6 +1,6 @@
 """Decoder stand-ins, one module per method; importing a module registers its method (``graphprune.registry``)."""
 
-from . import dart  # noqa: F401  (registers DART)
+from . import dart, pdrop  # noqa: F401  (register DART, PDrop)
 from .base import GraphDecoder
 from .cross_attention_trim import CrossAttentionTrimDecoder, TrimRecord
 from .fastv import FastVDecoder, PrefillRecord

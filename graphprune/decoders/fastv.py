@@ -10,7 +10,7 @@ from .. import ops
 from ..capture import deepstack_inputs
 from ..flops import fastv_flops, kv_bytes
 from ..layout import DecoderLayout
-from ..methods import FastV
+from ..methods import FastV, n_keep
 from ..padding import padding_mask, refuse_right_padding, right_padded
 from ..passes import fastv, fastv_budget, fastv_decode
 from ..registry import MethodHandler, register_method
@@ -103,11 +103,18 @@ class FastVDecoder(GraphDecoder):
         device = inputs_embeds.device
         mask = full_mask(attention_mask if plain else None, batch, seq_len, device)
         visual = self._visual_mask(batch, seq_len, device) & mask.bool()  # padding is not visual
-        dropped = visual.sum(dim=-1) - ops.keep_counts(visual, self.method.keep)
-        kept = mask.sum(dim=-1) - dropped
+        n_visual = visual.sum(dim=-1)
+        # per stage (FastV: one), each sample's kept count: its real positions less the visual ones dropped
+        kept = torch.stack([mask.sum(dim=-1) - n_visual + count for count in self._kept_visual(n_visual)])
         # the one host read of the prefill: what sizes the slots, and every data-dependent choice with it
-        most_dropped, most_kept, fewest_kept, padded, right = torch.stack(
-            [dropped.max(), kept.max(), kept.min(), (mask == 0).any(), right_padded(mask).any()]
+        most_dropped, uniform, padded, right, *most_kept = torch.stack(
+            [
+                (mask.sum(dim=-1) - kept[-1]).max(),
+                (kept.amin(dim=-1) == kept.amax(dim=-1)).all(),
+                (mask == 0).any(),
+                right_padded(mask).any(),
+                *kept.amax(dim=-1),
+            ]
         ).tolist()
         if most_dropped == 0:  # keep=1.0 or no visual token: the unmodified model, exactly
             every = torch.arange(seq_len, device=device).expand(batch, seq_len)
@@ -121,15 +128,19 @@ class FastVDecoder(GraphDecoder):
         if right:
             refuse_right_padding(mask)
         position_ids = self._graph_positions(position_ids, batch, 0, seq_len, device)
-        slots = torch.arange(most_kept, device=device)
+        slots = [torch.arange(most, device=device) for most in most_kept]
         # no padding before or after pruning: SDPA can mask causally by itself (the flash kernel on GPU)
-        unpadded = not padded and fewest_kept == most_kept
+        unpadded = not padded and uniform
         extra = self._extra_inputs(inputs_embeds, kwargs)
         out, (index, valid, scores) = self._prefill(
-            [inputs_embeds, mask, position_ids, *extra, visual, slots], cache, use_cache, unpadded
+            [inputs_embeds, mask, position_ids, *extra, visual, *slots], cache, use_cache, unpadded
         )
         self.state.record(PrefillRecord(visual, mask, index, valid, scores))
         return out
+
+    def _kept_visual(self, n_visual: torch.Tensor) -> list[torch.Tensor]:
+        """Per pruning stage, the visual positions each sample keeps (``n_visual`` ``[B]``); FastV has one stage."""
+        return [n_keep(self.method.keep, n_visual)]
 
     def _extra_inputs(self, inputs_embeds: torch.Tensor, kwargs: dict) -> list[torch.Tensor]:
         """The prefill graph's inputs after the position ids: the DeepStack ones (Qwen3-VL), if any."""

@@ -12,6 +12,7 @@ from torch import nn
 
 from .._version import __version__
 from ..methods import method_to_dict
+from ..registry import handler_for
 from ..runtime import optimized_state
 from .family import export_family
 from .graph_export import GraphExport
@@ -64,6 +65,11 @@ def family_graphs(
 ) -> tuple[list[GraphExport], dict]:
     """The export graphs of an optimised ``model``'s family and what its manifest records about the model."""
     state = optimized_state(model)
+    if prune and handler_for(state.method).budget_pass is None:
+        raise ValueError(
+            f"graphprune's export does not carry {type(state.method).__name__} yet: export a FastV or DART model, "
+            "or pass prune=False for the unpruned decoder"
+        )
     why = f" ({state.adapter.export_refusal})" if state.adapter.export_refusal else ""
     family = export_family(
         state.adapter.name, f"graphprune cannot export {type(model).__name__} ({state.adapter.name}) yet{why}"

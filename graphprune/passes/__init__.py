@@ -8,6 +8,8 @@ from .dart import dart
 from .fastv import fastv
 from .fastv_budget import fastv_budget
 from .fastv_decode import fastv_decode
+from .pdrop import pdrop
+from .pdrop_decode import pdrop_decode
 
 __all__ = [
     "INSERTED_PREFIX",
@@ -19,4 +21,6 @@ __all__ = [
     "fastv",
     "fastv_budget",
     "fastv_decode",
+    "pdrop",
+    "pdrop_decode",
 ]
