@@ -1,0 +1,122 @@
+"""DART in vLLM on LLaVA-1.5 and Qwen2-VL: greedy tokens equal graphprune's HF path (LLaVA: and its eager reference) for
+a batch of requests (prompts ending with a visual token, a text-only request), and layers >= k run on the positions
+the HF path keeps."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import pytest
+import torch
+
+pytest.importorskip("vllm", reason="vLLM is not installed: the vLLM plugin tests run in .venv-vllm (.ci/vllm-venv)")
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+import graphprune as gp
+from graphprune.reference import dart_reference_generate
+from graphprune.testing import tiny_llava
+from graphprune.tiny_checkpoints import save_llava
+
+from .helpers import MAX_NEW_TOKENS, close, hf_tokens, make_llm, vllm_tokens
+from .test_last_position import REQUESTS as ENDING_VISUAL
+from .test_llava import REQUESTS, TEXT_ONLY
+
+IMAGE_REQUESTS = [*REQUESTS, *ENDING_VISUAL]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    model = tiny_llava(hidden_size=128, intermediate_size=256, num_heads=4, num_kv_heads=2, vocab_size=128)
+    return save_llava(model, tmp_path_factory.mktemp("llava"))
+
+
+@pytest.fixture(scope="module")
+def hf_model(checkpoint):
+    return LlavaForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).eval()
+
+
+# the second: fewer pivots, one text pivot, a keep that leaves fewer kept visual tokens than the first's pivots
+@pytest.fixture(
+    scope="module",
+    params=[gp.DART(k=2, keep=0.5), gp.DART(k=1, keep=0.25, pivots=2, text_pivots=1)],
+    ids=lambda method: f"k{method.k}-keep{method.keep}-pivots{method.pivots}+{method.text_pivots}",
+)
+def pruned(request, checkpoint):
+    method = request.param
+    llm = make_llm(checkpoint, {"method": "dart", **asdict(method)})
+    yield llm, method
+    close(llm)
+
+
+@torch.no_grad()
+def test_greedy_tokens_equal_hf_path_and_reference(pruned, checkpoint, hf_model):
+    llm, method = pruned
+    requests = [*IMAGE_REQUESTS, TEXT_ONLY]  # one flattened batch, a text-only request among them
+    tokens = vllm_tokens(llm, requests)
+    expected = hf_tokens(LlavaForConditionalGeneration, checkpoint, method, requests)
+    assert expected[:-1] != hf_tokens(LlavaForConditionalGeneration, checkpoint, None, requests[:-1])  # pruning shows
+    assert tokens == expected
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    for (text, images), request_tokens in zip(IMAGE_REQUESTS, tokens, strict=False):
+        inputs = processor(text=text, images=images, return_tensors="pt")
+        ids = dart_reference_generate(hf_model, method, **inputs, max_new_tokens=MAX_NEW_TOKENS)
+        assert ids[0, inputs["input_ids"].shape[1] :].tolist() == request_tokens, text
+
+
+def _record_kept_rows(model) -> None:
+    """A hook on layer k, after graphprune's: the rows of the flattened batch that layers >= k compute per step."""
+    model.kept_rows = []
+    fastv = model.fastv
+
+    def hook(module, args):
+        model.kept_rows.append(None if fastv.plan is None else fastv.plan.index.tolist())
+
+    model.recording = model.language_model.model.layers[fastv.method.k].register_forward_pre_hook(hook)
+
+
+def _stop(model) -> list:
+    model.recording.remove()
+    return model.kept_rows
+
+
+@torch.no_grad()
+def test_layers_from_k_run_on_the_hf_paths_kept_positions(pruned, checkpoint, hf_model):
+    """Each prompt alone: its prefill step's kept rows are its text positions and the visual positions that
+    ``gp.explain`` reports on the HF path (not FastV's, whose scores differ)."""
+    llm, method = pruned
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    with gp.optimized(hf_model, method):
+        for text, images in IMAGE_REQUESTS:
+            llm.apply_model(_record_kept_rows)
+            vllm_tokens(llm, [(text, images)], max_new_tokens=1)
+            [kept_rows] = llm.apply_model(_stop)[0]
+            inputs = processor(text=text, images=images, return_tensors="pt")
+            visual = inputs["input_ids"][0] == hf_model.config.image_token_index
+            kept_visual = gp.explain(hf_model, **inputs).kept[0].tolist()
+            assert kept_rows == sorted((~visual).nonzero().flatten().tolist() + kept_visual), text
+
+
+@pytest.fixture(
+    scope="module", params=[gp.DART(k=2, keep=0.5), gp.DART(k=1, keep=0.25, pivots=2, text_pivots=1)], ids=str
+)
+def qwen2_vl(request, tmp_path_factory):
+    from graphprune.testing import tiny_qwen2_vl
+    from graphprune.tiny_checkpoints import save_qwen2_vl
+
+    model = tiny_qwen2_vl(hidden_size=128, intermediate_size=256, num_heads=4, num_kv_heads=2, mrope_section=(4, 6, 6))
+    path = save_qwen2_vl(model, tmp_path_factory.mktemp("qwen2_vl"))
+    llm = make_llm(path, {"method": "dart", **asdict(request.param)})
+    yield llm, path, request.param
+    close(llm)
+
+
+def test_qwen2_vl_greedy_tokens_equal_hf_path(qwen2_vl):
+    """M-RoPE: layers >= k get all three position rows of the kept tokens, as for FastV."""
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from .test_qwen2_vl import REQUESTS as QWEN2_VL_REQUESTS
+
+    llm, path, method = qwen2_vl
+    expected = hf_tokens(Qwen2VLForConditionalGeneration, path, method, QWEN2_VL_REQUESTS)
+    assert expected[:3] != hf_tokens(Qwen2VLForConditionalGeneration, path, None, QWEN2_VL_REQUESTS[:3])
+    assert vllm_tokens(llm, QWEN2_VL_REQUESTS) == expected
