@@ -120,3 +120,21 @@ def test_qwen2_vl_greedy_tokens_equal_hf_path(qwen2_vl):
     expected = hf_tokens(Qwen2VLForConditionalGeneration, path, method, QWEN2_VL_REQUESTS)
     assert expected[:3] != hf_tokens(Qwen2VLForConditionalGeneration, path, None, QWEN2_VL_REQUESTS[:3])
     assert vllm_tokens(llm, QWEN2_VL_REQUESTS) == expected
+
+
+def test_preempted_requests_give_hf_tokens(checkpoint):
+    """Under KV pressure (``test_preemption``'s setting) a recomputed request is ranked on its prompt part: DART's
+    first selection again, so the tokens stay the HF path's."""
+    from . import test_preemption as preemption
+
+    method = gp.DART(k=2, keep=0.5)
+    llm = make_llm(checkpoint, {"method": "dart", **asdict(method)}, max_model_len=256, num_gpu_blocks_override=20)
+    try:
+        llm.apply_model(preemption._record_prefills)
+        tokens = vllm_tokens(llm, REQUESTS, preemption.MAX_NEW_TOKENS)
+        prefills = llm.apply_model(preemption._stop)[0]
+    finally:
+        close(llm)
+    assert len(prefills) > len(REQUESTS), f"no request was preempted and recomputed (prefill lengths {prefills})"
+    expected = hf_tokens(LlavaForConditionalGeneration, checkpoint, method, REQUESTS, preemption.MAX_NEW_TOKENS)
+    assert tokens == expected
