@@ -25,6 +25,8 @@ METHODS = ("fastv", "dart")  # what ``method`` may name in vLLM (``method_string
 ARCHITECTURES = {name: target for family in FAMILIES for name, target in family.vllm.items()}
 # HF architecture vLLM serves and graphprune prunes in HF -> why the plugin refuses it
 REFUSED = {name: reason for family in FAMILIES for name, reason in family.vllm_refused.items()}
+# HF architecture -> the methods its family's record fits (``Family.methods``)
+FITTING = {name: family.methods for family in FAMILIES for name in family.vllm}
 
 
 def parse(additional_config: Any) -> FastV | DART | None:
@@ -66,6 +68,9 @@ def apply(vllm_config: Any) -> None:
             f"graphprune does not support {architecture} in vLLM; supported architectures: "
             f"{', '.join(sorted(ARCHITECTURES))}"
         )
+    if type(method) not in FITTING[architecture]:
+        fitting = ", ".join(kind.__name__ for kind in FITTING[architecture])
+        raise ValueError(f"graphprune: {name} does not fit {architecture}; its family takes {fitting}")
     try:
         method.check_layers(model_config.hf_text_config.num_hidden_layers)
     except ValueError as error:

@@ -189,3 +189,11 @@ def test_dart_is_named_in_the_info_line_and_the_refusals(llava):
     ]
     with pytest.raises(ValueError, match=re.escape("graphprune: DART in vLLM needs the hybrid KV cache manager")):
         engine_config(llava, {"method": "dart"}, disable_hybrid_kv_cache_manager=True)
+
+
+def test_a_method_the_family_record_does_not_list_is_refused(llava, monkeypatch):
+    from graphprune.vllm import config
+
+    monkeypatch.setitem(config.FITTING, "LlavaForConditionalGeneration", (gp.FastV,))
+    with pytest.raises(ValueError, match=re.escape("graphprune: DART does not fit LlavaForConditionalGeneration; its")):
+        engine_config(llava, {"method": "dart"})
