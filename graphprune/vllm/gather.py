@@ -21,6 +21,7 @@ Forward hooks on one vLLM decoder (``decoder.layers[i].self_attn.attn`` is vLLM'
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 
 import torch
@@ -166,19 +167,16 @@ class PrunedDecoder:
         head_dim = attention.head_size
         if isinstance(self.method, DART):
             entering = hidden[:n_tokens] if residual is None else hidden[:n_tokens] + residual[:n_tokens]
-            norm_weight = self.norm_weight
-
-            def rank(k: torch.Tensor, h: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-                return dart_kept_mask(k, h, v, self.method, head_dim, norm_weight, _head_sum)
-
             inputs = (key, entering)
+            rank = functools.partial(
+                dart_kept_mask, method=self.method, head_dim=head_dim, norm_weight=self.norm_weight, head_sum=_head_sum
+            )
         else:
-            scale = float(attention.impl.scale)
-
-            def rank(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-                return kept_mask(q, k, v, self.method, scale, head_dim, _head_mean)
-
             inputs = (query, key)
+            scale = float(attention.impl.scale)
+            rank = functools.partial(
+                kept_mask, method=self.method, scale=scale, head_dim=head_dim, head_mean=_head_mean
+            )
         plan = plan_step(
             inputs,
             visual,
