@@ -1,6 +1,6 @@
-"""DART in vLLM on LLaVA-1.5 and Qwen2-VL: greedy tokens equal graphprune's HF path (LLaVA: and its eager reference) for
-a batch of requests (prompts ending with a visual token, a text-only request), and layers >= k run on the positions
-the HF path keeps."""
+"""DART in vLLM on LLaVA-1.5, Qwen2-VL and Qwen3-VL: greedy tokens equal graphprune's HF path (LLaVA: and its eager
+reference) for a batch of requests (prompts ending with a visual token, a text-only request) and under preemption, and
+layers >= k run on the positions the HF path keeps."""
 
 from __future__ import annotations
 
@@ -138,3 +138,25 @@ def test_preempted_requests_give_hf_tokens(checkpoint):
     assert len(prefills) > len(REQUESTS), f"no request was preempted and recomputed (prefill lengths {prefills})"
     expected = hf_tokens(LlavaForConditionalGeneration, checkpoint, method, REQUESTS, preemption.MAX_NEW_TOKENS)
     assert tokens == expected
+
+
+def test_qwen3_vl_greedy_tokens_equal_hf_path(tmp_path):
+    """DeepStack: the hidden states entering layer k hold the level added after layer k-1 (k=2: inside levels 0-2),
+    as on the HF path."""
+    from transformers import Qwen3VLForConditionalGeneration
+
+    from graphprune.testing import tiny_qwen3_vl
+    from graphprune.tiny_checkpoints import save_qwen3_vl
+
+    from .test_qwen3_vl import REQUESTS as QWEN3_VL_REQUESTS
+
+    method = gp.DART(k=2, keep=0.5, pivots=2, text_pivots=2)
+    model = tiny_qwen3_vl(hidden_size=128, intermediate_size=192, num_heads=4, num_kv_heads=2, mrope_section=(6, 5, 5))
+    path = save_qwen3_vl(model, tmp_path)
+    expected = hf_tokens(Qwen3VLForConditionalGeneration, path, method, QWEN3_VL_REQUESTS)
+    assert expected[:3] != hf_tokens(Qwen3VLForConditionalGeneration, path, None, QWEN3_VL_REQUESTS[:3])
+    llm = make_llm(path, {"method": "dart", **asdict(method)}, limit_mm_per_prompt={"image": 2, "video": 0})
+    try:
+        assert vllm_tokens(llm, QWEN3_VL_REQUESTS) == expected
+    finally:
+        close(llm)
