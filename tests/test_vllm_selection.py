@@ -30,8 +30,7 @@ def _step(dropped_counts, visual):
     query = torch.zeros(7, HEAD_DIM)
     query[6] = 20.0 * (keys[3] + keys[5])  # row 1's last token attends to its tokens 2 and 4
     return plan_step(
-        query,
-        keys,
+        (query, keys),
         visual,
         query_start_loc=torch.tensor([0, 1, 7], dtype=torch.int32),
         seq_lens=torch.tensor([10, 6], dtype=torch.int32),
@@ -76,8 +75,7 @@ def test_a_recomputed_request_is_ranked_on_its_prompt():
     visual = torch.tensor([False, True, True, True, True, False, False, True, False])
     counts = DroppedCounts()
     plan = plan_step(
-        query,
-        keys,
+        (query, keys),
         visual,
         query_start_loc=torch.tensor([0, 9], dtype=torch.int32),
         seq_lens=torch.tensor([9], dtype=torch.int32),
@@ -126,8 +124,7 @@ def test_a_decode_only_step_is_planned_from_the_metadata_alone():
     assert plan.slot_mapping(metadata["block_table"], 4).tolist() == [8 * 4 + 2, 3 * 4 + 1]
     scheduled = Scheduled(["a", "b"], torch.tensor([5, 6]), {})
     stepped = plan_step(
-        torch.zeros(2, HEAD_DIM),
-        torch.zeros(2, HEAD_DIM),
+        (torch.zeros(2, HEAD_DIM), torch.zeros(2, HEAD_DIM)),
         torch.zeros(2, dtype=torch.bool),
         **metadata,
         scheduled=scheduled,
@@ -168,8 +165,7 @@ def test_a_split_prompt_is_refused():
     """A row that is neither a whole prompt (query length == sequence length) nor a 1-token decode."""
     with pytest.raises(RuntimeError, match="^graphprune: a step holds 3 of a request's 9 positions"):
         plan_step(
-            torch.zeros(3, HEAD_DIM),
-            torch.zeros(3, HEAD_DIM),
+            (torch.zeros(3, HEAD_DIM), torch.zeros(3, HEAD_DIM)),
             torch.tensor([False, True, True]),
             query_start_loc=torch.tensor([0, 3], dtype=torch.int32),
             seq_lens=torch.tensor([9], dtype=torch.int32),

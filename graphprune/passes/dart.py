@@ -38,63 +38,6 @@ from . import _graph
 from .fastv import insert_pruning
 
 PASS = "dart"
-PIVOT_SCORE = 2.0  # above every -cosine: the visual pivots are kept first
-_EPS = 1e-8  # torch.nn.functional.cosine_similarity's
-
-
-def _top(values: torch.Tensor, candidates: torch.Tensor, most: int) -> torch.Tensor:
-    """``[B, N]`` bool: the ``most`` candidates with the largest ``values`` (all where fewer), ties to the earlier."""
-    counts = candidates.new_full((candidates.shape[0], 1), most, dtype=torch.long)
-    return ops.best_per_sample(torch.where(candidates, values, float("-inf")), counts, most) & candidates
-
-
-def _rows(mask: torch.Tensor, most: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The positions where ``mask [B, N]`` holds (at most ``most`` per sample), ascending: ``index [B, most]`` and
-    ``valid [B, most]`` (False for the spare columns, whose index is 0)."""
-    batch, seq_len = mask.shape
-    earlier = (seq_len - torch.arange(seq_len, device=mask.device)).float().expand(batch, seq_len)  # exact < 2**24
-    order = torch.cat([torch.where(mask, earlier, 0.0), earlier.new_zeros(batch, most)], dim=-1).topk(most, dim=-1)
-    valid = order.values > 0
-    return torch.where(valid, order.indices, 0), valid
-
-
-def dart_scores(
-    hidden: torch.Tensor,
-    key_states: torch.Tensor,
-    norm_weight: torch.Tensor,
-    visual_mask: torch.Tensor,
-    attention_mask: torch.Tensor,
-    pivots: int,
-    text_pivots: int,
-) -> torch.Tensor:
-    """DART scores ``[B, N]`` (module docstring, steps 2-5) from the hidden states entering layer ``k``
-    ``[B, N, d]``, layer ``k - 1``'s keys ``[B, H_kv, N, D]`` and the final norm's weight ``[d]``; float32."""
-    batch, seq_len = visual_mask.shape
-    real = attention_mask.bool()
-    visual = visual_mask & real
-    positions = torch.arange(seq_len, device=hidden.device).expand(batch, seq_len)
-    last = torch.where(real, positions, 0).amax(dim=-1, keepdim=True)
-    norms = key_states.float().abs().sum(dim=(1, 3))
-    visual_pivots = _top(norms, visual & (positions != last), pivots)
-    pivot = visual_pivots
-    if text_pivots:
-        first = positions.masked_fill(~visual, seq_len).amin(dim=-1, keepdim=True)
-        pivot = pivot | _top(norms, real & ~visual & (positions > first), text_pivots)
-    # a visual pivot's rank among the sample's visual pivots (0: the largest norm; ties: the earlier)
-    index, valid = _rows(visual_pivots, pivots)
-    pivot_norms, pivot_positions = norms.gather(1, index)[:, None, :], index[:, None, :]
-    ahead = (pivot_norms > norms[:, :, None]) | (
-        (pivot_norms == norms[:, :, None]) & (pivot_positions < positions[..., None])
-    )
-    rank = (ahead & valid[:, None, :]).sum(dim=-1)
-    # duplication: the largest cosine similarity to a pivot's features
-    features = hidden.float() * norm_weight.float()
-    unit = features / features.norm(dim=-1, keepdim=True).clamp(min=_EPS)
-    index, valid = _rows(pivot, pivots + text_pivots)
-    pivot_units = unit.gather(1, index[:, :, None].expand(-1, -1, unit.shape[-1]))
-    similarity = (unit @ pivot_units.transpose(1, 2)).masked_fill(~valid[:, None, :], float("-inf"))
-    scores = torch.where(visual_pivots, PIVOT_SCORE + (pivots - rank).float(), -similarity.amax(dim=-1))
-    return torch.where(visual, scores, 0.0)
 
 
 def _final_norm_weight(gm: fx.GraphModule) -> fx.Node:
@@ -120,7 +63,7 @@ def dart(gm: fx.GraphModule, method: DART) -> fx.GraphModule:
 
     def scores(visual_mask: fx.Node, attention_mask: fx.Node) -> fx.Node:
         args = (hidden, key_states, norm_weight, visual_mask, attention_mask)
-        return gm.graph.call_function(dart_scores, (*args, method.pivots, method.text_pivots))
+        return gm.graph.call_function(ops.dart_scores, (*args, method.pivots, method.text_pivots))
 
     gathered = insert_pruning(gm, PASS, method, scores)
     summary = f"k={k} keep={method.keep} pivots={method.pivots}+{method.text_pivots}"

@@ -1,9 +1,10 @@
-"""FastV inside vLLM, as an out-of-tree plugin (``vllm.general_plugins`` entry point ``graphprune``).
+"""FastV and DART inside vLLM, as an out-of-tree plugin (``vllm.general_plugins`` entry point ``graphprune``).
 
 ``LLM(model, additional_config={"graphprune": {"method": "fastv", "k": 2, "keep": 0.5}})`` serves the model with
-FastV per request, as ``graphprune.FastV`` computes it; without the ``graphprune`` key vLLM is untouched. Importing
-this package does not import vLLM: ``register`` (called by vLLM in each of its processes) registers graphprune's
-model classes by name and hooks the config check, both lazily.
+FastV per request, as ``graphprune.FastV`` computes it (``"method": "dart"``: ``graphprune.DART``, with its ``pivots``
+and ``text_pivots``); without the ``graphprune`` key vLLM is untouched. Importing this package does not import vLLM:
+``register`` (called by vLLM in each of its processes) registers graphprune's model classes by name and hooks the
+config check, both lazily.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Forward hooks on one vLLM decoder (``decoder.layers[i].self_attn.attn`` is vLLM's ``Attention``):
 
 - a step with a prefill runs eagerly (the runner's forward context gets ``skip_compiled``): layer k-1's
-  ``Attention`` sees q and k after RoPE, and the step is planned there (``selection.plan_step``);
+  ``Attention`` sees q and k after RoPE, and the step is planned at layer k's input (``selection.plan_step``), from
+  them (FastV) or from the keys and the hidden states entering layer k (DART);
 - a decode-only step is planned before the forward (``selection.plan_decode``, from the metadata alone: no row is
   dropped, only layers >= k's KV lengths and slots move), and runs under vLLM's compilation: the hooks below do
   nothing in it (vLLM traces the decoder once, with the hooks idle, and then calls the compiled code without guards);
@@ -20,17 +21,19 @@ Forward hooks on one vLLM decoder (``decoder.layers[i].self_attn.attn`` is vLLM'
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 
 import torch
 from torch import nn
 
-from ..methods import FastV
+from ..methods import DART, FastV
 from .kv_cache import KeptTokensSpec
 from .selection import (
     DroppedCounts,
     Plan,
     Scheduled,
+    dart_kept_mask,
     is_decode_only,
     kept_mask,
     plan_decode,
@@ -42,11 +45,13 @@ METADATA_FIELDS = ("query_start_loc", "seq_lens", "block_table")  # what plan_st
 
 
 class PrunedDecoder:
-    """FastV on one vLLM decoder (``.layers``); ``scheduled(...)`` (the runner) and ``step(input_ids)`` (the model)
-    wrap each forward."""
+    """FastV or DART on one vLLM decoder (``.layers``, ``.norm``); ``scheduled(...)`` (the runner) and
+    ``step(input_ids)`` (the model) wrap each forward."""
 
-    def __init__(self, decoder: nn.Module, method: FastV, visual_ids: tuple[int, ...], vllm_config) -> None:
+    def __init__(self, decoder: nn.Module, method: FastV | DART, visual_ids: tuple[int, ...], vllm_config) -> None:
         self.method, self.vllm_config = method, vllm_config
+        self.name = type(method).__name__  # what the errors call the method
+        self.norm_weight = _final_norm_weight(decoder) if isinstance(method, DART) else None
         self.layers = decoder.layers
         self.attentions = [layer.self_attn.attn for layer in self.layers]
         self.pruned_names = [attention.layer_name for attention in self.attentions[method.k :]]
@@ -54,8 +59,9 @@ class PrunedDecoder:
         self.dropped_counts = DroppedCounts()
         self.input_ids: torch.Tensor | None = None
         self.requests: Scheduled | None = None  # this step's requests, from the model runner (runner.py)
-        self.ranking = False  # this step has a prefill: it runs eagerly and layer k-1's hook plans it
-        self.ranked = False  # layer k-1's hook ran in this step
+        self.ranking = False  # this step has a prefill: it runs eagerly and layer k's input hook plans it
+        self.ranked = False  # layer k's input hook planned this step
+        self.attention_inputs: tuple[torch.Tensor, torch.Tensor] | None = None  # layer k-1's query, key rows
         self.plan: Plan | None = None
         self.full: tuple[torch.Tensor, torch.Tensor] | None = None  # layer k's input, all rows
         self.positions: torch.Tensor | None = None  # the kept rows' positions
@@ -64,7 +70,7 @@ class PrunedDecoder:
         k = method.k
         for attention in self.attentions[k:]:
             attention.get_kv_cache_spec = _kept_tokens_spec(attention.get_kv_cache_spec, method.keep, visual_ids)
-        self.attentions[k - 1].register_forward_pre_hook(self._plan)
+        self.attentions[k - 1].register_forward_pre_hook(self._layer_inputs)
         self.layers[k].register_forward_pre_hook(self._gather)
         for index in range(k, len(self.layers)):
             self.layers[index].register_forward_pre_hook(self._positions)
@@ -90,8 +96,8 @@ class PrunedDecoder:
             yield
             if self.ranking and not self.ranked:
                 raise RuntimeError(
-                    "graphprune: a step with a prefill ran without FastV's ranking hook (layer k-1); the decoder's "
-                    "compiled code ran instead of its eager forward"
+                    f"graphprune: a step with a prefill ran without {self.name}'s ranking hooks (layers k-1 and k); "
+                    "the decoder's compiled code ran instead of its eager forward"
                 )
         finally:
             self._restore_metadata()
@@ -107,6 +113,7 @@ class PrunedDecoder:
             yield
         finally:
             self.input_ids, self.plan, self.full, self.positions = None, None, None, None
+            self.attention_inputs = None
 
     def _metadata(self, layer_name: str):
         """The step's attention metadata of one layer, from the forward context; None in dummy and profile runs."""
@@ -117,7 +124,7 @@ class PrunedDecoder:
         metadata = get_forward_context().attn_metadata
         if isinstance(metadata, list):
             raise RuntimeError(
-                "graphprune: FastV in vLLM does not support micro-batching (per-ubatch attention metadata)"
+                f"graphprune: {self.name} in vLLM does not support micro-batching (per-ubatch attention metadata)"
             )
         metadata = metadata.get(layer_name) if isinstance(metadata, dict) else None
         if metadata is None:
@@ -125,8 +132,9 @@ class PrunedDecoder:
         missing = [field for field in METADATA_FIELDS if not hasattr(metadata, field)]
         if missing:
             raise RuntimeError(
-                f"graphprune: {type(metadata).__name__} lacks {missing}; FastV in vLLM supports the attention backends "
-                f"whose metadata has {list(METADATA_FIELDS)} (CPU_ATTN, FLASH_ATTN, TRITON_ATTN, FLEX_ATTENTION)"
+                f"graphprune: {type(metadata).__name__} lacks {missing}; {self.name} in vLLM supports the attention "
+                f"backends whose metadata has {list(METADATA_FIELDS)} (CPU_ATTN, FLASH_ATTN, TRITON_ATTN, "
+                "FLEX_ATTENTION)"
             )
         return metadata
 
@@ -140,23 +148,37 @@ class PrunedDecoder:
                 context.slot_mapping[name] = slots
         self.restore = {}
 
-    def _plan(self, attention: nn.Module, args: tuple) -> None:
-        self.plan = None
+    def _layer_inputs(self, attention: nn.Module, args: tuple) -> None:
+        """Layer k-1's attention, in a step that ranks: keep its query and key rows (after RoPE) for ``_rank``."""
         if not self.ranking or self.input_ids is None:
             return
+        n_tokens = int(self._metadata(attention.layer_name).query_start_loc[-1])
+        self.attention_inputs = (args[0][:n_tokens], args[1][:n_tokens])
+
+    def _rank(self, hidden: torch.Tensor, residual: torch.Tensor | None) -> Plan | None:
+        """Plan the step from layer k-1's query and key rows and the hidden states entering layer k (vLLM hands a
+        layer its input as ``hidden + residual``), and prune the metadata of layers >= k to the plan."""
+        attention = self.attentions[self.method.k - 1]
+        query, key = self.attention_inputs
+        self.attention_inputs, self.ranked = None, True
+        n_tokens = key.shape[0]
         metadata = self._metadata(attention.layer_name)
-        self.ranked = True
-        query, key = args[0], args[1]
-        n_tokens = int(metadata.query_start_loc[-1])
         visual = torch.isin(self.input_ids[:n_tokens], self.visual_ids.to(self.input_ids.device))
-
-        def rank(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            head_dim = attention.head_size
-            return kept_mask(q, k, v, self.method, float(attention.impl.scale), head_dim, _head_mean)
-
-        self.plan = plan_step(
-            query[:n_tokens],
-            key[:n_tokens],
+        head_dim = attention.head_size
+        if isinstance(self.method, DART):
+            entering = hidden[:n_tokens] if residual is None else hidden[:n_tokens] + residual[:n_tokens]
+            inputs = (key, entering)
+            rank = functools.partial(
+                dart_kept_mask, method=self.method, head_dim=head_dim, norm_weight=self.norm_weight, head_sum=_head_sum
+            )
+        else:
+            inputs = (query, key)
+            scale = float(attention.impl.scale)
+            rank = functools.partial(
+                kept_mask, method=self.method, scale=scale, head_dim=head_dim, head_mean=_head_mean
+            )
+        plan = plan_step(
+            inputs,
             visual,
             metadata.query_start_loc,
             metadata.seq_lens,
@@ -165,8 +187,9 @@ class PrunedDecoder:
             self.dropped_counts,
             rank,
         )
-        if self.plan is not None:
-            self._prune_metadata(self.plan, gathered=True)
+        if plan is not None:
+            self._prune_metadata(plan, gathered=True)
+        return plan
 
     def _prune_metadata(self, plan: Plan, gathered: bool) -> None:
         """Give each KV cache group of layers >= k metadata and slots over the kept rows, in its own block table.
@@ -227,9 +250,11 @@ class PrunedDecoder:
         return self._builders[key]
 
     def _gather(self, layer: nn.Module, args: tuple) -> tuple | None:
+        positions, hidden, residual, *rest = args
+        if self.attention_inputs is not None:
+            self.plan = self._rank(hidden, residual)
         if self.plan is None:
             return None
-        positions, hidden, residual, *rest = args
         self.full = (hidden, residual)
         index = self.plan.index
         self.positions = positions.index_select(-1, index)  # [N] or M-RoPE's [3, N]: every row
@@ -255,6 +280,25 @@ def _head_mean(scores: torch.Tensor) -> torch.Tensor:
 
     world = get_tensor_model_parallel_world_size()
     return scores if world == 1 else tensor_model_parallel_all_reduce(scores) / world
+
+
+def _final_norm_weight(decoder: nn.Module) -> torch.Tensor:
+    """The decoder's final RMSNorm weight (``decoder.norm``), by which DART scales the hidden states it compares."""
+    weight = getattr(getattr(decoder, "norm", None), "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        raise RuntimeError(
+            f"graphprune: DART in vLLM needs the decoder's final norm weight (decoder.norm.weight); "
+            f"{type(decoder).__name__} has none"
+        )
+    return weight
+
+
+def _head_sum(norms: torch.Tensor) -> torch.Tensor:
+    """This rank's key norms -> their sum over every rank's key heads (tensor parallel; where vLLM replicates the key
+    heads over ranks, each is counted as often as it is replicated: a common factor, so the same ranking)."""
+    from vllm.distributed import get_tensor_model_parallel_world_size, tensor_model_parallel_all_reduce
+
+    return norms if get_tensor_model_parallel_world_size() == 1 else tensor_model_parallel_all_reduce(norms)
 
 
 def _kept_tokens_spec(full_spec, keep: float, visual_ids: tuple[int, ...]):

@@ -1,4 +1,4 @@
-"""What every vLLM model with FastV adds to vLLM's own class: a ``PrunedDecoder`` on its decoder, wrapped around
+"""What every vLLM model with FastV or DART adds to vLLM's own class: a ``PrunedDecoder`` on its decoder, wrapped around
 each forward. A family's ``vllm.py`` (``graphprune/families/<name>/``) subclasses ``(FastVModel, vLLM's model
 class)`` and names its visual token ids."""
 

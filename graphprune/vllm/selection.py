@@ -1,9 +1,9 @@
-"""Per-step bookkeeping of FastV over vLLM's flattened batch and paged KV cache.
+"""Per-step bookkeeping of FastV and DART over vLLM's flattened batch and paged KV cache.
 
 vLLM's forward sees every scheduled request's tokens concatenated (``query_start_loc`` marks where each starts); each
 request's id and prompt length come from the model runner (``runner.py``). A request is prefilled in one step
 (graphprune turns chunked prefill off and raises the token and multimodal budgets), so a row whose query length equals
-its sequence length is a prefill: FastV ranks the visual tokens of its *prompt* part there. A request that vLLM
+its sequence length is a prefill: the method ranks the visual tokens of its *prompt* part there. A request that vLLM
 preempted is recomputed as one prefill of its prompt plus the tokens it generated; ranking on the prompt part
 (causal: its rows do not see later tokens) reproduces its first selection, and the generated tokens are all kept.
 Any other row must be a 1-token decode (anything else is refused). Layers >= k hold that request's KV compacted in
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..methods import FastV, n_keep
-from ..ops import fastv_scores
+from ..methods import DART, FastV, n_keep
+from ..ops import dart_scores_by_norms, fastv_scores, key_norms
 
 logger = logging.getLogger("vllm.graphprune")  # a child of vLLM's logger: vLLM's handler and format
 
@@ -98,21 +98,48 @@ def kept_mask(
     head_dim: int,
     head_mean: Callable[[torch.Tensor], torch.Tensor],
 ) -> torch.Tensor:
-    """One request's prompt: ``[n]`` bool, True at the positions FastV keeps.
-
-    Every text position, and ``visual_budget`` visual ones: the best by ``graphprune.ops.fastv_scores`` (ties to the
-    earlier position), except that the last prompt position is always kept and, when visual, is one of them (its row
-    is the one sampled). ``query``/``key`` are layer k-1's rows of this prompt after RoPE, ``[n, heads * head_dim]``;
-    ``head_mean`` turns this rank's head mean into the mean over all heads (tensor parallel).
-    """
-    n, n_visual = visual.numel(), int(visual.sum())
-    count = visual_budget(method.keep, n_visual)
-    if count == n_visual:
+    """One request's prompt: ``[n]`` bool, True at the positions FastV keeps (``best_visual``, scored by
+    ``graphprune.ops.fastv_scores``). ``query``/``key`` are layer k-1's rows of this prompt after RoPE,
+    ``[n, heads * head_dim]``; ``head_mean`` turns this rank's head mean into the mean over all heads (tensor
+    parallel)."""
+    n, count = visual.numel(), visual_budget(method.keep, int(visual.sum()))
+    if count == int(visual.sum()):
         return torch.ones(n, dtype=torch.bool, device=visual.device)
     q = query.reshape(n, -1, head_dim).transpose(0, 1)[None]
     k = key.reshape(n, -1, head_dim).transpose(0, 1)[None]
     real = torch.ones(1, n, dtype=torch.bool, device=visual.device)
-    scores = head_mean(fastv_scores(q, k, real, scale, method.query))[0].masked_fill(~visual, float("-inf"))
+    return best_visual(head_mean(fastv_scores(q, k, real, scale, method.query))[0], visual, count)
+
+
+def dart_kept_mask(
+    key: torch.Tensor,
+    hidden: torch.Tensor,
+    visual: torch.Tensor,
+    method: DART,
+    head_dim: int,
+    norm_weight: torch.Tensor,
+    head_sum: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """One request's prompt: ``[n]`` bool, True at the positions DART keeps (``best_visual``, scored by
+    ``graphprune.ops.dart_scores_by_norms``). ``key`` is layer k-1's keys of this prompt after RoPE,
+    ``[n, kv_heads * head_dim]``; ``hidden`` ``[n, d]`` the hidden states entering layer k; ``norm_weight`` the
+    decoder's final norm weight; ``head_sum`` turns this rank's key norms into the sum over all heads (tensor
+    parallel)."""
+    n, count = visual.numel(), visual_budget(method.keep, int(visual.sum()))
+    if count == int(visual.sum()):
+        return torch.ones(n, dtype=torch.bool, device=visual.device)
+    norms = head_sum(key_norms(key.reshape(n, -1, head_dim).transpose(0, 1)[None]))
+    real = torch.ones(1, n, dtype=torch.bool, device=visual.device)
+    pivots, text_pivots = method.pivots, method.text_pivots
+    scores = dart_scores_by_norms(hidden[None], norms, norm_weight, visual[None], real, pivots, text_pivots)
+    return best_visual(scores[0], visual, count)
+
+
+def best_visual(scores: torch.Tensor, visual: torch.Tensor, count: int) -> torch.Tensor:
+    """``[n]`` bool: every text position, and the ``count`` visual ones of largest ``scores`` (ties to the earlier
+    position), except that the last prompt position is always kept and, when visual, is one of them (its row is
+    the one sampled); as ``graphprune.ops.fastv_select``."""
+    scores = scores.masked_fill(~visual, float("-inf"))
     if bool(visual[-1]):
         scores[-1] = float("inf")  # the last prompt position: kept, as one of the ``count``
     kept = ~visual
@@ -121,20 +148,20 @@ def kept_mask(
 
 
 def plan_step(
-    query: torch.Tensor,
-    key: torch.Tensor,
+    inputs: tuple[torch.Tensor, ...],
     visual: torch.Tensor,
     query_start_loc: torch.Tensor,
     seq_lens: torch.Tensor,
     block_table: torch.Tensor,
     scheduled: Scheduled,
     dropped_counts: DroppedCounts,
-    rank: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    rank: Callable[..., torch.Tensor],
 ) -> Plan | None:
     """Rank the step's prefills, record their dropped counts, and lay out what layers >= k compute and cache.
 
-    ``visual`` is ``[n_tokens]`` bool over the flattened batch; ``block_table`` is layer k-1's (its first column keys
-    ``dropped_counts``); ``rank(query, key, visual)`` gives one prompt's kept mask. None when no request in the step
+    ``inputs`` and ``visual`` (bool) are ``[n_tokens, ...]`` over the flattened batch; ``block_table`` is layer k-1's
+    (its first column keys ``dropped_counts``); ``rank(*inputs, visual)``, on one prompt's rows of each, gives that
+    prompt's kept mask (``kept_mask``, ``dart_kept_mask``). None when no request in the step
     has dropped anything (layers >= k then run as in plain vLLM).
     """
     n_reqs = query_start_loc.numel() - 1
@@ -149,12 +176,13 @@ def plan_step(
             "accepts only whole-prompt prefills and 1-token decodes (a prompt was split: chunked prefill or budgets)"
         )
     n_tokens = int(ends[-1]) if n_reqs else 0
-    keep = torch.ones(n_tokens, dtype=torch.bool, device=query.device)
+    keep = torch.ones(n_tokens, dtype=torch.bool, device=visual.device)
     for row in prefill.nonzero().flatten().tolist():
         start, end = int(starts[row]), int(ends[row])
         prompt_end = start + int(scheduled.prompt_lens[row])  # a recomputed request's generated tokens: all kept
         if visual[start:prompt_end].any():
-            keep[start:prompt_end] = rank(query[start:prompt_end], key[start:prompt_end], visual[start:prompt_end])
+            prompt = slice(start, prompt_end)
+            keep[prompt] = rank(*(rows[prompt] for rows in inputs), visual[prompt])
             _log_kept(scheduled.request_ids[row], keep[start:prompt_end], visual[start:prompt_end], end - prompt_end)
     return _layout(keep, query_lens, seqs, prefill, block_table[:n_reqs, 0], dropped_counts)
 

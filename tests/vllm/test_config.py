@@ -1,4 +1,5 @@
-"""additional_config["graphprune"] at engine start: bad configs fail with gp.FastV's messages; safe settings forced."""
+"""additional_config["graphprune"] at engine start: bad configs fail with gp.FastV's and gp.DART's messages (PDrop is
+refused); safe settings forced; the info line names the method and its settings."""
 
 from __future__ import annotations
 
@@ -30,6 +31,12 @@ def fastv_message(**kwargs) -> str:
     return f"graphprune: {error.value}"
 
 
+def dart_message(**kwargs) -> str:
+    with pytest.raises(ValueError) as error:
+        gp.DART(**kwargs).check_layers(4)
+    return f"graphprune: {error.value}"
+
+
 @pytest.mark.parametrize(
     "config, message",
     [
@@ -38,10 +45,16 @@ def fastv_message(**kwargs) -> str:
         ({"keep": 0.0}, fastv_message(keep=0.0)),
         ({"keep": 1.5}, fastv_message(keep=1.5)),
         ({"query": "first"}, fastv_message(query="first")),
-        ({"method": "sparsevlm"}, "graphprune: method must be one of ('fastv',) in vLLM; got 'sparsevlm'"),
+        ({"method": "sparsevlm"}, "graphprune: method must be one of ('fastv', 'dart') in vLLM; got 'sparsevlm'"),
         ({"k": 2, "ratio": 0.5}, "graphprune's FastV takes k, keep, query; got also ['ratio']"),
-        ({"method": "dart"}, "graphprune: method must be one of ('fastv',) in vLLM; got 'dart'"),
-        ({"method": ["fastv"]}, "graphprune: method must be one of ('fastv',) in vLLM; got ['fastv']"),
+        ({"method": "pdrop"}, "graphprune: method must be one of ('fastv', 'dart') in vLLM; got 'pdrop'"),
+        ({"method": ["fastv"]}, "graphprune: method must be one of ('fastv', 'dart') in vLLM; got ['fastv']"),
+        ({"method": "dart", "pivots": 0}, dart_message(pivots=0)),
+        ({"method": "dart", "k": 4}, dart_message(k=4)),
+        (
+            {"method": "dart", "query": "last"},
+            "graphprune's DART takes k, keep, pivots, text_pivots; got also ['query']",
+        ),
     ],
 )
 def test_bad_config_fails_at_engine_start_with_fastv_messages(llava, config, message):
@@ -157,3 +170,30 @@ def test_model_runner_v2_is_refused(llava, monkeypatch):
     monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
     with pytest.raises(ValueError, match=re.escape("graphprune: FastV in vLLM needs the V1 model runner")):
         engine_config(llava, {"method": "fastv"})
+
+
+def test_dart_is_named_in_the_info_line_and_the_refusals(llava):
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("vllm.graphprune")
+    logger.addHandler(handler)
+    try:
+        config = engine_config(llava, {"method": "dart", "k": 2, "keep": 0.25, "pivots": 2, "text_pivots": 1})
+    finally:
+        logger.removeHandler(handler)
+    assert config.model_config.architecture == "GraphpruneLlavaForConditionalGeneration"
+    assert [record.getMessage() for record in records if record.levelno == logging.INFO] == [
+        "graphprune: DART active on LlavaForConditionalGeneration: k=2, keep=0.25, pivots=2, text_pivots=1 (layers "
+        "2-3 of 4 compute and hold KV blocks for every text token and ceil(keep * n_visual) visual tokens per request)"
+    ]
+    with pytest.raises(ValueError, match=re.escape("graphprune: DART in vLLM needs the hybrid KV cache manager")):
+        engine_config(llava, {"method": "dart"}, disable_hybrid_kv_cache_manager=True)
+
+
+def test_a_method_the_family_record_does_not_list_is_refused(llava, monkeypatch):
+    from graphprune.vllm import config
+
+    monkeypatch.setitem(config.FITTING, "LlavaForConditionalGeneration", (gp.FastV,))
+    with pytest.raises(ValueError, match=re.escape("graphprune: DART does not fit LlavaForConditionalGeneration; its")):
+        engine_config(llava, {"method": "dart"})
