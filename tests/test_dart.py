@@ -64,7 +64,7 @@ def test_pass_equals_reference(family_models, name, method):
     assert report.flops_after < report.flops_before
 
 
-@pytest.mark.parametrize("name", NAMES[:2])
+@pytest.mark.parametrize("name", [NAMES[0], pytest.param(NAMES[1], marks=pytest.mark.slow)])
 @torch.no_grad()
 def test_keep_one_is_exact_and_batch_equals_alone(family_models, name):
     model, family = family_models(name), FAMILIES[name]

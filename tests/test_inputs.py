@@ -45,6 +45,7 @@ CASES = {
     "mllama-head_union": Case("mllama", TRIMS[0], mllama_inputs, MLLAMA_BATCH, [(4, [], 3), (6, [], 2)]),
     "mllama-topk": Case("mllama", TRIMS[1], mllama_inputs, MLLAMA_BATCH, [(4, [], 3), (6, [], 2)]),
 }
+SLOW_DTYPE_CASES = ("qwen2-vl-fastv", "mllama-head_union")  # the fast tier: one case per method
 
 
 def _case(request, name: str, batch: str = "samples"):
@@ -98,7 +99,9 @@ def test_explain_reports_its_own_call_while_another_thread_runs_forwards(llava, 
 # --- item 7: attention_mask of any dtype -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize(
+    "case", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW_DTYPE_CASES else name for name in CASES]
+)
 @torch.no_grad()
 def test_attention_mask_of_any_dtype_gives_what_a_long_mask_gives(request, case):
     model, method, inputs = _case(request, case)

@@ -83,7 +83,10 @@ def gemma3():
     return tiny_gemma3(seed=2)
 
 
-@pytest.fixture(params=sorted(CASES), ids=short_name)
+@pytest.fixture(
+    params=[pytest.param(name, marks=pytest.mark.slow) if name == GEMMA3 else name for name in sorted(CASES)],
+    ids=short_name,
+)
 def case(request, family_models):
     name = request.param
     model = request.getfixturevalue("gemma3") if name == GEMMA3 else family_models(name)

@@ -13,6 +13,8 @@ from graphprune.testing import llava_inputs, tiny_llava
 
 from .helpers import BATCH
 
+pytestmark = pytest.mark.slow  # the full tier only (CONTRIBUTING.md)
+
 OUTPUTS = {"output_attentions": True, "output_hidden_states": True}
 
 

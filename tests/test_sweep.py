@@ -51,6 +51,7 @@ def result(checkpoint, samples):
     return gp.sweep(model, processor, samples, METHODS, NEW_TOKENS, BATCH, pictures=2, progress=False)
 
 
+@pytest.mark.slow  # fast tier: CONTRIBUTING.md
 def test_keep_1_agrees_exactly(result, samples):
     row = result.results[0]
     assert row.method == method_string(METHODS[0])
@@ -75,6 +76,7 @@ def _greedy(model, inputs):
     return out.sequences[:, inputs["input_ids"].shape[1] :].tolist(), out.logits[0].double()
 
 
+@pytest.mark.slow  # fast tier: CONTRIBUTING.md
 def test_a_method_in_a_sweep_gives_what_it_gives_alone(checkpoint, samples, result):
     model, processor, _ = checkpoint
     method = METHODS[1]
@@ -109,6 +111,7 @@ def test_a_method_in_a_sweep_gives_what_it_gives_alone(checkpoint, samples, resu
     assert 0 < row.kv_fraction < 1 and row.flops_fraction < 1 and max(kl) > 0  # the method pruned something
 
 
+@pytest.mark.slow  # fast tier: CONTRIBUTING.md
 def test_the_files_hold_the_results(result, tmp_path):
     paths = result.save(tmp_path)
     assert [path.name for path in paths[:3]] == ["sweep.json", "sweep.csv", "sweep.png"]
