@@ -89,6 +89,19 @@ def assert_batch_equals_alone(model, batch: dict, samples, make_inputs, new_toke
     return kept
 
 
+def assert_compiled_equals_reference(model, method, batch: dict, reference, expected_ids, new_tokens: int) -> None:
+    """``model`` optimized with ``method`` under ``torch.compile`` (inductor) gives the eager ``reference``'s kept
+    sets and last logits and ``expected_ids`` as its greedy tokens."""
+    with gp.optimized(model, method, compile=True):
+        logits = model(**batch).logits
+        kept = gp.explain(model, **batch).kept
+        ids = model.generate(**batch, max_new_tokens=new_tokens, do_sample=False)
+        assert isinstance(model._graphprune.decoder.graphs.runners()[0], torch._dynamo.eval_frame.OptimizedModule)
+    assert all(torch.equal(a, b) for a, b in zip(kept, reference.kept, strict=True))
+    assert rel_error(logits[:, -1], reference.logits[:, -1]) <= LOGITS_RTOL
+    assert torch.equal(ids, expected_ids)
+
+
 def prefill_record(model):
     """The record of the optimised model's last pruned prefill (``keep_index``, ``slot_valid``, ...)."""
     return gp.last_record(model)

@@ -13,6 +13,7 @@ from .helpers import (
     FAMILIES,
     LOGITS_RTOL,
     assert_batch_equals_alone,
+    assert_compiled_equals_reference,
     assert_ort_equals_generate,
     rel_error,
     slot_positions,
@@ -132,11 +133,4 @@ def test_compiled_equals_reference(family_models):
     method = gp.DART(k=2, keep=0.5)
     reference = dart_reference(model, method, **batch)
     expected_ids = dart_reference_generate(model, method, **batch, max_new_tokens=NEW_TOKENS)
-    with gp.optimized(model, method, compile=True):
-        logits = model(**batch).logits
-        kept = gp.explain(model, **batch).kept
-        ids = model.generate(**batch, max_new_tokens=NEW_TOKENS, do_sample=False)
-        assert isinstance(model._graphprune.decoder.graphs.runners()[0], torch._dynamo.eval_frame.OptimizedModule)
-    assert all(torch.equal(a, b) for a, b in zip(kept, reference.kept, strict=True))
-    assert rel_error(logits[:, -1], reference.logits[:, -1]) <= LOGITS_RTOL
-    assert torch.equal(ids, expected_ids)
+    assert_compiled_equals_reference(model, method, batch, reference, expected_ids, NEW_TOKENS)

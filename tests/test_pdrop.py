@@ -13,7 +13,14 @@ import graphprune as gp
 from graphprune.reference import pdrop_reference, pdrop_reference_generate
 from graphprune.testing import tiny_llava
 
-from .helpers import FAMILIES, LOGITS_RTOL, assert_batch_equals_alone, rel_error, slot_positions
+from .helpers import (
+    FAMILIES,
+    LOGITS_RTOL,
+    assert_batch_equals_alone,
+    assert_compiled_equals_reference,
+    rel_error,
+    slot_positions,
+)
 
 pytestmark = pytest.mark.usefixtures("capture_once")  # one capture per family model
 NEW_TOKENS = 4
@@ -236,14 +243,7 @@ def test_compiled_equals_reference(family_models):
     method = gp.PDrop(layers=(1, 2, 3), keep=0.5)
     reference = pdrop_reference(model, method, **batch)
     expected_ids = pdrop_reference_generate(model, method, **batch, max_new_tokens=NEW_TOKENS)
-    with gp.optimized(model, method, compile=True):
-        logits = model(**batch).logits
-        kept = gp.explain(model, **batch).kept
-        ids = model.generate(**batch, max_new_tokens=NEW_TOKENS, do_sample=False)
-        assert isinstance(model._graphprune.decoder.graphs.runners()[0], torch._dynamo.eval_frame.OptimizedModule)
-    assert all(torch.equal(a, b) for a, b in zip(kept, reference.kept, strict=True))
-    assert rel_error(logits[:, -1], reference.logits[:, -1]) <= LOGITS_RTOL
-    assert torch.equal(ids, expected_ids)
+    assert_compiled_equals_reference(model, method, batch, reference, expected_ids, NEW_TOKENS)
 
 
 def test_graph_replay_mode_is_refused_for_pdrop_before_the_model_changes():
